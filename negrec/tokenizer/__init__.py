@@ -1,0 +1,25 @@
+"""Semantic-ID tokenizer, the tokenize stage (quantize item embeddings into SIDs) and the
+codebook export for serving. `SemanticIdTokenizer` needs only numpy; the stage functions
+import torch/faiss lazily."""
+from negrec.tokenizer.sid import PrefixTrie, SemanticIdTokenizer
+
+
+def run_tokenize(raw: dict, run_dir):
+    from negrec.tokenizer.stage import run_tokenize as _run
+
+    return _run(raw, run_dir)
+
+
+def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False):
+    from negrec.tokenizer.export import run_export as _run
+
+    return _run(raw, run_dir, out_dir=out_dir, verify=verify)
+
+
+def verify_export(path):
+    from negrec.tokenizer.export import verify_export as _verify
+
+    return _verify(path)
+
+
+__all__ = ["PrefixTrie", "SemanticIdTokenizer", "run_tokenize", "run_export", "verify_export"]

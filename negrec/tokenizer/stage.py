@@ -1,0 +1,94 @@
+"""`negrec tokenize`: quantize the encoded items into unique semantic IDs and save the SID tokenizer."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from negrec.config import section_config, to_dict
+from negrec.io import atomic_path, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
+from negrec.rqvae.config import TokenizeConfig
+from negrec.rqvae.metrics import codebook_metrics, format_metrics
+from negrec.rqvae.numpy_quantizer import NumpyQuantizer
+from negrec.rqvae.quantize import fit_quantizer, unique_sids
+from negrec.tokenizer.sid import SemanticIdTokenizer
+
+
+@dataclass
+class TokenizeResult:
+    tokenizer: SemanticIdTokenizer
+    quantizer: NumpyQuantizer
+    raw_codes: np.ndarray  # (n, L) codes before collision handling, rows in item order
+    metrics: dict
+
+
+def tokenize_items(cfg: TokenizeConfig, item_ids: np.ndarray, x: np.ndarray, checkpoint: Path | None = None,
+                   tb_dir: Path | None = None, resume_key: str = "") -> TokenizeResult:
+    """Fit the quantizer on item vectors `x` (rows = `item_ids`) and build the SID tokenizer."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(item_ids):
+        raise ValueError(f"item vectors must be (n_items, d); got {x.shape} for {len(item_ids)} items")
+    if not np.isfinite(x).all():
+        raise ValueError("item vectors contain NaN or inf")
+    quantizer, train = fit_quantizer(x, cfg, checkpoint=checkpoint, tb_dir=tb_dir, resume_key=resume_key)
+    t0 = time.time()
+    sids = unique_sids(quantizer, x, cfg)
+    assign_s = time.time() - t0
+    err = ((x - quantizer.reconstruct(sids["raw_codes"])) ** 2).sum(1)
+    metrics = codebook_metrics(sids["raw_codes"], quantizer.codebook_sizes)
+    metrics.update({
+        "method": cfg.method,
+        "collision": cfg.collision,
+        "recon_mse": float(err.mean() / x.shape[1]),  # per coordinate
+        "recon_sq_err": float(err.mean()),  # per item, summed over dims
+        "recon_rel_err": float(err.sum() / max((x ** 2).sum(), 1e-12)),
+        "items_needing_collision_handling": sids["n_handled"],
+        "final_levels": len(sids["codebook_sizes"]),
+        "final_codebook_sizes": sids["codebook_sizes"],
+        "final_unique": bool(len(np.unique(sids["codes"], axis=0)) == len(x)),
+        "assign_items_per_s": round(len(x) / max(assign_s, 1e-9), 1),
+        "train": {k: v for k, v in train.items() if k != "epochs"},
+    })
+    if train.get("epochs"):
+        metrics["train"]["last_epoch"] = train["epochs"][-1]
+    tok = SemanticIdTokenizer.from_codes(
+        item_ids, sids["codes"], sids["codebook_sizes"], centroids=quantizer.codebooks, level_chars=cfg.level_chars,
+        metadata={"method": cfg.method, "collision": cfg.collision, "centroid_space": "rqvae latent" if cfg.method == "rqvae" else "item vector",
+                  "semantic_levels": quantizer.levels})
+    return TokenizeResult(tok, quantizer, sids["raw_codes"], metrics)
+
+
+def run_tokenize(raw: dict, run_dir) -> dict:
+    """Read run_dir/encode, write run_dir/tokenize/{sid_tokenizer/, quantizer/, raw_codes.npy, metrics.json}."""
+    from negrec.rqvae.encoders import load_encoded
+
+    cfg = section_config(TokenizeConfig, raw, "tokenize")
+    run_dir = Path(run_dir)
+    out = run_dir / "tokenize"
+    item_ids, x, _ = load_encoded(run_dir)
+    key = config_hash({"tokenize": to_dict(cfg), "encode": file_sha256(run_dir / "encode" / "embeddings.npy")})
+    if stage_done(out, key):
+        print(f"[tokenize] up to date: {out}")
+        return read_json(out / "metrics.json")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res = tokenize_items(cfg, item_ids, x, checkpoint=out / "checkpoint.pt",
+                                             tb_dir=run_dir / "tb" / "tokenize", resume_key=key)
+    metrics = res.metrics
+    res.tokenizer.save_pretrained(out / "sid_tokenizer")
+    res.quantizer.save(out / "quantizer")
+    with atomic_path(out / "raw_codes.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate([item_ids[:, None], res.raw_codes], axis=1))
+    metrics["seconds"] = round(time.time() - t0, 2)
+    metrics["config"] = to_dict(cfg)
+    write_json(out / "metrics.json", metrics)
+    mark_done(out, key)
+    print(f"[tokenize] {cfg.method} {cfg.levels}x{cfg.codebook_size}, collisions by {cfg.collision}: "
+          f"{metrics['items_needing_collision_handling']} items needed it; final SID levels {metrics['final_codebook_sizes']}")
+    print(format_metrics(metrics))
+    print(f"  recon MSE {metrics['recon_mse']:.3g} per coordinate (relative error {metrics['recon_rel_err']:.1%}); "
+          f"{metrics['seconds']}s -> {out}")
+    return metrics

@@ -1,0 +1,47 @@
+"""Shared fixtures. The real datasets live in ../shared/data beside the project root (never copied)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NEGREC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED.exists(), f"real datasets expected at {SHARED} (set NEGREC_SHARED_DATA)"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir(shared_data) -> Path:
+    return shared_data / "ml-100k"
+
+
+@pytest.fixture(scope="session")
+def kuairand_dir(shared_data) -> Path:
+    return shared_data / "kuairand-27k-likehate"
+
+
+@pytest.fixture(scope="session")
+def ml100k_prepared(ml100k_dir, tmp_path_factory):
+    """ML-100K from the shared raw files, prepared once per test session (about a second)."""
+    from negrec.data import DataConfig, SplitConfig, prepare_data
+
+    cfg = DataConfig(format="movielens", path=str(ml100k_dir), split=SplitConfig(train_event_stride=10))
+    return prepare_data(cfg, tmp_path_factory.mktemp("ml100k") / "data")
+
+
+@pytest.fixture(scope="session")
+def kuairand_prepared(kuairand_dir, tmp_path_factory):
+    from negrec.data import DataConfig, prepare_data
+
+    cfg = DataConfig(format="kuairand", path=str(kuairand_dir))
+    return prepare_data(cfg, tmp_path_factory.mktemp("kuairand") / "data")
