@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .schema import IMPLICIT, NEGATIVE, NEUTRAL
+from .schema import IMPLICIT, NEGATIVE, NEUTRAL, source_column
 
 
 @dataclass
@@ -34,7 +34,5 @@ def add_implicit_negatives(df: pd.DataFrame, rule: SkipRule) -> tuple[pd.DataFra
         fb = df["feedback"].to_numpy().copy()
         fb[skip] = NEGATIVE
         df["feedback"] = fb
-        src = df["source"].to_numpy(dtype=object).copy()
-        src[skip] = IMPLICIT
-        df["source"] = src
+        df["source"] = source_column(skip | (df["source"] == IMPLICIT).to_numpy())
     return df, n

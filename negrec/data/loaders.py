@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import EXPLICIT, NEGATIVE, NEUTRAL, POSITIVE, DataError
+from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, source_column
 
 ML_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -113,8 +113,8 @@ def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
     rating = np.asarray(rating, dtype="float64")
     fb = np.where(rating <= rule.negative_max, NEGATIVE, np.where(rating >= rule.positive_min, POSITIVE, NEUTRAL))
     return pd.DataFrame({"user_id": np.asarray(user, "int64"), "item_id": np.asarray(item, "int64"),
-                         "ts": np.asarray(ts, "int64"), "feedback": fb.astype("int8"), "source": EXPLICIT,
-                         "rating": rating})
+                         "ts": np.asarray(ts, "int64"), "feedback": fb.astype("int8"),
+                         "source": source_column(np.zeros(len(fb), bool)), "rating": rating})
 
 
 def _movie_items(item_id, title, genres: list[str]) -> pd.DataFrame:
@@ -257,7 +257,7 @@ def load_kuairand(path, duration_buckets: int = 8):
             pos = ~neg & (flags.get("is_like", zeros) | flags.get("is_follow", zeros) | flags.get("is_forward", zeros))
             implicit_pos = ~neg & ~pos & flags.get("long_view", zeros)
         fb = np.where(neg, NEGATIVE, np.where(pos | implicit_pos, POSITIVE, NEUTRAL)).astype("int8")
-        source = np.where(implicit_pos, "implicit", EXPLICIT)
+        source = source_column(implicit_pos)
         frames.append(pd.DataFrame({
             "user_id": df.user_id.to_numpy("int64"), "item_id": df.video_id.to_numpy("int64"),
             "ts": (df.time_ms.to_numpy("int64") // 1000), "feedback": fb, "source": source,
@@ -330,7 +330,7 @@ def load_generic(spec: GenericLogSpec):
             raise DataError(f"data.{name}: cannot evaluate {expr!r} on {path} (columns {list(df.columns)}): {e}") from e
     fb = np.where(masks["negative_if"], NEGATIVE, np.where(masks["positive_if"], POSITIVE, NEUTRAL)).astype("int8")
     out = pd.DataFrame({"user_id": df.user_id.to_numpy(), "item_id": df.item_id.to_numpy(), "ts": ts,
-                        "feedback": fb, "source": EXPLICIT})
+                        "feedback": fb, "source": source_column(np.zeros(len(fb), bool))})
     for opt, conv in (("rating", 1.0), ("play_time_s", 1.0), ("duration_s", 1.0)):
         if opt in df.columns:
             out[opt] = pd.to_numeric(df[opt], errors="coerce").to_numpy("float64") * conv

@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
-from ..io import config_hash, mark_done, read_json, stage_done, write_json, write_parquet
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json, write_parquet
 from .implicit import SkipRule, add_implicit_negatives
 from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
                       recbole_ml100k_path)
-from .schema import EXPLICIT, NEGATIVE, POSITIVE, DataError, check_interactions, check_items, kind_of
+from .schema import EXPLICIT, IMPLICIT, NEGATIVE, POSITIVE, DataError, check_interactions, check_items, kind_of
 from .splits import DAY, SampleBuilder, SplitConfig, compute_cuts, train_cuts
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
@@ -68,7 +71,8 @@ def canonicalize(inter: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig, sour
     inter, n_implicit = add_implicit_negatives(inter, cfg.skips)
     report["implicit_negatives_added"] = n_implicit
     has_rating = inter["rating"].notna().to_numpy() if "rating" in inter.columns else np.zeros(len(inter), bool)
-    inter = inter.assign(kind=kind_of(inter["feedback"].to_numpy(), inter["source"].to_numpy(dtype=object), has_rating))
+    implicit = (inter["source"] == IMPLICIT).to_numpy()
+    inter = inter.assign(kind=kind_of(inter["feedback"].to_numpy(), implicit, has_rating))
     inter = check_interactions(inter, source)
     items, inter, dropped = check_items(items, inter, source, require_text=cfg.require_text)
     report.update(dropped)
@@ -80,9 +84,27 @@ def canonicalize(inter: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig, sour
     return inter, items, report
 
 
-def build_samples(inter: pd.DataFrame, cuts: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.DataFrame]:
+class Samples(dict):
+    """Samples per split, held as Arrow tables and turned into pandas on first access."""
+
+    def __getitem__(self, split: str) -> pd.DataFrame:
+        value = super().__getitem__(split)
+        if not isinstance(value, pd.DataFrame):
+            value = value.to_pandas()
+            super().__setitem__(split, value)
+        return value
+
+    def table(self, split: str) -> pa.Table:
+        value = super().__getitem__(split)
+        return value if isinstance(value, pa.Table) else pa.Table.from_pandas(value, preserve_index=False)
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+
+def build_samples(inter: pd.DataFrame, cuts: pd.DataFrame, cfg: DataConfig) -> Samples:
     builder = SampleBuilder(inter, cfg.horizons, cfg.split.max_history)
-    out = {}
+    out = Samples()
     c = cuts[cuts["test_cut"] >= 0]
     out["test"] = builder.build(c["user_id"].to_numpy(), c["test_cut"].to_numpy(), "test")
     c = cuts[cuts["valid_cut"] >= 0]
@@ -125,8 +147,9 @@ class Prepared:
         write_parquet(out_dir / "interactions.parquet", self.interactions)
         write_parquet(out_dir / "items.parquet", self.items)
         write_parquet(out_dir / "cuts.parquet", self.cuts)
-        for split, df in self.samples.items():
-            write_parquet(out_dir / f"samples_{split}.parquet", df)
+        for split in self.samples.keys():
+            with atomic_path(out_dir / f"samples_{split}.parquet") as tmp:
+                pq.write_table(self.samples.table(split), tmp)
         write_json(out_dir / "data_config.json", to_dict(self.cfg))
         write_json(out_dir / "report.json", self.report)
         return out_dir
@@ -139,7 +162,7 @@ class Prepared:
         if not (out_dir / "interactions.parquet").exists():
             raise FileNotFoundError(f"{out_dir}: no prepared data (run `negrec data prepare` first)")
         cfg = from_dict(DataConfig, read_json(out_dir / "data_config.json"), str(out_dir / "data_config.json"))
-        samples = {s: pd.read_parquet(out_dir / f"samples_{s}.parquet") for s in ("train", "valid", "test")}
+        samples = Samples({s: pq.read_table(out_dir / f"samples_{s}.parquet") for s in ("train", "valid", "test")})
         report = read_json(out_dir / "report.json") if (out_dir / "report.json").exists() else {}
         return cls(pd.read_parquet(out_dir / "interactions.parquet"), pd.read_parquet(out_dir / "items.parquet"),
                    pd.read_parquet(out_dir / "cuts.parquet"), samples, cfg, report)

@@ -130,18 +130,22 @@ class SampleBuilder:
         self.items = log["item_id"].to_numpy()
         self.ts = log["ts"].to_numpy()
         self.fb = log["feedback"].to_numpy()
-        self.kind = log["kind"].to_numpy(dtype=object)
+        kind = pd.Categorical(log["kind"])
+        self.kind_codes = kind.codes
+        self.kind_names = pa.array([str(c) for c in kind.categories], pa.string())
         self.starts, self.urank = _user_bounds(self.users)
         self.ends = np.r_[self.starts[1:], len(self.users)]
         # composite sort key (user rank, ts): searchsorted finds "first event of user u at/after t"
         self.key = (self.urank.astype(np.int64) << 34) + self.ts
         self.neg_rows = np.flatnonzero(self.fb == NEGATIVE)
         self.pos_rows = np.flatnonzero(self.fb == POSITIVE)
-        # first time each (user, item) pair appears, and first negative row of each pair
-        pair = pd.MultiIndex.from_arrays([self.users, self.items])
-        codes, _ = pd.factorize(pair)
-        first_row = np.full(codes.max() + 1, len(codes), dtype=np.int64)
-        np.minimum.at(first_row, codes, np.arange(len(codes)))
+        # first time each (user, item) pair appears, and the first negative / positive row of each.
+        # pd.factorize numbers pairs in order of first appearance (the log is time-sorted per user),
+        # so a row is a pair's first exactly when its code exceeds every earlier code.
+        item_codes, item_uniques = pd.factorize(self.items)
+        codes, _ = pd.factorize(self.urank.astype(np.int64) * len(item_uniques) + item_codes)
+        is_first = codes > np.maximum.accumulate(np.r_[-1, codes[:-1]])
+        first_row = np.flatnonzero(is_first)  # first_row[c] is where pair c first appears
         self.first_seen_ts = self.ts[first_row[codes]]
         self.pair = codes
         self.is_first_neg = self._first_of(self.neg_rows)
@@ -149,14 +153,15 @@ class SampleBuilder:
         self.user_index = pd.Index(self.users[self.starts])
 
     def _first_of(self, rows):
+        """Flag the first of `rows` (sorted) for each (user, item) pair."""
         flag = np.zeros(len(self.users), bool)
-        c = self.pair[rows]
-        _, first = np.unique(c, return_index=True)
+        c, _ = pd.factorize(self.pair[rows])
+        first = c > np.maximum.accumulate(np.r_[-1, c[:-1]])
         flag[rows[first]] = True
         return flag
 
     def build(self, user_ids: np.ndarray, cut_ts: np.ndarray, split: str, limit_ts: np.ndarray | None = None,
-              with_context: bool = True) -> pd.DataFrame:
+              with_context: bool = True) -> pa.Table:
         """Samples for (user, cut) pairs. Future windows end at `limit_ts` (targets never cross into
         the period a later split evaluates)."""
         u = self.user_index.get_indexer(user_ids)
@@ -173,7 +178,8 @@ class SampleBuilder:
             lo = np.maximum(np.searchsorted(rows, s), hi - H)
             cols[f"{name}_items"] = _ragged(self.items[rows], lo, hi)
             cols[f"{name}_ts"] = _ragged(self.ts[rows], lo, hi)
-            cols[f"{name}_kinds"] = _ragged(self.kind[rows].astype(str), lo, hi)
+            codes = _ragged(self.kind_codes[rows], lo, hi)
+            cols[f"{name}_kinds"] = pa.LargeListArray.from_arrays(codes.offsets, self.kind_names.take(codes.values))
         lo = np.maximum(s, g - H)
         cols["mixed_items"] = _ragged(self.items, lo, g)
         cols["mixed_feedback"] = _ragged(self.fb.astype(np.int8), lo, g)
@@ -194,8 +200,7 @@ class SampleBuilder:
         nn_row = self.neg_rows[np.minimum(nn, len(self.neg_rows) - 1)] if len(self.neg_rows) else np.zeros(len(g), int)
         nn_ok &= nn_row < e if len(self.neg_rows) else False
         cols["next_neg"] = np.where(nn_ok, self.items[nn_row] if len(self.neg_rows) else -1, -1).astype(np.int64)
-        table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in cols.items()})
-        return table.to_pandas()
+        return pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in cols.items()})
 
     def _future(self, g, ge, cut_ts, flag):
         lengths = np.maximum(ge - g, 0)

@@ -128,9 +128,12 @@ class SidConstraint:
         R, t = generated.shape
         device = generated.device
         mask = torch.zeros(R, vocab_size or self.vocab_size, dtype=torch.bool, device=device)
-        if t >= self.levels:  # SID complete: only end it (pad is what HF writes after EOS)
+        if t == self.levels:  # SID complete: only end it
             mask[:, self.eos_id] = True
+            return mask
+        if t > self.levels:  # already ended (a longer max_new_tokens): pad is what HF writes after EOS
             mask[:, self.pad_id] = True
+            mask[:, self.eos_id] = True
             return mask
         tab = self._on(device)
         node, ok = self.walk(generated)
@@ -192,9 +195,12 @@ def pinned_generation_config(model, hf_tok, **settings):
     saved = model.generation_config
     eos = hf_tok.eos_token_id
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else eos
-    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=hf_tok.bos_token_id,
-                           repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
-                           top_k=0, top_p=1.0, typical_p=1.0, temperature=1.0, use_cache=True, **settings)
+    pinned = dict(eos_token_id=eos, pad_token_id=pad, bos_token_id=hf_tok.bos_token_id, repetition_penalty=1.0,
+                  no_repeat_ngram_size=0, top_k=0, top_p=1.0, typical_p=1.0, min_p=None,
+                  temperature=1.0, length_penalty=1.0, early_stopping=False, use_cache=True)
+    if not settings.get("do_sample"):  # sampling knobs unused; left unset so the config validates quietly
+        pinned.update(top_k=None, top_p=None, typical_p=None, temperature=None)
+    cfg = GenerationConfig(**{**pinned, **settings})
     model.generation_config = cfg
     try:
         yield cfg

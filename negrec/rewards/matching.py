@@ -50,7 +50,7 @@ class ItemSets:
         items = np.asarray(items, dtype=np.int64)
         if unique and len(rows):
             base = int(items.max()) + 1
-            keys = np.unique(rows * base + items)
+            keys = sorted_unique(rows * base + items)
             rows, items = keys // base, keys % base
         else:
             order = np.argsort(rows, kind="stable")
@@ -112,6 +112,14 @@ class ItemSets:
             raise ValueError(f"union of {len(self)} and {len(other)} rows")
         return ItemSets.from_pairs(np.concatenate([self.rows, other.rows]),
                                    np.concatenate([self.indices, other.indices]), len(self))
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy 2's hash-based unique is far slower on large int64 keys)."""
+    values = np.sort(values)
+    if len(values) > 1:
+        values = values[np.concatenate([[True], values[1:] != values[:-1]])]
+    return values
 
 
 def lookup(table: np.ndarray, ids: np.ndarray, missing: int = -1) -> np.ndarray:

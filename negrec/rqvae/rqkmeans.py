@@ -16,10 +16,28 @@ def faiss_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0) -> np.nd
         rng = np.random.default_rng(seed)
         extra = x[rng.integers(0, len(x), k - len(x))] + 1e-3 * rng.standard_normal((k - len(x), x.shape[1])).astype(np.float32)
         return np.concatenate([x, extra]).astype(np.float32)
+    # faiss's random init lands in poor local minima on clustered data: seed its Lloyd
+    # iterations with k-means++ on a subsample, then train on the subsample faiss would use.
+    rng = np.random.default_rng(seed)
+    sample = x if len(x) <= 256 * k else x[rng.choice(len(x), 256 * k, replace=False)]
+    init = kmeans_plusplus(sample[: 32 * k], k, rng)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, gpu=faiss.get_num_gpus() > 0, verbose=False,
-                      spherical=False, max_points_per_centroid=256)
-    km.train(x)
+                      max_points_per_centroid=256)
+    km.train(sample, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
+
+
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (D^2 sampling), O(n k d)."""
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
+    centers[0] = x[rng.integers(len(x))]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for i in range(1, k):
+        total = d2.sum()
+        j = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
+        centers[i] = x[j]
+        d2 = np.minimum(d2, ((x - centers[i]) ** 2).sum(1))
+    return centers
 
 
 def fit_rqkmeans(x: np.ndarray, levels: int = 3, codebook_size: int = 256, niter: int = 25, seed: int = 0,

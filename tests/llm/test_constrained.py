@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from negrec.llm.constrained import SidConstraint, constrained_beam_search, constrained_sample
+from negrec.tokenizer import SemanticIdTokenizer
+
+
+@pytest.fixture(scope="module")
+def hand_trie():
+    from negrec.llm.model import train_bpe_tokenizer
+
+    # items 10..13 with SIDs a0b0c1, a0b1c0, a1b0c0, a0b0c2
+    sid = SemanticIdTokenizer.from_codes([10, 11, 12, 13], [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 2]], [2, 2, 3])
+    hf = train_bpe_tokenizer(["some words to train on"] * 4, vocab_size=300, min_frequency=1)
+    sid.extend(hf)
+    return sid, hf, SidConstraint(sid, hf)
+
+
+def _ids(hf, *tokens):
+    return [hf.convert_tokens_to_ids(t) for t in tokens]
+
+
+def _allowed(c, hf, prefix_tokens, exclude=None):
+    gen = torch.tensor([_ids(hf, *prefix_tokens)], dtype=torch.long).reshape(1, len(prefix_tokens))
+    dead = c.dead_node_keys([exclude]) if exclude else None
+    mask = c.allowed_mask(gen, torch.zeros(1, dtype=torch.long), dead)
+    return set(hf.convert_ids_to_tokens(torch.nonzero(mask[0]).flatten().tolist()))
+
+
+def test_mask_follows_hand_built_trie(hand_trie):
+    sid, hf, c = hand_trie
+    assert _allowed(c, hf, []) == {"<a_0>", "<a_1>"}
+    assert _allowed(c, hf, ["<a_0>"]) == {"<b_0>", "<b_1>"}
+    assert _allowed(c, hf, ["<a_0>", "<b_0>"]) == {"<c_1>", "<c_2>"}
+    assert _allowed(c, hf, ["<a_0>", "<b_1>"]) == {"<c_0>"}
+    assert _allowed(c, hf, ["<a_1>"]) == {"<b_0>"}
+    assert _allowed(c, hf, ["<a_1>", "<b_0>"]) == {"<c_0>"}
+    assert _allowed(c, hf, ["<a_1>", "<b_0>", "<c_0>"]) == {hf.eos_token}
+    assert _allowed(c, hf, ["<a_1>", "<b_1>"]) == set()  # off the trie: nothing continues it
+    assert _allowed(c, hf, ["<b_0>"]) == set()           # wrong level
+
+
+def test_exclusion_prunes_dead_prefixes(hand_trie):
+    sid, hf, c = hand_trie
+    assert _allowed(c, hf, [], exclude=[12]) == {"<a_0>"}
+    assert _allowed(c, hf, ["<a_0>", "<b_0>"], exclude=[10]) == {"<c_2>"}
+    assert _allowed(c, hf, ["<a_0>"], exclude=[10, 13]) == {"<b_1>"}
+    assert _allowed(c, hf, [], exclude=[10, 11, 13]) == {"<a_1>"}
+
+
+def test_processor_never_leaves_a_row_all_inf(hand_trie):
+    sid, hf, c = hand_trie
+    prompt = torch.zeros(3, 2, dtype=torch.long)
+    gen = torch.tensor([_ids(hf, "<a_0>"), _ids(hf, "<b_0>"), _ids(hf, "<a_1>")])
+    proc = c.logits_processor(prompt_len=2, exclude_items=[[], [], [12]])  # row 3: only item under a_1 excluded
+    out = proc(torch.cat([prompt, gen], 1), torch.zeros(3, len(hf)))
+    assert torch.isfinite(out).any(dim=1).all()
+    assert torch.isfinite(out[0]).sum() == 2
+    assert torch.isfinite(out[1]).sum() == 1 and out[1, hf.eos_token_id] < -1e3  # dead rows may only end, ranked last
+    assert torch.isfinite(out[2]).sum() == 1 and out[2, hf.eos_token_id] < -1e3
+
+
+def test_items_for_token_ids_round_trip(hand_trie):
+    sid, hf, c = hand_trie
+    table = torch.as_tensor(sid.token_id_table(hf))
+    assert c.items_for_token_ids(table).tolist() == sid.item_ids.tolist()
+    bad = table.clone()
+    bad[0, 2] = table[1, 2]  # a0 b0 c0 is not an item
+    assert c.items_for_token_ids(bad)[0].item() == -1
+
+
+def _sid_logprob(model, hf, sid_tok, prompt, item):
+    """Teacher-forced log p(SID tokens + EOS | prompt)."""
+    p = hf(prompt)["input_ids"]
+    target = hf.convert_tokens_to_ids(sid_tok.token_list(item)) + [hf.eos_token_id]
+    ids = torch.tensor([p + target])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(target)))
+
+
+def test_beam_search_returns_k_distinct_valid_items(tiny_policy):
+    model, hf, sid_tok, items = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = [f"user {u} dislikes red night story" for u in range(6)]
+    exclude = [list(sid_tok.item_ids[u * 3:(u + 1) * 3]) for u in range(6)]
+    out = constrained_beam_search(model, hf, c, prompts, num_beams=20, top_k=10, exclude=exclude, batch_size=4)
+    assert len(out) == len(prompts)
+    valid = set(sid_tok.item_ids.tolist())
+    for p, ranked in enumerate(out):
+        got = [i for i, _ in ranked]
+        assert len(got) == 10 and len(set(got)) == 10
+        assert set(got) <= valid and not set(got) & set(exclude[p])
+        scores = [s for _, s in ranked]
+        assert scores == sorted(scores, reverse=True)
+        # scores are the model's log-probability of the SID (+ EOS)
+        for item, s in ranked[:3]:
+            assert s == pytest.approx(_sid_logprob(model, hf, sid_tok, prompts[p], item), abs=1e-3)
+
+
+def test_beam_search_ignores_model_generation_defaults(tiny_policy):
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = ["user dislikes dark river"]
+    ref = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5)
+    saved = model.generation_config
+    try:
+        model.generation_config = type(saved)(repetition_penalty=3.0, no_repeat_ngram_size=1, length_penalty=5.0,
+                                              max_new_tokens=1, num_beams=2, top_k=2, temperature=0.1)
+        again = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5)
+    finally:
+        model.generation_config = saved
+    assert again == ref
+
+
+def test_sampling_gives_valid_items_only(tiny_policy):
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = ["a user", "another user with a longer history text"]
+    exclude = [list(sid_tok.item_ids[:30]), []]
+    groups = constrained_sample(model, hf, c, prompts, num_generations=16, temperature=1.5, exclude=exclude, seed=0)
+    assert [len(g) for g in groups] == [16, 16]
+    valid = set(sid_tok.item_ids.tolist())
+    for g, ex in zip(groups, exclude):
+        for comp in g:
+            assert comp["item_id"] in valid and comp["item_id"] not in ex
+            assert sid_tok.item_for_tokens(comp["completion"]) == comp["item_id"]
+    assert len({comp["item_id"] for comp in groups[1]}) > 1  # it samples, it does not repeat one answer
