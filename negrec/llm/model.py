@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from negrec.io import atomic_dir, write_json
+from negrec.io import atomic_dir, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
 
 SID_TOKENIZER_DIR = "sid_tokenizer"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -264,7 +264,7 @@ def _genre_words(items) -> list[str]:
 
 def run_build_model(raw: dict, run_dir) -> dict:
     """Stage `build-model`: run_dir/data + run_dir/tokenize/sid_tokenizer -> run_dir/model/."""
-    from negrec.config import section_config
+    from negrec.config import section_config, to_dict
     from negrec.data import Prepared
     from negrec.llm.prompts import PromptBuilder, PromptConfig
     from negrec.tokenizer import SemanticIdTokenizer
@@ -275,15 +275,21 @@ def run_build_model(raw: dict, run_dir) -> dict:
     sid_dir = run_dir / "tokenize" / "sid_tokenizer"
     if not sid_dir.exists():
         raise FileNotFoundError(f"{sid_dir}: missing; run `negrec tokenize` first")
+    out = run_dir / "model"
+    key = config_hash({"model": to_dict(cfg), "prompt": to_dict(pcfg), "sid": file_sha256(sid_dir / "sid_tables.safetensors")})
+    if stage_done(out, key):
+        print(f"[build-model] up to date: {out}")
+        return read_json(out / "negrec_model.json")
     t0 = time.time()
     sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir)
     items = Prepared.load(run_dir / "data").items
     templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
     model, hf_tok, info = build_policy(cfg, sid_tok, items, templates)
     info.update({"seconds": round(time.time() - t0, 1), "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}})
-    save_policy(model, hf_tok, sid_tok, run_dir / "model", extra=info)
-    print(f"build-model: {cfg.source} ({info['params'] / 1e6:.2f}M params), vocab {info['text_vocab']} text + "
-          f"{info['sid_tokens_added']} SID tokens ({cfg.sid_init} init) -> {run_dir / 'model'}")
+    save_policy(model, hf_tok, sid_tok, out, extra=info)
+    mark_done(out, key)
+    print(f"[build-model] {cfg.source} ({info['params'] / 1e6:.2f}M params), vocab {info['text_vocab']} text + "
+          f"{info['sid_tokens_added']} SID tokens ({cfg.sid_init} init) -> {out}")
     return info
 
 

@@ -43,8 +43,9 @@ class TokenizeConfig:
     weight_decay: float = 1e-4
     beta: float = 0.25  # commitment weight
     kmeans_iters: int = 25  # faiss k-means iterations (init of RQ-VAE levels; RQ-KMeans levels)
+    kmeans_init: bool = True  # false: random codebooks (ablation; collapses more)
     kmeans_init_items: int = 20000  # first batch used for the k-means init of every level
-    dead_code_every: int = 10  # epochs between restarts of unused codes; 0 disables
+    dead_code_steps: int = 50  # restart codes unused over this many steps (on batch residuals); 0 disables
     collision: str = "extra_level"  # extra_level (TIGER) | sinkhorn (LC-Rec re-assignment of the last level)
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iters: int = 100

@@ -140,7 +140,7 @@ def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = No
             gen.set_state(state["generator"])
             start_epoch, history = state["epoch"] + 1, state["history"]
             print(f"[tokenize] resuming RQ-VAE from {checkpoint} at epoch {start_epoch}")
-    if start_epoch == 0:
+    if start_epoch == 0 and cfg.kmeans_init:
         first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(device)
         model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
 
@@ -158,34 +158,41 @@ def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = No
                         "generator": gen.get_state(), "history": history}, tmp)
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
     usage = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.long, device=device)
-    step, t0, epoch = 0, time.time(), start_epoch - 1
+    step0 = step = start_epoch * steps_per_epoch  # global step (max_steps counts these)
+    t0, epoch = time.time(), start_epoch - 1
     bar = tqdm(range(start_epoch, cfg.epochs), desc="rq-vae epochs", initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
-        sums = {"loss": 0.0, "recon": 0.0, "codebook": 0.0, "commit": 0.0}
+        sums = {k: torch.zeros((), device=device) for k in ("loss", "recon", "codebook", "commit")}
         epoch_usage = torch.zeros_like(usage)
+        restarted_this_epoch = 0
         for b in range(steps_per_epoch):
             out = model(data[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
             for k in sums:
-                sums[k] += float(out[k]) / steps_per_epoch
+                sums[k] += out[k].detach() / steps_per_epoch  # no host sync per step
             for lvl in range(cfg.levels):
-                epoch_usage[lvl] += torch.bincount(out["codes"][:, lvl], minlength=cfg.codebook_size)
+                counts = torch.bincount(out["codes"][:, lvl], minlength=cfg.codebook_size)
+                epoch_usage[lvl] += counts
+                usage[lvl] += counts
             step += 1
+            # restart codes unused over the last window (never in the last window: they need training after)
+            if cfg.dead_code_steps and step % cfg.dead_code_steps == 0 and step + cfg.dead_code_steps <= total_steps:
+                restarted = model.restart_dead_codes(usage, out["residuals"], gen)
+                history["restarted_codes"] += restarted
+                restarted_this_epoch += restarted
+                usage.zero_()
             if max_steps and step >= max_steps:
                 break
-        usage += epoch_usage
+        sums = {k: float(v) for k, v in sums.items()}
         used = (epoch_usage > 0).float().mean(1)
-        rec = {"epoch": epoch, **{k: round(v, 6) for k, v in sums.items()},
+        rec = {"epoch": epoch, **{k: round(v, 6) for k, v in sums.items()}, "restarted": restarted_this_epoch,
                "usage": [round(float(u), 4) for u in used], "perplexity": [round(_perplexity(c), 2) for c in epoch_usage]}
-        if cfg.dead_code_every and (epoch + 1) % cfg.dead_code_every == 0 and epoch + 1 < cfg.epochs:
-            rec["restarted"] = model.restart_dead_codes(usage, out["residuals"], gen)
-            history["restarted_codes"] += rec["restarted"]
-            usage.zero_()
         history["epochs"].append(rec)
         bar.set_postfix(loss=f"{sums['loss']:.4f}", recon=f"{sums['recon']:.4f}", use0=f"{rec['usage'][0]:.2f}")
         if writer:
@@ -199,8 +206,9 @@ def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = No
         if max_steps and step >= max_steps:
             break
     history["train_seconds"] = round(time.time() - t0, 3)
-    history["train_steps"] = step
-    history["train_items_per_s"] = round(step * min(cfg.batch_size, n) / max(history["train_seconds"], 1e-9), 1)
+    history["train_steps"] = step - step0  # in this call (after a resume: since the resume)
+    history["global_step"] = step
+    history["train_items_per_s"] = round((step - step0) * min(cfg.batch_size, n) / max(history["train_seconds"], 1e-9), 1)
     save(epoch)
     if writer:
         writer.close()

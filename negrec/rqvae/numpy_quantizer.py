@@ -97,6 +97,15 @@ class NumpyQuantizer:
             return np.empty((0, self.levels), np.int64), np.empty((0, self.codebooks[0].shape[1]), np.float32)
         return np.concatenate(codes), np.concatenate(last)
 
+    def level_residuals(self, x: np.ndarray) -> list[np.ndarray]:
+        """The residual entering each level, for items `x` (n, d_in): L arrays (n, d_latent)."""
+        r = self.encode(x).copy()
+        out = []
+        for cb in self.codebooks:
+            out.append(r.copy())
+            r -= cb[nearest_code(r, cb)]
+        return out
+
     def latent_from_codes(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes, dtype=np.int64)
         return sum(cb[codes[:, lvl]] for lvl, cb in enumerate(self.codebooks)).astype(np.float32)

@@ -40,12 +40,15 @@ def unique_sids(quantizer: NumpyQuantizer, x: np.ndarray, cfg: TokenizeConfig) -
     Returns codes, raw_codes, codebook_sizes (of `codes`), n_handled (items whose SID needed the
     collision step) and centroid_levels (levels with codebook centroids).
     """
-    raw, last_residual = quantizer.assign(x)
+    raw, _ = quantizer.assign(x)
+    extra = {}
     sizes = quantizer.codebook_sizes
     if cfg.collision == "extra_level":
-        codes, extra, n_handled = add_extra_level(raw)
-        sizes = [*sizes, extra]
+        codes, extra_size, n_handled = add_extra_level(raw)
+        sizes = [*sizes, extra_size]
     else:
-        codes, n_handled = sinkhorn_reassign(raw, last_residual, quantizer.codebooks[-1], cfg.sinkhorn_epsilon, cfg.sinkhorn_iters)
+        codes, stats = sinkhorn_reassign(raw, lambda rows: quantizer.level_residuals(x[rows]), quantizer.codebooks,
+                                         cfg.sinkhorn_epsilon, cfg.sinkhorn_iters)
+        n_handled, extra = stats["moved"], {"moved_at_depth": stats["moved_at_depth"]}
     return {"codes": codes, "raw_codes": raw, "codebook_sizes": sizes, "n_handled": int(n_handled),
-            "centroid_levels": quantizer.levels}
+            "centroid_levels": quantizer.levels, **extra}

@@ -22,7 +22,7 @@ def faiss_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 0) -> np.nd
     sample = x if len(x) <= 256 * k else x[rng.choice(len(x), 256 * k, replace=False)]
     init = kmeans_plusplus(sample[: 32 * k], k, rng)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, gpu=faiss.get_num_gpus() > 0, verbose=False,
-                      max_points_per_centroid=256)
+                      max_points_per_centroid=256, min_points_per_centroid=1)
     km.train(sample, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
 

@@ -45,6 +45,7 @@ def tokenize_items(cfg: TokenizeConfig, item_ids: np.ndarray, x: np.ndarray, che
         "recon_sq_err": float(err.mean()),  # per item, summed over dims
         "recon_rel_err": float(err.sum() / max((x ** 2).sum(), 1e-12)),
         "items_needing_collision_handling": sids["n_handled"],
+        "collision_moves_by_depth": sids.get("moved_at_depth"),
         "final_levels": len(sids["codebook_sizes"]),
         "final_codebook_sizes": sids["codebook_sizes"],
         "final_unique": bool(len(np.unique(sids["codes"], axis=0)) == len(x)),

@@ -18,16 +18,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from negrec.config import section_config, to_dict
-from negrec.io import atomic_dir, config_hash, mark_done, read_json, stage_done, write_json, write_text
+from negrec.io import config_hash, mark_done, read_json, stage_done, write_json, write_text
 
-GENERATION_MODES = ("sample", "beam")
+GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
+# Generation settings a checkpoint's generation_config.json must not change (TRL sets the rest).
+PINNED_GENERATION = {"num_beams": 1, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
+                     "use_cache": True}
 
 
 @dataclass
@@ -55,8 +59,8 @@ class ProgressiveGRPOConfig:
     progressive: bool = True  # false: plain GRPO on the final stage's context, same total steps
     policy: str | None = None  # None: run_dir/sft_next/final, else run_dir/sft_align/final
     generation: str = "sample"  # sample: G sampled SIDs per prompt; beam: the top-G constrained beams (MiniOneRec)
-    num_generations: int = 4  # G, the group size
-    per_device_train_batch_size: int = 8  # completions per device and step (TRL semantics); multiple of G
+    num_generations: int = 8  # G, the group size
+    per_device_train_batch_size: int = 32  # completions per device and step (TRL semantics); multiple of G
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"  # constant: every stage gets the same step size
@@ -102,241 +106,15 @@ def stage_plan(cfg: ProgressiveGRPOConfig) -> list[GRPOStageConfig]:
 
 
 # --------------------------------------------------------------------------------------
-# The trainer: TRL's GRPOTrainer with SID-constrained group generation
-# --------------------------------------------------------------------------------------
-def _trl():
-    # Imported lazily: `import negrec.train` must stay cheap for the CLI.
-    import trl
-
-    return trl
-
-
-def _make_trainer_class():
-    import torch
-    from transformers import GenerationConfig, LogitsProcessorList, TrainerCallback
-    from transformers.trainer_callback import ExportableState
-    from trl import GRPOTrainer
-    from trl.models import unwrap_model_for_generation
-    from trl.trainer.utils import pad
-
-    class StageCallback(TrainerCallback, ExportableState):
-        """Logs the active stage (jsonl + TensorBoard, global step across stages) and advances
-        a stage early when its mean reward plateaus. Its state rides in trainer_state.json."""
-
-        def __init__(self, stage_index: int = 0, stage_name: str = "", beta: float = 0.0, context_mix: float = 1.0,
-                     neg_window_days: float | None = None, step_offset: int = 0, log_path: str | None = None,
-                     tb_dir: str | None = None, plateau_window: int = 0, plateau_min_improvement: float = 0.0):
-            self.stage_index, self.stage_name, self.beta = stage_index, stage_name, beta
-            self.context_mix, self.neg_window_days, self.step_offset = context_mix, neg_window_days, step_offset
-            self.log_path, self.tb_dir = log_path, tb_dir
-            self.plateau_window, self.plateau_min_improvement = plateau_window, plateau_min_improvement
-            self.rewards: list[float] = []  # mean reward of each generation round of this stage
-            self.advanced_early = False
-            self._tb = None
-
-        def state(self) -> dict:
-            args = {k: getattr(self, k) for k in ("stage_index", "stage_name", "beta", "context_mix", "neg_window_days",
-                                                  "step_offset", "log_path", "tb_dir", "plateau_window",
-                                                  "plateau_min_improvement")}
-            return {"args": args, "attributes": {"rewards": list(self.rewards), "advanced_early": self.advanced_early}}
-
-        def stage_fields(self) -> dict:
-            return {"stage": self.stage_index, "stage_name": self.stage_name, "beta": self.beta,
-                    "context_mix": self.context_mix, "neg_window_days": self.neg_window_days}
-
-        def plateaued(self) -> bool:
-            w = self.plateau_window
-            if w <= 0 or len(self.rewards) < 2 * w:
-                return False
-            last, prev = self.rewards[-w:], self.rewards[-2 * w:-w]
-            return sum(last) / w - sum(prev) / w < self.plateau_min_improvement
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.plateaued() and state.global_step < state.max_steps:
-                self.advanced_early = True
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "loss" not in logs and "reward" not in logs:
-                return
-            step = self.step_offset + state.global_step
-            row = {"global_step": step, "stage_step": state.global_step, **self.stage_fields(),
-                   "reward": logs.get("reward"), "reward_std": logs.get("reward_std"),
-                   "zero_std_share": logs.get("frac_reward_zero_std"), "kl": logs.get("kl"),
-                   "loss": logs.get("loss"), "learning_rate": logs.get("learning_rate"),
-                   "step_time": logs.get("step_time")}
-            row.update({k: v for k, v in logs.items() if k.startswith("rewards/")})
-            if self.log_path:
-                with open(self.log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if self.tb_dir:
-                if self._tb is None:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self._tb = SummaryWriter(self.tb_dir)
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("global_step",):
-                        self._tb.add_scalar(f"grpo/{k}", v, step)
-                self._tb.flush()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self._tb is not None:
-                self._tb.close()
-                self._tb = None
-
-    class SidGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer whose groups are SIDs generated under a `SidConstraint` trie.
-
-        `generation="sample"`: each of the G rows of a group samples one SID (TRL's own path, plus
-        the constraint's logits processor). `generation="beam"`: each group is one constrained beam
-        search with G beams, and its rows take the G best beams (MiniOneRec).
-        """
-
-        def __init__(self, *args, sid_constraint=None, generation: str = "sample", stage_callback=None,
-                     on_checkpoint=None, **kwargs):
-            if sid_constraint is None:
-                raise ValueError("SidGRPOTrainer needs a sid_constraint (negrec.llm.SidConstraint)")
-            if generation not in GENERATION_MODES:
-                raise ValueError(f"generation must be one of {GENERATION_MODES}, got {generation!r}")
-            callbacks = list(kwargs.pop("callbacks", None) or [])
-            if stage_callback is not None:
-                callbacks.append(stage_callback)
-            super().__init__(*args, callbacks=callbacks, **kwargs)
-            if self.use_vllm or self.use_transformers_continuous_batching:
-                raise ValueError("SidGRPOTrainer generates with transformers' generate (the SID logits processor); "
-                                 "use_vllm / continuous batching are not supported")
-            self.sid_constraint = sid_constraint
-            self.generation = generation
-            self.on_checkpoint = on_checkpoint
-            # Pinned beam settings: G distinct SIDs per group, scored by summed log-prob (no length bias:
-            # every SID has the same length).
-            self.beam_generation_config = GenerationConfig(
-                max_new_tokens=self.max_completion_length, do_sample=False, num_beams=self.num_generations,
-                num_return_sequences=self.num_generations, length_penalty=0.0, early_stopping=True,
-                pad_token_id=self._tokenizer.pad_token_id, bos_token_id=self._tokenizer.bos_token_id,
-                eos_token_id=self.eos_token_ids, disable_compile=True)
-
-        # The stage callback is replaced by a fresh instance when a checkpoint is restored: look it up.
-        @property
-        def stage_callback(self):
-            for cb in self.callback_handler.callbacks:
-                if isinstance(cb, StageCallback):
-                    return cb
-            return None
-
-        def log(self, logs: dict, start_time: float | None = None) -> None:
-            cb = self.stage_callback
-            if cb is not None and self.model.training:
-                # The active stage and its KL weight go into log_history (trainer state) and every reporter.
-                logs = {**logs, "stage": cb.stage_index, "stage_beta": cb.beta}
-            super().log(logs, start_time)
-
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            cb = self.stage_callback
-            rewards = self._metrics["train"].get("reward") if self.model.training else None
-            if cb is not None and rewards:
-                cb.rewards.append(float(rewards[-1]))
-            return out
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            if self.on_checkpoint is not None and self.args.should_save:
-                from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-                path = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-                self.on_checkpoint(path, self.state.global_step)
-
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            device = self.accelerator.device
-            prompts = [torch.tensor(ids) for ids in prompt_ids]
-            input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
-            attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
-            prompt_len = input_ids.size(1)
-            processors = LogitsProcessorList([self.sid_constraint.logits_processor(prompt_len)])
-            with (
-                unwrap_model_for_generation(
-                    self.model_wrapped, self.accelerator,
-                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                    generation_kwargs=self.generation_kwargs,
-                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-                ) as unwrapped_model,
-                torch.no_grad(),
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
-            ):
-                if self.generation == "beam":
-                    completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, processors,
-                                                       num_generations)
-                else:
-                    out = unwrapped_model.generate(input_ids=input_ids.to(device),
-                                                   attention_mask=attention_mask.to(device),
-                                                   generation_config=self.generation_config,
-                                                   logits_processor=processors)
-                    completion_ids = out[:, prompt_len:]
-            return self._cut_after_eos(completion_ids.cpu()), None
-
-        def _beam_groups(self, model, input_ids, attention_mask, processors, num_generations):
-            # Rows arrive as contiguous groups of G copies of one prompt; a group may straddle two
-            # processes, so a row's rank in its group comes from its global position.
-            n = input_ids.size(0)
-            offset = self.accelerator.process_index * n
-            positions = [offset + i for i in range(n)]
-            groups = sorted({p // num_generations for p in positions})
-            first_row = {g: next(i for i, p in enumerate(positions) if p // num_generations == g) for g in groups}
-            idx = torch.tensor([first_row[g] for g in groups])
-            config = self.beam_generation_config
-            if num_generations != config.num_beams:  # eval groups may differ in size
-                config = GenerationConfig(**{**config.to_dict(), "num_beams": num_generations,
-                                             "num_return_sequences": num_generations})
-            device = self.accelerator.device
-            out = model.generate(input_ids=input_ids[idx].to(device), attention_mask=attention_mask[idx].to(device),
-                                 generation_config=config, logits_processor=processors)
-            out = out[:, input_ids.size(1):]
-            group_pos = {g: k for k, g in enumerate(groups)}
-            rows = [group_pos[p // num_generations] * num_generations + p % num_generations for p in positions]
-            return out[torch.tensor(rows, device=out.device)]
-
-        def _cut_after_eos(self, completion_ids):
-            is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids))
-            eos_idx = torch.full((is_eos.size(0),), is_eos.size(1), dtype=torch.long)
-            has_eos = is_eos.any(dim=1)
-            eos_idx[has_eos] = is_eos.int().argmax(dim=1)[has_eos]
-            keep = torch.arange(is_eos.size(1)).expand(is_eos.size(0), -1) <= eos_idx.unsqueeze(1)
-            return [c[m].tolist() for c, m in zip(completion_ids, keep)]
-
-    return SidGRPOTrainer, StageCallback
-
-
-_CLASSES = None
-
-
-def _classes():
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _make_trainer_class()
-    return _CLASSES
-
-
-def __getattr__(name):
-    # `from negrec.train.grpo import SidGRPOTrainer` without importing TRL at module import.
-    if name == "SidGRPOTrainer":
-        return _classes()[0]
-    if name == "StageCallback":
-        return _classes()[1]
-    raise AttributeError(name)
-
-
-# --------------------------------------------------------------------------------------
 # The driver: stages, progress.json, resume
 # --------------------------------------------------------------------------------------
 def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Path, max_steps: int,
               completion_length: int, seed: int, reward_weights: list[float] | None = None):
     """TRL GRPOConfig with every setting that matters pinned (TRL's defaults are not ours)."""
     import torch
+    from trl import GRPOConfig
 
-    trl = _trl()
-    return trl.GRPOConfig(
+    return GRPOConfig(
         output_dir=str(output_dir), max_steps=max_steps, seed=seed, data_seed=seed,
         beta=stage.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
         num_generations=cfg.num_generations, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -344,7 +122,7 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         epsilon=cfg.epsilon, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=0, max_grad_norm=cfg.max_grad_norm, weight_decay=0.0,
         max_completion_length=completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        min_p=None, repetition_penalty=1.0, generation_kwargs={"num_beams": 1},
+        min_p=None, repetition_penalty=1.0, generation_kwargs=dict(PINNED_GENERATION),
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
         bf16=cfg.bf16, fp16=False, activation_checkpointing=False, deepspeed=cfg.deepspeed,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -378,8 +156,6 @@ def _truncate_log(path: Path, max_step: int) -> None:
 
 
 def _is_main_process() -> bool:
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -396,11 +172,14 @@ def train_progressive_grpo(
     tb_dir: str | Path | None = None,
     reward_weights: list[float] | None = None,
     stop_after_steps: int | None = None,
+    run_key: str = "",
 ) -> dict:
     """Run the GRPO stages from the SFT policy in `sft_dir`; resume from `out_dir/progress.json`.
 
     `samples`: dict rows (dataset columns: future sets etc., passed to the rewards by keyword).
     `build_prompt(row, context_mix=..., neg_window_days=...) -> str` (PromptBuilder.build).
+    `run_key`: a hash of what else shaped the run (rewards, prompts); progress made under another
+    key is not resumed.
     `stop_after_steps` stops (as a kill would, after committing a checkpoint) once that many global
     steps are done: used by the resume test and nothing else.
     Returns a summary dict; the final model is in `out_dir/final`.
@@ -409,7 +188,8 @@ def train_progressive_grpo(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    SidGRPOTrainer, StageCallback = _classes()
+    from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
+
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (sft_dir / "config.json").exists():
@@ -420,7 +200,7 @@ def train_progressive_grpo(
     log_path = out_dir / "log.jsonl"
     progress_path = out_dir / "progress.json"
     fingerprint = config_hash({"grpo": to_dict(cfg), "sft": str(sft_dir.resolve()), "n": len(samples),
-                               "L": completion_length})
+                               "L": completion_length, "key": run_key})
     progress = read_json(progress_path) if progress_path.exists() else None
     if progress is not None and progress.get("fingerprint") != fingerprint:
         print(f"[grpo] {progress_path}: written for another config or policy; starting over")
@@ -487,7 +267,7 @@ def train_progressive_grpo(
 
         stopper = None
         if stop_after_steps is not None:
-            stopper = _StopAt(stop_after_steps - step_offset)
+            stopper = StopAfterSteps(stop_after_steps - step_offset)
         trainer = SidGRPOTrainer(
             model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=hf_tok,
             sid_constraint=sid_constraint, generation=cfg.generation, stage_callback=callback,
@@ -503,17 +283,14 @@ def train_progressive_grpo(
             return {"stopped_at": step_offset + steps}
         cb = trainer.stage_callback
         final_dir = out_dir / "final" if i == len(plan) - 1 else stage_dir / "final"
-        if _is_main_process():
-            with atomic_dir(final_dir) as tmp:
-                trainer.save_model(str(tmp))
-                hf_tok.save_pretrained(str(tmp))
-                _copy_policy_extras(sft_dir, Path(tmp))
-        trainer.accelerator.wait_for_everyone()
+        _save_final(trainer, hf_tok, sft_dir, final_dir)
         record = {"index": i, "name": stage.name, "steps": steps, "budget": budget, "beta": stage.beta,
                   "context_mix": stage.context_mix, "neg_window_days": stage.neg_window_days,
                   "advanced_early": bool(cb.advanced_early if cb else False),
                   "mean_reward_last": (sum(cb.rewards[-5:]) / len(cb.rewards[-5:])) if cb and cb.rewards else None,
-                  "model": str(final_dir.relative_to(out_dir))}
+                  "model": str(final_dir.relative_to(out_dir)),
+                  "deepspeed_zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
+                                           if trainer.is_deepspeed_enabled else None)}
         progress["stages"].append(record)
         progress["current"] = None
         if _is_main_process():
@@ -539,6 +316,28 @@ def train_progressive_grpo(
     return summary
 
 
+def _save_final(trainer, hf_tok, sft_dir: Path, final_dir: Path) -> None:
+    """Write the stage's model atomically: every rank joins save_model (ZeRO-3 gathers the weights
+    there), into a staging folder that the main process then renames over `final_dir`."""
+    staging = final_dir.with_name(f".{final_dir.name}.staging")
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        hf_tok.save_pretrained(str(staging))
+        _copy_policy_extras(sft_dir, staging)
+        old = final_dir.with_name(f".{final_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final_dir.exists():
+            os.replace(final_dir, old)
+        os.replace(staging, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
 def _copy_policy_extras(src: Path, dst: Path) -> None:
     """Carry what negrec.llm.save_policy keeps beside the weights (the SID tokenizer, model info)."""
     for name in ("sid_tokenizer", "negrec_model.json"):
@@ -551,26 +350,6 @@ def _copy_policy_extras(src: Path, dst: Path) -> None:
 def _mean(xs) -> float | None:
     xs = [x for x in xs if isinstance(x, (int, float)) and not math.isnan(x)]
     return sum(xs) / len(xs) if xs else None
-
-
-class _StopAt:
-    """Simulates a kill after `n` steps of the current stage (resume tests): saves, then stops."""
-
-    def __new__(cls, n):
-        from transformers import TrainerCallback
-
-        class StopAt(TrainerCallback):
-            def __init__(self):
-                self.n, self.fired = n, False
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if 0 < self.n <= state.global_step:
-                    self.fired = True
-                    control.should_save = True
-                    control.should_training_stop = True
-                return control
-
-        return StopAt()
 
 
 # --------------------------------------------------------------------------------------
@@ -638,7 +417,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
-        out_dir=out_dir, tb_dir=run_dir / "tb" / "grpo", stop_after_steps=stop_after_steps)
+        out_dir=out_dir, tb_dir=run_dir / "tb" / "grpo", stop_after_steps=stop_after_steps, run_key=h)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,

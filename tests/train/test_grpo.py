@@ -94,7 +94,7 @@ def test_plain_grpo_runs_final_context_for_same_total_steps():
 
 
 def test_dynamic_balance_advances_on_plateau():
-    from negrec.train.grpo import StageCallback
+    from negrec.train.grpo_trainer import StageCallback
 
     cb = StageCallback(plateau_window=2, plateau_min_improvement=0.05)
     cb.rewards = [0.1, 0.2, 0.4, 0.5]  # improving: stay

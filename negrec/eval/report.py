@@ -1,0 +1,194 @@
+"""`negrec report`: report.md and PNG plots in the run folder, for a person to read.
+
+Recall@K per method, recall by horizon H, GRPO reward and stage over steps, SID code usage per
+level, the dislike-filter curve, and five example users: their history, the predicted dislikes
+(titles decoded from SIDs) and what they actually disliked.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import section_config
+from ..io import atomic_path, read_json, write_text
+
+
+@dataclass
+class ReportConfig:
+    examples: int = 5
+    k_shown: int = 10
+    seed: int = 0
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+    return path.name
+
+
+def plot_recall_at_k(metrics: dict, h: int, ks, path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method, m in metrics.items():
+        ys = [m.get(f"recall@{k}_h{h}") for k in ks]
+        if any(y is not None for y in ys):
+            ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=method)
+    ax.set(xlabel="K", ylabel=f"future-negative Recall@K (H={h})", xscale="log", title="Recall@K per method")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_recall_by_horizon(metrics: dict, horizons, k: int, path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width = 0.8 / max(len(metrics), 1)
+    for i, (method, m) in enumerate(metrics.items()):
+        ys = [m.get(f"recall@{k}_h{h}") or 0.0 for h in horizons]
+        ax.bar(np.arange(len(horizons)) + i * width, ys, width, label=method)
+    ax.set_xticks(np.arange(len(horizons)) + 0.4 - width / 2, [f"H={h}" for h in horizons])
+    ax.set(ylabel=f"Recall@{k}", title="Recall by horizon H (days after the cut)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
+    rows = [r for r in log_rows if any("reward" in k for k in r)]
+    if not rows:
+        return None
+    key = "reward" if "reward" in rows[0] else next(k for k in rows[0] if "reward" in k and "std" not in k)
+    steps = [r.get("global_step", i + 1) for i, r in enumerate(rows)]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, [r.get(key) for r in rows], marker=".", label=key)
+    if "zero_std_share" in rows[0]:
+        ax.plot(steps, [r.get("zero_std_share") for r in rows], alpha=0.6, label="share of zero-std groups")
+    stages = [r.get("stage") for r in rows]
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            ax.axvline(steps[i], color="grey", ls="--", lw=0.8)
+            ax.text(steps[i], ax.get_ylim()[1], f" {stages[i]}", fontsize=7, va="top")
+    ax.set(xlabel="GRPO step", ylabel="mean reward", title=f"GRPO reward over steps (stage {stages[0]} first)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_code_usage(tok_metrics: dict, path: Path) -> str | None:
+    levels = tok_metrics.get("levels")
+    if not levels:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    x = np.arange(len(levels))
+    ax.bar(x - 0.2, [lv["used"] for lv in levels], 0.4, label="codes used")
+    ax.bar(x + 0.2, [lv["perplexity"] for lv in levels], 0.4, label="perplexity")
+    ax.plot(x, [lv["size"] for lv in levels], "k_", ms=30, label="codebook size")
+    ax.set_xticks(x, [f"level {lv['level']}" for lv in levels])
+    ax.set(title=f"SID code usage per level (unique raw SIDs {tok_metrics.get('unique_fraction', 0):.1%})")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_filter(curve: dict, path: Path) -> str | None:
+    pts = curve.get("curve") or []
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    xs = [p["pos_removed"] or 0 for p in pts]
+    ys = [p["neg_removed"] or 0 for p in pts]
+    ax.plot(xs, ys, marker="o")
+    for p, x, y in zip(pts, xs, ys):
+        ax.annotate(f"θ={p['theta']:.2f}", (x, y), fontsize=6)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="future positives wrongly removed", ylabel="future negatives removed",
+           title=f"Dislike filter ({curve.get('method')}, top-{curve.get('k')})")
+    return _save(fig, path)
+
+
+def example_users(prepared, predictions: pd.DataFrame, n: int, k: int, h: int, seed: int) -> str:
+    samples = prepared.samples["test"]
+    samples = samples[samples[f"future_neg_h{h}"].map(len) > 0]
+    if len(samples) == 0 or predictions is None:
+        return "_no test users with future negatives_\n"
+    pick = samples.sample(n=min(n, len(samples)), random_state=seed)
+    title = prepared.item_text
+    out = []
+    for row in pick.itertuples():
+        pred = predictions[(predictions.user_id == row.user_id) & (predictions.cut_ts == row.cut_ts)].sort_values("rank")
+        pred_ids = pred["item_id"].head(k).tolist()
+        truth = set(int(i) for i in getattr(row, f"future_neg_h{h}"))
+        cut = pd.Timestamp(int(row.cut_ts), unit="s", tz="UTC").strftime("%Y-%m-%d")
+        out.append(f"### User {row.user_id} (cut {cut})\n")
+        negs = [f"{title(i)} ({kd})" for i, kd in zip(list(row.neg_items)[-5:], list(row.neg_kinds)[-5:])]
+        pos = [title(i) for i in list(row.pos_items)[-5:]]
+        out.append(f"- recent dislikes: {'; '.join(negs) or '(none)'}")
+        out.append(f"- recent likes: {'; '.join(pos) or '(none)'}")
+        out.append("- predicted dislikes: " + "; ".join(("**" + title(i) + "** ✓") if i in truth else title(i)
+                                                      for i in pred_ids))
+        out.append(f"- actually disliked in the next {h} days: " + "; ".join(title(i) for i in sorted(truth)) + "\n")
+    return "\n".join(out) + "\n"
+
+
+def run_report(raw: dict, run_dir) -> dict:
+    from ..data import Prepared
+    from .run import EvalConfig
+
+    run_dir = Path(run_dir)
+    cfg = section_config(ReportConfig, raw, "report")
+    ecfg = section_config(EvalConfig, raw, "eval")
+    mcfg = ecfg.metrics
+    h = mcfg.main_horizon
+    plots = run_dir / "plots"
+    ev = run_dir / "eval"
+    parts = [f"# negrec report: `{run_dir.name}`\n"]
+    metrics = read_json(ev / "metrics.json") if (ev / "metrics.json").exists() else {}
+    if (ev / "results_table.md").exists():
+        parts.append(f"## Results (test users, H = {h} days)\n\n" + (ev / "results_table.md").read_text())
+        parts.append("Recall@K = hits / min(K, |F_H|); FHR@20 = share of users with a top-20 item in F_H; "
+                     "NextNeg = the conventional next-negative target; LUF/LIF = long-tail users/items; "
+                     "Coll = F_H widened by Swing co-negatives.\n")
+    if metrics:
+        ks = sorted(mcfg.ks)
+        parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")
+        parts.append(f"![Recall by H](plots/{plot_recall_by_horizon(metrics, sorted(mcfg.horizons), 10, plots / 'recall_by_horizon.png')})\n")
+    grpo_log = run_dir / "grpo" / "log.jsonl"
+    if grpo_log.exists():
+        rows = [json.loads(line) for line in grpo_log.read_text().splitlines() if line.strip()]
+        name = plot_grpo(rows, plots / "grpo_reward.png")
+        if name:
+            parts.append(f"## Progressive GRPO\n\n![GRPO reward](plots/{name})\n")
+    tok = run_dir / "tokenize" / "metrics.json"
+    if tok.exists():
+        tm = read_json(tok)
+        name = plot_code_usage(tm, plots / "code_usage.png")
+        if name:
+            parts.append(f"## Semantic IDs\n\n![code usage](plots/{name})\n")
+    curve = run_dir / "filter" / "curve.json"
+    if curve.exists():
+        name = plot_filter(read_json(curve), plots / "filter_curve.png")
+        if name:
+            parts.append(f"## Dislike filter\n\n![filter](plots/{name})\n")
+    pred_path = ev / "predictions.parquet"
+    if (run_dir / "data" / "interactions.parquet").exists():
+        prepared = Prepared.load(run_dir / "data")
+        preds = pd.read_parquet(pred_path) if pred_path.exists() else None
+        parts.append("## Example users\n\n" + example_users(prepared, preds, cfg.examples, cfg.k_shown, h, cfg.seed))
+    path = write_text(run_dir / "report.md", "\n".join(parts))
+    print(f"[report] {path} ({len(list(plots.glob('*.png'))) if plots.exists() else 0} plots)")
+    return {"report": str(path)}

@@ -1,0 +1,222 @@
+"""TRL's GRPOTrainer with groups generated under the SID constraint, and the stage callback.
+
+Kept apart from negrec.train.grpo (configs and the stage driver) because it imports TRL, which
+`import negrec.train` must not pay for.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+GENERATION_MODES = ("sample", "beam")
+
+
+class StageCallback(TrainerCallback, ExportableState):
+    """Logs the active stage (jsonl + TensorBoard, global step across stages) and advances
+    a stage early when its mean reward plateaus. Its state rides in trainer_state.json."""
+
+    def __init__(self, stage_index: int = 0, stage_name: str = "", beta: float = 0.0, context_mix: float = 1.0,
+                 neg_window_days: float | None = None, step_offset: int = 0, log_path: str | None = None,
+                 tb_dir: str | None = None, plateau_window: int = 0, plateau_min_improvement: float = 0.0):
+        self.stage_index, self.stage_name, self.beta = stage_index, stage_name, beta
+        self.context_mix, self.neg_window_days, self.step_offset = context_mix, neg_window_days, step_offset
+        self.log_path, self.tb_dir = log_path, tb_dir
+        self.plateau_window, self.plateau_min_improvement = plateau_window, plateau_min_improvement
+        self.rewards: list[float] = []  # mean reward of each generation round of this stage
+        self.advanced_early = False
+        self._tb = None
+
+    def state(self) -> dict:
+        args = {k: getattr(self, k) for k in ("stage_index", "stage_name", "beta", "context_mix", "neg_window_days",
+                                              "step_offset", "log_path", "tb_dir", "plateau_window",
+                                              "plateau_min_improvement")}
+        return {"args": args, "attributes": {"rewards": list(self.rewards), "advanced_early": self.advanced_early}}
+
+    def stage_fields(self) -> dict:
+        return {"stage": self.stage_index, "stage_name": self.stage_name, "beta": self.beta,
+                "context_mix": self.context_mix, "neg_window_days": self.neg_window_days}
+
+    def plateaued(self) -> bool:
+        w = self.plateau_window
+        if w <= 0 or len(self.rewards) < 2 * w:
+            return False
+        last, prev = self.rewards[-w:], self.rewards[-2 * w:-w]
+        return sum(last) / w - sum(prev) / w < self.plateau_min_improvement
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.plateaued() and state.global_step < state.max_steps:
+            self.advanced_early = True
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs and "reward" not in logs:
+            return
+        step = self.step_offset + state.global_step
+        row = {"global_step": step, "stage_step": state.global_step, **self.stage_fields(),
+               "reward": logs.get("reward"), "reward_std": logs.get("reward_std"),
+               "zero_std_share": logs.get("frac_reward_zero_std"), "kl": logs.get("kl"),
+               "loss": logs.get("loss"), "learning_rate": logs.get("learning_rate"),
+               "step_time": logs.get("step_time")}
+        row.update({k: v for k, v in logs.items() if k.startswith("rewards/")})
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.tb_dir:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
+
+                self._tb = SummaryWriter(self.tb_dir)
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("global_step",):
+                    self._tb.add_scalar(f"grpo/{k}", v, step)
+            self._tb.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+class SidGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose groups are SIDs generated under a `SidConstraint` trie.
+
+    `generation="sample"`: each of the G rows of a group samples one SID (TRL's own path, plus
+    the constraint's logits processor). `generation="beam"`: each group is one constrained beam
+    search with G beams, and its rows take the G best beams (MiniOneRec).
+    """
+
+    def __init__(self, *args, sid_constraint=None, generation: str = "sample", stage_callback=None,
+                 on_checkpoint=None, **kwargs):
+        if sid_constraint is None:
+            raise ValueError("SidGRPOTrainer needs a sid_constraint (negrec.llm.SidConstraint)")
+        if generation not in GENERATION_MODES:
+            raise ValueError(f"generation must be one of {GENERATION_MODES}, got {generation!r}")
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if stage_callback is not None:
+            callbacks.append(stage_callback)
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+        if self.use_vllm or self.use_transformers_continuous_batching:
+            raise ValueError("SidGRPOTrainer generates with transformers' generate (the SID logits processor); "
+                             "use_vllm / continuous batching are not supported")
+        self.sid_constraint = sid_constraint
+        self.generation = generation
+        self.on_checkpoint = on_checkpoint
+        # Pinned beam settings: G distinct SIDs per group, scored by summed log-prob (no length bias:
+        # every SID has the same length).
+        self.beam_generation_config = GenerationConfig(
+            max_new_tokens=self.max_completion_length, do_sample=False, num_beams=self.num_generations,
+            num_return_sequences=self.num_generations, length_penalty=0.0, early_stopping=True,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, use_cache=True,
+            pad_token_id=self._tokenizer.pad_token_id, bos_token_id=self._tokenizer.bos_token_id,
+            eos_token_id=self.eos_token_ids, disable_compile=True)
+
+    # The stage callback is replaced by a fresh instance when a checkpoint is restored: look it up.
+    @property
+    def stage_callback(self):
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, StageCallback):
+                return cb
+        return None
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        cb = self.stage_callback
+        if cb is not None and self.model.training:
+            # The active stage and its KL weight go into log_history (trainer state) and every reporter.
+            logs = {**logs, "stage": cb.stage_index, "stage_beta": cb.beta}
+        super().log(logs, start_time)
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        cb = self.stage_callback
+        rewards = self._metrics["train"].get("reward") if self.model.training else None
+        if cb is not None and rewards:
+            cb.rewards.append(float(rewards[-1]))
+        return out
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.on_checkpoint is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            path = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.on_checkpoint(path, self.state.global_step)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        device = self.accelerator.device
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
+        attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
+        prompt_len = input_ids.size(1)
+        processors = LogitsProcessorList([self.sid_constraint.logits_processor(prompt_len)])
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            if self.generation == "beam":
+                completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, processors,
+                                                   num_generations)
+            else:
+                out = unwrapped_model.generate(input_ids=input_ids.to(device),
+                                               attention_mask=attention_mask.to(device),
+                                               generation_config=self.generation_config,
+                                               logits_processor=processors)
+                completion_ids = out[:, prompt_len:]
+        return self._cut_after_eos(completion_ids.cpu()), None
+
+    def _beam_groups(self, model, input_ids, attention_mask, processors, num_generations):
+        # Rows arrive as contiguous groups of G copies of one prompt; a group may straddle two
+        # processes, so a row's rank in its group comes from its global position.
+        n = input_ids.size(0)
+        offset = self.accelerator.process_index * n
+        positions = [offset + i for i in range(n)]
+        groups = sorted({p // num_generations for p in positions})
+        first_row = {g: next(i for i, p in enumerate(positions) if p // num_generations == g) for g in groups}
+        idx = torch.tensor([first_row[g] for g in groups])
+        config = self.beam_generation_config
+        if num_generations != config.num_beams:  # eval groups may differ in size
+            config = GenerationConfig(**{**config.to_dict(), "num_beams": num_generations,
+                                         "num_return_sequences": num_generations})
+        device = self.accelerator.device
+        out = model.generate(input_ids=input_ids[idx].to(device), attention_mask=attention_mask[idx].to(device),
+                             generation_config=config, logits_processor=processors)
+        out = out[:, input_ids.size(1):]
+        group_pos = {g: k for k, g in enumerate(groups)}
+        rows = [group_pos[p // num_generations] * num_generations + p % num_generations for p in positions]
+        return out[torch.tensor(rows, device=out.device)]
+
+    def _cut_after_eos(self, completion_ids):
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids))
+        eos_idx = torch.full((is_eos.size(0),), is_eos.size(1), dtype=torch.long)
+        has_eos = is_eos.any(dim=1)
+        eos_idx[has_eos] = is_eos.int().argmax(dim=1)[has_eos]
+        keep = torch.arange(is_eos.size(1)).expand(is_eos.size(0), -1) <= eos_idx.unsqueeze(1)
+        return [c[m].tolist() for c, m in zip(completion_ids, keep)]
+
+
+class StopAfterSteps(TrainerCallback):
+    """Simulates a kill after `n` steps of a stage (resume tests): the step's checkpoint is saved
+    and committed, then training stops."""
+
+    def __init__(self, n: int):
+        self.n, self.fired = n, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if 0 < self.n <= state.global_step:
+            self.fired = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control

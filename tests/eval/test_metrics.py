@@ -1,0 +1,133 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negrec.eval.metrics import (
+    DAY,
+    MetricsConfig,
+    candidate_accuracy,
+    candidate_sets,
+    evaluate_arrays,
+    evaluate_predictions,
+    rank_metrics,
+)
+from negrec.rewards.matching import ItemSets, clean_rankings
+
+
+def test_rank_metrics_hand_computed():
+    rankings = np.array([[5, 1, 2, 9], [4, 8, 7, 6], [1, 2, 3, 4]])
+    targets = ItemSets.from_lists([[1, 9], [3], []])
+    m = rank_metrics(rankings, targets, ks=[1, 2, 4])
+    # row 0: hits at positions 2 and 4; |F| = 2
+    assert m["recall@1"][0] == 0.0 and m["recall@2"][0] == 0.5 and m["recall@4"][0] == 1.0
+    assert m["ndcg@2"][0] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert m["ndcg@4"][0] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
+    assert m["hit@1"][0] == 0.0 and m["hit@2"][0] == 1.0
+    assert m["recall@4"][1] == 0.0
+    assert np.isnan(m["recall@4"][2])  # empty F_H: left out
+
+
+def test_k_larger_than_target_set():
+    # |F| = 1 < K = 4: one hit is full recall (denominator min(K, |F|))
+    m = rank_metrics(np.array([[7, 3, -1, -1]]), ItemSets.from_lists([[3]]), ks=[4])
+    assert m["recall@4"][0] == 1.0
+    assert m["ndcg@4"][0] == pytest.approx(1 / math.log2(3))
+
+
+def test_context_items_are_never_counted_and_do_not_take_slots():
+    rankings = np.array([[1, 2, 3]])
+    future = {7: ItemSets.from_lists([[2, 3]])}
+    context = ItemSets.from_lists([[1, 2]])
+    out = evaluate_arrays(rankings, future, MetricsConfig(ks=[1, 2], horizons=[7], fhr_k=1), context=context)
+    # 2 is in the context: not a target and not a hit; 1 is dropped so 3 moves to rank 1
+    assert out["recall@1_h7"] == 1.0 and out["recall@2_h7"] == 1.0
+    # a user whose whole F_H lies in the context has an empty F_H
+    out = evaluate_arrays(rankings, {7: ItemSets.from_lists([[2]])}, MetricsConfig(ks=[1], horizons=[7], fhr_k=1),
+                          context=context)
+    assert out["n_empty_h7"] == 1 and out["recall@1_h7"] is None
+
+
+def test_evaluate_predictions_ties_empty_and_horizons():
+    preds = pd.DataFrame({
+        "user_id": [1, 1, 1, 2, 2, 3],
+        "cut_ts": [0] * 6,
+        # user 1: two items tied at rank 1 -> higher score first, then smaller item id
+        "rank": [1, 1, 2, 1, 2, 1],
+        "item_id": [12, 11, 10, 20, 21, 30],
+        "score": [0.5, 0.9, 0.1, 1, 1, 1],
+    })
+    targets = pd.DataFrame({
+        "user_id": [1, 1, 2, 4],
+        "cut_ts": [0, 0, 0, 0],
+        "item_id": [12, 10, 21, 40],
+        "ts": [100, 2 * DAY + 5, 8 * DAY, 100],  # user 2's negative is beyond 7 days
+        "kind": ["hated", "low rating", "hated", "skipped"],
+    })
+    cfg = MetricsConfig(ks=[1, 2, 3], horizons=[1, 3, 7], fhr_k=2)
+    out = evaluate_predictions(preds, targets, cfg=cfg)
+    # rows: users 1, 2, 3 (predictions) and 4 (targets only, scored as a miss)
+    assert out["n_rows"] == 4 and out["n_rows_without_predictions"] == 1
+    # H=1: user 1 F={12}, ranking [11, 12, 10]; user 4 F={40}; users 2, 3 empty
+    assert out["n_empty_h1"] == 2
+    assert out["recall@1_h1"] == 0.0
+    assert out["recall@2_h1"] == pytest.approx(0.5)
+    # H=3: user 1 F={12, 10}: recall@2 = 1/2, recall@3 = 2/2
+    assert out["recall@3_h3"] == pytest.approx((1.0 + 0.0) / 2)
+    assert out["fhr@2_h3"] == pytest.approx(0.5)
+    # next negative: user 1 -> 12, user 2 -> 21 (no horizon), user 4 -> 40
+    assert out["next_hit@2"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_predictions_with_log_context_and_long_tail():
+    log = pd.DataFrame({
+        "user_id": [1, 1, 2, 2, 2, 1, 1, 1],
+        "item_id": [50, 51, 50, 51, 52, 60, 61, 62],
+        "ts": [-10, -9, -10, -9, -8, 10, 20, 30],
+        "feedback": [-1, -1, -1, -1, -1, -1, 1, 0],
+    })
+    preds = pd.DataFrame({"user_id": [1, 1, 1, 2], "cut_ts": [0] * 4, "rank": [0, 1, 2, 0],
+                          "item_id": [50, 61, 60, 99], "score": [3, 2, 1, 1]})
+    targets = pd.DataFrame({"user_id": [1, 1, 2], "cut_ts": [0, 0, 0], "item_id": [60, 50, 70], "ts": [10, 11, 12],
+                            "kind": ["hated", "hated", "hated"]})
+    cfg = MetricsConfig(ks=[1, 2], horizons=[7], fhr_k=1, swing_top_n=1, long_tail_user_negatives=3,
+                        long_tail_item_negatives=2)
+    out = evaluate_predictions(preds, targets, log, cfg)
+    # user 1: 50 is in the context (dropped from targets and ranking) -> ranking [61, 60], F={60}
+    assert out["recall@1_h7"] == pytest.approx(0.0) and out["recall@2_h7"] == pytest.approx(0.5)
+    # training negatives: user 1 has 2 (< 3, long-tail), user 2 has 3
+    assert out["n_long_tail_user_rows"] == 1 and out["lt_user/recall@2_h7"] == pytest.approx(1.0)
+    # long-tail items (< 2 training negatives): 60 and 70 (0 each)
+    assert out["lt_item/recall@2_h7"] == pytest.approx(0.5)
+    # collaborative: Swing widens 50 -> 51..., user 1's GTS = {60}; user 2's = {70}
+    assert out["coll_recall@2_h7"] == pytest.approx(0.5)
+    # candidates: user 1's first negative after the cut is 60; same day others: 61, 62 -> 3 candidates.
+    # ranking [61, 60]: 61 outranks 60 -> 0
+    assert out["n_candidate_rows"] == 1 and out["candidate_acc"] == 0.0 and out["candidate_chance"] == pytest.approx(1 / 3)
+
+
+def test_candidate_sets_and_accuracy_ties():
+    log = pd.DataFrame({
+        "user_id": [1] * 5 + [2, 2],
+        "item_id": [1, 2, 3, 4, 5, 6, 7],
+        "ts": [DAY + 10, DAY + 20, DAY + 30, 2 * DAY + 1, DAY + 40, DAY + 1, DAY + 2],
+        "feedback": [0, -1, 1, 0, -1, -1, -1],
+    })
+    keys = pd.DataFrame({"user_id": [1, 2], "cut_ts": [DAY, DAY]})
+    target, cands = candidate_sets(log, keys, size=3)
+    # user 1: target 2; same-day non-negatives 1 and 3 (4 is another day, 5 is a negative)
+    assert target.tolist() == [2, -1] and cands.to_lists() == [[1, 2, 3], []]
+    rows, items = cands.rows, cands.indices
+    acc, chance = candidate_accuracy(np.array([-np.inf, -np.inf, -np.inf]), items == 2, rows, 2)
+    assert acc[0] == pytest.approx(1 / 3) and np.isnan(acc[1])  # all tied: 1/3 credit
+    acc, _ = candidate_accuracy(np.array([0.0, 1.0, 1.0]), items == 2, rows, 2)
+    assert acc[0] == pytest.approx(0.5)
+
+
+def test_bad_input_names_the_field():
+    with pytest.raises(ValueError, match="predictions: missing column"):
+        evaluate_predictions(pd.DataFrame({"user_id": [1]}), pd.DataFrame({"user_id": [1]}))
+    with pytest.raises(ValueError, match="unknown kind"):
+        evaluate_predictions(pd.DataFrame({"user_id": [1], "cut_ts": [0], "rank": [0], "item_id": [1]}),
+                             pd.DataFrame({"user_id": [1], "cut_ts": [0], "item_id": [1], "ts": [1], "kind": ["meh"]}))
