@@ -1,7 +1,8 @@
 """SFT vs plain GRPO vs progressive GRPO on ML-100K with the tiny default model, in one script.
 
-1. The pipeline up to next-negative SFT (data, encode, tokenize, build-model, sft-align, sft-next)
-   in one run folder (stages already done are skipped, so a second run starts at step 2).
+1. The pipeline up to build-model (data, encode, tokenize, model) in one run folder, then the
+   SFT policy: alignment SFT then next-negative SFT with negrec.train.sft's example builders and
+   `train_sft` (stages already done are skipped, so a second run starts at step 2).
 2. Plain GRPO (final-stage context only) and progressive GRPO (recent negatives -> all negatives
    -> negatives + positives), the same total steps, group size and rewards, from the same SFT policy.
 3. Each policy ranks the same validation users (constrained beam search, the user's context
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -34,14 +36,43 @@ BASE = {
     "tokenize": {"method": "rqkmeans", "levels": 3, "codebook_size": 32},
     "model": {"source": "tiny"},
     "prompt": {"max_neg": 10, "max_pos": 10},
-    "sft_align": {"epochs": 1.0, "max_items": 400, "eval_items": 0, "logging_steps": 5,
+    "sft_align": {"epochs": 4.0, "max_items": 200, "eval_items": 0, "logging_steps": 10,
                   "tasks": ["text_to_sid", "sid_to_text", "choose_text", "choose_sid"]},
     "sft_next": {"epochs": 1.0, "max_samples": 600, "context_mix": 1.0, "eval_items": 0, "logging_steps": 5},
     "rewards": {"horizon": 7},
     "grpo": {"num_generations": 8, "per_device_train_batch_size": 32, "learning_rate": 5e-5, "save_steps": 1000,
              "max_samples": 2000},
-    "pipeline": {"stop_after": "sft-next"},
+    "pipeline": {"stop_after": "build-model"},
 }
+
+
+def sft_policy(raw: dict, run_dir: Path) -> Path:
+    """Alignment SFT then next-negative SFT from run_dir/model; returns the policy folder."""
+    from negrec.config import section_config
+    from negrec.data import Prepared
+    from negrec.llm import PromptBuilder, PromptConfig, load_policy, save_policy
+    from negrec.train.sft import SFTStageConfig, alignment_examples, next_negative_examples, train_sft
+
+    data = Prepared.load(run_dir / "data")
+    init = run_dir / "model"
+    for task in ("align", "next"):
+        out = run_dir / "bench" / f"sft_{task}"
+        if not (out / "final" / "config.json").exists():
+            cfg = section_config(SFTStageConfig, raw, f"sft_{task}")
+            model, hf_tok, sid_tok = load_policy(init, device="cpu")
+            builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, data.items, hf_tok)
+            if task == "align":
+                examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items,
+                                              cfg.item_repeats, cfg.seed)
+            else:
+                examples = next_negative_examples(builder, data.samples["train"], sid_tok, cfg.horizon or data.main_horizon,
+                                                  cfg.context_mix, cfg.neg_window_days, cfg.max_samples,
+                                                  cfg.targets_per_sample, cfg.seed)
+            print(f"[sft_{task}] {len(examples)} examples")
+            trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=None)
+            save_policy(trainer.model, hf_tok, sid_tok, out / "final")
+        init = out / "final"
+    return init
 
 
 def rank_users(model_dir: Path, samples, raw: dict, top_k: int = 10, num_beams: int = 20):
@@ -67,7 +98,7 @@ def main():
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_grpo_quality"))
     ap.add_argument("--steps-per-stage", type=int, default=6)
     ap.add_argument("--users", type=int, default=150, help="validation users evaluated")
-    ap.add_argument("--align-items", type=int, default=100, help="items for the alignment (forgetting) probe")
+    ap.add_argument("--align-items", type=int, default=100, help="aligned items in the forgetting probe")
     ap.add_argument("--set", action="append", default=[], help="config override k=v (YAML value)")
     a = ap.parse_args()
 
@@ -80,19 +111,19 @@ def main():
     from negrec.pipeline import run_pipeline
     from negrec.rewards import RewardConfig, build_rewards
     from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo, training_rows
-    from negrec.train.sft import alignment_accuracy
+    from negrec.train.sft import SFTStageConfig, alignment_accuracy
 
     torch.manual_seed(0)
     raw = apply_overrides(dict(BASE), a.set)
     n = a.steps_per_stage
-    stages = [GRPOStageConfig("neg_recent", 0.0, 3.0, n, 0.04, plateau_window=3, plateau_min_improvement=0.0),
-              GRPOStageConfig("neg_all", 0.0, None, n, 0.04, plateau_window=3, plateau_min_improvement=0.0),
+    stages = [GRPOStageConfig("neg_recent", 0.0, 3.0, n, 0.04, plateau_window=2, plateau_min_improvement=0.0),
+              GRPOStageConfig("neg_all", 0.0, None, n, 0.04, plateau_window=2, plateau_min_improvement=0.0),
               GRPOStageConfig("neg_pos", 1.0, None, n, 0.04)]
     run_dir = Path(a.run_dir)
     t0 = time.time()
     run_pipeline(raw, run_dir)
+    sft_dir = sft_policy(raw, run_dir)
     t_pipeline = time.time() - t0
-    sft_dir = run_dir / "sft_next" / "final"
 
     prepared = Prepared.load(run_dir / "data")
     rcfg = section_config(RewardConfig, raw, "rewards")
@@ -101,6 +132,13 @@ def main():
     rows = training_rows(prepared, rcfg.horizon, raw["grpo"].get("max_samples"), seed=0)
     rewards = build_rewards(rcfg, sid_tok, train_log=prepared.fit_log("train"))
     constraint = SidConstraint(sid_tok, hf_tok)
+
+    # The forgetting probe asks about the items alignment SFT taught (same pick as alignment_examples).
+    align_cfg = section_config(SFTStageConfig, raw, "sft_align")
+    ids = sorted(int(i) for i in prepared.items["item_id"] if int(i) in sid_tok)
+    if align_cfg.max_items and len(ids) > align_cfg.max_items:
+        ids = random.Random(align_cfg.seed).sample(ids, align_cfg.max_items)
+    aligned_items = prepared.items[prepared.items["item_id"].isin(ids)]
 
     valid = prepared.samples["valid"]
     valid = valid[valid[f"future_neg_h{rcfg.horizon}"].map(len) > 0]
@@ -129,7 +167,7 @@ def main():
         rankings, m, tok, stok = rank_users(model_dir, valid, raw)
         metrics = evaluate_samples(rankings, valid, mcfg, sid_tok=stok)
         results[name] = metrics
-        align[name] = alignment_accuracy(m, tok, stok, prepared.items, n=a.align_items)
+        align[name] = alignment_accuracy(m, tok, stok, aligned_items, n=a.align_items)
         print(f"[{name}] done in {time.time() - t1:.0f}s: recall@10={_get(metrics, 'recall', 10, rcfg.horizon)}")
 
     H = rcfg.horizon

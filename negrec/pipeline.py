@@ -1,7 +1,7 @@
 """`negrec pipeline`: every stage in order in one run folder.
 
 prepare -> encode -> tokenize -> build model -> alignment SFT -> next-negative SFT -> progressive
-GRPO -> baselines -> predict -> evaluate -> filter -> export codebook -> report.
+GRPO -> plain GRPO (the ablation) -> baselines -> predict -> evaluate -> filter -> export codebook -> report.
 A stage is skipped when its outputs exist and were made from the same config (its own sections
 and those of every stage before it), so a killed run resumes where it stopped.
 """
@@ -26,6 +26,7 @@ STAGES = [
     ("sft-align", "negrec.train", "run_sft", ["sft_align"], {"task": "align"}),
     ("sft-next", "negrec.train", "run_sft", ["sft_next"], {"task": "next"}),
     ("grpo", "negrec.train", "run_grpo", ["grpo", "rewards"], {}),
+    ("grpo-plain", "negrec.train", "run_grpo", ["grpo", "rewards"], {"plain": True}),
     ("baselines", "negrec.eval", "run_baselines", ["baselines", "eval"], {}),
     ("predict", "negrec.eval", "run_predict", ["eval"], {}),
     ("evaluate", "negrec.eval", "run_evaluate", ["eval"], {}),

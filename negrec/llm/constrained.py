@@ -36,7 +36,7 @@ class SidConstraint:
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_id
         table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, L), rows in sid_tok.item_ids order
         self.token_table = torch.as_tensor(table)
-        self.item_ids = torch.as_tensor(sid_tok.item_ids)
+        self.item_ids = torch.as_tensor(np.array(sid_tok.item_ids))
         n, L = table.shape
         V = self.vocab_size
 

@@ -43,6 +43,7 @@ class TokenizeConfig:
     weight_decay: float = 1e-4
     beta: float = 0.25  # commitment weight
     kmeans_iters: int = 25  # faiss k-means iterations (init of RQ-VAE levels; RQ-KMeans levels)
+    warmup_steps: int = 100  # autoencoder-only steps before the k-means init (keeps the init from going stale)
     kmeans_init: bool = True  # false: random codebooks (ablation; collapses more)
     kmeans_init_items: int = 20000  # first batch used for the k-means init of every level
     dead_code_steps: int = 50  # restart codes unused over this many steps (on batch residuals); 0 disables

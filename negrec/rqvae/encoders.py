@@ -190,6 +190,7 @@ def run_encode(raw: dict, run_dir) -> dict:
     interactions = prep.fit_log(cfg.collab_split) if cfg.collab_weight > 0 else None
     emb, meta = encode_items(cfg, prep.items, interactions)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "_DONE").unlink(missing_ok=True)  # outputs are about to change: never leave a stale marker
     for name, arr in (("embeddings.npy", emb), ("item_ids.npy", prep.items["item_id"].to_numpy(np.int64))):
         with atomic_path(out / name) as tmp:
             with open(tmp, "wb") as f:

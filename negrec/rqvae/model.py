@@ -113,6 +113,26 @@ def _perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
 
 
+def warmup_autoencoder(model: RQVAE, data: torch.Tensor, cfg: TokenizeConfig, gen: torch.Generator) -> float | None:
+    """Train encoder + decoder without quantisation for `cfg.warmup_steps` steps.
+
+    A fresh encoder's latents are tiny and move fast once training starts, so codebooks fitted
+    to them go stale within a few steps and most codes die (seen on ML-100K: level-0 usage fell
+    to 2%). Fitting the k-means init to a warmed-up latent space avoids that.
+    """
+    if cfg.warmup_steps <= 0:
+        return None
+    opt = torch.optim.AdamW([*model.encoder.parameters(), *model.decoder.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    recon = torch.zeros(())
+    for _ in range(cfg.warmup_steps):
+        batch = data[torch.randint(0, len(data), (min(cfg.batch_size, len(data)),), generator=gen).to(data.device)]
+        recon = ((model.decoder(model.encoder(batch)) - batch) ** 2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        recon.backward()
+        opt.step()
+    return round(float(recon.detach()), 6)
+
+
 def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = None, tb_dir: Path | None = None,
                 resume_key: str = "", max_steps: int | None = None) -> tuple[NumpyQuantizer, dict]:
     """Train an RQ-VAE on item vectors `x` (n, d); returns its numpy twin and the training history.
@@ -140,9 +160,11 @@ def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = No
             gen.set_state(state["generator"])
             start_epoch, history = state["epoch"] + 1, state["history"]
             print(f"[tokenize] resuming RQ-VAE from {checkpoint} at epoch {start_epoch}")
-    if start_epoch == 0 and cfg.kmeans_init:
-        first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(device)
-        model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
+    if start_epoch == 0:
+        history["warmup_recon"] = warmup_autoencoder(model, data, cfg, gen)
+        if cfg.kmeans_init:
+            first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(device)
+            model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
 
     writer = None
     if tb_dir is not None:

@@ -45,7 +45,7 @@ def tokenize_items(cfg: TokenizeConfig, item_ids: np.ndarray, x: np.ndarray, che
         "recon_sq_err": float(err.mean()),  # per item, summed over dims
         "recon_rel_err": float(err.sum() / max((x ** 2).sum(), 1e-12)),
         "items_needing_collision_handling": sids["n_handled"],
-        "collision_moves_by_depth": sids.get("moved_at_depth"),
+        "collision_moves_by_depth": {str(k): v for k, v in sids.get("moved_at_depth", {}).items()},
         "final_levels": len(sids["codebook_sizes"]),
         "final_codebook_sizes": sids["codebook_sizes"],
         "final_unique": bool(len(np.unique(sids["codes"], axis=0)) == len(x)),
@@ -74,9 +74,10 @@ def run_tokenize(raw: dict, run_dir) -> dict:
         print(f"[tokenize] up to date: {out}")
         return read_json(out / "metrics.json")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "_DONE").unlink(missing_ok=True)  # outputs are about to change: never leave a stale marker
     t0 = time.time()
-    res = tokenize_items(cfg, item_ids, x, checkpoint=out / "checkpoint.pt",
-                                             tb_dir=run_dir / "tb" / "tokenize", resume_key=key)
+    res = tokenize_items(cfg, item_ids, x, checkpoint=out / "checkpoint.pt", tb_dir=run_dir / "tb" / "tokenize",
+                         resume_key=key)
     metrics = res.metrics
     res.tokenizer.save_pretrained(out / "sid_tokenizer")
     res.quantizer.save(out / "quantizer")

@@ -199,7 +199,7 @@ def train_progressive_grpo(
     plan = stage_plan(cfg)
     log_path = out_dir / "log.jsonl"
     progress_path = out_dir / "progress.json"
-    fingerprint = config_hash({"grpo": to_dict(cfg), "sft": str(sft_dir.resolve()), "n": len(samples),
+    fingerprint = config_hash({"grpo": to_dict(cfg), "sft": policy_stamp(sft_dir), "n": len(samples),
                                "L": completion_length, "key": run_key})
     progress = read_json(progress_path) if progress_path.exists() else None
     if progress is not None and progress.get("fingerprint") != fingerprint:
@@ -368,6 +368,14 @@ def find_sft_policy(run_dir: Path, policy: str | None = None) -> Path:
     raise FileNotFoundError(f"{run_dir}/sft_next/final and {run_dir}/sft_align/final: no SFT policy; run `negrec sft` first")
 
 
+def policy_stamp(model_dir: Path) -> str:
+    """Identity of a saved policy (path + weight files' size and mtime): a retrained SFT policy
+    invalidates GRPO progress made from the old one."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    return config_hash([str(model_dir.resolve())] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
 def training_rows(prepared, horizon: int, max_samples: int | None = None, seed: int = 0) -> list[dict]:
     """Train-split samples whose future-negative set F_H is not empty, as plain dict rows."""
     import numpy as np
@@ -386,20 +394,26 @@ def training_rows(prepared, horizon: int, max_samples: int | None = None, seed: 
     return rows
 
 
-def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
-    """`negrec grpo`: progressive GRPO from the SFT policy; writes run_dir/grpo/."""
+def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: bool = False) -> dict:
+    """`negrec grpo`: progressive GRPO from the SFT policy; writes run_dir/grpo/.
+
+    `plain=True` is the ablation: plain GRPO (grpo.progressive forced to false, same total steps),
+    written to run_dir/grpo_plain/ so that both policies live in one run folder."""
     from negrec.data import Prepared
     from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
     from negrec.rewards import RewardConfig, build_rewards
 
     run_dir = Path(run_dir)
     cfg = section_config(ProgressiveGRPOConfig, raw, "grpo")
+    if plain:
+        cfg = dataclasses.replace(cfg, progressive=False)
     reward_cfg = section_config(RewardConfig, raw, "rewards")
     prompt_cfg = section_config(PromptConfig, raw, "prompt")
-    out_dir = run_dir / "grpo"
+    name = "grpo_plain" if plain else "grpo"
+    out_dir = run_dir / name
     sft_dir = find_sft_policy(run_dir, cfg.policy)
     h = config_hash({"grpo": to_dict(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
-                     "policy": str(sft_dir.resolve())})
+                     "policy": policy_stamp(sft_dir)})
     if stage_done(out_dir, h) and (out_dir / "summary.json").exists():
         print(f"[grpo] {out_dir} is up to date")
         return read_json(out_dir / "summary.json")
@@ -417,7 +431,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
-        out_dir=out_dir, tb_dir=run_dir / "tb" / "grpo", stop_after_steps=stop_after_steps, run_key=h)
+        out_dir=out_dir, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps, run_key=h)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
@@ -427,6 +441,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
         mark_done(out_dir, h)
         _print_summary(summary)
     return summary
+
+
+def run_grpo_plain(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
+    """Plain (non-progressive) GRPO into run_dir/grpo_plain/: the ablation the evaluation compares."""
+    return run_grpo(raw, run_dir, stop_after_steps=stop_after_steps, plain=True)
 
 
 def _load_sid_tokenizer(run_dir: Path, sft_dir: Path):

@@ -50,11 +50,11 @@ class SFTStageConfig:
     # training
     epochs: float = 2.0
     max_steps: int = -1
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
-    batch_size: int = 32
+    batch_size: int = 16         # tiny models learn the item vocabulary faster with more, smaller steps
     grad_accum: int = 1
     max_length: int = 384
     seed: int = 0
@@ -209,6 +209,40 @@ def _choice_accuracy(model, hf_tok, builder, examples: list[dict], batch_size: i
     return correct / len(examples)
 
 
+@torch.no_grad()
+def completion_logprobs(model, hf_tok, prompts: list[str], completions: list[str], batch_size: int = 32) -> np.ndarray:
+    """log p(completion + EOS | prompt) for each pair, teacher-forced, tokenized as SFTTrainer does."""
+    device = next(model.parameters()).device
+    pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        seqs, starts = [], []
+        for p, c in zip(prompts[s:s + batch_size], completions[s:s + batch_size]):
+            p_ids = hf_tok(p)["input_ids"]
+            full = hf_tok(p + c)["input_ids"] + [hf_tok.eos_token_id]
+            seqs.append(full)
+            starts.append(len(p_ids))
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for r, q in enumerate(seqs):  # right padding: positions match training
+            ids[r, :len(q)] = torch.as_tensor(q)
+            attn[r, :len(q)] = 1
+        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float(), -1).cpu()
+        for r, q in enumerate(seqs):
+            tgt = torch.as_tensor(q[starts[r]:])
+            out.append(float(logp[r, starts[r] - 1:len(q) - 1].gather(1, tgt[:, None]).sum()))
+    return np.asarray(out)
+
+
+def _likelihood_choice_accuracy(model, hf_tok, prompts: list[str], candidates: list[list[str]], batch_size: int) -> float:
+    """Share of questions whose first candidate (the right one) has the highest completion likelihood."""
+    flat_p = [p for p, cands in zip(prompts, candidates) for _ in cands]
+    flat_c = [c for cands in candidates for c in cands]
+    scores = completion_logprobs(model, hf_tok, flat_p, flat_c, batch_size).reshape(len(prompts), -1)
+    return float(np.mean(scores.argmax(1) == 0))
+
+
 def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: PromptBuilder | None = None,
                        prompt_cfg: PromptConfig | None = None, seed: int = 1, batch_size: int = 32) -> dict:
     """SID -> title (greedy, exact match), title -> SID (constrained beam, top-1 hit) and CoNRec 4-choice
@@ -235,10 +269,20 @@ def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: Pro
     title_to_sid = float(np.mean([bool(r) and r[0][0] == i for r, i in zip(ranked, chosen)]))
     valid = float(np.mean([bool(r) and r[0][0] in sid_tok for r in ranked]))
     # 4-choice, both directions
+    # 4-choice, both directions: (a) the CoNRec lettered question, answered by the most likely letter;
+    # (b) lm-eval style, the candidate with the highest completion likelihood
     choose_text = _choice_accuracy(model, hf_tok, builder, [choice_example(builder, sid_tok, "choose_text", i, labels, pool, rng) for i in chosen], batch_size)
     choose_sid = _choice_accuracy(model, hf_tok, builder, [choice_example(builder, sid_tok, "choose_sid", i, labels, pool, rng) for i in chosen], batch_size)
+    distractors = {i: rng.sample([j for j in pool if j != i], 3) for i in chosen}
+    choice_text_ll = _likelihood_choice_accuracy(
+        model, hf_tok, [builder.wrap(ALIGN_INSTRUCTIONS["sid_to_text"].format(sid=sid_tok.tokens_for_item(i))) for i in chosen],
+        [[answer(builder, labels[j]) for j in [i] + distractors[i]] for i in chosen], batch_size)
+    choice_sid_ll = _likelihood_choice_accuracy(
+        model, hf_tok, [builder.wrap(ALIGN_INSTRUCTIONS["text_to_sid"].format(text=labels[i])) for i in chosen],
+        [[sid_tok.tokens_for_item(j) for j in [i] + distractors[i]] for i in chosen], batch_size)
     return {"n": len(chosen), "sid_to_title": sid_to_title, "title_to_sid": title_to_sid,
-            "choose_text": choose_text, "choose_sid": choose_sid, "valid_sid_rate": valid,
+            "choose_text": choose_text, "choose_sid": choose_sid,
+            "choice_text_likelihood": choice_text_ll, "choice_sid_likelihood": choice_sid_ll, "valid_sid_rate": valid,
             "chance_title_to_sid": 1.0 / len(sid_tok), "chance_choice": 0.25, "seconds": round(time.time() - t0, 1)}
 
 
@@ -281,9 +325,7 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
                          processing_class=hf_tok, callbacks=callbacks)
     if last:
         print(f"[sft] resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
-    for cb in callbacks:
-        cb.tb_writer.flush()
+    trainer.train(resume_from_checkpoint=last)  # the TensorBoard callback closes (flushes) its writer at the end
     return trainer
 
 
@@ -351,6 +393,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     if "alignment" in summary:
         a = summary["alignment"]
         print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
-              f"(chance {a['chance_title_to_sid']:.4f}), 4-choice text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f} "
-              f"(chance 0.25), valid SIDs {a['valid_sid_rate']:.0%}")
+              f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
+              f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
+              f"valid SIDs {a['valid_sid_rate']:.0%}")
     return summary

@@ -26,21 +26,36 @@ def ml_run(ml100k_prepared, tmp_path_factory):
     return run_dir, ml100k_prepared
 
 
+@pytest.fixture(scope="module")
+def rqvae_run(ml_run):
+    """The tokenize stage run once with RQ-VAE (TIGER extra level) on the ML-100K run."""
+    run_dir, prep = ml_run
+    raw = {"_source": "test", "tokenize": {"method": "rqvae", "collision": "extra_level", **FAST}}
+    return raw, run_tokenize(raw, run_dir)
+
+
 def _genre_jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
 @pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
-def test_items_sharing_first_code_are_closer_in_genre(ml_run, method):
+def test_items_sharing_first_code_are_closer_in_genre(ml_run, rqvae_run, method):
     from negrec.rqvae.encoders import load_encoded
 
     run_dir, prep = ml_run
     ids, x, _ = load_encoded(run_dir)
-    res = tokenize_items(TokenizeConfig(method=method, **FAST), ids, x)
+    if method == "rqvae":  # codes of the stage run (trained once per module)
+        table = np.load(run_dir / "tokenize" / "raw_codes.npy")
+        assert np.array_equal(table[:, 0], ids)
+        raw_codes = table[:, 1:]
+    else:
+        res = tokenize_items(TokenizeConfig(method=method, **FAST), ids, x)
+        assert res.metrics["final_unique"]
+        raw_codes = res.raw_codes
     genres = dict(zip(prep.items["item_id"], prep.items["genres"].str.split("|").map(set)))
     g = [genres[i] for i in ids]
     rng = np.random.default_rng(0)
-    first = res.raw_codes[:, 0]
+    first = raw_codes[:, 0]
     same = []
     for code in np.unique(first):
         members = np.flatnonzero(first == code)
@@ -51,14 +66,22 @@ def test_items_sharing_first_code_are_closer_in_genre(ml_run, method):
     rand = [_genre_jaccard(g[a], g[b]) for a, b in pairs if a != b]
     # observed about 0.5 vs 0.18; the margin leaves room for seeds and BLAS differences
     assert np.mean(same) > np.mean(rand) + 0.15, (np.mean(same), np.mean(rand))
-    assert res.metrics["final_unique"]
 
 
-@pytest.mark.parametrize("collision", ["extra_level", "sinkhorn"])
-def test_tokenize_stage_export_and_numpy_parity(ml_run, collision, tmp_path):
+@pytest.mark.parametrize("method", ["rqvae", "rqkmeans"])
+def test_tokenize_stage_export_and_numpy_parity(ml_run, rqvae_run, method, tmp_path):
+    """RQ-VAE with the TIGER extra level, RQ-KMeans with Sinkhorn re-assignment (it collides more)."""
     run_dir, prep = ml_run
-    raw = {"_source": "test", "tokenize": {"method": "rqvae", "collision": collision, **FAST}}
-    metrics = run_tokenize(raw, run_dir)
+    if method == "rqvae":
+        raw, metrics = rqvae_run
+    else:
+        import shutil
+
+        shutil.copytree(run_dir / "encode", tmp_path / "run" / "encode")  # own run folder: keep the RQ-VAE one intact
+        run_dir = tmp_path / "run"
+        raw = {"_source": "test", "tokenize": {"method": "rqkmeans", "collision": "sinkhorn", **FAST}}
+        metrics = run_tokenize(raw, run_dir)
+        assert metrics["items_needing_collision_handling"] > 0 and metrics["final_levels"] == 3
     assert metrics["final_unique"] and metrics["n_items"] == len(prep.items)
     for key in ("recon_mse", "collision_rate", "levels", "items_per_first_code", "items_needing_collision_handling"):
         assert key in metrics

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from negrec.llm.prompts import PromptBuilder, PromptConfig
+
+DAY = 86400
+
+
+@pytest.fixture()
+def row(small_sid_tok):
+    ids = small_sid_tok.item_ids
+    cut = 100 * DAY
+    return {"user_id": 1, "cut_ts": cut,
+            "neg_items": ids[:6], "neg_ts": np.array([cut - d * DAY for d in (10, 8, 5, 2.5, 1, 0.5)]),
+            "neg_kinds": np.array(["low rating", "hated", "skipped", "low rating", "hated", "skipped"], dtype=object),
+            "pos_items": ids[10:30], "pos_ts": np.arange(20) + cut - 20 * DAY, "pos_kinds": np.array(["liked"] * 20, dtype=object),
+            "mixed_items": ids[30:40], "mixed_feedback": np.array([-1, 0, 1, 0, 0, 1, -1, 0, 1, 1]), "mixed_ts": np.arange(10)}
+
+
+def _n_items(segment):
+    return sum(segment.count(f"({k})") for k in ("hated", "skipped", "low rating", "liked", "neutral", "negative", "positive"))
+
+
+def _segments(text, cfg):
+    lines = text.splitlines()
+    neg = next(line for line in lines if line.startswith(cfg.neg_header))
+    pos = next(line for line in lines if line.startswith(cfg.pos_header))
+    return neg, pos
+
+
+def test_negative_and_positive_segments_are_apart_with_kinds(small_sid_tok, row):
+    cfg = PromptConfig(max_neg=4, max_pos=5)
+    b = PromptBuilder(cfg, small_sid_tok)
+    neg, pos = _segments(b.build(row), cfg)
+    ids = small_sid_tok.item_ids
+    # the last 4 negatives, oldest first, each with its kind
+    assert _n_items(neg) == 4 and "(hated)" in neg and "(skipped)" in neg and "(low rating)" in neg
+    assert small_sid_tok.tokens_for_item(ids[2]) in neg and small_sid_tok.tokens_for_item(ids[1]) not in neg
+    assert neg.index(small_sid_tok.tokens_for_item(ids[2])) < neg.index(small_sid_tok.tokens_for_item(ids[5]))
+    assert pos.count("(liked)") == 5 and small_sid_tok.tokens_for_item(ids[29]) in pos
+    assert not any(small_sid_tok.tokens_for_item(i) in pos for i in ids[:6])
+
+
+def test_context_mix_scales_positive_history(small_sid_tok, row):
+    cfg = PromptConfig(max_neg=10, max_pos=10, max_mixed=4)
+    b = PromptBuilder(cfg, small_sid_tok)
+    only_neg = b.build(row, context_mix=0.0)
+    half = b.build(row, context_mix=0.5)
+    full = b.build(row, context_mix=1.0)
+    assert _segments(only_neg, cfg)[1] == f"{cfg.pos_header} {cfg.empty}" and cfg.mixed_header not in only_neg
+    assert _segments(half, cfg)[1].count("(liked)") == 5
+    assert _segments(full, cfg)[1].count("(liked)") == 10
+    assert cfg.mixed_header in full and "(neutral)" in full
+    assert _segments(only_neg, cfg)[0] == _segments(full, cfg)[0]  # negatives never drop out
+    with pytest.raises(ValueError):
+        b.build(row, context_mix=1.5)
+
+
+def test_neg_window_keeps_recent_negatives_only(small_sid_tok, row):
+    cfg = PromptConfig()
+    neg, _ = _segments(PromptBuilder(cfg, small_sid_tok).build(row, neg_window_days=3), cfg)
+    assert _n_items(neg) == 3  # negatives 2.5, 1 and 0.5 days before the cut
+
+
+def test_titles_order_and_plain_template(small_sid_tok, row):
+    from conftest import synthetic_items
+
+    items = synthetic_items(small_sid_tok)
+    cfg = PromptConfig(show_titles=True, title_words=2, order="pos_first")
+    text = PromptBuilder(cfg, small_sid_tok, items).build(row)
+    first_title = " ".join(items.set_index("item_id").loc[int(row["neg_items"][-1]), "title"].split()[:2])
+    assert first_title in text
+    assert text.index(cfg.pos_header) < text.index(cfg.neg_header)
+    assert text.startswith(cfg.system) and text.endswith(cfg.answer_prefix)
+
+
+def test_chat_template_when_tokenizer_has_one(small_sid_tok, row):
+    from negrec.llm.model import train_bpe_tokenizer
+
+    hf = train_bpe_tokenizer(["hello world"] * 3, vocab_size=280, min_frequency=1)
+    hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    text = PromptBuilder(PromptConfig(), small_sid_tok, hf_tokenizer=hf).build(row)
+    assert text.startswith("<|system|>") and text.endswith("<|assistant|>")
+    plain = PromptBuilder(PromptConfig(use_chat_template=False), small_sid_tok, hf_tokenizer=hf).build(row)
+    assert plain.endswith("Answer:")

@@ -1,0 +1,131 @@
+"""Alignment / next-negative SFT of a tiny Qwen2 on a subset of ML-100K items (random unique SIDs,
+so no RQ-VAE training is needed)."""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from negrec.llm.constrained import SidConstraint, constrained_beam_search, constrained_sample
+from negrec.llm.model import ModelConfig, build_policy, save_policy
+from negrec.llm.prompts import PromptBuilder, PromptConfig
+from negrec.tokenizer import SemanticIdTokenizer
+from negrec.train.sft import SFTStageConfig, alignment_accuracy, alignment_examples, next_negative_examples, run_sft, train_sft
+
+N_ITEMS = 32
+TINY = dict(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192, bpe_vocab_size=600)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 OpenMP threads on a 2-core machine shared with other jobs can be 20x slower than 1
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_sids(item_ids, sizes=(8, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(int(np.prod(sizes)), len(item_ids), replace=False)
+    return SemanticIdTokenizer.from_codes(item_ids, np.stack(np.unravel_index(flat, sizes), 1), list(sizes))
+
+
+@pytest.fixture(scope="module")
+def subset(ml100k_prepared):
+    items = ml100k_prepared.items
+    items = items[items.item_id <= N_ITEMS].reset_index(drop=True)
+    return items, random_sids(items.item_id.to_numpy())
+
+
+@pytest.fixture(scope="module")
+def aligned(subset, tmp_path_factory):
+    items, sid = subset
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, PromptBuilder(PromptConfig(), sid, items).template_texts(), device="cpu")
+    builder = PromptBuilder(PromptConfig(), sid, items, hf)
+    examples = alignment_examples(builder, sid, items, tasks=["text_to_sid", "sid_to_text"], seed=0)
+    cfg = SFTStageConfig(epochs=50, learning_rate=5e-3, batch_size=8, logging_steps=5, save_steps=10_000, resume=False)
+    trainer = train_sft(model, hf, examples, cfg, tmp_path_factory.mktemp("sft_align"))
+    return trainer, hf, sid, items, builder
+
+
+def test_alignment_loss_falls(aligned):
+    losses = [h["loss"] for h in aligned[0].state.log_history if "loss" in h]
+    assert len(losses) >= 5 and losses[-1] < 0.3 * losses[0]
+
+
+def test_alignment_accuracy_far_above_chance(aligned):
+    trainer, hf, sid, items, builder = aligned
+    acc = alignment_accuracy(trainer.model, hf, sid, items, n=N_ITEMS, builder=builder)
+    assert acc["valid_sid_rate"] == 1.0, acc
+    assert acc["title_to_sid"] >= 0.5 > 10 * acc["chance_title_to_sid"]  # chance 1/32
+    assert acc["sid_to_title"] >= 0.3                                      # exact titles; chance ~0
+    assert acc["choice_text_likelihood"] >= 0.6 and acc["choice_sid_likelihood"] >= 0.6  # chance 0.25
+    for key in ("choose_text", "choose_sid"):
+        assert 0.0 <= acc[key] <= 1.0
+
+
+def test_every_constrained_completion_is_a_valid_item(aligned, ml100k_prepared):
+    trainer, hf, sid, items, builder = aligned
+    rows = ml100k_prepared.samples["test"].head(8)
+    prompts = [builder.build(r) for _, r in rows.iterrows()]
+    constraint = SidConstraint(sid, hf)
+    exclude = [[int(i) for i in r["context_items"]] for _, r in rows.iterrows()]
+    ranked = constrained_beam_search(trainer.model, hf, constraint, prompts, num_beams=12, top_k=5, exclude=exclude)
+    for r, ex in zip(ranked, exclude):
+        got = [i for i, _ in r]
+        allowed = set(sid.item_ids.tolist()) - set(ex)
+        assert len(got) == min(5, len(allowed)) and len(set(got)) == len(got) and set(got) <= allowed
+    groups = constrained_sample(trainer.model, hf, constraint, prompts, num_generations=8, temperature=1.0, seed=0)
+    assert all(c["item_id"] in sid and sid.item_for_tokens(c["completion"]) == c["item_id"] for g in groups for c in g)
+
+
+def test_next_negative_examples_target_future_negatives(subset, ml100k_prepared):
+    items, sid = subset
+    builder = PromptBuilder(PromptConfig(), sid, items)
+    samples = ml100k_prepared.samples["train"]
+    h = ml100k_prepared.main_horizon
+    ex = next_negative_examples(builder, samples, sid, h, context_mix=0.0, max_samples=50, targets_per_sample=2)
+    assert ex and all(sid.item_for_tokens(e["completion"].strip()) is not None for e in ex)
+    assert 50 <= len(ex) <= 2 * 50  # 50 rows, 1 or 2 targets each
+    assert all(PromptConfig().pos_header + " (none)" in e["prompt"] for e in ex)  # context_mix 0: negatives only
+    with pytest.raises(KeyError, match="future_neg_h999"):
+        next_negative_examples(builder, samples, sid, 999)
+
+
+def _tiny_run(subset, tmp_path, steps, resume):
+    items, sid = subset
+    torch.manual_seed(0)
+    model, hf, _ = build_policy(ModelConfig(**{**TINY, "hidden_size": 32, "intermediate_size": 64}), sid, items, device="cpu")
+    builder = PromptBuilder(PromptConfig(), sid, items, hf)
+    ex = alignment_examples(builder, sid, items, tasks=["text_to_sid"], seed=0)
+    cfg = SFTStageConfig(max_steps=steps, batch_size=4, learning_rate=1e-3, save_steps=2, logging_steps=1, resume=resume, lr_scheduler="constant")
+    return train_sft(model, hf, ex, cfg, tmp_path, resume_key="k")
+
+
+def test_resume_after_kill_matches_uninterrupted_run(subset, tmp_path):
+    straight = _tiny_run(subset, tmp_path / "a", 4, resume=False)
+    _tiny_run(subset, tmp_path / "b", 2, resume=True)          # "killed" after its step-2 checkpoint
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").exists()
+    resumed = _tiny_run(subset, tmp_path / "b", 4, resume=True)
+    assert resumed.state.global_step == 4
+    for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), n
+
+
+def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
+    items, sid = subset
+    run = tmp_path / "run"
+    ml100k_prepared.save(run / "data")
+    model, hf, _ = build_policy(ModelConfig(**{**TINY, "hidden_size": 32, "intermediate_size": 64}), sid, items, device="cpu")
+    save_policy(model, hf, sid, run / "model")
+    raw = {"sft_align": {"max_steps": 3, "batch_size": 8, "max_items": 16, "eval_items": 8, "save_steps": 2},
+           "sft_next": {"max_steps": 2, "batch_size": 4, "max_samples": 10, "eval_items": 0}}
+    s1 = run_sft(raw, run, task="align")
+    assert (run / "sft_align" / "final" / "config.json").exists() and (run / "sft_align" / "final" / "sid_tokenizer").exists()
+    assert s1["steps"] == 3 and s1["alignment"]["valid_sid_rate"] == 1.0
+    assert list((run / "tb" / "sft_align").glob("events.out.tfevents*"))
+    s2 = run_sft(raw, run, task="next")
+    assert s2["init_from"].endswith("sft_align/final") and s2["per_task"] == {"next_negative": s2["examples"]}
+    assert run_sft(raw, run, task="next")["steps"] == 2  # up to date: read back, not retrained
