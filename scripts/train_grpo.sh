@@ -25,8 +25,15 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+# the interpreter: $PYTHON, else the project's .venv, else python on PATH
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+PYBIN="$(dirname "$(command -v "$PYTHON")")"
+export PATH="$PYBIN:$PATH"  # accelerate / deepspeed launchers from the same environment
+
 if [[ -z "$GPUS" ]]; then
-  GPUS=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 fi
 
 DS_ARGS=()
@@ -43,9 +50,9 @@ if [[ "$GPUS" == "0" ]]; then
   # One CPU process: DeepSpeed's CPU accelerator talks gloo; give it the rendezvous a launcher would.
   export RANK="${RANK:-0}" LOCAL_RANK="${LOCAL_RANK:-0}" WORLD_SIZE="${WORLD_SIZE:-1}"
   export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
-  export MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+  export MASTER_PORT="${MASTER_PORT:-$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
-  exec python "${ENTRY[@]}" "$@" "${DS_ARGS[@]}"
+  exec "$PYTHON" "${ENTRY[@]}" "$@" "${DS_ARGS[@]}"
 fi
 
 case "$LAUNCHER" in

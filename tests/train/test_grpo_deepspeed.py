@@ -45,7 +45,7 @@ def test_two_grpo_steps_under_zero2_on_cpu(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
     run_dir = tmp_path / "run"
-    env = {**os.environ, "NEGREC_ENTRY": str(driver), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NEGREC_ENTRY": str(driver), "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):
         env.pop(k, None)
     sets = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.learning_rate=0.001",
