@@ -56,12 +56,14 @@ def history_prompts(builder: PromptBuilder, sid, n_users: int, seed: int = 0) ->
     return out
 
 
-def time_decode(model, hf, constraint, prompts, batch: int, constrained: bool, repeats: int = 1) -> tuple[float, list]:
-    constrained_beam_search(model, hf, constraint, prompts[:batch], num_beams=20, top_k=10, batch_size=batch, constrained=constrained)  # warm-up
+def time_decode(model, hf, constraint, prompts, batch: int, constrained: bool, repeats: int = 1,
+                engine: str = "generate") -> tuple[float, list]:
+    kw = dict(num_beams=20, top_k=10, batch_size=batch, constrained=constrained, engine=engine)
+    constrained_beam_search(model, hf, constraint, prompts[:batch], **kw)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        res = constrained_beam_search(model, hf, constraint, prompts, num_beams=20, top_k=10, batch_size=batch, constrained=constrained)
+        res = constrained_beam_search(model, hf, constraint, prompts, **kw)
         best = min(best, time.perf_counter() - t0)
     return len(prompts) / best, res
 
@@ -69,8 +71,12 @@ def time_decode(model, hf, constraint, prompts, batch: int, constrained: bool, r
 def bench(name: str, model, hf, sid, prompts, batch: int, repeats: int) -> dict:
     constraint = SidConstraint(sid, hf)
     n_tok = float(np.mean([len(hf(p)["input_ids"]) for p in prompts]))
+    # same engine (model.generate) with and without the SID LogitsProcessor: the constraint's overhead
     ups_c, res_c = time_decode(model, hf, constraint, prompts, batch, True, repeats)
     ups_u, res_u = time_decode(model, hf, constraint, prompts, batch, False, repeats)
+    # negrec's default engine: each prompt prefilled once, SID tokens decoded on the repeated cache
+    ups_k, res_k = time_decode(model, hf, constraint, prompts, batch, True, repeats, engine="cached")
+    same = float(np.mean([[i for i, _ in a] == [i for i, _ in b] for a, b in zip(res_c, res_k)]))
     # mask-building cost alone, per decoding step of one batch (R = batch * 20 rows)
     gen = torch.as_tensor(sid.token_id_table(hf)[np.random.default_rng(0).integers(0, len(sid), batch * 20), :2])
     t0 = time.perf_counter()
@@ -81,6 +87,8 @@ def bench(name: str, model, hf, sid, prompts, batch: int, repeats: int) -> dict:
             "items": len(sid), "levels": sid.levels, "users": len(prompts), "batch": batch, "prompt_tokens": round(n_tok, 1),
             "constrained_users_per_s": round(ups_c, 2), "unconstrained_users_per_s": round(ups_u, 2),
             "time_ratio": round(ups_u / ups_c, 3), "mask_ms_per_step": round(mask_ms, 3),
+            "cached_users_per_s": round(ups_k, 2), "cached_vs_plain_time_ratio": round(ups_u / ups_k, 3),
+            "cached_same_ranking_share": same,
             "constrained_valid_items_per_user": float(np.mean([len(r) for r in res_c])),
             "unconstrained_valid_items_per_user": float(np.mean([len(r) for r in res_u]))}
 
@@ -121,11 +129,15 @@ def main():
             print(f"SmolLM2 skipped: {type(e).__name__}: {e}")
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({args.threads} threads)"
     print(f"\nconstrained beam search (beam 20, top 10) vs unconstrained generate, {device}")
-    head = f"{'model':48s} {'items':>6s} {'prompt tok':>10s} {'constr u/s':>11s} {'plain u/s':>10s} {'ratio':>6s} {'mask ms':>8s} {'valid/10':>9s}"
+    print("constr = generate + SID LogitsProcessor; plain = generate, no constraint; ratio = constr time / plain time;")
+    print("cached = negrec's default engine (prompt prefilled once); c.ratio = cached time / plain time")
+    head = (f"{'model':48s} {'items':>6s} {'prompt tok':>10s} {'constr u/s':>11s} {'plain u/s':>10s} {'ratio':>6s} "
+            f"{'cached u/s':>10s} {'c.ratio':>7s} {'same':>5s} {'mask ms':>8s} {'valid/10':>9s}")
     print(head)
     for r in rows:
         print(f"{r['model'][:48]:48s} {r['items']:6d} {r['prompt_tokens']:10.0f} {r['constrained_users_per_s']:11.2f} "
-              f"{r['unconstrained_users_per_s']:10.2f} {r['time_ratio']:6.2f} {r['mask_ms_per_step']:8.2f} "
+              f"{r['unconstrained_users_per_s']:10.2f} {r['time_ratio']:6.2f} {r['cached_users_per_s']:10.2f} "
+              f"{r['cached_vs_plain_time_ratio']:7.2f} {r['cached_same_ranking_share']:5.2f} {r['mask_ms_per_step']:8.2f} "
               f"{r['constrained_valid_items_per_user']:4.1f}/{r['unconstrained_valid_items_per_user']:4.1f}")
     out = ROOT / "benchmarks" / "results" / "bench_decode.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
 sorted transition keys (`parent * V + token`) plus CSR child lists, so the allowed-token mask
 of a whole batch is built with `torch.searchsorted` / `repeat_interleave` and one scatter per
 step — no Python loop over beams. Its `logits_processor` plugs into `model.generate`;
-`constrained_beam_search` returns the top-K distinct items per prompt, `constrained_sample`
+`constrained_beam_search` returns the top-K distinct items per prompt (prefilling each prompt
+once, then decoding the few SID tokens on its repeated KV cache), `constrained_sample`
 draws groups of completions for GRPO.
 
 Every generation setting is pinned (a fresh `GenerationConfig` replaces the model's defaults
@@ -224,17 +225,74 @@ def _batches(n: int, size: int):
 
 
 @torch.no_grad()
+def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_beams: int, exclude):
+    """One batch of constrained beam search that reads each prompt once.
+
+    `generate(num_beams=B)` copies every prompt B times before its first forward pass, so for a
+    SID (a handful of tokens after a few hundred prompt tokens) almost all the work is B identical
+    prefills. Here each prompt is prefilled once, its KV cache is repeated for the beams, and the
+    L + 1 decoding steps (L SID tokens, then EOS) run on the cache. The scores are what
+    `generate` computes with length_penalty=0: the sum of the raw token log-probabilities,
+    EOS included, with disallowed tokens masked out (tests check both engines agree).
+    Returns (items (P, num_beams), scores (P, num_beams)); -1 / -inf where the trie has fewer
+    valid SIDs than beams.
+    """
+    P = input_ids.shape[0]
+    device = input_ids.device
+    dead = constraint.dead_node_keys(exclude).to(device) if exclude is not None else None
+    pos = (attn.long().cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, next_pos = out.past_key_values, attn.long().sum(-1)  # (P,) position of the first new token
+    logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+    V = logp.shape[1]
+    prompt_of_row = torch.arange(P, device=device)
+    generated = torch.empty(P, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(P, device=device)
+    for t in range(constraint.levels + 1):
+        mask = constraint.allowed_mask(generated, prompt_of_row, dead, vocab_size=V)
+        cand = (scores[:, None] + logp).masked_fill_(~mask, NEG_INF)
+        if t == constraint.levels:  # the SID is complete: its score includes log p(EOS)
+            scores = cand[:, constraint.eos_id]
+            break
+        width = cand.shape[0] // P  # beams per prompt so far (1 at the first step)
+        top, idx = cand.view(P, width * V).topk(num_beams, dim=1)
+        src = (torch.arange(P, device=device)[:, None] * width + idx // V).view(-1)  # parent row of each beam
+        token = (idx % V).view(-1, 1)
+        generated = torch.cat([generated[src], token], 1)
+        scores, prompt_of_row = top.view(-1), prompt_of_row[src]
+        if t == 0:
+            cache.batch_repeat_interleave(num_beams)
+            attn, next_pos = attn.repeat_interleave(num_beams, 0), next_pos.repeat_interleave(num_beams)
+        else:
+            cache.reorder_cache(src)
+            attn, next_pos = attn[src], next_pos[src]
+        attn = torch.cat([attn, attn.new_ones(len(src), 1)], 1)
+        out = model(input_ids=token, attention_mask=attn, position_ids=next_pos[:, None], past_key_values=cache,
+                    use_cache=True)
+        next_pos = next_pos + 1
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1)
+    items = constraint.items_for_token_ids(generated)
+    items = torch.where(torch.isfinite(scores), items, torch.full_like(items, -1))
+    return items.view(P, num_beams), scores.view(P, num_beams)
+
+
+@torch.no_grad()
 def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], num_beams: int = 20,
                             top_k: int = 10, exclude: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
-                            constrained: bool = True, progress: bool = False) -> list[list[tuple[int, float]]]:
+                            constrained: bool = True, progress: bool = False,
+                            engine: str = "cached") -> list[list[tuple[int, float]]]:
     """Per prompt, up to `top_k` distinct valid items with their SID log-probabilities, best first.
 
     `exclude[p]` holds items prompt p must not return (pruned inside the search, so beams are not
-    wasted on them). `constrained=False` runs the same plain beam search (for benchmarks) and keeps
-    only the completions that happen to be valid items.
+    wasted on them). `engine="cached"` prefills each prompt once (see `_cached_beam_batch`);
+    `engine="generate"` runs `model.generate` with the SID `LogitsProcessor` (same results, slower).
+    `constrained=False` runs plain `generate` beam search (for benchmarks) and keeps only the
+    completions that happen to be valid items.
     """
     if top_k > num_beams:
         raise ValueError(f"top_k={top_k} > num_beams={num_beams}: beam search can return at most num_beams items")
+    if engine not in ("cached", "generate"):
+        raise ValueError(f"engine must be 'cached' or 'generate', got {engine!r}")
     model.eval()
     device = next(model.parameters()).device
     results: list[list[tuple[int, float]]] = []
@@ -248,12 +306,16 @@ def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: S
     for s, e in spans:
         input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
         ex = None if exclude is None else [list(x) for x in exclude[s:e]]
-        procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)] if constrained else [])
-        with pinned_generation_config(model, hf_tok, **settings):
-            out = model.generate(input_ids=input_ids, attention_mask=attn, logits_processor=procs)
-        seqs = out.sequences[:, input_ids.shape[1]:]
-        items = constraint.items_for_token_ids(seqs).view(e - s, num_beams).tolist()
-        scores = out.sequences_scores.view(e - s, num_beams).float().cpu().tolist()
+        if constrained and engine == "cached":
+            items_t, scores_t = _cached_beam_batch(model, constraint, input_ids, attn, num_beams, ex)
+            items, scores = items_t.tolist(), scores_t.cpu().tolist()
+        else:
+            procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)] if constrained else [])
+            with pinned_generation_config(model, hf_tok, **settings):
+                out = model.generate(input_ids=input_ids, attention_mask=attn, logits_processor=procs)
+            seqs = out.sequences[:, input_ids.shape[1]:]
+            items = constraint.items_for_token_ids(seqs).view(e - s, num_beams).tolist()
+            scores = out.sequences_scores.view(e - s, num_beams).float().cpu().tolist()
         for p in range(e - s):
             banned = set(int(i) for i in ex[p]) if ex is not None else set()
             seen, ranked = set(), []

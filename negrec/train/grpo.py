@@ -75,6 +75,7 @@ class ProgressiveGRPOConfig:
     epsilon: float = 0.2
     bf16: bool = False
     deepspeed: str | None = None  # path to a DeepSpeed JSON (configs/deepspeed/zero2.json)
+    gradient_checkpointing: bool = True  # TRL's default (on the tiny CPU model SFT steps were 2.8x slower without it)
     seed: int = 0
     logging_steps: int = 1
     save_steps: int = 10
@@ -125,6 +126,7 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         min_p=None, repetition_penalty=1.0, generation_kwargs=dict(PINNED_GENERATION),
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
         bf16=cfg.bf16, fp16=False, activation_checkpointing=False, deepspeed=cfg.deepspeed,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
         restore_callback_states_from_checkpoint=True, report_to="none", log_completions=False,

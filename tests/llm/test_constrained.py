@@ -99,16 +99,33 @@ def test_beam_search_returns_k_distinct_valid_items(tiny_policy):
             assert s == pytest.approx(_sid_logprob(model, hf, sid_tok, prompts[p], item), abs=1e-3)
 
 
-def test_beam_search_ignores_model_generation_defaults(tiny_policy):
+def test_cached_engine_matches_generate(tiny_policy):
+    """The prefill-once engine and `model.generate` + the LogitsProcessor rank the same items with
+    the same scores, on prompts of different lengths (left padding) and with exclusions."""
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = ["a user", "user 7 dislikes red night story and a much longer history of dark river items", "user 9"]
+    exclude = [list(sid_tok.item_ids[:5]), [], list(sid_tok.item_ids[10:40])]
+    fast = constrained_beam_search(model, hf, c, prompts, num_beams=12, top_k=12, exclude=exclude, batch_size=3)
+    slow = constrained_beam_search(model, hf, c, prompts, num_beams=12, top_k=12, exclude=exclude, batch_size=3,
+                                   engine="generate")
+    for f, g in zip(fast, slow):
+        assert len(f) == 12
+        assert [i for i, _ in f] == [i for i, _ in g]
+        assert [s for _, s in f] == pytest.approx([s for _, s in g], abs=1e-3)
+
+
+@pytest.mark.parametrize("engine", ["cached", "generate"])
+def test_beam_search_ignores_model_generation_defaults(tiny_policy, engine):
     model, hf, sid_tok, _ = tiny_policy
     c = SidConstraint(sid_tok, hf)
     prompts = ["user dislikes dark river"]
-    ref = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5)
+    ref = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5, engine=engine)
     saved = model.generation_config
     try:
         model.generation_config = type(saved)(repetition_penalty=3.0, no_repeat_ngram_size=1, length_penalty=5.0,
                                               max_new_tokens=1, num_beams=2, top_k=2, temperature=0.1)
-        again = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5)
+        again = constrained_beam_search(model, hf, c, prompts, num_beams=8, top_k=5, engine=engine)
     finally:
         model.generation_config = saved
     assert again == ref

@@ -1,0 +1,103 @@
+"""negrec against every baseline on ML-100K and the KuaiRand like/hate log, in one table.
+
+For each dataset: the whole pipeline (`negrec pipeline`, fixed seeds) in its own run folder under
+runs/bench_quality/, which fits and scores every baseline beside the SID policies (SFT alone,
+plain GRPO, progressive GRPO). Then one table over both datasets (test users, H = 7): Recall@10/50,
+FHR@20, NDCG@10, next-negative Hit@10, Swing-widened recall, SID-prefix recall, long-tail users
+and items, candidate accuracy; the filter curve of the main method; and the goal check (negrec's
+Recall@10 at least 30% above the best baseline's).
+
+    python benchmarks/bench_quality.py [--datasets ml100k kuairand] [--set grpo.generation=beam ...]
+
+Stages already done in a run folder are skipped (the pipeline resumes), so a second run only
+re-prints; pass --fresh to start over.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+DATASETS = {
+    # the README's default config, on the shared copy of the same ML-100K ratings
+    "ml100k": (ROOT / "configs" / "ml100k.yaml", [f"data.format=movielens", f"data.path={SHARED / 'ml-100k'}"]),
+    "kuairand": (ROOT / "configs" / "kuairand.yaml", [f"data.path={SHARED / 'kuairand-27k-likehate'}"]),
+}
+SID_POLICIES = ("sft_next", "grpo_plain", "grpo")
+COLUMNS = [("recall@10_h7", "R@10"), ("recall@50_h7", "R@50"), ("fhr@20_h7", "FHR@20"), ("ndcg@10_h7", "NDCG@10"),
+           ("next_hit@10", "Next Hit@10"), ("coll_recall@10_h7", "Coll R@10"), ("prefix1_recall@10_h7", "SID-L1 R@10"),
+           ("prefix2_recall@10_h7", "SID-L2 R@10"), ("lt_user/recall@10_h7", "LUF R@10"),
+           ("lt_item/recall@10_h7", "LIF R@10"), ("candidate_acc", "Cand acc")]
+
+
+def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    config, sets = DATASETS[name]
+    run_dir = ROOT / "runs" / "bench_quality" / name
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    raw = load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0"])
+    t0 = time.time()
+    summary = run_pipeline(raw, run_dir)
+    seconds = time.time() - t0
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    curve = json.loads((run_dir / "filter" / "curve.json").read_text())
+    return {"run_dir": str(run_dir), "seconds": round(seconds, 1), "stages": summary, "metrics": metrics,
+            "filter": curve}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--set", action="append", default=[], help="config override for both datasets, k=v")
+    ap.add_argument("--fresh", action="store_true", help="delete the run folders first")
+    a = ap.parse_args()
+
+    from negrec.cli import _set_threads
+
+    _set_threads(None)
+    results = {name: run_dataset(name, a.set, a.fresh) for name in a.datasets}
+
+    rows, goals = [], {}
+    for ds, res in results.items():
+        metrics = res["metrics"]
+        for method, m in metrics.items():
+            row = {"dataset": ds, "method": method, "n": m.get("n_eval_h7")}
+            row.update({title: m.get(key) for key, title in COLUMNS})
+            rows.append(row)
+        base = {k: v.get("recall@10_h7") or 0.0 for k, v in metrics.items() if k not in SID_POLICIES}
+        best_base = max(base, key=base.get)
+        ours = metrics.get("grpo", {}).get("recall@10_h7")
+        goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base[best_base], "negrec_r10": ours,
+                     "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1}
+    print_table(rows, "Future-negative metrics on test users, H = 7 days (negrec = grpo: progressive GRPO)")
+    for ds, res in results.items():
+        c = res["filter"]
+        print_table([{"theta": r["theta"], "true negatives removed": r["neg_removed"],
+                      "future positives removed": r["pos_removed"]} for r in c["curve"]],
+                    f"{ds}: filter with the top-{c['k']} predicted dislikes of {c['method']} (H = {c['horizon']})")
+    print("\nGoal: negrec's Recall@10 >= 1.3 x the best baseline's")
+    for ds, g in goals.items():
+        gain = "n/a" if g["relative_gain"] is None else f"{g['relative_gain']:+.0%}"
+        met = g["relative_gain"] is not None and g["relative_gain"] >= 0.3
+        print(f"  {ds}: negrec {g['negrec_r10']}, best baseline {g['best_baseline']} {g['best_baseline_r10']:.4f} "
+              f"-> {gain} ({'met' if met else 'NOT met'}); pipeline {results[ds]['seconds']}s")
+    save_result("bench_quality", {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
+                                  "table": rows, "goal": goals,
+                                  "filter": {ds: r["filter"] for ds, r in results.items()},
+                                  "seconds": {ds: r["seconds"] for ds, r in results.items()}})
+
+
+if __name__ == "__main__":
+    main()
