@@ -107,14 +107,21 @@ def choice_example(builder: PromptBuilder, sid_tok, task: str, item: int, labels
     return {"prompt": builder.wrap(prompt), "completion": answer(builder, letter), "task": task, "item_id": item}
 
 
+def aligned_item_ids(sid_tok, items, max_items: int = 0, rng: random.Random | int = 0) -> list[int]:
+    """The items alignment SFT teaches: all with a SID, or a seeded sample of `max_items`."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    ids = sorted(int(i) for i in items["item_id"] if int(i) in sid_tok)
+    if max_items and len(ids) > max_items:
+        ids = sorted(rng.sample(ids, max_items))
+    return ids
+
+
 def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=ALIGN_TASKS, max_items: int = 0,
                        repeats: int = 1, seed: int = 0) -> list[dict]:
     """Prompt/completion examples of the item-level alignment tasks."""
     rng = random.Random(seed)
     records = {int(r["item_id"]): r for r in items.to_dict("records") if int(r["item_id"]) in sid_tok}
-    ids = sorted(records)
-    if max_items and len(ids) > max_items:
-        ids = sorted(rng.sample(ids, max_items))
+    ids = aligned_item_ids(sid_tok, items, max_items, rng)
     labels = {i: _item_label(records[i]) for i in ids}
     with_text = [i for i in ids if labels[i]]
     feat_cols = sorted(c for c in items.columns if c.startswith("feat_"))
@@ -382,8 +389,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
                "config": to_dict(cfg)}
-    if cfg.eval_items:
-        summary["alignment"] = alignment_accuracy(model, hf_tok, sid_tok, data.items, n=cfg.eval_items, builder=builder)
+    if cfg.eval_items:  # asked about the items alignment taught (a max_items subset when set)
+        taught = data.items[data.items["item_id"].isin(aligned_item_ids(sid_tok, data.items, cfg.max_items, cfg.seed))]
+        summary["alignment"] = alignment_accuracy(model, hf_tok, sid_tok, taught, n=cfg.eval_items, builder=builder)
     summary["seconds"] = round(time.time() - t0, 1)
     save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": f"sft_{task}", "steps": summary["steps"]})
     write_json(out / "summary.json", summary)

@@ -58,6 +58,7 @@ def test_alignment_loss_falls(aligned):
 def test_alignment_accuracy_far_above_chance(aligned):
     trainer, hf, sid, items, builder = aligned
     acc = alignment_accuracy(trainer.model, hf, sid, items, n=N_ITEMS, builder=builder)
+    print(f"alignment after SFT on {N_ITEMS} ML-100K items: {acc}")  # shown with -s
     assert acc["valid_sid_rate"] == 1.0, acc
     assert acc["title_to_sid"] >= 0.5 > 10 * acc["chance_title_to_sid"]  # chance 1/32
     assert acc["sid_to_title"] >= 0.3                                      # exact titles; chance ~0

@@ -1,0 +1,60 @@
+"""SID token embedding init: text_mean vs centroid vs random, after the same short alignment SFT.
+
+For each `model.sid_init`, a copy of an ML-100K run folder (data + tokenize) gets a fresh model
+(`negrec build-model`) and the same alignment SFT (`negrec sft --task align`, fixed steps), then
+reports the training loss at the start and the end and the alignment accuracies of
+`negrec.train.sft.alignment_accuracy`. Prints a table; writes benchmarks/results/bench_sid_init.json.
+
+    python benchmarks/bench_sid_init.py --from-run runs/ml100k [--steps 150] [--set model.source=smollm2]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--from-run", default=str(ROOT / "runs" / "ml100k"), help="run folder with data/ and tokenize/")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "ml100k.yaml"))
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--set", action="append", default=[])
+    a = ap.parse_args()
+
+    from negrec.cli import _set_threads
+    from negrec.config import load_config
+    from negrec.llm import run_build_model
+    from negrec.train import run_sft
+
+    _set_threads(None)
+    src = Path(a.from_run)
+    rows, full = [], {}
+    for init in ("text_mean", "centroid", "random"):
+        run = ROOT / "runs" / "bench_sid_init" / init
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        for part in ("data", "tokenize"):
+            shutil.copytree(src / part, run / part)
+        raw = load_config(a.config, [*a.set, f"model.sid_init={init}", f"sft_align.max_steps={a.steps}",
+                                     "sft_align.eval_items=200"])
+        run_build_model(raw, run)
+        s = run_sft(raw, run, task="align")
+        al = s["alignment"]
+        rows.append({"sid_init": init, "loss first": s["loss_curve"][0], "loss last": s["loss_curve"][-1],
+                     "title->SID": al["title_to_sid"], "SID->title": al["sid_to_title"],
+                     "4-choice text (lik.)": al["choice_text_likelihood"], "4-choice SID (lik.)": al["choice_sid_likelihood"]})
+        full[init] = s
+    print_table(rows, f"alignment SFT, {a.steps} steps from each init ({a.config}, {' '.join(a.set) or 'tiny model'})")
+    save_result("bench_sid_init", {"settings": vars(a), "table": rows})
+
+
+if __name__ == "__main__":
+    main()
