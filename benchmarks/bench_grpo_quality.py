@@ -114,6 +114,9 @@ def main():
     from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo, training_rows
     from negrec.train.sft import SFTStageConfig, aligned_item_ids, alignment_accuracy
 
+    from negrec.cli import _set_threads
+
+    _set_threads(None)  # as the CLI does: one torch thread on a small CPU
     torch.manual_seed(0)
     raw = apply_overrides(dict(BASE), a.set)
     n = a.steps_per_stage

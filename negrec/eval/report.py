@@ -49,6 +49,7 @@ def plot_recall_at_k(metrics: dict, h: int, ks, path: Path) -> str:
             ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=method)
     ax.set(xlabel="K", ylabel=f"future-negative Recall@K (H={h})", xscale="log", title="Recall@K per method")
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xticks([], minor=True)  # no log-scale minor labels between the K ticks
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
