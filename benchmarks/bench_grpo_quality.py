@@ -69,6 +69,12 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
                 examples = next_negative_examples(builder, data.samples["train"], sid_tok, cfg.horizon or data.main_horizon,
                                                   cfg.context_mix, cfg.neg_window_days, cfg.max_samples,
                                                   cfg.targets_per_sample, cfg.seed)
+                # replay the alignment examples (multi-task SFT, as LC-Rec trains): without it
+                # next-negative SFT erases the alignment before GRPO starts and there is nothing
+                # left for GRPO to forget
+                acfg = section_config(SFTStageConfig, raw, "sft_align")
+                examples += alignment_examples(builder, sid_tok, data.items, acfg.tasks, acfg.max_items,
+                                               max(1, int(acfg.epochs) // 5), acfg.seed)
             print(f"[sft_{task}] {len(examples)} examples")
             trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=None)
             save_policy(trainer.model, hf_tok, sid_tok, out / "final")
@@ -149,9 +155,11 @@ def main():
 
     results, align = {}, {}
     grpo_info = {}
-    for name in ("sft", "plain_grpo", "progressive_grpo"):
+    for name in ("align_only", "sft", "plain_grpo", "progressive_grpo"):
         t1 = time.time()
-        if name == "sft":
+        if name == "align_only":  # after alignment SFT, before next-negative SFT: what alignment taught
+            model_dir = run_dir / "bench" / "sft_align" / "final"
+        elif name == "sft":
             model_dir = sft_dir
         else:
             base = {k: v for k, v in raw["grpo"].items()}
@@ -182,7 +190,7 @@ def main():
                       "align acc (mean of 4)": mean_align, "title->sid": al["title_to_sid"],
                       "sid->title": al["sid_to_title"], "4-choice text": al["choice_text_likelihood"],
                       "4-choice sid": al["choice_sid_likelihood"],
-                      "forgotten": None if name == "sft" or base_align == 0 else (base_align - mean_align) / base_align,
+                      "forgotten": None if name in ("sft", "align_only") or base_align == 0 else (base_align - mean_align) / base_align,
                       "grpo steps": grpo_info.get(name, {}).get("steps", 0)})
     print_table(table, f"ML-100K, {len(valid)} validation users, tiny default model "
                        f"(pipeline {t_pipeline:.0f}s, total {time.time() - t0:.0f}s)")
