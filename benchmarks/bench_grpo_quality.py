@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -151,19 +152,24 @@ def main():
     valid = prepared.samples["valid"]
     valid = valid[valid[f"future_neg_h{rcfg.horizon}"].map(len) > 0]
     valid = valid.sample(n=min(a.users, len(valid)), random_state=0).reset_index(drop=True)
-    mcfg = MetricsConfig(ks=[10], horizons=[rcfg.horizon], main_horizon=rcfg.horizon, fhr_k=10)
+    mcfg = MetricsConfig(ks=[5, 10, 50], horizons=[rcfg.horizon], main_horizon=rcfg.horizon, fhr_k=10)
 
     results, align = {}, {}
     grpo_info = {}
-    for name in ("align_only", "sft", "plain_grpo", "progressive_grpo"):
+    # sampled groups (TRL's way) and constrained beam groups (MiniOneRec's) for the progressive run
+    grpo_runs = {"plain_grpo": (False, "sample"), "progressive_grpo": (True, "sample"),
+                 "progressive_grpo_beam": (True, "beam")}
+    yaml_grpo = section_config(ProgressiveGRPOConfig, raw, "grpo")
+    chosen = yaml_grpo.stages if "stages" in raw.get("grpo", {}) else stages  # --set grpo.stages=... wins
+    for name in ("align_only", "sft", *grpo_runs):
         t1 = time.time()
         if name == "align_only":  # after alignment SFT, before next-negative SFT: what alignment taught
             model_dir = run_dir / "bench" / "sft_align" / "final"
         elif name == "sft":
             model_dir = sft_dir
         else:
-            base = {k: v for k, v in raw["grpo"].items()}
-            cfg = ProgressiveGRPOConfig(**base, stages=stages, progressive=name == "progressive_grpo")
+            progressive, generation = grpo_runs[name]
+            cfg = dataclasses.replace(yaml_grpo, stages=chosen, progressive=progressive, generation=generation)
             out = run_dir / "bench" / name
             summary = train_progressive_grpo(
                 cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
@@ -174,7 +180,7 @@ def main():
                                "reward_first": summary["mean_reward_first"], "reward_last": summary["mean_reward_last"],
                                "zero_std_share": summary["zero_std_share_mean"]}
             model_dir = out / "final"
-        rankings, m, tok, stok = rank_users(model_dir, valid, raw)
+        rankings, m, tok, stok = rank_users(model_dir, valid, raw, top_k=50, num_beams=50)
         metrics = evaluate_samples(rankings, valid, mcfg, sid_tok=stok)
         results[name] = metrics
         align[name] = alignment_accuracy(m, tok, stok, aligned_items, n=a.align_items)
@@ -186,7 +192,8 @@ def main():
         al = align[name]
         mean_align = float(np.mean([al[k] for k in ALIGN_KEYS]))
         base_align = float(np.mean([align["sft"][k] for k in ALIGN_KEYS]))
-        table.append({"policy": name, f"recall@10 (H={H})": _get(m, "recall", 10, H), f"ndcg@10 (H={H})": _get(m, "ndcg", 10, H),
+        table.append({"policy": name, f"recall@5 (H={H})": _get(m, "recall", 5, H), f"recall@10 (H={H})": _get(m, "recall", 10, H),
+                      f"recall@50 (H={H})": _get(m, "recall", 50, H), f"ndcg@10 (H={H})": _get(m, "ndcg", 10, H),
                       "align acc (mean of 4)": mean_align, "title->sid": al["title_to_sid"],
                       "sid->title": al["sid_to_title"], "4-choice text": al["choice_text_likelihood"],
                       "4-choice sid": al["choice_sid_likelihood"],
@@ -199,7 +206,8 @@ def main():
               f"zero-std group share {info['zero_std_share']}")
     r = {row["policy"]: row[f"recall@10 (H={H})"] for row in table}
     print(f"\nprogressive >= SFT: {r['progressive_grpo'] >= r['sft']}; progressive > plain: "
-          f"{r['progressive_grpo'] > r['plain_grpo']} (one seed, {len(valid)} users: differences of a few "
+          f"{r['progressive_grpo'] > r['plain_grpo']}; beam groups vs sampled groups: "
+          f"{r['progressive_grpo_beam']:.4f} vs {r['progressive_grpo']:.4f} (one seed, {len(valid)} users: differences of a few "
           f"hits are noise)")
     save_result("bench_grpo_quality", {"settings": {**vars(a), "config": raw}, "table": table, "grpo": grpo_info,
                                         "metrics": results, "alignment": align})

@@ -28,6 +28,10 @@ STAGES = {
     "pipeline": ("negrec.pipeline", "run_pipeline", "every stage in order, resuming where outputs are up to date"),
 }
 
+# Stages that never use torch: no torch thread setup for them, so that they run (and import
+# nothing heavy) where torch is absent, as a serving stack running `export-codebook --verify`.
+TORCH_FREE = {"data", "export-codebook", "evaluate", "filter", "report"}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="negrec", description="Predict what users will dislike over the next days.")
@@ -49,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set data.main_horizon=3 (repeatable)")
         sp.add_argument("--run-dir", default=None, help="run folder (default: runs/<run.name or config stem>)")
         sp.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $NEGREC_THREADS, else 1 on machines with <= 4 cores)")
+                        help="torch CPU threads (default: $NEGREC_THREADS, else 1 on machines with <= 4 cores); "
+                             "ignored by stages that do not use torch")
     return p
 
 
@@ -62,7 +67,9 @@ def resolve_run_dir(raw: dict, args) -> Path:
 
 
 def _set_threads(n: int | None) -> None:
-    """Small models on a small shared CPU run far faster on one thread than on all: on the 2-core
+    """Set torch's CPU threads (imports torch: call it only for stages that use torch).
+
+    Small models on a small shared CPU run far faster on one thread than on all: on the 2-core
     CI machine an ML-100K RQ-VAE epoch took 2.6 s with torch's default threads (other jobs
     running) and 0.06 s with one."""
     import os
@@ -93,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     module, func, _ = STAGES[args.command]
     fn = getattr(importlib.import_module(module), func)
     kwargs = {}
-    _set_threads(args.threads)
+    if args.command not in TORCH_FREE:
+        _set_threads(args.threads)
     if args.command == "sft":
         kwargs["task"] = args.task
     if args.command == "grpo" and args.plain:

@@ -57,3 +57,81 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
     changed = run_pipeline(load_config(str(ROOT / "configs" / "kuairand.yaml"),
                                        [f"data.path={kuairand_dir}", *TINY, "filter.k=3"]), run_dir)
     assert changed["filter"]["status"] == "ran" and changed["evaluate"]["status"] == "up to date"
+
+
+# ---- skip logic, fast: the stage functions are stand-ins that write the stage's key outputs ----
+def _fake_stages(monkeypatch, calls):
+    import sys
+    import types
+
+    import negrec.pipeline as pl
+
+    mod = types.ModuleType("_negrec_fake_stages")
+
+    def make(name):
+        def fn(raw, run_dir, **kwargs):
+            calls.append(name)
+            for p in pl.stage_outputs(name, raw, run_dir):
+                if p.suffix:  # a file
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_text("x")
+                else:
+                    p.mkdir(parents=True, exist_ok=True)
+            return {}
+        return fn
+
+    fake = []
+    for name, _module, func, sections, kwargs in pl.STAGES:
+        attr = "run_" + name.replace("-", "_")
+        setattr(mod, attr, make(name))
+        fake.append((name, mod.__name__, attr, sections, kwargs))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(pl, "STAGES", fake)
+
+
+def test_every_stage_declares_outputs():
+    from negrec.pipeline import STAGE_OUTPUTS
+
+    assert set(STAGE_OUTPUTS) == {n for n, *_ in STAGES}
+    assert all(STAGE_OUTPUTS[n] for n in STAGE_OUTPUTS)
+
+
+def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    calls: list[str] = []
+    _fake_stages(monkeypatch, calls)
+    names = [n for n, *_ in STAGES]
+    raw = {"_source": "test", "export": {"out_dir": str(tmp_path / "served")}}
+    run_dir = tmp_path / "run"
+
+    first = run_pipeline(raw, run_dir)
+    assert calls == names and all(first[n]["status"] == "ran" for n in names)
+    assert (tmp_path / "served" / "manifest.json").exists()  # export.out_dir is honoured
+
+    calls.clear()
+    again = run_pipeline(raw, run_dir)
+    assert calls == [] and all(again[n]["status"] == "up to date" for n in names)
+
+    # a deleted output folder: the marker still matches, but the stage runs again, and so does
+    # every later stage (their inputs may have changed; their own checks decide)
+    shutil.rmtree(run_dir / "tokenize")
+    calls.clear()
+    out = run_pipeline(raw, run_dir)
+    assert calls == names[names.index("tokenize"):]
+    assert out["encode"]["status"] == "up to date" and out["tokenize"]["status"] == "ran"
+    assert "[tokenize] outputs missing" in capsys.readouterr().out
+
+    # one key file gone (the last stage's), and the export in its configured folder
+    (run_dir / "report.md").unlink()
+    calls.clear()
+    run_pipeline(raw, run_dir)
+    assert calls == ["report"]
+    shutil.rmtree(tmp_path / "served")
+    calls.clear()
+    run_pipeline(raw, run_dir)
+    assert calls == ["export", "report"]
+
+    calls.clear()
+    assert all(v["status"] == "up to date" for k, v in run_pipeline(raw, run_dir).items() if k != "table")
+    assert calls == []

@@ -84,6 +84,17 @@ class Baseline:
         m.data[:] = 1.0
         return m
 
+    def score_pairs(self, samples: pd.DataFrame, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores of (row, item) pairs (e.g. same-day candidates); an item the model never saw scores -inf."""
+        rows, cols = np.asarray(rows, dtype=np.int64), self.index(np.asarray(items, dtype=np.int64))
+        out = np.full(len(rows), -np.inf)
+        for start in range(0, len(samples), self.chunk):
+            sel = np.flatnonzero((rows >= start) & (rows < start + self.chunk) & (cols >= 0))
+            if len(sel):
+                scores = np.asarray(self.score(samples.iloc[start:start + self.chunk]), dtype=np.float64)
+                out[sel] = scores[rows[sel] - start, cols[sel]]
+        return out
+
     def recommend(self, samples: pd.DataFrame, k: int) -> np.ndarray:
         out = np.full((len(samples), k), -1, dtype=np.int64)
         context = _sets(samples, "context_items")

@@ -1,8 +1,9 @@
 """Use the predicted dislikes as a pre-ranking filter, and measure what it costs.
 
 The paper removes a candidate whose embedding lies within cosine θ of any of the user's
-predicted dislikes. `filter_candidates` is that filter (numpy only, so serving code can call
-it beside the exported codebook); `filter_curve` sweeps θ and reports, per θ, the share of the
+predicted dislikes. `filter_candidates` is that filter; it lives beside the codebook export in
+`negrec.tokenizer.serving` (numpy only, so serving code calls it without torch or pandas) and is
+re-exported here. `filter_curve` sweeps θ and reports, per θ, the share of the
 users' true future negatives the filter removes against the share of their future positives it
 wrongly removes.
 """
@@ -11,25 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from negrec.rewards.matching import ItemEmbeddings, ItemSets, max_cosine_to_sets
+from negrec.tokenizer.serving import filter_candidates
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def filter_candidates(candidate_emb: np.ndarray, predicted_dislike_emb: np.ndarray, theta: float) -> np.ndarray:
-    """Keep-mask over candidates: False where cos(candidate, some predicted dislike) >= theta.
-
-    candidate_emb (n, d), predicted_dislike_emb (m, d); with m = 0 every candidate is kept.
-    """
-    candidate_emb = np.atleast_2d(candidate_emb)
-    predicted = np.atleast_2d(predicted_dislike_emb) if len(predicted_dislike_emb) else np.zeros((0, candidate_emb.shape[1]))
-    if predicted.shape[0] == 0 or candidate_emb.shape[0] == 0:
-        return np.ones(candidate_emb.shape[0], dtype=bool)
-    if predicted.shape[1] != candidate_emb.shape[1]:
-        raise ValueError(f"embedding sizes differ: candidates {candidate_emb.shape[1]}, dislikes {predicted.shape[1]}")
-    return (_unit(candidate_emb) @ _unit(predicted).T).max(1) < theta
+__all__ = ["filter_candidates", "filter_curve"]
 
 
 def filter_curve(

@@ -125,8 +125,11 @@ def plot_filter(curve: dict, path: Path) -> str | None:
 def example_users(prepared, predictions: pd.DataFrame, n: int, k: int, h: int, seed: int) -> str:
     samples = prepared.samples["test"]
     samples = samples[samples[f"future_neg_h{h}"].map(len) > 0]
+    if predictions is not None:  # only rows the method ranked (eval.max_users may evaluate a subset)
+        ranked = predictions[["user_id", "cut_ts"]].drop_duplicates()
+        samples = samples.merge(ranked, on=["user_id", "cut_ts"])
     if len(samples) == 0 or predictions is None:
-        return "_no test users with future negatives_\n"
+        return "_no test users with future negatives and predictions_\n"
     pick = samples.sample(n=min(n, len(samples)), random_state=seed)
     title = prepared.item_text
     out = []

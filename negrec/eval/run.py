@@ -17,7 +17,7 @@ from ..config import section_config, to_dict
 from ..io import read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
 from .filter import filter_curve
-from .metrics import MetricsConfig, evaluate_predictions, rankings_from_frame, training_log
+from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
 
 DAY = 86_400
 MAIN = "negrec"  # the name of the main method (the last policy in `eval.policies`)
@@ -87,19 +87,40 @@ def targets_frame(prepared, samples: pd.DataFrame, horizons: list[int]) -> pd.Da
     return out[["user_id", "cut_ts", "item_id", "ts", "kind"]].astype({"kind": str}).reset_index(drop=True)
 
 
+def candidates_frame(prepared, samples: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The same-day candidates of each row (user_id, cut_ts, item_id): the first future negative and
+    up to size - 1 items the user met that day without disliking them (see `metrics.candidate_sets`).
+    Each method scores exactly these pairs, so candidate accuracy compares the methods' own scores."""
+    keys = samples[["user_id", "cut_ts"]].reset_index(drop=True)
+    _, cands = candidate_sets(prepared.interactions, keys, size, ItemSets.from_lists(samples["context_items"]))
+    return pd.DataFrame({"user_id": keys["user_id"].to_numpy()[cands.rows], "cut_ts": keys["cut_ts"].to_numpy()[cands.rows],
+                         "item_id": cands.indices, "row": cands.rows})
+
+
+def _write_candidate_scores(path: Path, cands: pd.DataFrame, scores: np.ndarray) -> None:
+    out = cands[["user_id", "cut_ts", "item_id"]].assign(score=np.asarray(scores, dtype=np.float64))
+    write_parquet(path, out.astype({"user_id": "int64", "cut_ts": "int64", "item_id": "int64"}))
+
+
 # ---------------------------------------------------------------- predict
-def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: EvalConfig, prompt_cfg) -> pd.DataFrame:
-    from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy
+def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: EvalConfig, prompt_cfg,
+                        cands: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate."""
+    from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy, score_items
 
     model, hf_tok, sid_tok = load_policy(policy_dir)
+    constraint = SidConstraint(sid_tok, hf_tok)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
     records = samples.to_dict("records")
     prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records]
     exclude = [list(r["context_items"]) for r in records] if cfg.exclude_context else None
-    ranked = constrained_beam_search(model, hf_tok, SidConstraint(sid_tok, hf_tok), prompts,
+    ranked = constrained_beam_search(model, hf_tok, constraint, prompts,
                                      num_beams=max(cfg.num_beams, cfg.k), top_k=cfg.k, exclude=exclude,
                                      batch_size=cfg.batch_size, progress=True)
-    return _to_frame(samples, ranked)
+    # the policy's own score of each same-day candidate: the log-prob beam search would give its SID
+    cand_scores = None if cands is None else score_items(model, hf_tok, constraint, prompts, cands["row"].to_numpy(),
+                                                         cands["item_id"].to_numpy(), batch_size=cfg.batch_size)
+    return _to_frame(samples, ranked), cand_scores
 
 
 def run_predict(raw: dict, run_dir) -> dict:
@@ -114,6 +135,7 @@ def run_predict(raw: dict, run_dir) -> dict:
     samples = _eval_samples(prepared, cfg)
     out = run_dir / "eval"
     write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
+    cands = candidates_frame(prepared, samples, cfg.metrics.candidate_size)
     done = {}
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
@@ -121,8 +143,9 @@ def run_predict(raw: dict, run_dir) -> dict:
             print(f"[predict] {name}: no model at {path}, skipped")
             continue
         t0 = time.perf_counter()
-        pred = predict_with_policy(path, prepared, samples, cfg, prompt_cfg)
+        pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands)
         write_parquet(out / "predictions" / f"{name}.parquet", pred)
+        _write_candidate_scores(out / "candidates" / f"{name}.parquet", cands, cand_scores)
         done[name] = {"rows": len(samples), "seconds": round(time.perf_counter() - t0, 1),
                       "users_per_s": round(len(samples) / max(time.perf_counter() - t0, 1e-9), 2)}
         print(f"[predict] {name}: top-{cfg.k} for {len(samples)} users in {done[name]['seconds']}s")
@@ -159,6 +182,7 @@ def run_baselines(raw: dict, run_dir) -> dict:
     ecfg = section_config(EvalConfig, raw, "eval")
     prepared = Prepared.load(run_dir / "data")
     samples = _eval_samples(prepared, ecfg)
+    cands = candidates_frame(prepared, samples, ecfg.metrics.candidate_size)
     out = run_dir / "eval" / "predictions"
     summary = {}
     for name, model in make_baselines(cfg).items():
@@ -166,6 +190,8 @@ def run_baselines(raw: dict, run_dir) -> dict:
         model.fit(prepared, split=ecfg.split)
         rankings = model.recommend(samples, ecfg.k)
         write_parquet(out / f"{name}.parquet", rankings_to_frame(samples, rankings))
+        _write_candidate_scores(run_dir / "eval" / "candidates" / f"{name}.parquet", cands,
+                                model.score_pairs(samples, cands["row"].to_numpy(), cands["item_id"].to_numpy()))
         summary[name] = {"seconds": round(time.perf_counter() - t0, 2)}
         print(f"[baselines] {name}: fitted and ranked {len(samples)} users in {summary[name]['seconds']}s")
     write_json(run_dir / "eval" / "baselines_summary.json", summary)
@@ -232,8 +258,12 @@ def run_evaluate(raw: dict, run_dir) -> dict:
         pred = pd.read_parquet(f)
         # every method is scored on the same rows: those of the targets file
         pred = pred.merge(keys, on=["user_id", "cut_ts"])
+        # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
+        cand_file = ev / "candidates" / f.name
+        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() else None
         metrics[f.stem] = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log,
-                                               sid_tok=sid_tok, swing=swing)
+                                               sid_tok=sid_tok, swing=swing, candidate_scores=cand_scores)
+        metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
     h = cfg.metrics.main_horizon
     table = results_table(metrics, h)
     text = format_table(table, f"Future-negative metrics, H = {h} days, {metrics[files[0].stem]['n_eval_h' + str(h)]} "

@@ -1,6 +1,7 @@
 """Semantic-ID tokenizer, the tokenize stage (quantize item embeddings into SIDs) and the
-codebook export for serving. `SemanticIdTokenizer` needs only numpy; the stage functions
-import torch/faiss lazily."""
+codebook export for serving. `SemanticIdTokenizer` and the serving module (`ExportedCodebook`,
+`filter_candidates`) need only numpy; the stage functions import torch/faiss lazily."""
+from negrec.tokenizer.serving import ExportedCodebook, filter_candidates
 from negrec.tokenizer.sid import PrefixTrie, SemanticIdTokenizer
 
 
@@ -22,4 +23,4 @@ def verify_export(path):
     return _verify(path)
 
 
-__all__ = ["PrefixTrie", "SemanticIdTokenizer", "run_tokenize", "run_export", "verify_export"]
+__all__ = ["ExportedCodebook", "PrefixTrie", "SemanticIdTokenizer", "filter_candidates", "run_tokenize", "run_export", "verify_export"]

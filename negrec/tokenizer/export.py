@@ -9,6 +9,7 @@ Layout of the export folder (written as a whole, atomically):
   trie.json                    nested {code: {code: ... item_id}} over the final SIDs
   item_embeddings.npy          the item vectors the SIDs were computed from (verification, re-indexing)
   sid_tokenizer/               SemanticIdTokenizer.save_pretrained
+  README.txt                   how a serving stack uses it (`negrec.tokenizer.serving`, numpy only)
 
 Everything below `load_export` runs on numpy (+ pyarrow or csv) only; it must not import torch.
 """
@@ -70,6 +71,9 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
         if embeddings is not None and cfg.include_embeddings:
             _save_npy(tmp / "item_embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
         tok.save_pretrained(tmp / "sid_tokenizer")
+        from negrec.tokenizer.serving import USAGE
+
+        (tmp / "README.txt").write_text(USAGE.format(path=out_dir, input_dim=quantizer.input_dim))
         files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": "negrec-sid-export/1",
@@ -90,6 +94,14 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
             "quantizer": quantizer.spec(),
             "files": files,
             "source": source,
+            "serving": {
+                "module": "negrec.tokenizer.serving",
+                "requires": ["numpy", "safetensors", "pyyaml", "pyarrow (optional: falls back to the CSV tables)"],
+                "usage": ("from negrec.tokenizer.serving import ExportedCodebook, filter_candidates; "
+                          f"cb = ExportedCodebook.load({str(out_dir)!r}); sids = cb.assign(new_item_vectors); "
+                          "emb = cb.decode(sids); keep = filter_candidates(candidate_emb, cb.decode(predicted_dislike_sids), theta=0.9)"),
+                "readme": "README.txt",
+            },
         }
         write_json(tmp / MANIFEST, manifest)
     return manifest

@@ -29,7 +29,8 @@ from negrec.config import section_config, to_dict
 from negrec.io import config_hash, mark_done, read_json, stage_done, write_json, write_text
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
-# Generation settings a checkpoint's generation_config.json must not change (TRL sets the rest).
+# Passed to TRL's generation_kwargs for completeness; SidGRPOTrainer does not use TRL's generation
+# config but pins every setting of its own generate calls (see grpo_trainer.SidGRPOTrainer).
 PINNED_GENERATION = {"num_beams": 1, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
                      "use_cache": True}
 
@@ -115,6 +116,11 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
     import torch
     from trl import GRPOConfig
 
+    # transformers >= 5 renamed gradient_checkpointing to activation_checkpointing (the old name is an
+    # alias that is ignored once the new one is set): pass the knob under every name this version has.
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    checkpointing = {k: cfg.gradient_checkpointing for k in ("gradient_checkpointing", "activation_checkpointing")
+                     if k in names}
     return GRPOConfig(
         output_dir=str(output_dir), max_steps=max_steps, seed=seed, data_seed=seed,
         beta=stage.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
@@ -125,8 +131,7 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         max_completion_length=completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
         min_p=None, repetition_penalty=1.0, generation_kwargs=dict(PINNED_GENERATION),
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
-        bf16=cfg.bf16, fp16=False, activation_checkpointing=False, deepspeed=cfg.deepspeed,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.bf16, fp16=False, deepspeed=cfg.deepspeed, **checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
         restore_callback_states_from_checkpoint=True, report_to="none", log_completions=False,

@@ -9,12 +9,14 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, TrainerCallback
+from transformers import LogitsProcessorList, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import pad
+
+from negrec.llm.constrained import pinned_generation_config
 
 GENERATION_MODES = ("sample", "beam")
 
@@ -109,14 +111,37 @@ class SidGRPOTrainer(GRPOTrainer):
         self.sid_constraint = sid_constraint
         self.generation = generation
         self.on_checkpoint = on_checkpoint
-        # Pinned beam settings: G distinct SIDs per group, scored by summed log-prob (no length bias:
-        # every SID has the same length).
-        self.beam_generation_config = GenerationConfig(
-            max_new_tokens=self.max_completion_length, do_sample=False, num_beams=self.num_generations,
-            num_return_sequences=self.num_generations, length_penalty=0.0, early_stopping=True,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, use_cache=True,
-            pad_token_id=self._tokenizer.pad_token_id, bos_token_id=self._tokenizer.bos_token_id,
-            eos_token_id=self.eos_token_ids, disable_compile=True)
+        # Every generation setting is pinned (negrec.llm.pinned_generation_config swaps the model's
+        # generation_config for the call), so a checkpoint's generation_config.json (a chat model's
+        # do_sample/temperature/top_k/repetition_penalty, min_length, suppress_tokens, ...) never
+        # leaks into the groups: transformers fills any field a passed config leaves unset from it.
+        levels = getattr(sid_constraint, "levels", None)
+        if levels is None and getattr(sid_constraint, "sid_tok", None) is not None:
+            levels = sid_constraint.sid_tok.levels
+        max_new = self.max_completion_length
+        # A SID is `levels` tokens, then EOS; min_new_tokens never bans the EOS that ends a full SID.
+        min_new = min(int(levels), max_new - 1) if levels else 0
+        common = dict(max_new_tokens=max_new, min_new_tokens=max(min_new, 0), repetition_penalty=1.0,
+                      no_repeat_ngram_size=0, use_cache=True, disable_compile=True,
+                      pad_token_id=self._tokenizer.pad_token_id, bos_token_id=self._tokenizer.bos_token_id,
+                      eos_token_id=self.eos_token_ids)
+        if self.args.cache_implementation is not None:
+            common["cache_implementation"] = self.args.cache_implementation
+        # Sampling: each of the G rows of a group (TRL repeats the prompt) samples one SID.
+        self.sample_generation_settings = dict(
+            common, do_sample=True, num_beams=1, num_return_sequences=1, temperature=float(self.temperature),
+            top_p=float(self.top_p if self.top_p is not None else 1.0), top_k=int(self.top_k or 0),
+            min_p=self.min_p)
+        # Beam: G distinct SIDs per group, scored by summed log-prob (length_penalty 0: every SID has
+        # the same length).
+        self.beam_generation_settings = dict(
+            common, do_sample=False, num_beams=self.num_generations, num_return_sequences=self.num_generations,
+            length_penalty=0.0, early_stopping=True)
+
+    def _pinned(self, model, **settings):
+        if hasattr(model, "get_base_model"):  # PEFT: generate reads the base model's generation_config
+            model = model.get_base_model()
+        return pinned_generation_config(model, self._tokenizer, **settings)
 
     # The stage callback is replaced by a fresh instance when a checkpoint is restored: look it up.
     @property
@@ -170,10 +195,10 @@ class SidGRPOTrainer(GRPOTrainer):
                 completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, processors,
                                                    num_generations)
             else:
-                out = unwrapped_model.generate(input_ids=input_ids.to(device),
-                                               attention_mask=attention_mask.to(device),
-                                               generation_config=self.generation_config,
-                                               logits_processor=processors)
+                with self._pinned(unwrapped_model, **self.sample_generation_settings) as config:
+                    out = unwrapped_model.generate(input_ids=input_ids.to(device),
+                                                   attention_mask=attention_mask.to(device),
+                                                   generation_config=config, logits_processor=processors)
                 completion_ids = out[:, prompt_len:]
         return self._cut_after_eos(completion_ids.cpu()), None
 
@@ -186,13 +211,13 @@ class SidGRPOTrainer(GRPOTrainer):
         groups = sorted({p // num_generations for p in positions})
         first_row = {g: next(i for i, p in enumerate(positions) if p // num_generations == g) for g in groups}
         idx = torch.tensor([first_row[g] for g in groups])
-        config = self.beam_generation_config
-        if num_generations != config.num_beams:  # eval groups may differ in size
-            config = GenerationConfig(**{**config.to_dict(), "num_beams": num_generations,
-                                         "num_return_sequences": num_generations})
+        # eval groups may differ in size from the training ones
+        settings = dict(self.beam_generation_settings, num_beams=num_generations,
+                        num_return_sequences=num_generations)
         device = self.accelerator.device
-        out = model.generate(input_ids=input_ids[idx].to(device), attention_mask=attention_mask[idx].to(device),
-                             generation_config=config, logits_processor=processors)
+        with self._pinned(model, **settings) as config:
+            out = model.generate(input_ids=input_ids[idx].to(device), attention_mask=attention_mask[idx].to(device),
+                                 generation_config=config, logits_processor=processors)
         out = out[:, input_ids.size(1):]
         group_pos = {g: k for k, g in enumerate(groups)}
         rows = [group_pos[p // num_generations] * num_generations + p % num_generations for p in positions]

@@ -45,3 +45,17 @@ def test_baseline_beats_random_on_ml100k_valid(ml100k_prepared, make):
     random = np.mean([_sums(RandomItems(seed).fit(ml100k_prepared, split="valid").recommend(valid, 50), valid)
                       for seed in range(3)])
     assert _sums(rec, valid) > random
+
+
+def test_score_pairs_matches_dense_scores_and_unknown_items_score_minus_inf():
+    log = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [10, 11, 10, 12, 10], "ts": [1, 2, 3, 4, 5],
+                        "feedback": [-1, -1, -1, -1, 1]})
+    samples = pd.DataFrame({"user_id": [4, 5, 6], "context_items": [[], [], []], "neg_items": [[10], [11], []]})
+    model = ItemKNN().fit(log)
+    model.chunk = 2  # pairs spread over two score chunks
+    dense = model.score(samples)
+    rows, items = np.array([0, 1, 2, 2, 0]), np.array([11, 12, 10, 99, 10])
+    got = model.score_pairs(samples, rows, items)
+    want = [dense[r, model.index([i])[0]] for r, i in zip(rows[:4], items[:4])]
+    assert got[[0, 1, 2, 4]].tolist() == pytest.approx([want[0], want[1], want[2], dense[0, model.index([10])[0]]])
+    assert got[3] == -np.inf  # item 99 was never in the log

@@ -144,3 +144,20 @@ def test_sampling_gives_valid_items_only(tiny_policy):
             assert comp["item_id"] in valid and comp["item_id"] not in ex
             assert sid_tok.item_for_tokens(comp["completion"]) == comp["item_id"]
     assert len({comp["item_id"] for comp in groups[1]}) > 1  # it samples, it does not repeat one answer
+
+
+def test_score_items_reproduces_beam_scores(tiny_policy):
+    """The candidate scorer (one prefill per prompt) gives each item the score beam search gave it,
+    prompts of different lengths in one batch, items unknown to the trie score -inf."""
+    from negrec.llm.constrained import score_items
+
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = ["a user", "another user with a much longer history text than the first one", "dark river"]
+    ranked = constrained_beam_search(model, hf, c, prompts, num_beams=12, top_k=6)
+    rows = [p for p, lst in enumerate(ranked) for _ in lst] + [1]
+    items = [i for lst in ranked for i, _ in lst] + [-5]
+    got = score_items(model, hf, c, prompts, rows, items, batch_size=2)
+    want = [s for lst in ranked for _, s in lst]
+    assert got[:-1] == pytest.approx(want, abs=1e-4)
+    assert got[-1] == -np.inf

