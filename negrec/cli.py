@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "grpo":
             sp.add_argument("--plain", action="store_true",
                             help="plain (non-progressive) GRPO into <run>/grpo_plain: the ablation")
+        if name == "evaluate":
+            sp.add_argument("--predictions", default=None,
+                            help="score only this file (user_id, cut_ts, rank, item_id[, score]), e.g. another tool's")
+            sp.add_argument("--targets", default=None, help="targets file (default: <run>/eval/targets.parquet)")
+            sp.add_argument("--log", default=None, help="interaction log (default: <run>/data/interactions.parquet)")
         if name == "export-codebook":
             sp.add_argument("--verify", action="store_true", help="reload with numpy only and check every item's SID")
             sp.add_argument("--out", default=None, help="export folder (default: <run>/export)")
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["plain"] = True
     if args.command == "export-codebook":
         kwargs.update(out_dir=args.out, verify=args.verify)
+    if args.command == "evaluate":
+        kwargs.update(predictions=args.predictions, targets=args.targets, log=args.log)
     try:
         fn(raw, run_dir, **kwargs)
     except (ConfigError, ValueError, FileNotFoundError) as e:

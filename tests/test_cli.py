@@ -132,3 +132,30 @@ def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir):
     proc = run_cli_without_torch("data", "prepare", "--config", str(cfg), "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "r" / "data" / "samples_test.parquet").exists()
+
+
+def test_evaluate_scores_an_outside_predictions_file(tmp_path):
+    """`negrec evaluate --predictions F --targets T --log L` reads those three files and nothing else."""
+    import json
+
+    import pandas as pd
+
+    day = 86_400
+    log = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [5, 6, 7, 5, 8], "ts": [0, 2 * day, 3 * day, 0, 2 * day],
+                        "feedback": [-1, -1, -1, 1, -1]})
+    targets = pd.DataFrame({"user_id": [1, 1, 2], "cut_ts": [day, day, day], "item_id": [6, 7, 8],
+                            "ts": [2 * day, 3 * day, 2 * day]})
+    # user 1: 6 at rank 0 (a hit), 7 missed; user 2: 8 at rank 1 -> Recall@1 = (1/1 + 0) / 2, Recall@10 = (1/2 + 1/1) / 2
+    pred = pd.DataFrame({"user_id": [1, 1, 2, 2], "cut_ts": [day] * 4, "rank": [0, 1, 0, 1], "item_id": [6, 9, 9, 8]})
+    paths = {}
+    for name, df in (("log", log), ("targets", targets), ("mine", pred)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        df.to_parquet(paths[name])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"eval": {"metrics": {"ks": [1, 10], "horizons": [7], "main_horizon": 7}}}))
+    rc = main(["evaluate", "--config", str(cfg), "--run-dir", str(tmp_path / "empty_run"), "--predictions",
+               str(paths["mine"]), "--targets", str(paths["targets"]), "--log", str(paths["log"])])
+    assert rc == 0
+    m = json.loads((tmp_path / "mine.metrics.json").read_text())["mine"]
+    assert m["recall@1_h7"] == pytest.approx(0.5) and m["recall@10_h7"] == pytest.approx(0.75)
+    assert not (tmp_path / "empty_run" / "eval" / "metrics.json").exists()

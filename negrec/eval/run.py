@@ -229,20 +229,34 @@ def format_table(df: pd.DataFrame, title: str) -> str:
     return f"{title}\n" + df.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
-def run_evaluate(raw: dict, run_dir) -> dict:
-    """Score every predictions file in eval/predictions against eval/targets.parquet and the log."""
+def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: str | None = None,
+                 log: str | None = None) -> dict:
+    """Score every predictions file in eval/predictions against eval/targets.parquet and the log.
+
+    With `predictions` (any tool's file: user_id, cut_ts, rank, item_id[, score]) only that file is
+    scored, against `targets` (default eval/targets.parquet) and `log` (default
+    data/interactions.parquet): nothing else of the run is read."""
     from ..tokenizer import SemanticIdTokenizer
 
     run_dir = Path(run_dir)
     cfg = section_config(EvalConfig, raw, "eval")
     ev = run_dir / "eval"
-    if not (ev / "targets.parquet").exists():
-        raise FileNotFoundError(f"{ev / 'targets.parquet'}: missing; run `negrec predict` first")
-    targets = pd.read_parquet(ev / "targets.parquet")
-    log = pd.read_parquet(run_dir / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
+    targets_path = Path(targets) if targets else ev / "targets.parquet"
+    log_path = Path(log) if log else run_dir / "data" / "interactions.parquet"
+    for path, hint in ((targets_path, "run `negrec predict` first, or pass --targets"),
+                       (log_path, "run `negrec data prepare` first, or pass --log")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; {hint}")
+    targets = pd.read_parquet(targets_path)
+    log = pd.read_parquet(log_path, columns=["user_id", "item_id", "ts", "feedback"])
     sid_dir = run_dir / "tokenize" / "sid_tokenizer"
-    sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir) if sid_dir.exists() else None
-    files = sorted((ev / "predictions").glob("*.parquet"))
+    sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir) if sid_dir.exists() and not predictions else None
+    if predictions:
+        files = [Path(predictions)]
+        if not files[0].exists():
+            raise FileNotFoundError(f"{files[0]}: no such predictions file")
+    else:
+        files = sorted((ev / "predictions").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{ev / 'predictions'}: no predictions; run `negrec predict` / `negrec baselines`")
     # baselines first, then the SID policies in pipeline order
@@ -260,7 +274,7 @@ def run_evaluate(raw: dict, run_dir) -> dict:
         pred = pred.merge(keys, on=["user_id", "cut_ts"])
         # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
         cand_file = ev / "candidates" / f.name
-        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() else None
+        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None
         metrics[f.stem] = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log,
                                                sid_tok=sid_tok, swing=swing, candidate_scores=cand_scores)
         metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
@@ -268,9 +282,12 @@ def run_evaluate(raw: dict, run_dir) -> dict:
     table = results_table(metrics, h)
     text = format_table(table, f"Future-negative metrics, H = {h} days, {metrics[files[0].stem]['n_eval_h' + str(h)]} "
                                f"test users with a non-empty F_H ({cfg.split} split)")
-    write_json(ev / "metrics.json", metrics)
-    write_text(ev / "results_table.txt", text + "\n")
-    write_text(ev / "results_table.md", markdown_table(table) + "\n")
+    if predictions:  # an outside file: its metrics beside it, the run's own tables untouched
+        write_json(Path(predictions).with_suffix(".metrics.json"), metrics)
+    else:
+        write_json(ev / "metrics.json", metrics)
+        write_text(ev / "results_table.txt", text + "\n")
+        write_text(ev / "results_table.md", markdown_table(table) + "\n")
     print(text)
     return {"metrics": metrics, "table": text}
 
