@@ -93,7 +93,9 @@ def main() -> None:
         met = g["relative_gain"] is not None and g["relative_gain"] >= 0.3
         print(f"  {ds}: negrec {g['negrec_r10']}, best baseline {g['best_baseline']} {g['best_baseline_r10']:.4f} "
               f"-> {gain} ({'met' if met else 'NOT met'}); pipeline {results[ds]['seconds']}s")
-    save_result("bench_quality", {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
+    # one JSON per dataset set, so a run on one dataset does not overwrite another's figures
+    name = "bench_quality" if sorted(a.datasets) == sorted(DATASETS) else "bench_quality_" + "_".join(a.datasets)
+    save_result(name, {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
                                   "table": rows, "goal": goals,
                                   "filter": {ds: r["filter"] for ds, r in results.items()},
                                   "seconds": {ds: r["seconds"] for ds, r in results.items()}})

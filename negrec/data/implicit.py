@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .schema import IMPLICIT, NEGATIVE, NEUTRAL, source_column
+from .arrays import chunks
+from .schema import NEGATIVE, NEUTRAL, implicit_mask, source_column
 
 
 @dataclass
@@ -19,20 +20,28 @@ class SkipRule:
     max_play_s: float = 3.0
 
 
+def skip_mask(feedback: np.ndarray, play: np.ndarray, duration: np.ndarray, rule: SkipRule) -> np.ndarray:
+    """Neutral exposures the rule turns into implicit negatives (chunked; ratios in float64).
+    No positive duration: no ratio, so no implicit label."""
+    out = np.zeros(len(feedback), bool)
+    for a, b in chunks(len(feedback)):
+        p = play[a:b].astype(np.float64)
+        d = duration[a:b].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[a:b] = (feedback[a:b] == NEUTRAL) & (d > 0) & (p / d < rule.max_watch_ratio) & (p < rule.max_play_s)
+    return out
+
+
 def add_implicit_negatives(df: pd.DataFrame, rule: SkipRule) -> tuple[pd.DataFrame, int]:
-    """Relabel fast-skipped neutral exposures as implicit negatives. Returns (frame, count)."""
+    """Relabel fast-skipped neutral exposures as implicit negatives. Returns (frame, count).
+    The input frame is left as it is; unchanged columns are shared, not copied."""
     if not rule.enabled or "play_time_s" not in df.columns or "duration_s" not in df.columns:
         return df, 0
-    play = df["play_time_s"].to_numpy("float64")
-    dur = df["duration_s"].to_numpy("float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(dur > 0, play / dur, np.nan)  # no duration: no ratio, so no implicit label
-    skip = (df["feedback"].to_numpy() == NEUTRAL) & (ratio < rule.max_watch_ratio) & (play < rule.max_play_s)
+    fb = df["feedback"].to_numpy()
+    skip = skip_mask(fb, df["play_time_s"].to_numpy(), df["duration_s"].to_numpy(), rule)
     n = int(skip.sum())
     if n:
-        df = df.copy()
-        fb = df["feedback"].to_numpy().copy()
+        fb = fb.copy()
         fb[skip] = NEGATIVE
-        df["feedback"] = fb
-        df["source"] = source_column(skip | (df["source"] == IMPLICIT).to_numpy())
+        df = df.assign(feedback=fb, source=source_column(skip | implicit_mask(df["source"])))
     return df, n

@@ -13,11 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json, write_parquet
-from .implicit import SkipRule, add_implicit_negatives
+from .implicit import SkipRule
 from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
                       recbole_ml100k_path)
-from .schema import EXPLICIT, IMPLICIT, NEGATIVE, POSITIVE, DataError, check_interactions, check_items, kind_of
-from .splits import DAY, SampleBuilder, SplitConfig, compute_cuts, train_cuts
+from .arrays import narrow_int, release_memory, run_starts
+from .implicit import skip_mask
+from .schema import (EXPLICIT, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback, clean_items,
+                     implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
+from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, train_cuts
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
 
@@ -62,41 +65,129 @@ def load_log(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 
 
 def canonicalize(inter: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig, source: str):
-    """Implicit negatives, feedback kinds, duplicate removal and checks. Returns (inter, items, report)."""
-    report: dict[str, int] = {"rows_read": len(inter)}
+    """Implicit negatives, feedback kinds, duplicate removal and checks. Returns (inter, items, report).
+    The input frame is left as it is."""
+    return _canonicalize([inter], items, cfg, source)
+
+
+_WIDE_FIELDS = ("user_id", "item_id", "ts")  # int64 in the documented schema; narrower in memory
+_FLOAT_FIELDS = ("rating", "play_time_s", "duration_s")
+
+
+def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
+    """canonicalize, taking the log frame out of `box` so that its columns are freed as soon as the
+    sorted ones exist (a 10M-row log never lives twice in memory)."""
+    frame = box.pop()
+    origin = frame.attrs.get("origin")
+    missing = [c for c in ("user_id", "item_id", "ts", "feedback", "source") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: interactions lack field(s) {missing}")
+    if len(frame) == 0:
+        raise DataError(f"{source}: no interactions (empty file?)")
+    report: dict[str, int] = {"rows_read": len(frame)}
+    cols = {c: frame[c].to_numpy() for c in frame.columns if c not in ("source", "kind")}
+    implicit = implicit_mask(frame["source"])
+    names = [c for c in frame.columns if c != "kind"]
+    del frame
+    for c in ("user_id", "item_id", "ts"):
+        if cols[c].dtype.kind not in "iu":
+            raise DataError(f"{source}: field {c!r} must be integers, got {cols[c].dtype}")
+    fb = check_feedback(cols.pop("feedback"), origin, source)
+
+    items, n_no_text = clean_items(items, source, cfg.require_text)
+    if cfg.require_text:
+        report["items_without_text"] = n_no_text
+    known = ItemLookup(items["item_id"].to_numpy()).known(cols["item_id"])
+    if not known.all():
+        if not cfg.require_text:
+            raise unknown_item_error(origin, cols["item_id"], known, source)
+        report["interactions_of_dropped_items"] = int((~known).sum())
+        cols = {c: v[known] for c, v in cols.items()}
+        fb, implicit = fb[known], implicit[known]
+    del known
+
+    # every column is put in (user, ts) order one at a time, so the log is never held twice
+    carry = {"item_id": narrow_int(cols.pop("item_id")), "feedback": fb, "implicit": implicit}
+    del fb, implicit
+    names_rest = [c for c in cols if c not in ("user_id", "ts")]
+    for c in names_rest:
+        carry[c] = cols.pop(c)
+    dtypes = {c: np.float32 for c in names_rest if c in _FLOAT_FIELDS and carry[c].dtype.kind == "f"}
+    box = {"user": narrow_int(cols.pop("user_id")), "ts": cols.pop("ts")}
+    user, ts, n_dup, moved = sort_log_owned(box, carry, ["item_id", "feedback"] if cfg.drop_duplicates else None,
+                                            dtypes)
     if cfg.drop_duplicates:
-        before = len(inter)
-        inter = inter.drop_duplicates(["user_id", "item_id", "ts", "feedback"])
-        report["duplicates_dropped"] = before - len(inter)
-    inter, n_implicit = add_implicit_negatives(inter, cfg.skips)
+        report["duplicates_dropped"] = n_dup
+    if not moved:  # already in order: copy what is modified below rather than write into the caller's arrays
+        carry["feedback"] = carry["feedback"].copy()
+        carry["implicit"] = carry["implicit"].copy()
+    fb, implicit = carry.pop("feedback"), carry.pop("implicit")
+    out = {"user_id": user, "item_id": carry.pop("item_id"), "ts": ts, "feedback": fb}
+    out.update(carry)
+    del carry
+    n_implicit = 0
+    if cfg.skips.enabled and "play_time_s" in out and "duration_s" in out:
+        skip = skip_mask(fb, out["play_time_s"], out["duration_s"], cfg.skips)
+        n_implicit = int(skip.sum())
+        fb[skip] = NEGATIVE
+        implicit |= skip
+        del skip
     report["implicit_negatives_added"] = n_implicit
-    has_rating = inter["rating"].notna().to_numpy() if "rating" in inter.columns else np.zeros(len(inter), bool)
-    implicit = (inter["source"] == IMPLICIT).to_numpy()
-    inter = inter.assign(kind=kind_of(inter["feedback"].to_numpy(), implicit, has_rating))
-    inter = check_interactions(inter, source)
-    items, inter, dropped = check_items(items, inter, source, require_text=cfg.require_text)
-    report.update(dropped)
+    has_rating = ~np.isnan(out["rating"]) if "rating" in out and out["rating"].dtype.kind == "f" else None
+    kind = kind_codes(fb, implicit, has_rating)
+    del has_rating
+    out["source"] = source_column(implicit)
+    out["kind"] = pd.Categorical.from_codes(kind, dtype=KIND_DTYPE)
+    inter = pd.DataFrame({c: out[c] for c in [*names, "kind"]}, copy=False)
+    del out, cols, user, ts, fb, implicit, kind
     if cfg.max_users > 0:
-        users = np.unique(inter["user_id"].to_numpy())
-        keep = np.random.default_rng(cfg.seed).permutation(users)[: cfg.max_users]
-        inter = inter[inter["user_id"].isin(keep)].reset_index(drop=True)
+        users = inter["user_id"].to_numpy()
+        uniq = users[run_starts(users)]
+        keep = np.random.default_rng(cfg.seed).permutation(uniq)[: cfg.max_users]
+        sel = np.isin(users, keep)
+        report["rows_dropped_subsampling"] = int((~sel).sum())
+        inter = inter[sel].reset_index(drop=True)
         report["users_subsampled_to"] = cfg.max_users
     return inter, items, report
 
 
 class Samples(dict):
-    """Samples per split, held as Arrow tables and turned into pandas on first access."""
+    """Samples per split: compact `SampleTable`s (or Arrow tables when loaded), turned into the
+    on-disk Arrow schema on `table(split)` and into pandas on first item access."""
 
     def __getitem__(self, split: str) -> pd.DataFrame:
         value = super().__getitem__(split)
         if not isinstance(value, pd.DataFrame):
-            value = value.to_pandas()
+            value = self.table(split).to_pandas()
             super().__setitem__(split, value)
         return value
 
     def table(self, split: str) -> pa.Table:
         value = super().__getitem__(split)
+        if isinstance(value, SampleTable):
+            return value.to_arrow()
         return value if isinstance(value, pa.Table) else pa.Table.from_pandas(value, preserve_index=False)
+
+    def num_rows(self, split: str) -> int:
+        return len(super().__getitem__(split))
+
+    def _arrow_column(self, split: str, column: str):
+        col = super().__getitem__(split).column(column)
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+    def column(self, split: str, column: str) -> np.ndarray:
+        """One scalar column of a split, without converting the whole split."""
+        value = super().__getitem__(split)
+        if isinstance(value, pd.DataFrame):
+            return value[column].to_numpy()
+        return self._arrow_column(split, column).to_numpy(zero_copy_only=False)
+
+    def list_sizes(self, split: str, column: str) -> np.ndarray:
+        """Length of each row's list in `column`, without converting the whole split."""
+        value = super().__getitem__(split)
+        if isinstance(value, pd.DataFrame):
+            return value[column].map(len).to_numpy()
+        return np.diff(self._arrow_column(split, column).offsets.to_numpy())
 
     def items(self):
         return [(k, self[k]) for k in self.keys()]
@@ -104,25 +195,50 @@ class Samples(dict):
 
 def build_samples(inter: pd.DataFrame, cuts: pd.DataFrame, cfg: DataConfig) -> Samples:
     builder = SampleBuilder(inter, cfg.horizons, cfg.split.max_history)
+    release_memory()
     out = Samples()
     c = cuts[cuts["test_cut"] >= 0]
     out["test"] = builder.build(c["user_id"].to_numpy(), c["test_cut"].to_numpy(), "test")
+    release_memory()
     c = cuts[cuts["valid_cut"] >= 0]
     out["valid"] = builder.build(c["user_id"].to_numpy(), c["valid_cut"].to_numpy(), "valid",
                                  limit_ts=c["test_cut"].to_numpy())
+    release_memory()
     u, t, lim = train_cuts(inter, cuts, cfg.split)
     out["train"] = builder.build(u, t, "train", limit_ts=lim)
     return out
+
+
+def _widen(df: pd.DataFrame) -> pd.DataFrame:
+    """The log with int64 ids and ts (the documented schema); other columns are shared, not copied."""
+    if all(df[c].dtype == np.int64 for c in _WIDE_FIELDS if c in df.columns):
+        return df
+    return pd.DataFrame({c: (df[c].to_numpy().astype(np.int64) if c in _WIDE_FIELDS else df[c]) for c in df.columns},
+                        copy=False)
 
 
 class Prepared:
     """The prepared data of one run: canonical log, items, cuts and samples per split."""
 
     def __init__(self, interactions, items, cuts, samples, cfg: DataConfig, report: dict | None = None):
-        self.interactions, self.items, self.cuts, self.samples = interactions, items, cuts, samples
+        # the log is held with the narrowest dtypes that fit (int32 ids and ts for a 10M-row log);
+        # `interactions` shows it with the documented int64 columns, built on first access
+        self._log, self._wide = interactions, None
+        self.items, self.cuts, self.samples = items, cuts, samples
         self.cfg = cfg
         self.report = report or {}
-        self._titles = dict(zip(items["item_id"].to_numpy(), items["title"]))
+        self._titles = None
+
+    @property
+    def interactions(self) -> pd.DataFrame:
+        """The canonical log (docs/ARCHITECTURE.md): int64 ids and ts, sorted by (user_id, ts)."""
+        if self._wide is None:
+            self._wide = _widen(self._log)
+        return self._wide
+
+    @interactions.setter
+    def interactions(self, df: pd.DataFrame) -> None:
+        self._log, self._wide = df, None
 
     @property
     def horizons(self) -> list[int]:
@@ -133,14 +249,20 @@ class Prepared:
         return self.cfg.main_horizon
 
     def item_text(self, item_id: int) -> str:
+        if self._titles is None:
+            self._titles = dict(zip(self.items["item_id"].to_numpy().tolist(), self.items["title"]))
         return self._titles.get(int(item_id), f"item {item_id}")
 
     def fit_log(self, split: str = "train") -> pd.DataFrame:
         """What a model fitted for `split` may see: per user, events before that user's cut
         (valid cut for train/valid, test cut for test); users without a cut give all their events."""
         col = {"train": "train_limit", "valid": "train_limit", "test": "test_limit"}[split]
-        lim = self.cuts.set_index("user_id")[col].reindex(self.interactions["user_id"]).to_numpy()
-        return self.interactions[self.interactions["ts"].to_numpy() < lim].reset_index(drop=True)
+        log = self._log
+        users = log["user_id"].to_numpy()
+        starts = run_starts(users)
+        lim = np.repeat(self.cuts.set_index("user_id")[col].reindex(users[starts]).to_numpy(),
+                        np.diff(np.r_[starts, len(users)]))
+        return _widen(log[log["ts"].to_numpy() < lim].reset_index(drop=True))
 
     def save(self, out_dir) -> Path:
         out_dir = Path(out_dir)
@@ -172,9 +294,14 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     """Load, canonicalise, cut and sample; save to `out_dir` when given."""
     t0 = time.perf_counter()
     raw_inter, raw_items, source = load_log(cfg)
-    inter, items, report = canonicalize(raw_inter, raw_items, cfg, source)
+    box = [raw_inter]
+    del raw_inter  # _canonicalize frees the raw columns as it goes
+    release_memory()
+    inter, items, report = _canonicalize(box, raw_items, cfg, source)
+    release_memory()
     cuts = compute_cuts(inter, cfg.split)
     samples = build_samples(inter, cuts, cfg)
+    release_memory()
     report["source"] = source
     report["seconds"] = round(time.perf_counter() - t0, 3)
     prepared = Prepared(inter, items, cuts, samples, cfg, report)
@@ -201,13 +328,14 @@ def data_stats(p: Prepared) -> dict:
         "min_context": p.cfg.split.min_context,
     }
     for split in ("train", "valid", "test"):
-        s = p.samples[split]
-        stats[f"{split}_samples"] = int(len(s))
-        stats[f"{split}_users"] = int(s["user_id"].nunique())
-        for h in p.horizons:
-            sizes = s[f"future_neg_h{h}"].map(len).to_numpy()
-            stats[f"{split}_users_nonempty_F{h}"] = int((sizes > 0).sum()) if split != "train" else int((sizes > 0).sum())
+        sizes_of = {h: p.samples.list_sizes(split, f"future_neg_h{h}") for h in p.horizons}
+        stats[f"{split}_samples"] = int(p.samples.num_rows(split))
+        stats[f"{split}_users"] = int(pd.unique(p.samples.column(split, "user_id")).size)
+        for h, sizes in sizes_of.items():
+            stats[f"{split}_users_nonempty_F{h}"] = int((sizes > 0).sum())
             stats[f"{split}_mean_F{h}"] = round(float(sizes[sizes > 0].mean()), 3) if (sizes > 0).any() else 0.0
+            # over every sample (for test: every test user), empty targets included
+            stats[f"{split}_mean_F{h}_all"] = round(float(sizes.mean()), 3) if len(sizes) else 0.0
     stats.update({k: v for k, v in p.report.items() if k != "seconds"})
     return stats
 
@@ -222,13 +350,18 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         f"positives        {stats['positives']:,}",
         f"days spanned     {stats['days_spanned']}",
         f"active days/user mean {stats['active_days_per_user_mean']}, median {stats['active_days_per_user_median']}",
-        f"dropped          duplicates {stats.get('duplicates_dropped', 0)}, items without text {stats.get('items_without_text', 0)}",
+        f"dropped rows     duplicates {stats.get('duplicates_dropped', 0):,}, "
+        f"of items without text {stats.get('interactions_of_dropped_items', 0):,} "
+        f"({stats.get('items_without_text', 0):,} items dropped), subsampling {stats.get('rows_dropped_subsampling', 0):,}",
         f"cuts             per-user day boundaries, >= {stats['min_context']} context events",
     ]
     for split in ("train", "valid", "test"):
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"
                           for h in horizons)
         lines.append(f"{split:<6} samples {stats[f'{split}_samples']:,}, users {stats[f'{split}_users']:,}; non-empty F_H: {parts}")
+    if all(f"test_mean_F{h}_all" in stats for h in horizons):
+        lines.append("test   mean |F_H| over all test users (empty included): "
+                     + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))
     return "\n".join(lines)
 
 

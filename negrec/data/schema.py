@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .arrays import bits, chunks, compact, take
+
 NEGATIVE, NEUTRAL, POSITIVE = -1, 0, 1
 EXPLICIT, IMPLICIT = "explicit", "implicit"
 KINDS = ("hated", "skipped", "low rating", "liked", "neutral")
@@ -14,6 +16,7 @@ ITEM_COLUMNS = ["item_id", "title", "text", "genres"]
 
 
 SOURCE_DTYPE = pd.CategoricalDtype([EXPLICIT, IMPLICIT])
+KIND_DTYPE = pd.CategoricalDtype(list(KINDS))
 
 
 def source_column(implicit: np.ndarray) -> pd.Categorical:
@@ -21,68 +24,293 @@ def source_column(implicit: np.ndarray) -> pd.Categorical:
     return pd.Categorical.from_codes(np.asarray(implicit, dtype=np.int8), dtype=SOURCE_DTYPE)
 
 
+def implicit_mask(values) -> np.ndarray:
+    """Rows whose `source` is implicit, from a categorical or a column of strings."""
+    if isinstance(values, pd.Series):
+        values = values.array
+    if isinstance(values, pd.Categorical):
+        cats = list(values.categories)
+        if IMPLICIT not in cats:
+            return np.zeros(len(values), bool)
+        return np.asarray(values.codes) == cats.index(IMPLICIT)
+    return np.asarray(values, dtype=object) == IMPLICIT
+
+
 class DataError(ValueError):
     """Bad input data. The message names the file, and the line and field where known."""
 
 
-def check_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Validate a canonical interactions frame; sort it by (user, ts) and fix dtypes."""
-    missing = [c for c in INTERACTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: interactions lack field(s) {missing}")
-    if len(df) == 0:
-        raise DataError(f"{source}: no interactions (empty file?)")
-    bad = ~df["feedback"].isin([NEGATIVE, NEUTRAL, POSITIVE])
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{source}: row {i}: field 'feedback' must be -1, 0 or 1, got {df['feedback'].iloc[i]!r}")
-    out = df.astype({"user_id": "int64", "item_id": "int64", "ts": "int64", "feedback": "int8",
-                     "source": SOURCE_DTYPE})
-    users, ts = out["user_id"].to_numpy(), out["ts"].to_numpy()
-    if np.any((users[1:] < users[:-1]) | ((users[1:] == users[:-1]) & (ts[1:] < ts[:-1]))):
-        out = out.take(np.lexsort((ts, users)))  # stable: ties keep file order
-    return out.reset_index(drop=True)
+# ---------------------------------------------------------------- where a row came from
+def set_origin(df: pd.DataFrame, parts, fields: dict | None = None) -> pd.DataFrame:
+    """Record where each row of a loaded frame came from, so later checks can name file and line.
+
+    parts: [(path, first_line, n_rows, unit)], in row order; unit is "line" for text files (1-based
+    line of the first row) or "row" for Parquet (1-based row). fields: canonical -> file column name.
+    """
+    df.attrs["origin"] = {"parts": [(str(p), int(first), int(n), unit) for p, first, n, unit in parts],
+                          "fields": dict(fields or {})}
+    return df
 
 
-def check_items(items: pd.DataFrame, interactions: pd.DataFrame, source: str, require_text: bool = False):
-    """Validate the items table against the log. Returns (items, interactions, dropped counts)."""
-    for c in ("item_id",):
-        if c not in items.columns:
-            raise DataError(f"{source}: items lack field {c!r}")
+def locate(origin: dict | None, row: int, fallback: str) -> str:
+    """'file: line N' (or 'file: row N') for row `row` (0-based, in load order) of a loaded frame."""
+    if origin:
+        offset = 0
+        for path, first, n, unit in origin["parts"]:
+            if row < offset + n:
+                return f"{path}: {unit} {first + row - offset}"
+            offset += n
+    return f"{fallback}: row {row + 1}"
+
+
+def field_name(origin: dict | None, field: str) -> str:
+    """The field as the file names it, plus the canonical name when they differ."""
+    raw = (origin or {}).get("fields", {}).get(field, field)
+    return repr(field) if raw == field else f"{raw!r} ({field})"
+
+
+# ---------------------------------------------------------------- items
+class ItemLookup:
+    """Membership and position of item ids in a sorted id table: a direct table when the ids are
+    dense enough, a binary search otherwise."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = np.asarray(ids, np.int64)
+        self.lo = int(self.ids[0]) if len(self.ids) else 0
+        self.hi = int(self.ids[-1]) if len(self.ids) else -1
+        span = self.hi - self.lo + 1
+        self.table = None
+        if len(self.ids) and span <= max(8 * len(self.ids), 1 << 22):
+            self.table = np.full(span, -1, np.int64 if len(self.ids) >= 1 << 31 else np.int32)
+            self.table[self.ids - self.lo] = np.arange(len(self.ids))
+
+    def position(self, values: np.ndarray) -> np.ndarray:
+        """Index of each value in the table, -1 where absent (chunked: no full-size temporaries)."""
+        out = np.empty(len(values), np.int64 if len(self.ids) >= 1 << 31 else np.int32)
+        for a, b in chunks(len(values)):
+            v = np.asarray(values[a:b], np.int64)
+            inside = (v >= self.lo) & (v <= self.hi)
+            if self.table is not None:
+                out[a:b] = np.where(inside, self.table[np.where(inside, v - self.lo, 0)], -1)
+            else:
+                p = np.minimum(np.searchsorted(self.ids, v), max(len(self.ids) - 1, 0))
+                out[a:b] = np.where(inside & (self.ids[p] == v), p, -1) if len(self.ids) else -1
+        return out
+
+    def known(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty(len(values), bool)
+        for a, b in chunks(len(values)):
+            out[a:b] = self.position(values[a:b]) >= 0
+        return out
+
+
+def clean_items(items: pd.DataFrame, source: str, require_text: bool = False):
+    """Validate and sort the items table. Returns (items, rows dropped for lack of text)."""
+    origin = items.attrs.get("origin")
+    if "item_id" not in items.columns:
+        raise DataError(f"{source}: items lack field 'item_id'")
     items = items.copy()
     for c in ("title", "text", "genres"):
         if c not in items.columns:
             items[c] = ""
         items[c] = items[c].fillna("").astype(str)
+    ids = pd.to_numeric(items["item_id"], errors="coerce")
+    if ids.isna().any():
+        i = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise DataError(f"{locate(origin, i, source + ' (items)')}: field {field_name(origin, 'item_id')}: "
+                        f"cannot parse {items['item_id'].iloc[i]!r} as an integer")
+    items["item_id"] = ids.astype("int64")
     dup = items["item_id"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataError(f"{source}: items row {i}: duplicate item_id {items['item_id'].iloc[i]!r}")
-    dropped = {}
+        raise DataError(f"{locate(origin, i, source + ' (items)')}: field {field_name(origin, 'item_id')}: "
+                        f"duplicate item id {int(items['item_id'].iloc[i])}")
+    n_dropped = 0
     if require_text:
-        empty = items["text"].str.strip() == ""
-        dropped["items_without_text"] = int(empty.sum())
+        empty = (items["text"].str.strip() == "").to_numpy()
+        n_dropped = int(empty.sum())
         items = items[~empty]
-    known = interactions["item_id"].isin(items["item_id"])
+    return items.sort_values("item_id").reset_index(drop=True), n_dropped
+
+
+def check_items(items: pd.DataFrame, interactions: pd.DataFrame, source: str, require_text: bool = False):
+    """Validate the items table against the log. Returns (items, interactions, dropped counts).
+    An item of the log missing from the items table is an error naming its file and line, unless
+    `require_text` drops items (then their interactions are dropped and counted)."""
+    items, n_no_text = clean_items(items, source, require_text)
+    dropped = {"items_without_text": n_no_text} if require_text else {}
+    known = ItemLookup(items["item_id"].to_numpy()).known(interactions["item_id"].to_numpy())
     if not known.all():
-        i = int(np.flatnonzero(~known.to_numpy())[0])
         if not require_text:
-            raise DataError(
-                f"{source}: interaction row {i}: field 'item_id' = {interactions['item_id'].iloc[i]} "
-                f"is not in the items table ({int((~known).sum())} rows with unknown items)"
-            )
+            raise unknown_item_error(interactions.attrs.get("origin"), interactions["item_id"].to_numpy(), known, source)
         dropped["interactions_of_dropped_items"] = int((~known).sum())
         interactions = interactions[known].reset_index(drop=True)
-    return items.sort_values("item_id").reset_index(drop=True), interactions, dropped
+    return items, interactions, dropped
+
+
+def unknown_item_error(origin, item_ids: np.ndarray, known: np.ndarray, source: str) -> DataError:
+    i = int(np.flatnonzero(~known)[0])
+    return DataError(f"{locate(origin, i, source)}: field {field_name(origin, 'item_id')} = {int(item_ids[i])} "
+                     f"is not in the items table ({int((~known).sum())} rows with unknown items)")
+
+
+# ---------------------------------------------------------------- interactions
+def sort_log(user: np.ndarray, ts: np.ndarray, dedupe: tuple[np.ndarray, ...] | None = None):
+    """Order rows by (user, ts), ties in load order, and drop exact duplicates (rows equal in user,
+    ts and every `dedupe` column). Returns (order, user, ts, n_duplicates): `order` lists the kept
+    input rows in output order (None: input order, all kept); `user` and `ts` are in output order."""
+    carry = {"row": np.arange(len(user))}
+    names = []
+    for j, c in enumerate(dedupe or ()):
+        carry[f"d{j}"] = c
+        names.append(f"d{j}")
+    user, ts, n_dup, moved = sort_log_owned({"user": user, "ts": ts}, carry, names if dedupe is not None else None)
+    return (carry["row"] if moved else None), user, ts, n_dup
+
+
+def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtypes: dict | None = None):
+    """Sort a log by (user, ts), ties in load order, dropping exact duplicates, with little memory.
+
+    Takes `user` and `ts` out of `box` (so they are freed once the sort key exists) and puts every
+    column of `carry` in output order, one column at a time (dtypes[name] narrows it on the way).
+    Sorts once, in place, a single int64 key packing (user, ts - min ts, row) when it fits in 63
+    bits: the row in the low bits keeps ties in load order, and only rows sharing user and second
+    are compared on the `dedupe` columns of `carry`. Returns (user, ts, n_duplicates, moved) with ts
+    as int32 when every value fits; moved is False when the input was already in order.
+    """
+    dtypes = dtypes or {}
+    user = np.asarray(box.pop("user"))
+    ts = np.asarray(box.pop("ts"))
+    n = len(user)
+    user_dtype = user.dtype
+    umin, umax, tmin, tmax = int(user.min()), int(user.max()), int(ts.min()), int(ts.max())
+    ts_dtype = np.int32 if tmin >= np.iinfo(np.int32).min and tmax <= np.iinfo(np.int32).max else np.int64
+    ib, tb = bits(n - 1), bits(tmax - tmin)
+    ub, uniq = bits(umax - umin), None
+    if ub + tb + ib > 63:
+        uniq = np.unique(user)
+        ub = bits(len(uniq) - 1)
+        if ub + tb + ib > 63:
+            return _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype)
+    key = np.empty(n, np.int64)
+    is_sorted = True
+    prev = None
+    for a, b in chunks(n):
+        hi = (np.searchsorted(uniq, user[a:b]) if uniq is not None else user[a:b].astype(np.int64) - umin)
+        k = key[a:b]
+        np.left_shift(hi.astype(np.int64, copy=False), tb + ib, out=k)
+        k |= (ts[a:b].astype(np.int64) - tmin) << ib
+        k |= np.arange(a, b, dtype=np.int64)
+        if is_sorted:
+            is_sorted = bool((k[1:] >= k[:-1]).all()) and (prev is None or prev <= k[0])
+            prev = k[-1]
+        del hi, k
+    del user, ts
+    if not is_sorted:
+        key.sort()
+    imask = (1 << ib) - 1
+    n_dup = 0
+    if dedupe is not None:
+        tie = []
+        for a, b in chunks(n):
+            a0 = max(a - 1, 0)
+            g = key[a0:b] >> ib
+            tie.append(np.flatnonzero(g[1:] == g[:-1]) + a0 + 1)
+        tie = np.concatenate(tie)
+        if len(tie):
+            pos = np.union1d(tie, tie - 1)
+            rows = key[pos] & imask
+            group = np.cumsum(~np.isin(pos, tie))
+            frame = pd.DataFrame({"g": group, **{c: np.asarray(carry[c])[rows] for c in dedupe}})
+            drop = pos[frame.duplicated().to_numpy()]
+            n_dup = len(drop)
+            if n_dup:
+                keep = np.ones(n, bool)
+                keep[drop] = False
+                key = compact(key, keep)
+                del keep
+    moved = not is_sorted or n_dup > 0
+    if moved:  # the input row of each output row is the key's low bits: no separate order array
+        for name in list(carry):
+            old = carry.pop(name)
+            new = np.empty(len(key), dtypes.get(name, old.dtype))
+            for a, b in chunks(len(key)):
+                new[a:b] = old[key[a:b] & imask]
+            carry[name] = new
+            del old, new
+    else:
+        for name, dt in dtypes.items():
+            if name in carry and carry[name].dtype != dt:
+                carry[name] = carry[name].astype(dt)
+    m = len(key)
+    out_user = np.empty(m, user_dtype)
+    out_ts = np.empty(m, ts_dtype)
+    tmask = (1 << tb) - 1
+    for a, b in chunks(m):
+        k = key[a:b]
+        hi = k >> (tb + ib)
+        out_user[a:b] = uniq[hi] if uniq is not None else hi + umin
+        out_ts[a:b] = ((k >> ib) & tmask) + tmin
+    del key
+    return out_user, out_ts, n_dup, moved
+
+
+def _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype=np.int64):
+    """sort_log_owned for keys too wide to pack: a stable lexsort."""
+    order = np.lexsort((ts, user))
+    n_dup = 0
+    if dedupe is not None:
+        frame = pd.DataFrame({"u": user[order], "t": ts[order], **{c: np.asarray(carry[c])[order] for c in dedupe}})
+        dup = frame.duplicated().to_numpy()
+        n_dup = int(dup.sum())
+        order = order[~dup]
+    for name in list(carry):
+        carry[name] = take(carry.pop(name), order, dtypes.get(name))
+    return user[order], ts[order].astype(ts_dtype), n_dup, True
+
+
+def check_feedback(feedback: np.ndarray, origin, source: str) -> np.ndarray:
+    fb = np.asarray(feedback)
+    bad = ~((fb == NEGATIVE) | (fb == NEUTRAL) | (fb == POSITIVE))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{locate(origin, i, source)}: field 'feedback' must be -1, 0 or 1, got {fb[i]!r}")
+    return fb.astype(np.int8, copy=False)
+
+
+def check_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Validate a canonical interactions frame; sort it by (user, ts) (ties keep their order)."""
+    missing = [c for c in INTERACTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{source}: interactions lack field(s) {missing}")
+    if len(df) == 0:
+        raise DataError(f"{source}: no interactions (empty file?)")
+    check_feedback(df["feedback"].to_numpy(), df.attrs.get("origin"), source)
+    out = df.astype({"user_id": "int64", "item_id": "int64", "ts": "int64", "feedback": "int8",
+                     "source": SOURCE_DTYPE})
+    order, _, _, _ = sort_log(out["user_id"].to_numpy(), out["ts"].to_numpy())
+    if order is not None:
+        out = out.take(order)
+    return out.reset_index(drop=True)
+
+
+def kind_codes(feedback: np.ndarray, implicit: np.ndarray, has_rating: np.ndarray | None) -> np.ndarray:
+    """Codes into KINDS: hated / skipped / low rating / liked / neutral (int8, chunked)."""
+    n = len(feedback)
+    code = np.full(n, KINDS.index("neutral"), dtype=np.int8)
+    for a, b in chunks(n):
+        fb, imp, c = feedback[a:b], implicit[a:b], code[a:b]
+        neg = fb == NEGATIVE
+        rated = has_rating[a:b] if has_rating is not None else np.zeros(b - a, bool)
+        c[neg & ~imp & ~rated] = KINDS.index("hated")
+        c[neg & ~imp & rated] = KINDS.index("low rating")
+        c[neg & imp] = KINDS.index("skipped")
+        c[fb == POSITIVE] = KINDS.index("liked")
+    return code
 
 
 def kind_of(feedback: np.ndarray, implicit: np.ndarray, has_rating: np.ndarray) -> pd.Categorical:
     """Human-readable feedback kind shown in prompts: hated / skipped / low rating / liked / neutral.
     Categorical, so a 10M-row log holds one byte per row rather than a Python string."""
-    code = np.full(len(feedback), KINDS.index("neutral"), dtype=np.int8)
-    neg = feedback == NEGATIVE
-    code[neg & ~implicit & ~has_rating] = KINDS.index("hated")
-    code[neg & ~implicit & has_rating] = KINDS.index("low rating")
-    code[neg & implicit] = KINDS.index("skipped")
-    code[feedback == POSITIVE] = KINDS.index("liked")
-    return pd.Categorical.from_codes(code, categories=list(KINDS))
+    return pd.Categorical.from_codes(kind_codes(np.asarray(feedback), np.asarray(implicit, bool),
+                                                np.asarray(has_rating, bool)), dtype=KIND_DTYPE)

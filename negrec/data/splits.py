@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .arrays import CHUNK, bits, chunks, expand, narrow_int, rank_within, run_starts, seek
 from .schema import NEGATIVE, POSITIVE
 
 DAY = 86400
-TS_MAX = (1 << 34) - 1  # timestamps live in the low 34 bits of the (user, ts) sort key
+TS_MAX = (1 << 34) - 1  # "no limit" for cut and window ends (far beyond any real timestamp)
+_NEVER = np.iinfo(np.int64).max
 
 
 @dataclass
@@ -36,39 +38,45 @@ class SplitConfig:
     max_history: int = 50
 
 
-def _user_bounds(users: np.ndarray):
-    """Start offset of each user's run in the sorted log and each row's user rank."""
-    change = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    urank = np.cumsum(np.r_[False, users[1:] != users[:-1]])
-    return change, urank
+def _bounds(users: np.ndarray):
+    """Start and end offset of each user's run in the sorted log."""
+    starts = run_starts(users)
+    return starts, np.r_[starts[1:], len(users)].astype(np.int64)
+
+
+def _day_starts(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Rows that open a later active day of their user (the user's first row excluded)."""
+    out = []
+    for a, b in chunks(len(users)):
+        a0 = max(a - 1, 0)
+        d, u = ts[a0:b] // DAY, users[a0:b]
+        out.append(np.flatnonzero((d[1:] != d[:-1]) & (u[1:] == u[:-1])) + a0 + 1)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     """Per-user valid and test cuts (UTC seconds at 00:00, or -1)."""
     users = log["user_id"].to_numpy()
     ts = log["ts"].to_numpy()
-    starts, urank = _user_bounds(users)
+    starts, ends = _bounds(users)
     n_users = len(starts)
-    counts = np.diff(np.r_[starts, len(users)])
-    pos = np.arange(len(users)) - starts[urank]  # events of the user before this row
-    day = ts // DAY
-    new_day = np.r_[True, (day[1:] != day[:-1]) | (users[1:] != users[:-1])]
-    cand = new_day & (pos > 0)  # first event of a later active day: a day boundary with a past
-    c_idx = np.flatnonzero(cand)
-    c_user, c_pos, c_ts = urank[c_idx], pos[c_idx], day[c_idx] * DAY
+    counts = ends - starts
+    c_idx = _day_starts(users, ts)  # first event of a later active day: a day boundary with a past
+    c_user = np.searchsorted(starts, c_idx, side="right") - 1
+    c_pos, c_ts = c_idx - starts[c_user], (ts[c_idx] // DAY) * DAY
 
     if cfg.global_test_date:
         test_cut = np.full(n_users, _date_ts(cfg.global_test_date))
-        before_test = _events_before(urank, ts, test_cut)
+        before_test = seek(ts, starts, ends, test_cut) - starts
     else:
         test_cut, before_test = _frac_cut(c_user, c_pos, c_ts, counts, cfg.test_frac, n_users,
-                                          limit=np.full(n_users, np.iinfo(np.int64).max))
+                                          limit=np.full(n_users, _NEVER))
     test_cut = np.where(before_test >= cfg.min_context, test_cut, -1)
     if cfg.global_valid_date:
         valid_cut = np.full(n_users, _date_ts(cfg.global_valid_date))
-        before_valid = _events_before(urank, ts, valid_cut)
+        before_valid = seek(ts, starts, ends, valid_cut) - starts
     else:
-        limit = np.where(test_cut >= 0, test_cut, np.iinfo(np.int64).max)
+        limit = np.where(test_cut >= 0, test_cut, _NEVER)
         valid_cut, before_valid = _frac_cut(c_user, c_pos, c_ts, counts, cfg.valid_frac, n_users, limit=limit)
     valid_cut = np.where((before_valid >= cfg.min_context) & (test_cut >= 0) & (valid_cut < test_cut), valid_cut, -1)
     # what fitted models may see: before the first evaluation cut (train/valid) or the test cut
@@ -80,17 +88,13 @@ def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     else:
         test_limit = np.where(test_cut >= 0, test_cut, never)
         train_limit = np.where(valid_cut >= 0, valid_cut, test_limit)
-    return pd.DataFrame({"user_id": users[starts], "valid_cut": valid_cut.astype("int64"),
+    return pd.DataFrame({"user_id": users[starts].astype("int64"), "valid_cut": valid_cut.astype("int64"),
                          "test_cut": test_cut.astype("int64"), "train_limit": train_limit.astype("int64"),
-                         "test_limit": test_limit.astype("int64"), "n_events": counts})
+                         "test_limit": test_limit.astype("int64"), "n_events": counts.astype("int64")})
 
 
 def _date_ts(date: str) -> int:
     return int(pd.Timestamp(date, tz="UTC").value // 10**9)
-
-
-def _events_before(urank, ts, cut_per_user):
-    return np.bincount(urank, weights=ts < cut_per_user[urank], minlength=len(cut_per_user)).astype(int)
 
 
 def _frac_cut(c_user, c_pos, c_ts, counts, frac, n_users, limit):
@@ -110,107 +114,236 @@ def _frac_cut(c_user, c_pos, c_ts, counts, frac, n_users, limit):
 
 
 # ---------------------------------------------------------------- samples
-def _ragged(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.ListArray:
-    """A list column whose row r holds values[starts[r]:ends[r]], built without a Python loop."""
-    lengths = np.maximum(ends - starts, 0)
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    total = int(offsets[-1])
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(total)
-    return pa.LargeListArray.from_arrays(offsets, pa.array(values[idx]))
+def _index_dtype(n: int):
+    return np.int32 if n < 1 << 31 else np.int64
+
+
+def _lists(lo: np.ndarray, length: np.ndarray, values: np.ndarray, through: np.ndarray | None = None,
+           typ=pa.int64(), names: pa.Array | None = None) -> pa.LargeListArray:
+    """A list column whose row r holds values[lo[r] : lo[r] + length[r]] (through an index array
+    when given), built without a Python loop."""
+    length = np.maximum(length, 0)
+    offsets = np.zeros(len(length) + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    idx = expand(lo, length)
+    flat = values[through[idx] if through is not None else idx]
+    del idx
+    if names is not None:
+        arr = pa.DictionaryArray.from_arrays(pa.array(flat.astype(np.int32)), names).cast(typ)
+    else:
+        arr = pa.array(flat.astype(typ.to_pandas_dtype(), copy=False), typ)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), arr)
+
+
+class _Log:
+    """The sorted log's arrays that samples point into (shared with the interactions frame)."""
+
+    def __init__(self, log: pd.DataFrame, max_history: int):
+        self.users = log["user_id"].to_numpy()
+        self.items = log["item_id"].to_numpy()
+        self.ts = log["ts"].to_numpy()
+        self.fb = log["feedback"].to_numpy()
+        kind = log["kind"].array if isinstance(log["kind"].dtype, pd.CategoricalDtype) else pd.Categorical(log["kind"])
+        self.kind_codes = np.asarray(kind.codes)
+        self.kind_names = pa.array([str(c) for c in kind.categories], pa.string())
+        self.starts, self.ends = _bounds(self.users)
+        self.idx_dtype = _index_dtype(len(self.users))
+        self.rows = {"neg": np.flatnonzero(self.fb == NEGATIVE).astype(self.idx_dtype),
+                     "pos": np.flatnonzero(self.fb == POSITIVE).astype(self.idx_dtype)}
+        self.max_history = max_history
+
+
+class SampleTable:
+    """The samples of one split, held compactly: per sample the user's index in the log, the first
+    row at/after the cut, the cut, the target limit, the next negative, and the F_H candidates of
+    the largest H. Histories, contexts and F_H lists are windows of the shared log, so they are
+    materialised only when asked for: `column(name)` gives one column and `to_arrow()` the table of
+    the on-disk schema (int64 scalars, large_list<int64> items and timestamps, ...)."""
+
+    def __init__(self, log: _Log, split: str, u, g, cut_ts, limit, next_neg, future: dict, horizons,
+                 with_context: bool = True):
+        self.log, self.split = log, split
+        self.u, self.g, self.cut_ts, self.limit, self.next_neg = u, g, cut_ts, limit, next_neg
+        self.future = future  # "neg"/"pos" -> (offsets, index into log.rows[side]) for the largest H
+        self.horizons = list(horizons)
+        names = ["user_id", "cut_ts", "split", "neg_items", "neg_ts", "neg_kinds", "pos_items", "pos_ts",
+                 "pos_kinds", "mixed_items", "mixed_feedback", "mixed_ts"]
+        names += ["context_items"] if with_context else []
+        names += ["n_context"]
+        for h in self.horizons:
+            names += [f"future_neg_h{h}", f"future_pos_h{h}"]
+        self.column_names = names + ["next_neg"]
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this split alone (the log's arrays it points into not counted)."""
+        arrays = [self.u, self.g, self.cut_ts, self.next_neg, *(a for f in self.future.values() for a in f)]
+        return sum(a.nbytes for a in arrays) + (self.limit.nbytes if self.limit is not None else 0)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table({name: self.column(name) for name in self.column_names})
+
+    def column(self, name: str) -> pa.Array:
+        if name not in self.column_names:
+            raise KeyError(name)
+        L = self.log
+        s = L.starts[self.u]
+        g = self.g.astype(np.int64)
+        if name == "user_id":
+            return pa.array(L.users[s].astype(np.int64))
+        if name == "cut_ts":
+            return pa.array(self.cut_ts.astype(np.int64))
+        if name == "split":
+            return pa.repeat(pa.scalar(self.split, pa.string()), len(self))
+        if name == "n_context":
+            return pa.array(g - s)
+        if name == "next_neg":
+            return pa.array(self.next_neg.astype(np.int64))
+        if name == "context_items":
+            return _lists(s, g - s, L.items)
+        H = L.max_history
+        side, _, what = name.partition("_")
+        if side in ("neg", "pos"):
+            rows = L.rows[side]
+            hi = np.searchsorted(rows, g.astype(rows.dtype))
+            lo = np.maximum(np.searchsorted(rows, s.astype(rows.dtype)), hi - H)
+            if what == "kinds":
+                return _lists(lo, hi - lo, L.kind_codes, rows, pa.string(), L.kind_names)
+            return _lists(lo, hi - lo, L.items if what == "items" else L.ts, rows)
+        if side == "mixed":
+            lo = np.maximum(s, g - H)
+            if what == "feedback":
+                return _lists(lo, g - lo, L.fb, typ=pa.int8())
+            return _lists(lo, g - lo, L.items if what == "items" else L.ts)
+        # future_{neg,pos}_h{H}: the candidates of the largest H, cut at this H's window end
+        _, side, h = name.split("_")
+        h = int(h[1:])
+        offsets, j = self.future[side]
+        counts = np.diff(offsets)
+        r = np.repeat(np.arange(len(self), dtype=np.int32), counts)
+        end = self.cut_ts.astype(np.int64) + h * DAY
+        if self.limit is not None:
+            end = np.minimum(end, self.limit)
+        rows = L.rows[side][j]
+        keep = L.ts[rows] < end[r]
+        out = np.zeros(len(self) + 1, np.int64)
+        np.cumsum(np.bincount(r[keep], minlength=len(self)), out=out[1:])
+        return pa.LargeListArray.from_arrays(pa.array(out), pa.array(L.items[rows[keep]].astype(np.int64)))
 
 
 class SampleBuilder:
     """Precomputed indexes over a sorted log so that samples for many cuts are cheap."""
 
     def __init__(self, log: pd.DataFrame, horizons: list[int], max_history: int):
-        self.log = log
-        self.horizons = horizons
+        self.horizons = list(horizons)
         self.max_history = max_history
-        self.users = log["user_id"].to_numpy()
-        self.items = log["item_id"].to_numpy()
-        self.ts = log["ts"].to_numpy()
-        self.fb = log["feedback"].to_numpy()
-        kind = pd.Categorical(log["kind"])
-        self.kind_codes = kind.codes
-        self.kind_names = pa.array([str(c) for c in kind.categories], pa.string())
-        self.starts, self.urank = _user_bounds(self.users)
-        self.ends = np.r_[self.starts[1:], len(self.users)]
-        # composite sort key (user rank, ts): searchsorted finds "first event of user u at/after t"
-        self.key = (self.urank.astype(np.int64) << 34) + self.ts
-        self.neg_rows = np.flatnonzero(self.fb == NEGATIVE)
-        self.pos_rows = np.flatnonzero(self.fb == POSITIVE)
-        # first time each (user, item) pair appears, and the first negative / positive row of each.
-        # pd.factorize numbers pairs in order of first appearance (the log is time-sorted per user),
-        # so a row is a pair's first exactly when its code exceeds every earlier code.
-        item_codes, item_uniques = pd.factorize(self.items)
-        codes, _ = pd.factorize(self.urank.astype(np.int64) * len(item_uniques) + item_codes)
-        is_first = codes > np.maximum.accumulate(np.r_[-1, codes[:-1]])
-        first_row = np.flatnonzero(is_first)  # first_row[c] is where pair c first appears
-        self.first_seen_ts = self.ts[first_row[codes]]
-        self.pair = codes
-        self.is_first_neg = self._first_of(self.neg_rows)
-        self.is_first_pos = self._first_of(self.pos_rows)
+        self.log = _Log(log, max_history)
+        L = self.log
+        self.users, self.items, self.ts, self.fb = L.users, L.items, L.ts, L.fb
+        self.starts, self.ends = L.starts, L.ends
         self.user_index = pd.Index(self.users[self.starts])
+        # first-seen time of each negative (positive) row's (user, item) pair when the row is the
+        # pair's first negative (positive), else a sentinel below any cut: F_H needs nothing else
+        ts_dtype = np.int32 if self.ts.dtype.itemsize <= 4 else np.int64
+        self._not_first = np.iinfo(ts_dtype).min
+        self.first_seen = {k: np.full(len(r), self._not_first, ts_dtype) for k, r in L.rows.items()}
+        self._first_seen()
 
-    def _first_of(self, rows):
-        """Flag the first of `rows` (sorted) for each (user, item) pair."""
-        flag = np.zeros(len(self.users), bool)
-        c, _ = pd.factorize(self.pair[rows])
-        first = c > np.maximum.accumulate(np.r_[-1, c[:-1]])
-        flag[rows[first]] = True
-        return flag
+    def _first_seen(self):
+        """One in-place sort of a packed (user, item, row) key per block of whole users (a few
+        hundred thousand rows): no log-sized temporaries, no hashing of (user, item) pairs."""
+        n = len(self.users)
+        if n == 0:
+            return
+        imin, imax = int(self.items.min()), int(self.items.max())
+        direct = bits(imax - imin) <= 28
+        cut = np.unique(np.r_[self.starts[np.searchsorted(self.starts, np.arange(0, n, CHUNK // 4), side="right") - 1], n])
+        for a, b in zip(cut[:-1], cut[1:]):
+            u, it = self.users[a:b], self.items[a:b]
+            lu = np.cumsum(np.r_[0, u[1:] != u[:-1]], dtype=np.int64)
+            code = (it.astype(np.int64) - imin) if direct else pd.factorize(it)[0].astype(np.int64)
+            ub, cb, rb = bits(int(lu[-1])), bits(int(code.max())), bits(b - a - 1)
+            if ub + cb + rb <= 63:
+                key = (lu << (cb + rb)) | (code << rb) | np.arange(b - a, dtype=np.int64)
+                key.sort()
+                srow = key & ((1 << rb) - 1)
+                key >>= rb
+                new_pair = np.r_[True, key[1:] != key[:-1]]
+                del key
+            else:
+                srow = np.lexsort((np.arange(b - a), code, lu))
+                new_pair = np.r_[True, (lu[srow][1:] != lu[srow][:-1]) | (code[srow][1:] != code[srow][:-1])]
+            del lu, code
+            gid = np.cumsum(new_pair) - 1
+            first_ts = self.ts[a + srow[new_pair]]  # rows are time-sorted: a pair's first row is its first touch
+            sfb = self.fb[a + srow]
+            for name, value in (("neg", NEGATIVE), ("pos", POSITIVE)):
+                p = np.flatnonzero(sfb == value)
+                g = gid[p]
+                first = p[np.r_[True, g[1:] != g[:-1]]] if len(p) else p
+                rows = self.log.rows[name]
+                at = np.searchsorted(rows, (a + srow[first]).astype(rows.dtype))
+                self.first_seen[name][at] = first_ts[gid[first]]
+
+    def _seek(self, u, t):
+        """First row of user u at or after time t."""
+        return seek(self.ts, self.starts[u], self.ends[u], t)
 
     def build(self, user_ids: np.ndarray, cut_ts: np.ndarray, split: str, limit_ts: np.ndarray | None = None,
-              with_context: bool = True) -> pa.Table:
-        """Samples for (user, cut) pairs. Future windows end at `limit_ts` (targets never cross into
-        the period a later split evaluates)."""
+              with_context: bool = True) -> SampleTable:
+        """Samples for (user, cut) pairs. Future windows and the next negative end at `limit_ts`
+        (targets never cross into the period a later split evaluates)."""
+        user_ids = np.asarray(user_ids)
         u = self.user_index.get_indexer(user_ids)
         if (u < 0).any():
             raise KeyError(f"unknown user ids {user_ids[u < 0][:5]}")
+        R = len(u)
+        dt = self.log.idx_dtype
         cut_ts = np.asarray(cut_ts, np.int64)
-        g = np.searchsorted(self.key, (u.astype(np.int64) << 34) + cut_ts)  # first row at/after the cut
-        s, e = self.starts[u], self.ends[u]
-        H = self.max_history
-        cols: dict[str, object] = {"user_id": user_ids.astype(np.int64), "cut_ts": cut_ts,
-                                   "split": np.full(len(u), split, dtype=object)}
-        for name, rows in (("neg", self.neg_rows), ("pos", self.pos_rows)):
-            hi = np.searchsorted(rows, g)
-            lo = np.maximum(np.searchsorted(rows, s), hi - H)
-            cols[f"{name}_items"] = _ragged(self.items[rows], lo, hi)
-            cols[f"{name}_ts"] = _ragged(self.ts[rows], lo, hi)
-            codes = _ragged(self.kind_codes[rows], lo, hi)
-            cols[f"{name}_kinds"] = pa.LargeListArray.from_arrays(codes.offsets, self.kind_names.take(codes.values))
-        lo = np.maximum(s, g - H)
-        cols["mixed_items"] = _ragged(self.items, lo, g)
-        cols["mixed_feedback"] = _ragged(self.fb.astype(np.int8), lo, g)
-        cols["mixed_ts"] = _ragged(self.ts, lo, g)
-        if with_context:
-            cols["context_items"] = _ragged(self.items, s, g)
-        cols["n_context"] = (g - s).astype(np.int64)
-        end_limit = np.full(len(u), TS_MAX) if limit_ts is None else np.minimum(np.asarray(limit_ts, np.int64), TS_MAX)
-        for h in self.horizons:
-            w_end = np.minimum(cut_ts + h * DAY, end_limit)
-            ge = np.maximum(np.searchsorted(self.key, (u.astype(np.int64) << 34) + w_end), g)
-            # an item counts in F_H if its first negative in the log lies in the window and the
-            # user never touched it before the cut
-            cols[f"future_neg_h{h}"] = self._future(g, ge, cut_ts, self.is_first_neg)
-            cols[f"future_pos_h{h}"] = self._future(g, ge, cut_ts, self.is_first_pos)
-        nn = np.searchsorted(self.neg_rows, g)
-        nn_ok = (nn < len(self.neg_rows))
-        nn_row = self.neg_rows[np.minimum(nn, len(self.neg_rows) - 1)] if len(self.neg_rows) else np.zeros(len(g), int)
-        nn_ok &= nn_row < e if len(self.neg_rows) else False
-        cols["next_neg"] = np.where(nn_ok, self.items[nn_row] if len(self.neg_rows) else -1, -1).astype(np.int64)
-        return pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v)) for k, v in cols.items()})
-
-    def _future(self, g, ge, cut_ts, flag):
-        lengths = np.maximum(ge - g, 0)
-        offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        idx = np.repeat(g - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
-        cut_of = np.repeat(cut_ts, lengths)
-        k = flag[idx] & (self.first_seen_ts[idx] >= cut_of)
-        row = np.repeat(np.arange(len(g)), lengths)[k]
-        new_off = np.r_[0, np.cumsum(np.bincount(row, minlength=len(g)))].astype(np.int64)
-        return pa.LargeListArray.from_arrays(new_off, pa.array(self.items[idx][k]))
+        g = self._seek(u, cut_ts)  # first row at/after the cut
+        e = self.ends[u]
+        limit = None if limit_ts is None else np.minimum(np.asarray(limit_ts, np.int64), TS_MAX)
+        # F_H candidates: rows whose (user, item) pair has its first negative (positive) in
+        # [cut, min(cut + max H days, limit)) and was never touched before the cut. The largest
+        # window is expanded once, over negative (positive) rows only; each H filters it by time.
+        hmax = max(self.horizons) if self.horizons else 0
+        w_end = cut_ts + hmax * DAY if limit is None else np.minimum(cut_ts + hmax * DAY, limit)
+        g_end = self._seek(u, np.maximum(w_end, cut_ts))
+        future = {}
+        for name in ("neg", "pos"):
+            rows = self.log.rows[name]
+            lo = np.searchsorted(rows, g.astype(dt))
+            hi = np.searchsorted(rows, g_end.astype(dt))
+            keep_j, counts = [], np.zeros(R, np.int64)
+            for a, b in chunks(R, CHUNK // 32):  # bounded temporaries however long the windows
+                j = expand(lo[a:b], hi[a:b] - lo[a:b])
+                r = np.repeat(np.arange(a, b), hi[a:b] - lo[a:b])
+                ok = self.first_seen[name][j] >= cut_ts[r]
+                keep_j.append(j[ok].astype(dt))
+                counts[a:b] = np.bincount(r[ok] - a, minlength=b - a)
+            offsets = np.zeros(R + 1, dt if counts.sum() < 1 << 31 else np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            future[name] = (offsets, np.concatenate(keep_j) if keep_j else np.zeros(0, dt))
+        # the very next negative after the cut, within the same bound as the targets
+        rows = self.log.rows["neg"]
+        if len(rows):
+            nxt = np.searchsorted(rows, g.astype(dt))
+            row = rows[np.minimum(nxt, len(rows) - 1)]
+            ok = (nxt < len(rows)) & (row < e)
+            if limit is not None:
+                ok &= self.ts[row] < limit
+            next_neg = np.where(ok, self.items[row], -1).astype(self.items.dtype)
+        else:
+            next_neg = np.full(R, -1, np.int32)
+        return SampleTable(self.log, split, u.astype(np.int32), g.astype(dt), narrow_int(cut_ts), limit, next_neg,
+                           future, self.horizons, with_context)
 
 
 def train_cuts(log: pd.DataFrame, cuts: pd.DataFrame, cfg: SplitConfig, seed: int = 0):
@@ -219,43 +352,45 @@ def train_cuts(log: pd.DataFrame, cuts: pd.DataFrame, cfg: SplitConfig, seed: in
     Returns (user_ids, cut_ts, limit_ts) where limit_ts is the first evaluation cut."""
     users = log["user_id"].to_numpy()
     ts = log["ts"].to_numpy()
-    starts, urank = _user_bounds(users)
-    pos = np.arange(len(users)) - starts[urank]
+    starts, ends = _bounds(users)
     limit = cuts["train_limit"].to_numpy()
-    day = ts // DAY
-    new_day = np.r_[True, (day[1:] != day[:-1]) | (users[1:] != users[:-1])]
-    day_cut = np.where(new_day, day * DAY, -1)
-    # a cut at the start of the day (day boundary) has `pos` events before it
-    cand_ts = [day_cut[new_day]]
-    cand_row = [np.flatnonzero(new_day)]
-    if cfg.train_event_stride > 0:
-        stride = (pos >= cfg.min_context) & ((pos - cfg.min_context) % cfg.train_event_stride == 0) & ~new_day
-        # a mid-day cut sits at the event's own time; ties at that second go to the future
-        cand_ts.append(ts[stride])
-        cand_row.append(np.flatnonzero(stride))
-    c_ts = np.concatenate(cand_ts)
-    c_row = np.concatenate(cand_row)
-    c_u = urank[c_row]
-    # context size = events strictly before the cut time
-    key = (urank.astype(np.int64) << 34) + ts
-    n_before = np.searchsorted(key, (c_u.astype(np.int64) << 34) + c_ts) - starts[c_u]
-    ok = (n_before >= cfg.min_context) & (c_ts < limit[c_u])
+    # a cut at the start of an active day has exactly the user's earlier rows before it; day-start
+    # rows come in (user, time) order, so the candidates need no sort
+    day_rows = _day_starts(users, ts)
+    if cfg.min_context <= 0:  # a cut before the user's first day has an empty context: allowed then
+        day_rows = np.union1d(starts, day_rows)
+    c_u = np.searchsorted(starts, day_rows, side="right") - 1
+    ok = day_rows - starts[c_u] >= cfg.min_context
+    day_rows, c_u = day_rows[ok], c_u[ok]
+    c_ts = (ts[day_rows] // DAY).astype(np.int64) * DAY
+    del day_rows
+    ok = c_ts < limit[c_u]
     c_u, c_ts = c_u[ok], c_ts[ok]
-    order = np.lexsort((c_ts, c_u))
-    c_u, c_ts = c_u[order], c_ts[order]
-    keep = np.r_[True, (c_u[1:] != c_u[:-1]) | (c_ts[1:] != c_ts[:-1])][: len(c_u)]
-    c_u, c_ts = c_u[keep], c_ts[keep]
+    if cfg.train_event_stride > 0:
+        stride = []
+        for a, b in chunks(len(users)):
+            rows = np.arange(a, b)
+            pos = rows - starts[np.searchsorted(starts, rows, side="right") - 1]
+            stride.append(rows[(pos >= cfg.min_context) & ((pos - cfg.min_context) % cfg.train_event_stride == 0)])
+        stride = np.concatenate(stride)
+        su = np.searchsorted(starts, stride, side="right") - 1
+        # rows that open an active day already gave a day-boundary cut
+        opens_day = (stride == starts[su]) | (ts[stride] // DAY != ts[np.maximum(stride - 1, 0)] // DAY)
+        stride, su = stride[~opens_day], su[~opens_day]
+        # a mid-day cut sits at the event's own time; ties at that second go to the future
+        st = ts[stride].astype(np.int64)
+        n_before = seek(ts, starts[su], ends[su], st) - starts[su]
+        ok = (n_before >= cfg.min_context) & (st < limit[su])
+        c_u, c_ts = np.r_[c_u, su[ok]], np.r_[c_ts, st[ok]]
+        order = np.lexsort((c_ts, c_u))
+        c_u, c_ts = c_u[order], c_ts[order]
+        keep = np.r_[True, (c_u[1:] != c_u[:-1]) | (c_ts[1:] != c_ts[:-1])][: len(c_u)]
+        c_u, c_ts = c_u[keep], c_ts[keep]
     if cfg.max_train_samples_per_user > 0 and len(c_u):
         # keep each user's most recent cuts (closest to what is evaluated)
-        rank_from_end = _rank_within(c_u, reverse=True)
-        sel = rank_from_end < cfg.max_train_samples_per_user
+        sel = rank_within(c_u, reverse=True) < cfg.max_train_samples_per_user
         c_u, c_ts = c_u[sel], c_ts[sel]
-    return users[starts][c_u], c_ts, limit[c_u]
+    return users[starts][c_u].astype(np.int64), c_ts.astype(np.int64), limit[c_u]
 
 
-def _rank_within(groups: np.ndarray, reverse: bool = False) -> np.ndarray:
-    """0-based position of each element within its run of equal (sorted) group ids."""
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    lengths = np.diff(np.r_[starts, len(groups)])
-    r = np.arange(len(groups)) - np.repeat(starts, lengths)
-    return (np.repeat(lengths, lengths) - 1 - r) if reverse else r
+_rank_within = rank_within  # kept for importers of the old private name

@@ -47,6 +47,11 @@ def test_ml100k_test_users_and_mean_future_negatives(ml100k_dir, tmp_path):
     assert stats["test_mean_F7"] == pytest.approx(np.mean(nonempty), abs=1e-3)
     assert f"test   samples {n_users:,}" in printed
     assert f"H=7: {len(nonempty):,} (mean |F_H| {round(float(np.mean(nonempty)), 3)})" in printed
+    # the mean over every test user, empty targets included, is printed too
+    mean_all = float(np.mean([len(v) for v in expected.values()]))
+    assert stats["test_mean_F7_all"] == pytest.approx(mean_all, abs=1e-3)
+    assert f"H=7: {round(mean_all, 3)}" in printed.split("over all test users")[1]
+    assert "dropped rows     duplicates 0, of items without text 0 (0 items dropped), subsampling 0" in printed
     # and the per-user sets themselves agree
     test = pd.read_parquet(tmp_path / "run" / "data" / "samples_test.parquet")
     got = {int(u): set(map(int, f)) for u, f in zip(test["user_id"], test["future_neg_h7"])}
@@ -95,6 +100,45 @@ def test_next_negative_is_first_negative_after_cut(ml100k_prepared):
         assert row.next_neg == (after.item_id.iloc[0] if len(after) else -1)
 
 
+def test_next_negative_stops_at_the_split_limit(ml100k_prepared):
+    """Train and valid samples never take their next negative from the period a later split
+    evaluates: it is the first negative after the cut if that lies before the limit, else -1."""
+    p = ml100k_prepared
+    log, cuts = p.interactions, p.cuts.set_index("user_id")
+    neg = log[log.feedback == -1]
+    first_after = {}
+    for split, limit_col in (("valid", "test_cut"), ("train", "train_limit")):
+        s = p.samples[split]
+        taken_away = 0
+        for row in s.itertuples():
+            after = neg[(neg.user_id == row.user_id) & (neg.ts >= row.cut_ts)]
+            limit = cuts.loc[row.user_id, limit_col]
+            inside = after[after.ts < limit]
+            assert row.next_neg == (inside.item_id.iloc[0] if len(inside) else -1)
+            taken_away += len(inside) == 0 and len(after) > 0
+        first_after[split] = taken_away
+    assert first_after["valid"] > 0 and first_after["train"] > 0  # the bound matters on ML-100K
+
+
+def test_next_negative_leak_toy():
+    """One user, negatives on days 1, 5 and 9: the valid cut's next negative must not come from
+    the test period even when nothing negative happens between the cuts."""
+    from negrec.data.splits import SampleBuilder
+
+    day = [0, 0, 0, 0, 0, 1, 4, 9, 9]
+    fb = [1, 1, 1, 1, 1, -1, 0, -1, 1]
+    log = pd.DataFrame({"user_id": np.int64(7), "item_id": np.arange(1, 10), "ts": np.array(day) * DAY + np.arange(9),
+                        "feedback": np.array(fb, np.int8), "kind": pd.Categorical(["liked"] * 9)})
+    b = SampleBuilder(log, [1, 3, 7], 50)
+    valid = b.build(np.array([7]), np.array([4 * DAY]), "valid", limit_ts=np.array([9 * DAY])).to_arrow()
+    test = b.build(np.array([7]), np.array([9 * DAY]), "test").to_arrow()
+    assert valid.column("next_neg").to_pylist() == [-1]  # the negative on day 9 belongs to the test period
+    assert valid.column("future_neg_h7").to_pylist() == [[]]
+    assert test.column("next_neg").to_pylist() == [8]
+    unbounded = b.build(np.array([7]), np.array([4 * DAY]), "valid").to_arrow()
+    assert unbounded.column("next_neg").to_pylist() == [8]
+
+
 def test_global_date_cut(ml100k_dir):
     cfg = DataConfig(format="movielens", path=str(ml100k_dir),
                      split=SplitConfig(global_test_date="1998-03-01", global_valid_date="1998-02-01"))
@@ -113,3 +157,23 @@ def test_kuairand_horizons_grow(kuairand_prepared):
     st = data_stats(kuairand_prepared)
     assert st["test_users_nonempty_F1"] <= st["test_users_nonempty_F3"] <= st["test_users_nonempty_F7"]
     assert st["test_users_nonempty_F1"] < st["test_users_nonempty_F7"]  # a 14-day log: H matters
+
+
+def test_stats_print_rows_dropped_per_reason(tmp_path):
+    from negrec.data import format_stats
+    from negrec.data.loaders import ML_GENRES
+
+    u_data = "".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t{881250949 + DAY * (i % 9) + u}\n" for u in range(1, 7) for i in range(1, 13))
+    u_data += "1\t1\t2\t881250950\n" * 2  # one row twice: one duplicate
+    (tmp_path / "u.data").write_text(u_data)
+    flags = "|".join(["0"] * len(ML_GENRES))
+    (tmp_path / "u.item").write_text("".join(f"{i}|Movie {i}|01-Jan-1995||http://x|{flags}\n" for i in range(1, 13)),
+                                     encoding="latin-1")
+    p = prepare_data(DataConfig(format="movielens", path=str(tmp_path), max_users=4))
+    st = data_stats(p)
+    kept = set(p.interactions.user_id)
+    per_user = pd.read_csv(tmp_path / "u.data", sep="\t", header=None).drop_duplicates().groupby(0).size()
+    dropped = int(per_user[~per_user.index.isin(kept)].sum())
+    assert len(kept) == 4 and st["duplicates_dropped"] == 1 and st["rows_dropped_subsampling"] == dropped > 0
+    assert st["rows_read"] == len(p.interactions) + 1 + dropped
+    assert f"duplicates 1, of items without text 0 (0 items dropped), subsampling {dropped}" in format_stats(st, p.horizons)
