@@ -62,9 +62,9 @@ def test_alignment_accuracy_far_above_chance(aligned):
     assert acc["valid_sid_rate"] == 1.0, acc
     assert acc["title_to_sid"] >= 0.5 > 10 * acc["chance_title_to_sid"]  # chance 1/32
     assert acc["sid_to_title"] >= 0.3                                      # exact titles; chance ~0
+    # 4-choice answered by likelihood (the lettered CoNRec form needs the choose_* tasks in training,
+    # which this fixture leaves out to stay fast; bench_grpo_quality reports both forms)
     assert acc["choice_text_likelihood"] >= 0.6 and acc["choice_sid_likelihood"] >= 0.6  # chance 0.25
-    for key in ("choose_text", "choose_sid"):
-        assert 0.0 <= acc[key] <= 1.0
 
 
 def test_every_constrained_completion_is_a_valid_item(aligned, ml100k_prepared):
