@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,36 @@ def kuairand_prepared(kuairand_dir, tmp_path_factory):
 
     cfg = DataConfig(format="kuairand", path=str(kuairand_dir))
     return prepare_data(cfg, tmp_path_factory.mktemp("kuairand") / "data")
+
+
+# ---- the CLI in a process where importing torch fails (a serving stack, torch-free stages) ----
+_BLOCK_TORCH = """
+import runpy, sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError(name + " is blocked in this test")
+sys.meta_path.insert(0, _Block())
+sys.argv = ["negrec", *sys.argv[1:]]
+try:
+    runpy.run_module("negrec.cli", run_name="__main__", alter_sys=True)
+finally:
+    assert "torch" not in sys.modules, "torch was imported"
+"""
+
+
+def _run_cli_without_torch(*args: str, env_threads: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m negrec.cli ARGS` in a process where importing torch fails."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NEGREC_THREADS"}
+    if env_threads:
+        env["NEGREC_THREADS"] = env_threads
+    return subprocess.run([sys.executable, "-c", _BLOCK_TORCH, *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.fixture
+def cli_without_torch():
+    """`cli_without_torch(*args, env_threads=None)`: run `python -m negrec.cli ARGS` with torch blocked."""
+    return _run_cli_without_torch

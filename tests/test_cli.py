@@ -58,32 +58,6 @@ def test_from_dict_types_and_errors():
 
 
 # ---- `negrec export-codebook --verify` where torch cannot be imported (a serving stack) ----------
-_BLOCK_TORCH = """
-import runpy, sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "torch":
-            raise ImportError(name + " is blocked in this test")
-sys.meta_path.insert(0, _Block())
-sys.argv = ["negrec", *sys.argv[1:]]
-try:
-    runpy.run_module("negrec.cli", run_name="__main__", alter_sys=True)
-finally:
-    assert "torch" not in sys.modules, "torch was imported"
-"""
-
-
-def run_cli_without_torch(*args: str, env_threads: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m negrec.cli ARGS` in a process where importing torch fails."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "NEGREC_THREADS"}
-    if env_threads:
-        env["NEGREC_THREADS"] = env_threads
-    return subprocess.run([sys.executable, "-c", _BLOCK_TORCH, *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
 @pytest.fixture(scope="module")
 def small_sid_run(tmp_path_factory):
     """A run folder with encode/ (synthetic item vectors) and tokenize/ (RQ-KMeans, extra level)."""
@@ -109,27 +83,27 @@ def small_sid_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("threads", [None, "2"])
-def test_export_codebook_verify_runs_without_torch(small_sid_run, tmp_path, threads):
+def test_export_codebook_verify_runs_without_torch(small_sid_run, tmp_path, threads, cli_without_torch):
     """Thread setup imports torch; export-codebook must not need it (cores <= 4 or NEGREC_THREADS set)."""
     out = tmp_path / "export"
-    proc = run_cli_without_torch("export-codebook", "--verify", "--run-dir", str(small_sid_run), "--out", str(out),
+    proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(small_sid_run), "--out", str(out),
                                  env_threads=threads)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verified with numpy: all 300 items" in proc.stdout
     assert (out / "manifest.json").exists() and (out / "README.txt").exists()
 
 
-def test_export_codebook_error_is_one_line_without_torch(tmp_path):
-    proc = run_cli_without_torch("export-codebook", "--verify", "--run-dir", str(tmp_path / "empty"))
+def test_export_codebook_error_is_one_line_without_torch(tmp_path, cli_without_torch):
+    proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "run `negrec tokenize` first" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir):
+def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir, cli_without_torch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"format": "movielens", "path": str(ml100k_dir),
                                             "split": {"train_event_stride": 10}}}))
-    proc = run_cli_without_torch("data", "prepare", "--config", str(cfg), "--run-dir", str(tmp_path / "r"))
+    proc = cli_without_torch("data", "prepare", "--config", str(cfg), "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "r" / "data" / "samples_test.parquet").exists()
 

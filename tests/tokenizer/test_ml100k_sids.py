@@ -194,29 +194,12 @@ def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, colli
     assert "numpy-only ok" in proc.stdout
 
 
-def test_cli_export_codebook_verify_without_torch(ml_run, rqvae_run, tmp_path):
+def test_cli_export_codebook_verify_without_torch(ml_run, rqvae_run, tmp_path, cli_without_torch):
     """`python -m negrec.cli export-codebook --verify` on the RQ-VAE run, in a process where
     importing torch fails (the numpy MLP encoder re-quantises every item)."""
-    import os
-
     run_dir, prep = ml_run
-    script = textwrap.dedent("""
-        import runpy, sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ImportError(name + " is blocked in this test")
-        sys.meta_path.insert(0, Block())
-        sys.argv = ["negrec", *sys.argv[1:]]
-        try:
-            runpy.run_module("negrec.cli", run_name="__main__", alter_sys=True)
-        finally:
-            assert "torch" not in sys.modules
-    """)
     out = tmp_path / "export"
-    env = {k: v for k, v in os.environ.items() if k != "NEGREC_THREADS"}
-    proc = subprocess.run([sys.executable, "-c", script, "export-codebook", "--verify", "--run-dir", str(run_dir),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(run_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"verified with numpy: all {len(prep.items)} items" in proc.stdout
     assert (out / "README.txt").exists()
