@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default="", help="a saved policy folder (else a tiny random policy)")
     ap.add_argument("--smollm2-users", type=int, default=16)
+    ap.add_argument("--smollm2-batch", type=int, default=8)
     ap.add_argument("--no-smollm2", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -124,7 +125,7 @@ def main():
             add_sid_tokens(model, hf, sid, {int(i): t for i, t in zip(items.item_id, items.title)})
             builder = PromptBuilder(PromptConfig(), sid, items, hf)
             rows.append(bench("SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)", model.eval(), hf, sid,
-                              history_prompts(builder, sid, args.smollm2_users), min(args.batch, 8), 1))
+                              history_prompts(builder, sid, args.smollm2_users), args.smollm2_batch, 1))
         except Exception as e:  # optional model: report why it was skipped
             print(f"SmolLM2 skipped: {type(e).__name__}: {e}")
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({args.threads} threads)"

@@ -127,6 +127,15 @@ def load_hf_model(source: str, dtype: str = "auto", device=None):
         folder = str(path)
     tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device), **kwargs).to(device)
+    if "gguf_file" in kwargs:
+        # transformers dequantizes GGUF tensors into plain float parameters but still tags the model
+        # as quantized, and then save_pretrained refuses it and Trainer will not fine-tune it. The
+        # weights are ordinary tensors, so drop the tag: the policy saves as a normal HF folder.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.quantization_method = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

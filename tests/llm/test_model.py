@@ -60,3 +60,37 @@ def test_llama_arch_and_bad_config(small_sid_tok):
     assert type(model).__name__ == "LlamaForCausalLM" and info["sid_tokens_added"] == len(small_sid_tok.all_tokens())
     with pytest.raises(ValueError, match="sid_init"):
         ModelConfig(sid_init="zeros")
+
+
+def test_smollm2_policy_saves_reloads_and_trains(small_sid_tok, tmp_path):
+    """The pretrained path (GGUF dequantized by transformers): SID tokens added, saved as a plain HF
+    folder, reloaded with the same logits, and fine-tunable (transformers tags GGUF models as
+    quantized, which used to make save_pretrained and Trainer refuse them)."""
+    from conftest import synthetic_items
+
+    from negrec.llm.model import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    cfg = ModelConfig(source="smollm2", sid_init="text_mean")
+    model, hf, info = build_policy(cfg, small_sid_tok, synthetic_items(small_sid_tok), device="cpu")
+    assert info["chat_template"] and info["sid_tokens_added"] == len(small_sid_tok.all_tokens())
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    save_policy(model, hf, small_sid_tok, tmp_path / "policy")
+    model2, hf2, _ = load_policy(tmp_path / "policy", device="cpu")
+    ids = torch.as_tensor([hf("dislikes " + small_sid_tok.tokens_for_item(small_sid_tok.item_ids[0]))["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(ids).logits, model2.eval()(ids).logits, atol=1e-4)
+    # a few optimizer steps on a SID completion lower its loss: the new rows train
+    model2.train()
+    opt = torch.optim.Adam([model2.get_input_embeddings().weight], lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = model2(ids, labels=ids).loss
+        losses.append(float(loss))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
