@@ -7,6 +7,7 @@ dataclass and names any unknown or ill-typed field together with the file it cam
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return apply_overrides(raw, overrides)
 
 
+_FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -84,6 +88,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        # PyYAML (YAML 1.1) reads 5e-4 and 1e5 without a dot as strings: accept any float literal
+        if isinstance(value, str) and _FLOAT_LITERAL.match(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

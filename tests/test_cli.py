@@ -55,6 +55,11 @@ def test_from_dict_types_and_errors():
         from_dict(_Outer, {"inner": {"k": "two"}}, "x")
     with pytest.raises(ConfigError, match="unknown field"):
         from_dict(_Outer, {"b": 1})
+    # YAML 1.1 reads `5e-4` (no dot) as a string; a float field still takes it, a word it does not
+    assert from_dict(_Outer, apply_overrides({}, ["a=5e-4"])).a == 5e-4
+    assert from_dict(_Outer, {"a": "1E3"}).a == 1000.0
+    with pytest.raises(ConfigError, match="a: expected a number"):
+        from_dict(_Outer, {"a": "fast"})
 
 
 # ---- `negrec export-codebook --verify` where torch cannot be imported (a serving stack) ----------
