@@ -9,7 +9,7 @@ tiny from-scratch model (over all 1,682 items they stay at chance for an epoch),
 differences can show. Prints a table; writes benchmarks/results/bench_sid_init.json.
 
     python benchmarks/bench_sid_init.py --from-run runs/ml100k [--steps 150] [--max-items 100]
-    python benchmarks/bench_sid_init.py --from-run runs/ml100k --steps 60 --max-items 50 --tag smollm2 \
+    NEGREC_THREADS=2 python benchmarks/bench_sid_init.py --from-run runs/ml100k --steps 40 --max-items 50 --tag smollm2 \
         --set model.source=smollm2 --set sft_align.batch_size=8 --set sft_align.learning_rate=5e-4
 """
 from __future__ import annotations
