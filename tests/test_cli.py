@@ -138,3 +138,38 @@ def test_evaluate_scores_an_outside_predictions_file(tmp_path):
     m = json.loads((tmp_path / "mine.metrics.json").read_text())["mine"]
     assert m["recall@1_h7"] == pytest.approx(0.5) and m["recall@10_h7"] == pytest.approx(0.75)
     assert not (tmp_path / "empty_run" / "eval" / "metrics.json").exists()
+
+
+def test_auto_threads_follow_other_load(monkeypatch):
+    """On a small CPU: every core when nothing else runs, one thread when other jobs compete."""
+    import os
+
+    from negrec import cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: 0.1)
+    assert cli._auto_threads()[0] == 2
+    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: 1.2)
+    assert cli._auto_threads()[0] == 1
+    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: None)
+    assert cli._auto_threads()[0] == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert cli._auto_threads()[0] == 0  # big machine: torch's own default
+
+
+def test_busy_cores_measures_a_spinning_process():
+    import os
+    import subprocess
+
+    from negrec.cli import _busy_cores
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    idle = _busy_cores(0.3)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        busy = _busy_cores(1.0)
+    finally:
+        spin.kill()
+    assert 0.0 <= idle <= os.cpu_count() + 0.01
+    assert busy >= 0.7, busy  # the spinner keeps one core busy
