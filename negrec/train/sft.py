@@ -388,6 +388,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     model = trainer.model
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
+               "train_loss": next((round(float(h["train_loss"]), 4) for h in reversed(trainer.state.log_history)
+                                   if "train_loss" in h), None),  # mean over the run, logged even when steps < logging_steps
                "config": to_dict(cfg)}
     if cfg.eval_items:  # asked about the items alignment taught (a max_items subset when set)
         taught = data.items[data.items["item_id"].isin(aligned_item_ids(sid_tok, data.items, cfg.max_items, cfg.seed))]
@@ -397,8 +399,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     write_json(out / "summary.json", summary)
     mark_done(out, key)
     curve = summary["loss_curve"]
-    print(f"[sft_{task}] {summary['steps']} steps, loss {curve[0] if curve else float('nan'):.3f} -> "
-          f"{curve[-1] if curve else float('nan'):.3f}, {summary['seconds']}s -> {out / 'final'}")
+    loss = (f"loss {curve[0]:.3f} -> {curve[-1]:.3f}" if curve else
+            f"mean loss {summary['train_loss']:.3f} (fewer steps than logging_steps)" if summary["train_loss"] is not None else "no loss logged")
+    print(f"[sft_{task}] {summary['steps']} steps, {loss}, {summary['seconds']}s -> {out / 'final'}")
     if "alignment" in summary:
         a = summary["alignment"]
         print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
