@@ -65,12 +65,13 @@ class MetricsConfig:
 
 
 # ---- per-row ranking metrics ----------------------------------------------------------------
-def rank_metrics(rankings: np.ndarray, targets: ItemSets, ks) -> dict[str, np.ndarray]:
+def rank_metrics(rankings: np.ndarray, targets: ItemSets, ks, hit: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-row recall@K, hit@K, ndcg@K (NaN where the target set is empty).
 
-    `rankings` must be cleaned (see `clean_rankings`) and at least max(ks) wide.
+    `rankings` must be cleaned (see `clean_rankings`) and at least max(ks) wide; `hit` is
+    `hits(rankings, targets)` when the caller has it already.
     """
-    hit = hits(rankings, targets)
+    hit = hits(rankings, targets) if hit is None else hit
     n_t = targets.lengths
     empty = n_t == 0
     discount = 1.0 / np.log2(np.arange(2, rankings.shape[1] + 2))
@@ -151,7 +152,8 @@ def evaluate_arrays(
         empty = targets.lengths == 0
         out[f"n_empty{sfx}"] = int(empty.sum())
         out[f"n_eval{sfx}"] = int((~empty).sum())
-        per_row = rank_metrics(ranked, targets, ks)
+        hit = hits(ranked, targets)
+        per_row = rank_metrics(ranked, targets, ks, hit=hit)
         put("", sfx, {k: v for k, v in per_row.items() if int(k.split("@")[1]) in cfg.ks})
         out[f"fhr@{cfg.fhr_k}{sfx}"] = _mean(per_row[f"hit@{cfg.fhr_k}"])
         if lt_user is not None:
@@ -161,7 +163,10 @@ def evaluate_arrays(
             counts = lookup(np.asarray(item_train_negatives), targets.indices, missing=0)
             lt_targets = targets.drop(counts >= cfg.long_tail_item_negatives)
             out[f"lt_item/n_eval{sfx}"] = int((lt_targets.lengths > 0).sum())
-            put("lt_item/", sfx, {k: v for k, v in rank_metrics(ranked, lt_targets, ks).items() if k.startswith("recall")})
+            # the drop is per item: a ranked item hits lt_targets iff it hits targets and is long-tail itself
+            lt_hit = hit & (lookup(np.asarray(item_train_negatives), ranked, missing=0) < cfg.long_tail_item_negatives)
+            put("lt_item/", sfx, {k: v for k, v in rank_metrics(ranked, lt_targets, ks, hit=lt_hit).items()
+                                  if k.startswith("recall")})
         if swing is not None:
             gts = drop_context(widen_with_co_negatives(targets, swing, cfg.swing_top_n))
             put("coll_", sfx, {k: v for k, v in rank_metrics(ranked, gts, ks).items() if not k.startswith("ndcg")})
@@ -189,18 +194,41 @@ def _row_index(keys: pd.DataFrame, df: pd.DataFrame) -> np.ndarray:
     return np.asarray(idx.get_indexer(pd.MultiIndex.from_frame(df[["user_id", "cut_ts"]].astype("int64"))), dtype=np.int64)
 
 
+def _rank_order(row: np.ndarray, rank: np.ndarray, neg_score, item: np.ndarray) -> np.ndarray:
+    """Order of prediction rows by (row, rank, -score, item), stably.
+
+    Fast path (100K users x 50: 3.3 s -> 0.3 s): integer ranks unique within each row make one
+    packed int64 key, and files written in order need no sort at all."""
+    n = len(row)
+    if n and np.issubdtype(rank.dtype, np.integer):
+        lo = int(rank.min())
+        span = int(rank.max()) - lo + 1
+        if span * (int(row.max()) + 1) < 2**62:
+            key = row * span + (rank - lo)
+            if bool(np.all(key[1:] > key[:-1])):
+                return np.arange(n)
+            order = np.argsort(key, kind="stable")
+            sk = key[order]
+            if bool(np.all(sk[1:] != sk[:-1])):
+                return order
+    neg_score = np.broadcast_to(np.asarray(neg_score, dtype=float), (n,))
+    return np.lexsort((item, neg_score, rank, row))  # last key is the primary one
+
+
 def rankings_from_frame(predictions: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
     """(n_rows, K) item ids ordered by rank (ties: higher score, then smaller item id)."""
     rows = _row_index(keys, predictions)
-    p = pd.DataFrame({"row": rows, "rank": predictions["rank"].to_numpy(),
-                      "score": -predictions["score"].to_numpy(dtype=float) if "score" in predictions else 0.0,
-                      "item_id": predictions["item_id"].to_numpy(dtype=np.int64)})
-    p = p[p["row"] >= 0].sort_values(["row", "rank", "score", "item_id"], kind="stable")
-    r = p["row"].to_numpy()
+    ok = rows >= 0
+    r = rows[ok]
+    rank = predictions["rank"].to_numpy()[ok]
+    neg_score = -predictions["score"].to_numpy(dtype=float)[ok] if "score" in predictions else 0.0
+    item = predictions["item_id"].to_numpy(dtype=np.int64)[ok]
+    order = _rank_order(r, rank, neg_score, item)
+    r, item = r[order], item[order]
     pos = np.arange(len(r)) - np.searchsorted(r, r)
     width = int(pos.max()) + 1 if len(pos) else 1
     out = np.full((len(keys), width), -1, dtype=np.int64)
-    out[r, pos] = p["item_id"].to_numpy()
+    out[r, pos] = item
     return out
 
 

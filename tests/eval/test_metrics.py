@@ -131,3 +131,53 @@ def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="unknown kind"):
         evaluate_predictions(pd.DataFrame({"user_id": [1], "cut_ts": [0], "rank": [0], "item_id": [1]}),
                              pd.DataFrame({"user_id": [1], "cut_ts": [0], "item_id": [1], "ts": [1], "kind": ["meh"]}))
+
+
+@pytest.mark.parametrize("case", ["in_order", "shuffled", "rank_ties", "float_ranks", "no_score"])
+def test_rankings_from_frame_orders_like_a_full_sort(case):
+    """The packed-key fast path and the lexsort fallback give the order of a full
+    (row, rank, -score, item) sort, whatever the file's row order and rank type."""
+    from negrec.eval.metrics import rankings_from_frame
+
+    rng = np.random.default_rng(7)
+    n_users, k = 40, 6
+    preds = pd.DataFrame({"user_id": np.repeat(np.arange(n_users) * 3 + 1, k), "cut_ts": 86400 * 5,
+                          "rank": np.tile(np.arange(1, k + 1), n_users),
+                          "item_id": rng.integers(0, 1000, n_users * k), "score": rng.normal(size=n_users * k)})
+    if case == "rank_ties":  # pairs share a rank: higher score first, then smaller item
+        preds["rank"] = preds["rank"] // 2
+        preds.loc[::7, "score"] = 0.0
+    if case == "float_ranks":
+        preds["rank"] = preds["rank"].astype(float) / 10
+    if case == "no_score":
+        preds = preds.drop(columns="score")
+    if case != "in_order":
+        preds = preds.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    keys = pd.DataFrame({"user_id": np.arange(n_users + 2) * 3 + 1, "cut_ts": 86400 * 5})  # 2 rows with no predictions
+    got = rankings_from_frame(preds, keys)
+    ref = preds.assign(neg=-preds["score"] if "score" in preds else 0.0)
+    ref = ref.sort_values(["user_id", "rank", "neg", "item_id"], kind="stable")
+    for row, (user, cut) in enumerate(keys[["user_id", "cut_ts"]].itertuples(index=False)):
+        want = ref[ref["user_id"] == user]["item_id"].tolist()
+        assert got[row][: len(want)].tolist() == want and (got[row][len(want):] == -1).all()
+
+
+def test_long_tail_item_recall_matches_a_direct_computation():
+    """evaluate_arrays reuses the F_H hit matrix for the long-tail-item variant; it must equal
+    rank_metrics on the long-tail target sets computed from scratch."""
+    rng = np.random.default_rng(11)
+    n, n_items = 300, 80
+    rankings = rng.integers(-1, n_items + 5, size=(n, 12))  # padding and ids beyond the count table
+    rows = rng.integers(0, n, 900)
+    future = {7: ItemSets.from_pairs(rows, rng.integers(0, n_items + 5, 900), n)}
+    item_negs = rng.integers(0, 10, n_items)
+    cfg = MetricsConfig(ks=[5, 10], fhr_k=10, horizons=[7])
+    out = evaluate_arrays(rankings, future, cfg, item_train_negatives=item_negs)
+    ranked = clean_rankings(rankings, None, k=10)
+    t = future[7]
+    counts = np.array([item_negs[i] if i < n_items else 0 for i in t.indices])
+    lt = t.drop(counts >= cfg.long_tail_item_negatives)
+    direct = rank_metrics(ranked, lt, [5, 10])
+    for k in (5, 10):
+        v = direct[f"recall@{k}"]
+        assert out[f"lt_item/recall@{k}_h7"] == pytest.approx(float(v[~np.isnan(v)].mean()))
