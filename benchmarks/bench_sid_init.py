@@ -42,7 +42,7 @@ def main() -> None:
 
     _set_threads(None)
     src = Path(a.from_run)
-    rows, full = [], {}
+    rows = []
     for init in ("text_mean", "centroid", "random"):
         run = ROOT / "runs" / "bench_sid_init" / (f"{a.tag}_{init}" if a.tag else init)
         if run.exists():
@@ -61,7 +61,6 @@ def main() -> None:
                      "title->SID": al["title_to_sid"], "SID->title": al["sid_to_title"],
                      "4-choice text (lik.)": al["choice_text_likelihood"], "4-choice SID (lik.)": al["choice_sid_likelihood"], "valid": al["valid_sid_rate"],
                      "seconds": s["seconds"]})
-        full[init] = s
     print_table(rows, f"alignment SFT, {a.steps} steps on {a.max_items or 'all'} items from each init ({a.config}, {' '.join(a.set) or 'tiny model'})")
     save_result(f"bench_sid_init_{a.tag}" if a.tag else "bench_sid_init", {"settings": vars(a), "table": rows})
 

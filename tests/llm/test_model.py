@@ -62,18 +62,12 @@ def test_llama_arch_and_bad_config(small_sid_tok):
         ModelConfig(sid_init="zeros")
 
 
-def test_smollm2_policy_saves_reloads_and_trains(small_sid_tok, tmp_path):
+def test_smollm2_policy_saves_reloads_and_trains(small_sid_tok, tmp_path, smollm2_gguf):
     """The pretrained path (GGUF dequantized by transformers): SID tokens added, saved as a plain HF
     folder, reloaded with the same logits, and fine-tunable (transformers tags GGUF models as
     quantized, which used to make save_pretrained and Trainer refuse them)."""
     from conftest import synthetic_items
 
-    from negrec.llm.model import smollm2_gguf_path
-
-    try:
-        smollm2_gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
     cfg = ModelConfig(source="smollm2", sid_init="text_mean")
     model, hf, info = build_policy(cfg, small_sid_tok, synthetic_items(small_sid_tok), device="cpu")
     assert info["chat_template"] and info["sid_tokens_added"] == len(small_sid_tok.all_tokens())
