@@ -4,8 +4,9 @@ For each dataset: the whole pipeline (`negrec pipeline`, fixed seeds) in its own
 runs/bench_quality/, which fits and scores every baseline beside the SID policies (SFT alone,
 plain GRPO, progressive GRPO). Then one table over both datasets (test users, H = 7): Recall@10/50,
 FHR@20, NDCG@10, next-negative Hit@10, Swing-widened recall, SID-prefix recall, long-tail users
-and items, candidate accuracy; the filter curve of the main method; and the goal check (negrec's
-Recall@10 at least 30% above the best baseline's).
+and items, candidate accuracy, with 95% CIs over users for Recall@10 and FHR@20; the paired differences
+of negrec against its rivals (eval/paired.json); the filter curve of the main method; and the goal
+check (negrec's Recall@10 at least 30% above the best baseline's, with the CI of the gap).
 
     python benchmarks/bench_quality.py [--datasets ml100k kuairand] [--set grpo.generation=beam ...]
 
@@ -32,7 +33,7 @@ DATASETS = {
     "ml100k": (ROOT / "configs" / "ml100k.yaml", [f"data.format=movielens", f"data.path={SHARED / 'ml-100k'}"]),
     "kuairand": (ROOT / "configs" / "kuairand.yaml", [f"data.path={SHARED / 'kuairand-27k-likehate'}"]),
 }
-SID_POLICIES = ("sft_next", "grpo_plain", "grpo")
+SID_POLICIES = ("sft_align", "sft_next", "grpo_plain", "grpo")  # as `negrec.eval.run.POLICY_DIRS`: not baselines
 COLUMNS = [("recall@10_h7", "R@10"), ("recall@50_h7", "R@50"), ("fhr@20_h7", "FHR@20"), ("ndcg@10_h7", "NDCG@10"),
            ("next_hit@10", "Next Hit@10"), ("coll_recall@10_h7", "Coll R@10"), ("prefix1_recall@10_h7", "SID-L1 R@10"),
            ("prefix2_recall@10_h7", "SID-L2 R@10"), ("lt_user/recall@10_h7", "LUF R@10"),
@@ -53,8 +54,27 @@ def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
     seconds = time.time() - t0
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     curve = json.loads((run_dir / "filter" / "curve.json").read_text())
+    paired_path = run_dir / "eval" / "paired.json"
+    paired = json.loads(paired_path.read_text()) if paired_path.exists() else []
     return {"run_dir": str(run_dir), "seconds": round(seconds, 1), "stages": summary, "metrics": metrics,
-            "filter": curve}
+            "filter": curve, "paired": paired}
+
+
+def table_row(ds: str, method: str, m: dict) -> dict:
+    """One method's row: the COLUMNS, then the 95% CI bounds (over users) of Recall@10 and FHR@20."""
+    row = {"dataset": ds, "method": method, "n": m.get("n_eval_h7")}
+    row.update({title: m.get(key) for key, title in COLUMNS})
+    for key, title in (("recall@10_h7", "R@10"), ("fhr@20_h7", "FHR@20")):
+        row[f"{title}_lo"], row[f"{title}_hi"] = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    return row
+
+
+def gap_ci(paired: list[dict], a: str, b: str, metric: str = "recall@10_h7") -> str:
+    """"+0.0123 [0.004, 0.020], p=0.003": the paired difference a - b from eval/paired.json, or n/a."""
+    p = next((p for p in paired if p["a"] == a and p["b"] == b and p["metric"] == metric), None)
+    if p is None or None in (p["diff"], p["lo"], p["hi"]):
+        return "gap CI n/a"
+    return f"gap {p['diff']:+.4f} [{p['lo']:.4f}, {p['hi']:.4f}], p={p['p']:.3g}"
 
 
 def main() -> None:
@@ -69,19 +89,21 @@ def main() -> None:
     _set_threads(None)
     results = {name: run_dataset(name, a.set, a.fresh) for name in a.datasets}
 
-    rows, goals = [], {}
+    rows, goals, paired = [], {}, []
     for ds, res in results.items():
         metrics = res["metrics"]
-        for method, m in metrics.items():
-            row = {"dataset": ds, "method": method, "n": m.get("n_eval_h7")}
-            row.update({title: m.get(key) for key, title in COLUMNS})
-            rows.append(row)
+        rows += [table_row(ds, method, m) for method, m in metrics.items()]
+        paired += [{"dataset": ds, **{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}}
+                   for p in res["paired"]]
         base = {k: v.get("recall@10_h7") or 0.0 for k, v in metrics.items() if k not in SID_POLICIES}
         best_base = max(base, key=base.get)
         ours = metrics.get("grpo", {}).get("recall@10_h7")
         goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base[best_base], "negrec_r10": ours,
-                     "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1}
-    print_table(rows, "Future-negative metrics on test users, H = 7 days (negrec = grpo: progressive GRPO)")
+                     "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1,
+                     "gap_ci": gap_ci(res["paired"], "grpo", best_base)}
+    print_table(rows, "Future-negative metrics on test users, H = 7 days (negrec = grpo: progressive GRPO); "
+                      "_lo/_hi: 95% CI, bootstrap over users")
+    print_table(paired, "Paired differences a - b on the same test rows (95% CI and p: paired bootstrap over users)")
     for ds, res in results.items():
         c = res["filter"]
         print_table([{"theta": r["theta"], "true negatives removed": r["neg_removed"],
@@ -92,11 +114,11 @@ def main() -> None:
         gain = "n/a" if g["relative_gain"] is None else f"{g['relative_gain']:+.0%}"
         met = g["relative_gain"] is not None and g["relative_gain"] >= 0.3
         print(f"  {ds}: negrec {g['negrec_r10']}, best baseline {g['best_baseline']} {g['best_baseline_r10']:.4f} "
-              f"-> {gain} ({'met' if met else 'NOT met'}); pipeline {results[ds]['seconds']}s")
+              f"-> {gain} ({'met' if met else 'NOT met'}; {g['gap_ci']}); pipeline {results[ds]['seconds']}s")
     # one JSON per dataset set, so a run on one dataset does not overwrite another's figures
     name = "bench_quality" if sorted(a.datasets) == sorted(DATASETS) else "bench_quality_" + "_".join(a.datasets)
     save_result(name, {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
-                                  "table": rows, "goal": goals,
+                                  "table": rows, "goal": goals, "paired": paired,
                                   "filter": {ds: r["filter"] for ds, r in results.items()},
                                   "seconds": {ds: r["seconds"] for ds, r in results.items()}})
 

@@ -20,7 +20,7 @@ from .arrays import narrow_int, release_memory, run_starts
 from .implicit import skip_mask
 from .schema import (EXPLICIT, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback, clean_items,
                      implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
-from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, train_cuts
+from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
 
@@ -197,8 +197,8 @@ def build_samples(inter: pd.DataFrame, cuts: pd.DataFrame, cfg: DataConfig) -> S
     builder = SampleBuilder(inter, cfg.horizons, cfg.split.max_history)
     release_memory()
     out = Samples()
-    c = cuts[cuts["test_cut"] >= 0]
-    out["test"] = builder.build(c["user_id"].to_numpy(), c["test_cut"].to_numpy(), "test")
+    u, t = cuts_for_test(inter, cuts, cfg.split)  # one row per user, more with rolling cuts
+    out["test"] = builder.build(u, t, "test")
     release_memory()
     c = cuts[cuts["valid_cut"] >= 0]
     out["valid"] = builder.build(c["user_id"].to_numpy(), c["valid_cut"].to_numpy(), "valid",
@@ -326,6 +326,9 @@ def data_stats(p: Prepared) -> dict:
         "active_days_per_user_mean": round(float(active_days.mean()), 2),
         "active_days_per_user_median": float(active_days.median()),
         "min_context": p.cfg.split.min_context,
+        "cut_unit": p.cfg.split.cut_unit,
+        "rolling_every": p.cfg.split.rolling_every,
+        "rolling_max": p.cfg.split.rolling_max,
     }
     for split in ("train", "valid", "test"):
         sizes_of = {h: p.samples.list_sizes(split, f"future_neg_h{h}") for h in p.horizons}
@@ -353,7 +356,7 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         f"dropped rows     duplicates {stats.get('duplicates_dropped', 0):,}, "
         f"of items without text {stats.get('interactions_of_dropped_items', 0):,} "
         f"({stats.get('items_without_text', 0):,} items dropped), subsampling {stats.get('rows_dropped_subsampling', 0):,}",
-        f"cuts             per-user day boundaries, >= {stats['min_context']} context events",
+        f"cuts             {_describe_cuts(stats)}",
     ]
     for split in ("train", "valid", "test"):
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"
@@ -363,6 +366,16 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         lines.append("test   mean |F_H| over all test users (empty included): "
                      + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))
     return "\n".join(lines)
+
+
+def _describe_cuts(stats: dict) -> str:
+    where = {"day": "per-user day boundaries",
+             "event": "per-user event positions (mid-day; ties at the cut second go to the future)"}
+    text = f"{where[stats.get('cut_unit', 'day')]}, >= {stats['min_context']} context events"
+    if stats.get("rolling_every", 0) > 0:
+        most = f", at most {stats['rolling_max']} per user" if stats.get("rolling_max", 0) > 0 else ""
+        text += f"; rolling test cuts every {stats['rolling_every']} events after the test cut{most}"
+    return text
 
 
 def run_prepare(raw: dict, run_dir) -> dict:

@@ -1,14 +1,24 @@
-"""Chronological per-user cuts at day boundaries, and the samples later stages read.
+"""Chronological per-user cuts, and the samples later stages read.
 
-A user's cut is the start (00:00 UTC) of one of their active days. The context is everything the
-user did strictly before the cut; F_H is the set of items the user gives negative feedback to in
-[cut, cut + H days), minus items already in the context. Everything is vectorised over the whole
-log (it is sorted by user, then time): no Python loop per user.
+The context of a cut is everything the user did strictly before it; F_H is the set of items the
+user gives negative feedback to in [cut, cut + H days), minus items already in the context.
+Everything is vectorised over the whole log (it is sorted by user, then time): no Python loop per
+user.
 
-Rule for the test cut of a user with n events: the earliest active-day start b (not the first
-day) with at least `test_frac * n` events before b; if none, the last active-day start. The valid
-cut applies the same rule with `valid_frac` among day starts before the test cut. A cut needs at
-least `min_context` events before it, else the user has no such cut (-1).
+`cut_unit: day` (default): a cut is the start (00:00 UTC) of one of the user's active days. The
+test cut of a user with n events is the earliest active-day start b (not the first day) with at
+least `test_frac * n` events before b; if none, the last active-day start. The valid cut applies
+the same rule with `valid_frac` among day starts before the test cut.
+
+`cut_unit: event` (bursty logs such as MovieLens, where most users have one active day and so no
+day cut): the test cut sits at the timestamp of the user's event at 0-based position
+ceil(test_frac * n), a mid-day cut whose ties at that second go to the future; the valid cut is the
+event at position ceil(valid_frac * m), m the events before the test cut.
+
+Either way a cut needs at least `min_context` events strictly before it, else the user has no such
+cut (-1); `global_test_date` / `global_valid_date` override the per-user rule. With
+`rolling_every` > 0 the test split also holds extra cuts every that many events after the test cut
+(`cuts_for_test`), each scored on its own F_H; models are still fitted on pre-test-cut events only.
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ from .schema import NEGATIVE, POSITIVE
 DAY = 86400
 TS_MAX = (1 << 34) - 1  # "no limit" for cut and window ends (far beyond any real timestamp)
 _NEVER = np.iinfo(np.int64).max
+CUT_UNITS = ("day", "event")
 
 
 @dataclass
@@ -36,6 +47,20 @@ class SplitConfig:
     train_event_stride: int = 0  # >0: extra training cuts every N events (bursty logs like MovieLens)
     max_train_samples_per_user: int = 50
     max_history: int = 50
+    cut_unit: str = "day"        # day: 00:00 UTC of an active day | event: at an event's own time (bursty logs)
+    rolling_every: int = 0       # >0: extra test cuts every N events after the test cut (growing context)
+    rolling_max: int = 0         # most extra test cuts per user (0: no limit)
+
+    def __post_init__(self):
+        check_split_config(self)
+
+
+def check_split_config(cfg: SplitConfig) -> None:
+    if cfg.cut_unit not in CUT_UNITS:
+        raise ValueError(f"data.split.cut_unit: {cfg.cut_unit!r} is not one of {'|'.join(CUT_UNITS)}")
+    for name in ("rolling_every", "rolling_max"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"data.split.{name}: must be >= 0, got {getattr(cfg, name)}")
 
 
 def _bounds(users: np.ndarray):
@@ -55,29 +80,39 @@ def _day_starts(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 
 def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    """Per-user valid and test cuts (UTC seconds at 00:00, or -1)."""
+    """Per-user valid and test cuts (UTC seconds, or -1) and the limits of what fitted models see."""
+    check_split_config(cfg)
     users = log["user_id"].to_numpy()
     ts = log["ts"].to_numpy()
     starts, ends = _bounds(users)
     n_users = len(starts)
     counts = ends - starts
-    c_idx = _day_starts(users, ts)  # first event of a later active day: a day boundary with a past
-    c_user = np.searchsorted(starts, c_idx, side="right") - 1
-    c_pos, c_ts = c_idx - starts[c_user], (ts[c_idx] // DAY) * DAY
+    # frac_cut(frac, n, limit) -> (cut, events before it). Event cuts take frac of the n events
+    # given (all, or those before the test cut); day cuts keep their rule: frac of all the user's
+    # events, among day starts before `limit`.
+    if cfg.cut_unit == "event":
+        def frac_cut(frac, n, limit):
+            return _event_cut(ts, starts, ends, n, frac)
+    else:
+        c_idx = _day_starts(users, ts)  # first event of a later active day: a day boundary with a past
+        c_user = np.searchsorted(starts, c_idx, side="right") - 1
+        c_pos, c_ts = c_idx - starts[c_user], (ts[c_idx] // DAY) * DAY
+
+        def frac_cut(frac, n, limit):
+            return _frac_cut(c_user, c_pos, c_ts, counts, frac, n_users, limit=limit)
 
     if cfg.global_test_date:
         test_cut = np.full(n_users, _date_ts(cfg.global_test_date))
         before_test = seek(ts, starts, ends, test_cut) - starts
     else:
-        test_cut, before_test = _frac_cut(c_user, c_pos, c_ts, counts, cfg.test_frac, n_users,
-                                          limit=np.full(n_users, _NEVER))
+        test_cut, before_test = frac_cut(cfg.test_frac, counts, np.full(n_users, _NEVER))
     test_cut = np.where(before_test >= cfg.min_context, test_cut, -1)
     if cfg.global_valid_date:
         valid_cut = np.full(n_users, _date_ts(cfg.global_valid_date))
         before_valid = seek(ts, starts, ends, valid_cut) - starts
     else:
         limit = np.where(test_cut >= 0, test_cut, _NEVER)
-        valid_cut, before_valid = _frac_cut(c_user, c_pos, c_ts, counts, cfg.valid_frac, n_users, limit=limit)
+        valid_cut, before_valid = frac_cut(cfg.valid_frac, np.where(test_cut >= 0, before_test, 0), limit)
     valid_cut = np.where((before_valid >= cfg.min_context) & (test_cut >= 0) & (valid_cut < test_cut), valid_cut, -1)
     # what fitted models may see: before the first evaluation cut (train/valid) or the test cut
     # (test). With global dates that bound holds for every user, evaluated or not.
@@ -93,11 +128,27 @@ def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
                          "test_limit": test_limit.astype("int64"), "n_events": counts.astype("int64")})
 
 
+def _event_cut(ts, starts, ends, n, frac):
+    """Per user, a cut at the time of the event at 0-based position ceil(frac * n) (about frac * n
+    events before it) among the user's first n events; -1 where there is no such event. Returns
+    (cut, events strictly before the cut): ties at the cut's second go to the future, so that count
+    can be below the position and is what min_context is checked against."""
+    # rounded first: 0.28 * 25 is 7.000000000000001 in floating point, position 7 all the same
+    pos = np.ceil(np.round(frac * n, 6)).astype(np.int64)
+    has = pos < n
+    row = np.minimum(starts + pos, max(len(ts) - 1, 0))
+    cut = np.where(has, ts[row] if len(ts) else row, -1).astype(np.int64)
+    before = seek(ts, starts, ends, cut) - starts
+    return cut, np.where(has, before, 0)
+
+
 def _date_ts(date: str) -> int:
     return int(pd.Timestamp(date, tz="UTC").value // 10**9)
 
 
 def _frac_cut(c_user, c_pos, c_ts, counts, frac, n_users, limit):
+    """Day cuts: the first candidate day start before `limit` with at least frac * counts events
+    before it, else the last one; (cut, events before it) per user, -1 where no candidate."""
     ok = c_ts < limit[c_user]
     cu, cp, ct = c_user[ok], c_pos[ok], c_ts[ok]
     cut = np.full(n_users, -1, dtype=np.int64)
@@ -344,6 +395,39 @@ class SampleBuilder:
             next_neg = np.full(R, -1, np.int32)
         return SampleTable(self.log, split, u.astype(np.int32), g.astype(dt), narrow_int(cut_ts), limit, next_neg,
                            future, self.horizons, with_context)
+
+
+def cuts_for_test(log: pd.DataFrame, cuts: pd.DataFrame, cfg: SplitConfig):
+    """The test split's (user_ids, cut_ts), sorted by user then time: each user's test cut and, with
+    `rolling_every` = N > 0, extra cuts at the events N, 2N, ... positions after it (at most
+    `rolling_max` per user when > 0). Like every mid-day cut, an extra cut sits at its event's own
+    time and ties at that second go to the future; a cut falling on the second of an earlier one
+    is dropped, so cut times strictly increase."""
+    uid, test = cuts["user_id"].to_numpy(), cuts["test_cut"].to_numpy()
+    has = test >= 0
+    if cfg.rolling_every <= 0 or not has.any():
+        return uid[has].astype(np.int64), test[has].astype(np.int64)
+    users, ts = log["user_id"].to_numpy(), log["ts"].to_numpy()
+    starts, ends = _bounds(users)
+    u = pd.Index(users[starts]).get_indexer(uid[has])
+    t0 = test[has].astype(np.int64)
+    first = seek(ts, starts[u], ends[u], t0)  # first event at/after the test cut
+    n_extra = np.maximum(ends[u] - 1 - first, 0) // cfg.rolling_every
+    r = np.repeat(np.arange(len(u)), n_extra)
+    k = expand(np.ones(len(u), np.int64), n_extra)  # 1..n_extra per user
+    cut = ts[first[r] + k * cfg.rolling_every].astype(np.int64)
+    prev = t0[r]  # the cut before each candidate: the test cut, or the user's previous candidate
+    later = np.flatnonzero(r[1:] == r[:-1]) + 1
+    prev[later] = cut[later - 1]
+    keep = cut > prev  # candidates are time-sorted per user: this drops repeats and test-cut ties
+    r, cut = r[keep], cut[keep]
+    if cfg.rolling_max > 0:
+        sel = rank_within(r) < cfg.rolling_max
+        r, cut = r[sel], cut[sel]
+    all_u = np.r_[np.arange(len(u)), r]
+    all_t = np.r_[t0, cut]
+    order = np.lexsort((all_t, all_u))
+    return uid[has][all_u[order]].astype(np.int64), all_t[order]
 
 
 def train_cuts(log: pd.DataFrame, cuts: pd.DataFrame, cfg: SplitConfig, seed: int = 0):

@@ -22,7 +22,14 @@ from negrec.eval.metrics import (
     evaluate_samples,
     rank_metrics,
 )
-
+from negrec.eval.stats import (
+    bootstrap_ci,
+    bootstrap_summary,
+    format_ci,
+    paired_bootstrap,
+    paired_summary,
+    sign_flip_p,
+)
 from negrec.eval.report import run_report
 from negrec.eval.run import (BaselinesConfig, EvalConfig, FilterConfig, run_baselines, run_evaluate, run_filter,
                              run_predict)
@@ -33,4 +40,5 @@ __all__ = [
     "Baseline", "ItemKNN", "NegativeRatio", "PopularNegatives", "RandomItems", "SASRec", "SASRecConfig",
     "UserKNN", "default_baselines", "filter_candidates", "filter_curve", "MetricsConfig", "candidate_sets",
     "evaluate_arrays", "evaluate_predictions", "evaluate_samples", "rank_metrics",
+    "bootstrap_ci", "bootstrap_summary", "format_ci", "paired_bootstrap", "paired_summary", "sign_flip_p",
 ]

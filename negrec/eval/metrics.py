@@ -6,9 +6,14 @@ Definitions (a "row" is one (user, cut) pair; ts in UTC seconds, H in days):
 - Rankings are cleaned first: padding, repeated items and context items are dropped and the
   rest move up (`negrec.rewards.matching.clean_rankings`), so a context item is never counted,
   neither as a hit nor as a slot.
-- recall@K = |top-K ∩ F_H| / min(K, |F_H|); hit@K = 1 if |top-K ∩ F_H| > 0; ndcg@K with binary
-  gains and the ideal DCG of min(K, |F_H|) hits. Rows with an empty F_H are left out of these
-  means; their count is reported (`n_empty_h{H}`).
+- recall@K = |top-K ∩ F_H| / min(K, |F_H|) (capped, so a perfect top-K scores 1 even when
+  |F_H| > K); std_recall@K = |top-K ∩ F_H| / |F_H| (the standard IR recall, as in ranx/trec_eval);
+  hit@K = 1 if |top-K ∩ F_H| > 0; ndcg@K with binary gains and the ideal DCG of min(K, |F_H|) hits;
+  mrr@K = 1 / rank of the first hit within the top K (0 if none). Rows with an empty F_H are left
+  out of these means; their count is reported (`n_empty_h{H}`).
+- per_row=True adds `per_row`: a frame of the per-row values of the main metrics (recall, std_recall,
+  hit, ndcg, mrr at each K of `ks`, fhr, next_hit) with each row's user_id, NaN where F_H is empty,
+  so that confidence intervals can be taken over users (`negrec.eval.stats`).
 - fhr@K: the paper's Future Hit Rate, the share of rows with at least one of the top K in F_H
   (the same quantity as hit@K, reported under the paper's name at K = fhr_k).
 - next_hit@K: conventional next-negative Hit@K; the target is the item(s) of the user's first
@@ -62,11 +67,14 @@ class MetricsConfig:
     long_tail_user_negatives: int = 3
     long_tail_item_negatives: int = 5
     candidate_size: int = 20
+    bootstrap: int = 1000         # bootstrap replicates (over users) of every confidence interval
+    bootstrap_seed: int = 0
+    ci_level: float = 0.95
 
 
 # ---- per-row ranking metrics ----------------------------------------------------------------
 def rank_metrics(rankings: np.ndarray, targets: ItemSets, ks, hit: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per-row recall@K, hit@K, ndcg@K (NaN where the target set is empty).
+    """Per-row recall@K (capped), std_recall@K, hit@K, ndcg@K, mrr@K (NaN where the target set is empty).
 
     `rankings` must be cleaned (see `clean_rankings`) and at least max(ks) wide; `hit` is
     `hits(rankings, targets)` when the caller has it already.
@@ -76,6 +84,8 @@ def rank_metrics(rankings: np.ndarray, targets: ItemSets, ks, hit: np.ndarray | 
     empty = n_t == 0
     discount = 1.0 / np.log2(np.arange(2, rankings.shape[1] + 2))
     ideal = np.concatenate([[1.0], np.cumsum(discount)])  # ideal[m] = DCG of m hits (ideal[0] unused)
+    # 0-based place of each row's first hit (width if none): mrr@K for every K from one argmax
+    first = np.where(hit.any(1), hit.argmax(1), hit.shape[1]) if hit.size else np.zeros(len(hit), dtype=np.int64)
     out = {}
     for k in ks:
         h = hit[:, :k]
@@ -83,8 +93,10 @@ def rank_metrics(rankings: np.ndarray, targets: ItemSets, ks, hit: np.ndarray | 
         denom = np.minimum(k, n_t)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"recall@{k}"] = np.where(empty, np.nan, n_hit / np.maximum(denom, 1))
+            out[f"std_recall@{k}"] = np.where(empty, np.nan, n_hit / np.maximum(n_t, 1))
             out[f"hit@{k}"] = np.where(empty, np.nan, (n_hit > 0).astype(float))
             out[f"ndcg@{k}"] = np.where(empty, np.nan, (h * discount[:k]).sum(1) / ideal[np.maximum(denom, 1)])
+            out[f"mrr@{k}"] = np.where(empty, np.nan, np.where(first < k, 1.0 / (first + 1), 0.0))
     return out
 
 
@@ -110,6 +122,21 @@ def _mean(values: np.ndarray, mask: np.ndarray | None = None) -> float | None:
     return float(v.mean()) if len(v) else None
 
 
+def _put(out: dict, prefix: str, sfx: str, per_row: dict, mask=None) -> None:
+    """Means of per-row values into `out` as {prefix}{name}{sfx}."""
+    for name, values in per_row.items():
+        out[f"{prefix}{name}{sfx}"] = _mean(values, mask)
+
+
+def _drop_context(sets: ItemSets, context: ItemSets | None) -> ItemSets:
+    return sets if context is None else sets.drop(isin_rows(sets.rows, sets.indices, context))
+
+
+def _at_ks(per_row: dict, ks) -> dict:
+    """The entries of rank_metrics' output at the K values in `ks` (it also has fhr_k)."""
+    return {k: v for k, v in per_row.items() if int(k.split("@")[1]) in ks}
+
+
 def evaluate_arrays(
     rankings: np.ndarray,
     future_neg: dict[int, ItemSets],
@@ -120,36 +147,31 @@ def evaluate_arrays(
     item_train_negatives: np.ndarray | None = None,
     swing: ItemSimilarity | None = None,
     sid_tok=None,
+    per_row: bool = False,
+    row_users: np.ndarray | None = None,
 ) -> dict:
     """All ranking metrics from arrays: rankings (n, >=max K) item ids, F_H per horizon.
 
     user_train_negatives: (n,) training negatives of each row's user (long-tail users);
     item_train_negatives: item id -> training negatives (long-tail items); swing for the
     collaborative variant; sid_tok for SID-prefix recall. Any of them may be None (skipped).
+    per_row: also return `per_row`, a frame of per-row values (user_id = row_users, default the row index).
     """
     cfg = cfg or MetricsConfig()
     ks = sorted(int(k) for k in set(cfg.ks) | {cfg.fhr_k})
     n = len(rankings)
     ranked = clean_rankings(rankings, context, k=max(ks))
     out: dict = {"n_rows": n}
+    rows: dict = {}  # per-row values of the main metrics, keyed like their means in `out`
     lt_user = None
     if user_train_negatives is not None:
         lt_user = np.asarray(user_train_negatives) < cfg.long_tail_user_negatives
         out["n_long_tail_user_rows"] = int(lt_user.sum())
-
     item_negs = None if item_train_negatives is None else np.asarray(item_train_negatives)
     # long-tail-ness of each ranked item: the same for every horizon
     lt_ranked = None if item_negs is None else lookup(item_negs, ranked, missing=0) < cfg.long_tail_item_negatives
-
-    def drop_context(sets: ItemSets) -> ItemSets:
-        return sets if context is None else sets.drop(isin_rows(sets.rows, sets.indices, context))
-
-    def put(prefix: str, h_suffix: str, per_row: dict, mask=None):
-        for name, values in per_row.items():
-            out[f"{prefix}{name}{h_suffix}"] = _mean(values, mask)
-
     for h in sorted(future_neg):
-        targets = drop_context(future_neg[h])
+        targets = _drop_context(future_neg[h], context)
         if len(targets) != n:
             raise ValueError(f"F_H for H={h} has {len(targets)} rows for {n} rankings")
         sfx = f"_h{h}"
@@ -157,31 +179,54 @@ def evaluate_arrays(
         out[f"n_empty{sfx}"] = int(empty.sum())
         out[f"n_eval{sfx}"] = int((~empty).sum())
         hit = hits(ranked, targets)
-        per_row = rank_metrics(ranked, targets, ks, hit=hit)
-        put("", sfx, {k: v for k, v in per_row.items() if int(k.split("@")[1]) in cfg.ks})
-        out[f"fhr@{cfg.fhr_k}{sfx}"] = _mean(per_row[f"hit@{cfg.fhr_k}"])
-        if lt_user is not None:
-            put("lt_user/", sfx, {k: v for k, v in per_row.items() if k.startswith("recall")}, lt_user)
-            out[f"lt_user/fhr@{cfg.fhr_k}{sfx}"] = _mean(per_row[f"hit@{cfg.fhr_k}"], lt_user)
-        if item_negs is not None:
-            counts = lookup(item_negs, targets.indices, missing=0)
-            lt_targets = targets.drop(counts >= cfg.long_tail_item_negatives)
-            out[f"lt_item/n_eval{sfx}"] = int((lt_targets.lengths > 0).sum())
-            # the drop is per item: a ranked item hits lt_targets iff it hits targets and is long-tail itself
-            put("lt_item/", sfx, {k: v for k, v in rank_metrics(ranked, lt_targets, ks, hit=hit & lt_ranked).items()
-                                  if k.startswith("recall")})
-        if swing is not None:
-            gts = drop_context(widen_with_co_negatives(targets, swing, cfg.swing_top_n))
-            put("coll_", sfx, {k: v for k, v in rank_metrics(ranked, gts, ks).items() if not k.startswith("ndcg")})
-        if sid_tok is not None:
-            for level in cfg.prefix_levels:
-                if level <= sid_tok.levels:
-                    put("", sfx, prefix_recall(ranked, targets, ks, sid_tok, level))
+        values = rank_metrics(ranked, targets, ks, hit=hit)
+        main = _at_ks(values, cfg.ks)
+        main[f"fhr@{cfg.fhr_k}"] = values[f"hit@{cfg.fhr_k}"]
+        _put(out, "", sfx, main)
+        rows.update({f"{name}{sfx}": v for name, v in main.items()})
+        _long_tail_variants(out, ranked, targets, values, hit, ks, sfx, cfg, lt_user, (item_negs, lt_ranked))
+        _extra_variants(out, ranked, targets, ks, sfx, cfg, context, swing, sid_tok)
     if next_neg is not None:
-        nxt = drop_context(next_neg)
+        nxt = _drop_context(next_neg, context)
         out["n_eval_next"] = int((nxt.lengths > 0).sum())
-        put("next_", "", {k: v for k, v in rank_metrics(ranked, nxt, ks).items() if k.startswith("hit")})
+        nxt_hit = {f"next_{k}": v for k, v in rank_metrics(ranked, nxt, ks).items() if k.startswith("hit")}
+        _put(out, "", "", nxt_hit)
+        rows.update(nxt_hit)
+    if per_row:
+        users = np.arange(n) if row_users is None else np.asarray(row_users)
+        out["per_row"] = pd.DataFrame({"user_id": users, **rows})
     return out
+
+
+def _long_tail_variants(out: dict, ranked, targets: ItemSets, values: dict, hit, ks, sfx: str, cfg: MetricsConfig,
+                        lt_user, lt_items) -> None:
+    """Long-tail users' recall/FHR (rows where lt_user) and long-tail items' recall, into `out`.
+    lt_items = (training negatives per item id, long-tail-ness of each ranked item) or (None, None)."""
+    if lt_user is not None:
+        _put(out, "lt_user/", sfx, {k: v for k, v in values.items() if k.startswith("recall")}, lt_user)
+        out[f"lt_user/fhr@{cfg.fhr_k}{sfx}"] = _mean(values[f"hit@{cfg.fhr_k}"], lt_user)
+    item_negs, lt_ranked = lt_items
+    if item_negs is not None:
+        counts = lookup(item_negs, targets.indices, missing=0)
+        lt_targets = targets.drop(counts >= cfg.long_tail_item_negatives)
+        out[f"lt_item/n_eval{sfx}"] = int((lt_targets.lengths > 0).sum())
+        # the drop is per item: a ranked item hits lt_targets iff it hits targets and is long-tail itself
+        lt_values = rank_metrics(ranked, lt_targets, ks, hit=hit & lt_ranked)
+        _put(out, "lt_item/", sfx, {k: v for k, v in lt_values.items() if k.startswith("recall")})
+
+
+def _extra_variants(out: dict, ranked, targets: ItemSets, ks, sfx: str, cfg: MetricsConfig, context, swing,
+                    sid_tok) -> None:
+    """The collaborative (Swing-widened) and SID-prefix variants of one horizon, into `out`."""
+    if swing is not None:
+        gts = _drop_context(widen_with_co_negatives(targets, swing, cfg.swing_top_n), context)
+        # recall and hit only: the collaborative variant's keys stay as they were before std_recall/mrr
+        coll = rank_metrics(ranked, gts, ks)
+        _put(out, "coll_", sfx, {k: v for k, v in coll.items() if k.startswith(("recall", "hit"))})
+    if sid_tok is not None:
+        for level in cfg.prefix_levels:
+            if level <= sid_tok.levels:
+                _put(out, "", sfx, prefix_recall(ranked, targets, ks, sid_tok, level))
 
 
 # ---- frames -> arrays -----------------------------------------------------------------------
@@ -347,6 +392,7 @@ def evaluate_predictions(
     sid_tok=None,
     candidate_scores: pd.DataFrame | None = None,
     swing: ItemSimilarity | None = None,
+    per_row: bool = False,
 ) -> dict:
     """Score a predictions file against a targets file (+ the interaction log).
 
@@ -383,7 +429,10 @@ def evaluate_predictions(
             swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
                                    max_items_per_user=cfg.swing_max_items_per_user)
     out = evaluate_arrays(rankings, future_neg, cfg, context=context, next_neg=next_neg,
-                          user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok)
+                          user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok,
+                          per_row=per_row, row_users=keys["user_id"].to_numpy())
+    if per_row:
+        out["per_row"].insert(1, "cut_ts", keys["cut_ts"].to_numpy())
     out["n_rows_without_predictions"] = int((rankings[:, 0] < 0).sum())
     if log is not None:
         out.update(_candidate_metrics(log, keys, rankings, context, cfg, candidate_scores))
@@ -425,11 +474,13 @@ def _candidate_metrics(log, keys, rankings, context, cfg, candidate_scores) -> d
 
 
 def evaluate_samples(rankings: np.ndarray, samples: pd.DataFrame, cfg: MetricsConfig | None = None,
-                     train_log: pd.DataFrame | None = None, sid_tok=None, swing: ItemSimilarity | None = None) -> dict:
+                     train_log: pd.DataFrame | None = None, sid_tok=None, swing: ItemSimilarity | None = None,
+                     per_row: bool = False) -> dict:
     """Metrics of rankings (one row per sample row) against `Prepared.samples[split]` columns.
 
     Uses future_neg_h{H}, context_items and next_neg; train_log (e.g. Prepared.fit_log(split))
     adds long-tail and collaborative metrics. No candidate accuracy (needs the full log).
+    per_row=True adds `per_row` (user_id and the per-row values of the main metrics).
     """
     cfg = cfg or MetricsConfig()
     horizons = [h for h in cfg.horizons if f"future_neg_h{h}" in samples.columns]
@@ -448,4 +499,5 @@ def evaluate_samples(rankings: np.ndarray, samples: pd.DataFrame, cfg: MetricsCo
             swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
                                    max_items_per_user=cfg.swing_max_items_per_user)
     return evaluate_arrays(np.asarray(rankings), future_neg, cfg, context=context, next_neg=next_neg,
-                           user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok)
+                           user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok,
+                           per_row=per_row, row_users=samples["user_id"].to_numpy() if "user_id" in samples else None)

@@ -1,6 +1,8 @@
 """`negrec report`: report.md and PNG plots in the run folder, for a person to read.
 
-Recall@K per method, recall by horizon H, GRPO reward and stage over steps, SID code usage per
+The results table with 95% CIs over users, paired differences of the main method against its
+rivals (eval/paired.json), metrics by user slice (eval/slices.json), Recall@K per method (with
+CI error bars), recall by horizon H, GRPO reward and stage over steps, SID code usage per
 level, the dislike-filter curve, and five example users: their history, the predicted dislikes
 (titles decoded from SIDs) and what they actually disliked.
 """
@@ -15,6 +17,7 @@ import pandas as pd
 
 from ..config import section_config
 from ..io import atomic_path, read_json, write_text
+from .stats import format_ci
 
 
 @dataclass
@@ -41,13 +44,20 @@ def _save(fig, path: Path) -> str:
 
 
 def plot_recall_at_k(metrics: dict, h: int, ks, path: Path) -> str:
+    """Recall@K per method; error bars = the CIs (`recall@K_h{h}_lo` / `_hi`) where metrics.json has them."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, m in metrics.items():
-        ys = [m.get(f"recall@{k}_h{h}") for k in ks]
-        if any(y is not None for y in ys):
-            ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=method)
-    ax.set(xlabel="K", ylabel=f"future-negative Recall@K (H={h})", xscale="log", title="Recall@K per method")
+        ys = np.array([np.nan if m.get(f"recall@{k}_h{h}") is None else m[f"recall@{k}_h{h}"] for k in ks])
+        if np.isnan(ys).all():
+            continue
+        lo = np.array([m.get(f"recall@{k}_h{h}_lo", np.nan) for k in ks], dtype=float)
+        hi = np.array([m.get(f"recall@{k}_h{h}_hi", np.nan) for k in ks], dtype=float)
+        # a missing bound draws no bar (0), rather than hiding the method
+        yerr = np.nan_to_num(np.vstack([ys - lo, hi - ys]), nan=0.0).clip(min=0)
+        ax.errorbar(ks, ys, yerr=yerr, marker="o", capsize=3, label=method)
+    ax.set(xlabel="K", ylabel=f"future-negative Recall@K (H={h})", xscale="log",
+           title="Recall@K per method (bars: 95% CI over users)")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xticks([], minor=True)  # no log-scale minor labels between the K ticks
     ax.legend(fontsize=7)
@@ -122,6 +132,35 @@ def plot_filter(curve: dict, path: Path) -> str | None:
     return _save(fig, path)
 
 
+def paired_markdown(pairs: list[dict]) -> str:
+    """eval/paired.json as a markdown table."""
+    lines = ["| a | b | metric | diff (a - b) [95% CI] | p | n |", "|---|---|---|---|---|---|"]
+    for p in pairs:
+        pv = "-" if p["p"] is None else f"{p['p']:.3g}"
+        diff = format_ci(p["diff"], p["lo"], p["hi"])
+        lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {diff} | {pv} | {p['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def slice_markdown(slices: dict) -> str:
+    """eval/slices.json as one markdown table per metric: a row per method, a column per slice bin."""
+    rows = slices.get("rows") or []
+    out = []
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        sel = [r for r in rows if r["metric"] == metric]
+        bins = list(dict.fromkeys((r["slice"], r["bin"]) for r in sel))
+        n = {(r["slice"], r["bin"]): r["n"] for r in sel}  # the same rows for every method
+        out.append(f"**{metric}**\n")
+        out.append("| method | " + " | ".join(f"{s} {b} (n={n[(s, b)]})" for s, b in bins) + " |")
+        out.append("|---|" + "---|" * len(bins))
+        for method in dict.fromkeys(r["method"] for r in sel):
+            cell = {(r["slice"], r["bin"]): format_ci(r["mean"], r["lo"], r["hi"])
+                    for r in sel if r["method"] == method}
+            out.append(f"| {method} | " + " | ".join(cell.get(b, "-") for b in bins) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def example_users(prepared, predictions: pd.DataFrame, n: int, k: int, h: int, seed: int) -> str:
     samples = prepared.samples["test"]
     samples = samples[samples[f"future_neg_h{h}"].map(len) > 0]
@@ -149,6 +188,23 @@ def example_users(prepared, predictions: pd.DataFrame, n: int, k: int, h: int, s
     return "\n".join(out) + "\n"
 
 
+def _comparison_sections(ev: Path) -> list[str]:
+    """The report's paired-comparison and slice sections, from eval/paired.json and eval/slices.json."""
+    parts = []
+    if (ev / "paired.json").exists() and read_json(ev / "paired.json"):
+        parts.append("## Paired comparisons\n\nDifferences a - b on the same test rows; CI and p by a paired "
+                     "bootstrap over users (the same users drawn for both methods).\n\n"
+                     + paired_markdown(read_json(ev / "paired.json")))
+    if (ev / "slices.json").exists():
+        sl = read_json(ev / "slices.json")
+        bins = "; ".join(f"{name} {label} = [{lo}, {'inf' if hi is None else hi})"
+                         for name, b in sl.get("bins", {}).items() for label, (lo, hi) in b.items())
+        parts.append("## By user slice\n\nhistory_len = the user's events before the cut; neg_ratio = the user's "
+                     f"share of negatives in the training log. Fixed bins: {bins}. n = test rows with a non-empty "
+                     "F_H in the bin.\n\n" + slice_markdown(sl))
+    return parts
+
+
 def run_report(raw: dict, run_dir) -> dict:
     from ..data import Prepared
     from .run import EvalConfig
@@ -164,9 +220,12 @@ def run_report(raw: dict, run_dir) -> dict:
     metrics = read_json(ev / "metrics.json") if (ev / "metrics.json").exists() else {}
     if (ev / "results_table.md").exists():
         parts.append(f"## Results (test users, H = {h} days)\n\n" + (ev / "results_table.md").read_text())
-        parts.append("Recall@K = hits / min(K, |F_H|); FHR@20 = share of users with a top-20 item in F_H; "
+        parts.append("Recall@K = hits / min(K, |F_H|); Std R@K = hits / |F_H| (standard recall); MRR@K = 1 / rank "
+                     "of the first hit; FHR@20 = share of users with a top-20 item in F_H; "
                      "NextNeg = the conventional next-negative target; LUF/LIF = long-tail users/items; "
-                     "Coll = F_H widened by Swing co-negatives.\n")
+                     "Coll = F_H widened by Swing co-negatives. [lo, hi] = 95% CI by a bootstrap over users "
+                     "(all rows of a user resampled together).\n")
+    parts += _comparison_sections(ev)
     if metrics:
         ks = sorted(mcfg.ks)
         parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")

@@ -18,6 +18,7 @@ from ..io import read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
+from .stats import bootstrap_summary, format_ci, paired_differences, paired_summary
 
 DAY = 86_400
 MAIN = "negrec"  # the name of the main method (the last policy in `eval.policies`)
@@ -34,6 +35,9 @@ class EvalConfig:
     exclude_context: bool = True       # never predict an item the user already touched
     max_users: int = 0                 # >0: evaluate a deterministic subset (quick runs)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
+    # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
+    pairs: list = field(default_factory=list)
 
 
 @dataclass
@@ -201,10 +205,21 @@ def run_baselines(raw: dict, run_dir) -> dict:
 # ---------------------------------------------------------------- evaluate
 TABLE_COLUMNS = [  # (metric key template, column title); {h} = main horizon
     ("recall@10_h{h}", "Recall@10"), ("recall@50_h{h}", "Recall@50"), ("fhr@20_h{h}", "FHR@20"),
-    ("ndcg@10_h{h}", "NDCG@10"), ("next_hit@10", "NextNeg Hit@10"), ("coll_recall@10_h{h}", "Coll R@10"),
+    ("ndcg@10_h{h}", "NDCG@10"), ("std_recall@10_h{h}", "Std R@10"), ("mrr@10_h{h}", "MRR@10"),
+    ("next_hit@10", "NextNeg Hit@10"), ("coll_recall@10_h{h}", "Coll R@10"),
     ("prefix1_recall@10_h{h}", "SID-L1 R@10"), ("prefix2_recall@10_h{h}", "SID-L2 R@10"),
     ("lt_user/recall@10_h{h}", "LUF R@10"), ("lt_item/recall@10_h{h}", "LIF R@10"), ("candidate_acc", "Cand acc"),
 ]
+CI_TITLES = ("Recall@10", "Recall@50", "FHR@20", "NDCG@10")  # columns shown as "value [lo, hi]" (width: the rest plain)
+PAIR_METRICS = ("recall@10", "fhr@{fhr_k}", "recall@50", "recall@5")  # compared in pairs, at the main horizon
+SLICE_METRICS = ("recall@10", "fhr@{fhr_k}")
+# fixed (quantile-free) slice bins, so slices mean the same on every dataset and run: [lo, hi)
+SLICE_BINS = {
+    # events (any feedback) the user had before the cut: the context the ranking could use
+    "history_len": (("<20", 0, 20), ("20-99", 20, 100), (">=100", 100, np.inf)),
+    # the user's share of negative events in the training log (users without events: 0)
+    "neg_ratio": (("<0.1", 0.0, 0.1), ("0.1-0.3", 0.1, 0.3), (">=0.3", 0.3, np.inf)),
+}
 
 
 def results_table(metrics: dict[str, dict], h: int) -> pd.DataFrame:
@@ -214,6 +229,19 @@ def results_table(metrics: dict[str, dict], h: int) -> pd.DataFrame:
         for key, title in TABLE_COLUMNS:
             v = m.get(key.format(h=h))
             row[title] = np.nan if v is None else float(v)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def results_table_ci(metrics: dict[str, dict], h: int) -> pd.DataFrame:
+    """The results table as text cells: the CI_TITLES columns as "value [lo, hi]" (95% CI over users)."""
+    rows = []
+    for method, m in metrics.items():
+        row = {"method": POLICY_LABELS.get(method, method)}
+        for key, title in TABLE_COLUMNS:
+            k = key.format(h=h)
+            lo, hi = (m.get(f"{k}_lo"), m.get(f"{k}_hi")) if title in CI_TITLES else (None, None)
+            row[title] = format_ci(m.get(k), lo, hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -229,17 +257,178 @@ def format_table(df: pd.DataFrame, title: str) -> str:
     return f"{title}\n" + df.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
+def paired_table(pairs: list[dict]) -> pd.DataFrame:
+    """paired.json's entries as a display table (diff = a - b, 95% CI over users, bootstrap p)."""
+    rows = [{"a": p["a"], "b": p["b"], "metric": p["metric"], "diff (a - b)": format_ci(p["diff"], p["lo"], p["hi"]),
+             "p": "-" if p["p"] is None else f"{p['p']:.3g}", "n": p["n"]} for p in pairs]
+    return pd.DataFrame(rows, columns=["a", "b", "metric", "diff (a - b)", "p", "n"])
+
+
+# ---- confidence intervals, pairs, slices (negrec.eval.stats: bootstrap over users) ----
+def add_confidence_intervals(m: dict, per_row: pd.DataFrame, h: int, mcfg: MetricsConfig) -> dict:
+    """`<key>_lo` / `<key>_hi` for every per-row metric at the main horizon and next_hit, plus user counts."""
+    cols = [c for c in per_row.columns if c.endswith(f"_h{h}") or c.startswith("next_")]
+    users = per_row["user_id"].to_numpy()
+    ci = bootstrap_summary(per_row[cols], users, mcfg.bootstrap, mcfg.bootstrap_seed, mcfg.ci_level)
+    for key, s in ci.items():
+        m[f"{key}_lo"], m[f"{key}_hi"] = s["lo"], s["hi"]
+    m["n_users"] = int(per_row["user_id"].nunique())
+    first = f"recall@{min(mcfg.ks)}_h{h}"
+    m[f"n_users_h{h}"] = ci[first]["n_users"] if first in ci else None
+    m["ci_level"], m["ci_bootstrap"] = mcfg.ci_level, mcfg.bootstrap
+    return m
+
+
+def _metric_keys(templates, mcfg: MetricsConfig, h: int) -> list[str]:
+    keys = [t.format(fhr_k=mcfg.fhr_k) for t in templates]
+    return [f"{k}_h{h}" for k in dict.fromkeys(keys) if k.startswith("fhr@") or int(k.split("@")[1]) in mcfg.ks]
+
+
+def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = None) -> list[tuple[str, str]]:
+    """Method pairs (a, b) to compare. Default: the main policy (`grpo`, else the last SID policy
+    present) against the best baseline by Recall@10 (baselines: every method that is not a SID
+    policy), against `sft_next` and against `grpo_plain`. `wanted` ("a:b"; `best_baseline` may name b)
+    replaces the defaults. Pairs with a missing method, or a method against itself, are skipped."""
+    base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS}
+    best = max(base, key=base.get) if base else None
+    policies = [p for p in POLICY_DIRS if p in metrics]
+    main = "grpo" if "grpo" in metrics else (policies[-1] if policies else None)
+    if wanted:
+        pairs = [tuple(s.split(":", 1)) for s in wanted]
+        pairs = [(a, best if b == "best_baseline" else b) for a, b in pairs]
+    else:
+        pairs = [(main, best), (main, "sft_next"), (main, "grpo_plain")]
+    return list(dict.fromkeys((a, b) for a, b in pairs if a in metrics and b in metrics and a != b))
+
+
+def paired_comparisons(rows: dict[str, pd.DataFrame], users, pairs, keys: list[str], mcfg: MetricsConfig) -> list[dict]:
+    """{a, b, metric, diff, lo, hi, p, p_perm, n, n_users} for each pair and metric, on the same rows."""
+    diffs = pd.DataFrame({(a, b, k): paired_differences(rows[a][k], rows[b][k])
+                          for a, b in pairs for k in keys if k in rows[a] and k in rows[b]})
+    if diffs.empty:
+        return []
+    out = paired_summary(diffs, users, mcfg.bootstrap, mcfg.bootstrap_seed, mcfg.ci_level)
+    return [{"a": a, "b": b, "metric": k, **s} for (a, b, k), s in out.items()]
+
+
+def history_lengths(log: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    """Events of each (user, cut) row's user strictly before the cut (vectorised: one sort)."""
+    n_ev = len(log)
+    users = np.concatenate([log["user_id"].to_numpy(np.int64), keys["user_id"].to_numpy(np.int64)])
+    ts = np.concatenate([log["ts"].to_numpy(np.int64), keys["cut_ts"].to_numpy(np.int64)])
+    is_event = np.concatenate([np.ones(n_ev, np.int64), np.zeros(len(keys), np.int64)])
+    order = np.lexsort((is_event, ts, users))  # at equal ts the cut sorts first: an event at the cut is not before it
+    ev = is_event[order]
+    before = np.cumsum(ev) - ev  # events sorted before each position
+    su = users[order]
+    count = before - before[np.searchsorted(su, su)]  # minus those of earlier users
+    out = np.zeros(len(keys), np.int64)
+    is_key = order >= n_ev
+    out[order[is_key] - n_ev] = count[is_key]
+    return out
+
+
+def negative_ratios(train_log: pd.DataFrame, keys: pd.DataFrame) -> np.ndarray:
+    """Each row's user's share of negative events in the training log (0 without events)."""
+    g = (train_log["feedback"] < 0).groupby(train_log["user_id"]).mean()
+    return keys["user_id"].map(g).fillna(0.0).to_numpy(float)
+
+
+def slice_metrics(rows: dict[str, pd.DataFrame], users, features: dict[str, np.ndarray], keys: list[str],
+                  mcfg: MetricsConfig) -> list[dict]:
+    """{method, slice, bin, metric, mean, lo, hi, n, n_users} per SLICE_BINS bin, CI over users."""
+    out = []
+    for method, df in rows.items():
+        cols = {}
+        for name, bins in SLICE_BINS.items():
+            for label, lo, hi in bins:
+                inside = (features[name] >= lo) & (features[name] < hi)
+                cols.update({(name, label, k): df[k].where(inside) for k in keys if k in df})
+        summary = bootstrap_summary(pd.DataFrame(cols), users, mcfg.bootstrap, mcfg.bootstrap_seed, mcfg.ci_level)
+        out += [{"method": method, "slice": s, "bin": b, "metric": k, **v} for (s, b, k), v in summary.items()]
+    return out
+
+
+def _aligned(per_row: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+    """per_row in the order of `keys` (every method on the same rows; a missing row: NaN)."""
+    idx = pd.MultiIndex.from_frame(keys[["user_id", "cut_ts"]].astype("int64"))
+    return per_row.set_index(["user_id", "cut_ts"]).reindex(idx).reset_index()
+
+
+def _write_comparisons(ev: Path, rows: dict, keys: pd.DataFrame, log, train_log, metrics: dict,
+                       cfg: "EvalConfig") -> str:
+    """eval/paired.json and eval/slices.json; returns the paired table's text."""
+    mcfg, h = cfg.metrics, cfg.metrics.main_horizon
+    users = keys["user_id"].to_numpy()
+    pairs = resolve_pairs(metrics, h, cfg.pairs)
+    pairs = paired_comparisons(rows, users, pairs, _metric_keys(PAIR_METRICS, mcfg, h), mcfg)
+    write_json(ev / "paired.json", pairs)
+    features = {"history_len": history_lengths(log, keys), "neg_ratio": negative_ratios(train_log, keys)}
+    slices = slice_metrics(rows, users, features, _metric_keys(SLICE_METRICS, mcfg, h), mcfg)
+    bins = {name: {label: [lo, None if np.isinf(hi) else hi] for label, lo, hi in b} for name, b in SLICE_BINS.items()}
+    write_json(ev / "slices.json", {"bins": bins, "ci_level": mcfg.ci_level, "rows": slices})
+    if not pairs:
+        return "Paired comparisons: none (the methods to compare are missing)"
+    return format_table(paired_table(pairs), f"Paired differences a - b on the same rows, H = {h} days "
+                                             f"({mcfg.ci_level:.0%} CI and p by a bootstrap over users)")
+
+
 def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: str | None = None,
                  log: str | None = None) -> dict:
     """Score every predictions file in eval/predictions against eval/targets.parquet and the log.
 
     With `predictions` (any tool's file: user_id, cut_ts, rank, item_id[, score]) only that file is
     scored, against `targets` (default eval/targets.parquet) and `log` (default
-    data/interactions.parquet): nothing else of the run is read."""
-    from ..tokenizer import SemanticIdTokenizer
-
+    data/interactions.parquet): nothing else of the run is read.
+    Every main metric gets a CI over users (`<key>_lo`, `<key>_hi`); a run's own evaluation also
+    writes eval/paired.json (paired differences) and eval/slices.json (by history length and
+    negative ratio)."""
     run_dir = Path(run_dir)
     cfg = section_config(EvalConfig, raw, "eval")
+    ev = run_dir / "eval"
+    targets, log, sid_tok, files = _evaluate_inputs(run_dir, cfg, predictions, targets, log)
+    keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
+    # fitted once for all methods, on events before each evaluated user's cut only
+    train_log = training_log(log, keys)
+    swing = swing_from_log(train_log, alpha=cfg.metrics.swing_alpha, top_n=cfg.metrics.swing_top_n,
+                           max_items_per_user=cfg.metrics.swing_max_items_per_user)
+    h = cfg.metrics.main_horizon
+    keep = _metric_keys(PAIR_METRICS + SLICE_METRICS, cfg.metrics, h)
+    metrics, rows = {}, {}
+    for f in files:
+        pred = pd.read_parquet(f)
+        # every method is scored on the same rows: those of the targets file
+        pred = pred.merge(keys, on=["user_id", "cut_ts"])
+        # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
+        cand_file = ev / "candidates" / f.name
+        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None
+        m = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log, sid_tok=sid_tok,
+                                 swing=swing, candidate_scores=cand_scores, per_row=True)
+        per_row = _aligned(m.pop("per_row"), keys)
+        metrics[f.stem] = add_confidence_intervals(m, per_row, h, cfg.metrics)
+        metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
+        rows[f.stem] = per_row[[k for k in keep if k in per_row]]  # only what pairs and slices need
+    first = metrics[files[0].stem]
+    text = format_table(results_table_ci(metrics, h),
+                        f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
+                        f"({first.get(f'n_users_h{h}')} users) with a non-empty F_H ({cfg.split} split); "
+                        f"[{cfg.metrics.ci_level:.0%} CI, bootstrap over users]")
+    if predictions:  # an outside file: its metrics beside it, the run's own tables untouched
+        write_json(Path(predictions).with_suffix(".metrics.json"), metrics)
+        print(text)
+        return {"metrics": metrics, "table": text}
+    write_json(ev / "metrics.json", metrics)
+    write_text(ev / "results_table.txt", text + "\n")
+    write_text(ev / "results_table.md", markdown_table(results_table_ci(metrics, h)) + "\n")
+    paired_text = _write_comparisons(ev, rows, keys, log, train_log, metrics, cfg)
+    print(text + "\n\n" + paired_text)
+    return {"metrics": metrics, "table": text, "paired": paired_text}
+
+
+def _evaluate_inputs(run_dir: Path, cfg: "EvalConfig", predictions, targets, log):
+    """(targets, log, sid tokenizer or None, predictions files: baselines first, then the SID policies)."""
+    from ..tokenizer import SemanticIdTokenizer
+
     ev = run_dir / "eval"
     targets_path = Path(targets) if targets else ev / "targets.parquet"
     log_path = Path(log) if log else run_dir / "data" / "interactions.parquet"
@@ -259,37 +448,9 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
         files = sorted((ev / "predictions").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{ev / 'predictions'}: no predictions; run `negrec predict` / `negrec baselines`")
-    # baselines first, then the SID policies in pipeline order
     order = {n: i for i, n in enumerate(POLICY_DIRS)}
     files.sort(key=lambda f: (f.stem in order, order.get(f.stem, 0), f.stem))
-    keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"])
-    # fitted once for all methods, on events before each evaluated user's cut only
-    train_log = training_log(log, keys)
-    swing = swing_from_log(train_log, alpha=cfg.metrics.swing_alpha, top_n=cfg.metrics.swing_top_n,
-                           max_items_per_user=cfg.metrics.swing_max_items_per_user)
-    metrics = {}
-    for f in files:
-        pred = pd.read_parquet(f)
-        # every method is scored on the same rows: those of the targets file
-        pred = pred.merge(keys, on=["user_id", "cut_ts"])
-        # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
-        cand_file = ev / "candidates" / f.name
-        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None
-        metrics[f.stem] = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log,
-                                               sid_tok=sid_tok, swing=swing, candidate_scores=cand_scores)
-        metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
-    h = cfg.metrics.main_horizon
-    table = results_table(metrics, h)
-    text = format_table(table, f"Future-negative metrics, H = {h} days, {metrics[files[0].stem]['n_eval_h' + str(h)]} "
-                               f"test users with a non-empty F_H ({cfg.split} split)")
-    if predictions:  # an outside file: its metrics beside it, the run's own tables untouched
-        write_json(Path(predictions).with_suffix(".metrics.json"), metrics)
-    else:
-        write_json(ev / "metrics.json", metrics)
-        write_text(ev / "results_table.txt", text + "\n")
-        write_text(ev / "results_table.md", markdown_table(table) + "\n")
-    print(text)
-    return {"metrics": metrics, "table": text}
+    return targets, log, sid_tok, files
 
 
 # ---------------------------------------------------------------- filter

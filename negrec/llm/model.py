@@ -212,6 +212,27 @@ def add_sid_tokens(model, hf_tok, sid_tok, item_texts: dict[int, str] | None = N
     return n_added
 
 
+def add_feedback_tokens(model, hf_tok) -> int:
+    """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>), randomly initialised."""
+    from tokenizers import AddedToken
+
+    from negrec.llm.prompts import FEEDBACK_TOKENS
+
+    vocab = hf_tok.get_vocab()
+    missing = [t for t in FEEDBACK_TOKENS.values() if t not in vocab]
+    if not missing:
+        return 0
+    n = hf_tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+                           for t in missing])
+    emb = model.get_input_embeddings().weight
+    std = float(emb.detach().float().std())
+    model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
+    with torch.no_grad():
+        ids = torch.as_tensor([hf_tok.get_vocab()[t] for t in missing])
+        model.get_input_embeddings().weight[ids] = torch.randn(len(ids), emb.shape[1]).to(emb) * std
+    return n
+
+
 # ---- save / load -------------------------------------------------------------------
 def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write model + HF tokenizer + SID tokenizer (in `sid_tokenizer/`) atomically to `out_dir`."""
@@ -253,6 +274,7 @@ def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (),
         model, hf_tok = load_hf_model(cfg.source, cfg.dtype, device)
     n_text_vocab = len(hf_tok)
     n_added = add_sid_tokens(model, hf_tok, sid_tok, texts, cfg.sid_init, cfg.seed)
+    n_added += add_feedback_tokens(model, hf_tok)
     info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "vocab": len(hf_tok),
             "params": sum(p.numel() for p in model.parameters()), "sid_init": cfg.sid_init,
             "chat_template": bool(getattr(hf_tok, "chat_template", None))}

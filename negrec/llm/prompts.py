@@ -1,4 +1,14 @@
-"""Context-discerning prompts: negative and positive history in separate marked segments.
+"""Context-discerning prompts: negative and positive history in separate marked segments, or
+one compact timeline of SID tokens with a feedback token per event.
+
+Two formats (`prompt.format`):
+- "verbose" (for pretrained LMs): words, headers and a chat template; negatives and positives in
+  their own segments, each item with its feedback kind next to its SID.
+- "compact" (for small models trained from scratch): the user's timeline as token ids only,
+  `<|neg|><a_3><b_7><c_1></s> <|pos|>...` (one feedback token, the SID tokens and EOS per event,
+  oldest first), ending with the query token `<|neg|>`: "the next item this user dislikes is".
+  The next-negative trainer (`negrec.train.timeline`) learns from every event of such timelines
+  at once, and `CompactCodec` builds the very same token ids the prompt strings tokenize to.
 
 Negative feedback is sparse and positive history long, so each has its own segment, budget
 and header, and every item carries its feedback kind ("hated", "skipped", "low rating",
@@ -26,6 +36,9 @@ ALIGN_INSTRUCTIONS = {
     "choose_sid": "Item: {text}\nWhich semantic ID is it?\n{options}\nAnswer with a letter.",
 }
 CHOICE_LETTERS = "ABCD"
+# Feedback tokens of the compact format (added to the LM's vocabulary by `build-model`).
+FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
+PROMPT_FORMATS = ("verbose", "compact")
 
 
 @dataclass
@@ -45,11 +58,16 @@ class PromptConfig:
     title_words: int = 4         # titles are cut to this many words
     use_chat_template: bool = True  # when the tokenizer has one
     answer_prefix: str = "Answer:"
+    format: str = "verbose"      # verbose (words, segments, chat template) | compact (SID + feedback tokens)
+    max_events: int = 100        # compact: events of the timeline shown (at context_mix = 1)
+    feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
 
     def __post_init__(self):
+        if self.format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt.format: expected one of {PROMPT_FORMATS}, got {self.format!r}")
         if self.order not in ("neg_first", "pos_first"):
             raise ValueError(f"prompt.order: expected neg_first or pos_first, got {self.order!r}")
-        for name in ("max_neg", "max_pos", "max_mixed", "title_words"):
+        for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events"):
             if getattr(self, name) < 0:
                 raise ValueError(f"prompt.{name} must be >= 0")
 
@@ -125,7 +143,30 @@ class PromptBuilder:
 
     def build(self, sample_row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
         """The prompt for one (user, cut) sample row of `Prepared.samples[split]`."""
+        if self.cfg.format == "compact":
+            return self.compact_text(sample_row, context_mix, neg_window_days)
         return self.wrap(self.history_text(sample_row, context_mix, neg_window_days))
+
+    # ---- the compact timeline -----------------------------------------------------------
+    def timeline_events(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> list[tuple[int, int]]:
+        """(item, feedback) of the shown events, oldest first: every negative of the window, and the
+        most recent round(context_mix * n) of its n other events (0 = negatives only)."""
+        if not 0.0 <= float(context_mix) <= 1.0:
+            raise ValueError(f"context_mix must be in [0, 1], got {context_mix}")
+        items, fbs, ts = _seq(row["mixed_items"]), _seq(row["mixed_feedback"]), _seq(row["mixed_ts"])
+        events = [(int(i), int(f), int(t)) for i, f, t in zip(items, fbs, ts) if int(i) in self.sid_tok]
+        events = events[-self.cfg.max_events:] if self.cfg.max_events else []
+        start = None if neg_window_days is None else int(row["cut_ts"]) - float(neg_window_days) * DAY
+        others = [k for k, e in enumerate(events) if e[1] >= 0]
+        others = others[len(others) - int(round(context_mix * len(others))):]
+        negatives = [k for k, e in enumerate(events) if e[1] < 0 and (start is None or e[2] >= start)]
+        keep = set(others) | set(negatives)
+        return [(events[k][0], events[k][1]) for k in sorted(keep)]
+
+    def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
+        """The compact prompt: each shown event as feedback token + SID + EOS, then the query token."""
+        codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens)
+        return codec.text(self.timeline_events(row, context_mix, neg_window_days))
 
     def completion(self, item_id: int) -> str:
         """The target text for an item: its SID tokens (the trainer appends EOS)."""
@@ -137,3 +178,43 @@ class PromptBuilder:
         kinds = ["(hated)", "(skipped)", "(low rating)", "(liked)", "(neutral)", "(negative)", "(positive)"]
         return [cfg.system, cfg.task, cfg.neg_header, cfg.pos_header, cfg.mixed_header, cfg.empty, cfg.answer_prefix,
                 " ".join(kinds), *ALIGN_INSTRUCTIONS.values(), "A) B) C) D) A B C D"]
+
+
+class CompactCodec:
+    """Token ids (and the equivalent text) of compact timelines for one HF tokenizer.
+
+    An event is [feedback token, SID tokens..., EOS]; a prompt is the tokenizer's own prefix (BOS
+    where it adds one), the events, and the query token <|neg|>. EOS after every SID is what
+    constrained decoding scores after a complete SID, so training and decoding agree."""
+
+    def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True):
+        if hf_tokenizer is None:
+            raise ValueError("the compact prompt format needs the policy's HF tokenizer")
+        vocab = hf_tokenizer.get_vocab()
+        missing = [t for t in FEEDBACK_TOKENS.values() if t not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the feedback tokens {missing}: rebuild the model with "
+                             "`negrec build-model` (it adds them) to use prompt.format: compact")
+        self.sid_tok, self.tok = sid_tok, hf_tokenizer
+        self.feedback_tokens = feedback_tokens
+        self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
+        self.eos_id = hf_tokenizer.eos_token_id
+        self.prefix_ids = list(hf_tokenizer("")["input_ids"])
+        table = sid_tok.token_id_table(hf_tokenizer)
+        self.sid_ids = {int(i): table[r] for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
+
+    @property
+    def tokens_per_event(self) -> int:
+        return self.sid_tok.levels + 2
+
+    def fb_token(self, feedback: int) -> str:
+        return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
+
+    def text(self, events: list[tuple[int, int]]) -> str:
+        eos = self.tok.eos_token
+        body = "".join(f"{self.fb_token(f)}{self.sid_tok.tokens_for_item(i)}{eos}" for i, f in events)
+        return body + self.fb_token(-1)
+
+    def event_ids(self, item: int, feedback: int) -> list[int]:
+        fb = self.fb_id[int(np.sign(feedback)) if self.feedback_tokens else 0]
+        return [fb, *self.sid_ids[int(item)].tolist(), self.eos_id]

@@ -64,8 +64,19 @@ class SFTStageConfig:
     save_total_limit: int = 2
     resume: bool = True
     eval_items: int = 200        # items for the closing alignment_accuracy (0 = skip)
+    # next-negative training mode: "timeline" learns from every event of every user's timeline in
+    # the compact prompt format (needs prompt.format: compact); "prompt" builds one prompt per
+    # (user, cut) train sample and a completion per F_H target (any prompt format)
+    mode: str = "prompt"
+    window_events: int = 100     # timeline: events per training window
+    other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
+    val_rows: int = 300          # timeline: validation users scored after each epoch (0 = none: last epoch kept)
+    val_beams: int = 20          # timeline: beam width of the validation search
+    patience: int = 2            # timeline: epochs without a validation gain before stopping
 
     def __post_init__(self):
+        if self.mode not in ("prompt", "timeline"):
+            raise ValueError(f"sft mode must be prompt or timeline, got {self.mode!r}")
         bad = sorted(set(self.tasks) - set(ALIGN_TASKS))
         if bad:
             raise ValueError(f"sft tasks {bad} unknown; known: {list(ALIGN_TASKS)}")
@@ -294,6 +305,42 @@ def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: Pro
             "chance_title_to_sid": 1.0 / len(sid_tok), "chance_choice": 0.25, "seconds": round(time.time() - t0, 1)}
 
 
+# ---- timeline training ------------------------------------------------------------------
+def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key: str, init: str, t0: float) -> dict:
+    """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
+    from negrec.llm.prompts import CompactCodec
+    from negrec.train.timeline import timeline_windows, train_timeline, validation_rows
+
+    if builder.cfg.format != "compact":
+        raise ValueError("sft_next.mode: timeline trains on compact timelines; set prompt.format: compact")
+    out = run_dir / "sft_next"
+    horizon = cfg.horizon or data.main_horizon
+    codec = CompactCodec(sid_tok, hf_tok, builder.cfg.feedback_tokens)
+    windows = timeline_windows(data.fit_log("train"), None, codec, cfg.window_events, cfg.other_weight)
+    if not windows:
+        raise ValueError("sft_next: no training events before the users' validation cuts")
+    val = validation_rows(data.samples["valid"], horizon, cfg.val_rows, cfg.seed)
+    n_tok = sum(len(w) for w, _ in windows)
+    print(f"[sft_next] timeline: {len(windows)} windows, {n_tok} tokens ({codec.tokens_per_event} per event), "
+          f"{len(val)} validation users, from {init}")
+    out.mkdir(parents=True, exist_ok=True)
+    fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon,
+                         ckpt_path=out / "timeline_checkpoint.pt", resume_key=key, tb_dir=run_dir / "tb" / "sft_next")
+    summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
+               "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
+               "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
+               "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
+    summary["seconds"] = round(time.time() - t0, 1)
+    save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
+    write_json(out / "summary.json", summary)
+    mark_done(out, key)
+    (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
+    curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
+    print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
+          f"kept epoch {fit['best_epoch']}, {summary['seconds']}s -> {out / 'final'}")
+    return summary
+
+
 # ---- training ------------------------------------------------------------------------
 def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None,
               resume_key: str | None = None):
@@ -374,6 +421,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     data = Prepared.load(run_dir / "data")
     model, hf_tok, sid_tok = load_policy(init)
     builder = PromptBuilder(pcfg, sid_tok, data.items, hf_tok)
+    if task == "next" and cfg.mode == "timeline":
+        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, key, str(init), t0)
     if task == "align":
         examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
     else:

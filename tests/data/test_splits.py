@@ -1,6 +1,8 @@
 """Per-user cuts and future-negative targets, checked against an independent plain-pandas count."""
 import io
+import math
 from contextlib import redirect_stdout
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -58,8 +60,9 @@ def test_ml100k_test_users_and_mean_future_negatives(ml100k_dir, tmp_path):
     assert got == {int(u): {int(i) for i in s} for u, s in expected.items()}
 
 
-def test_samples_never_leak(ml100k_prepared):
-    p = ml100k_prepared
+@pytest.mark.parametrize("prepared", ["ml100k_prepared", "ml100k_event"])
+def test_samples_never_leak(prepared, request):
+    p = request.getfixturevalue(prepared)
     log = p.interactions
     for split in ("train", "valid", "test"):
         s = p.samples[split]
@@ -177,3 +180,200 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
     assert len(kept) == 4 and st["duplicates_dropped"] == 1 and st["rows_dropped_subsampling"] == dropped > 0
     assert st["rows_read"] == len(p.interactions) + 1 + dropped
     assert f"duplicates 1, of items without text 0 (0 items dropped), subsampling {dropped}" in format_stats(st, p.horizons)
+
+
+# ---------------------------------------------------------------- event cuts (cut_unit: event)
+TEST_FRAC, VALID_FRAC = Fraction(4, 5), Fraction(3, 5)
+
+
+@pytest.fixture(scope="module")
+def ml100k_event(ml100k_dir, tmp_path_factory):
+    cfg = DataConfig(format="movielens", path=str(ml100k_dir),
+                     split=SplitConfig(cut_unit="event", train_event_stride=10))
+    return prepare_data(cfg, tmp_path_factory.mktemp("ml100k_event") / "data")
+
+
+def _nth_event_ts(df, frac, n_of):
+    """Per user, the ts of the event at 0-based position ceil(frac * n) (n from n_of); users without one left out."""
+    pos = n_of.map(lambda n: math.ceil(frac * n))
+    at = df[df["pos"] == df["user"].map(pos)]
+    return at.set_index("user")["ts"]
+
+
+def _before(df, cut):
+    """Per user, the number of events strictly before the user's cut."""
+    return (df["ts"] < df["user"].map(cut)).groupby(df["user"]).sum().reindex(cut.index)
+
+
+def independent_event_cuts(u_data, min_context=5):
+    """Test and valid event cuts from the raw file with plain pandas group-bys (no negrec code).
+    The tie order within a second does not matter: every tied event has the cut's timestamp."""
+    df = pd.read_csv(u_data, sep="\t", names=["user", "item", "rating", "ts"]).sort_values(["user", "ts"], kind="stable")
+    df["pos"] = df.groupby("user").cumcount()
+    test = _nth_event_ts(df, TEST_FRAC, df.groupby("user").size())
+    before_test = _before(df, test)
+    test = test[before_test >= min_context]
+    valid = _nth_event_ts(df[df["ts"] < df["user"].map(test)], VALID_FRAC, before_test[test.index])
+    valid = valid[_before(df, valid) >= min_context]
+    return df, test, valid
+
+
+def independent_future_negatives(df, cut, horizon=7, neg_max=2):
+    """(user -> F_H) for each user's cut: negatives in [cut, cut + H days) minus the context."""
+    m = df.assign(cut=df["user"].map(cut)).dropna(subset=["cut"])
+    context = m[m["ts"] < m["cut"]][["user", "item"]].drop_duplicates()
+    window = m[(m["ts"] >= m["cut"]) & (m["ts"] < m["cut"] + horizon * DAY) & (m["rating"] <= neg_max)]
+    window = window[["user", "item"]].drop_duplicates().merge(context, how="left", indicator=True)
+    fut = window[window["_merge"] == "left_only"].groupby("user")["item"].agg(set)
+    return {int(u): fut.get(u, set()) for u in cut.index}
+
+
+def test_ml100k_event_cuts_give_most_users_a_target(ml100k_event, ml100k_dir):
+    df, test, valid = independent_event_cuts(ml100k_dir / "u.data")
+    expected = independent_future_negatives(df, test)
+    p = ml100k_event
+    cuts = p.cuts.set_index("user_id")
+    assert cuts.loc[cuts.test_cut >= 0, "test_cut"].to_dict() == test.astype("int64").to_dict()
+    assert cuts.loc[cuts.valid_cut >= 0, "valid_cut"].to_dict() == valid.astype("int64").to_dict()
+    st = data_stats(p)
+    n_nonempty = sum(bool(v) for v in expected.values())
+    assert st["test_users"] == len(test) and st["test_samples"] == len(test)
+    assert st["test_users_nonempty_F7"] == n_nonempty >= 600  # day cuts give 217 of 338 test users
+    s = p.samples["test"]
+    got = {int(u): set(map(int, f)) for u, f in zip(s.user_id, s.future_neg_h7)}
+    assert got == {u: {int(i) for i in v} for u, v in expected.items()}
+
+
+def test_event_cuts_never_leak(ml100k_event):
+    p = ml100k_event
+    cuts = p.cuts
+    assert (cuts.test_cut >= 0).sum() > 900
+    fit = p.fit_log("test").merge(cuts[["user_id", "test_cut"]], on="user_id")
+    assert ((fit.test_cut < 0) | (fit.ts < fit.test_cut)).all()
+    fit = p.fit_log("train").merge(cuts[["user_id", "valid_cut", "test_cut"]], on="user_id")
+    first = np.where(fit.valid_cut >= 0, fit.valid_cut, fit.test_cut)
+    assert ((first < 0) | (fit.ts < first)).all()
+    # training targets end at the user's train limit: each F_7 item (and the next negative) is
+    # negated in [cut, min(cut + 7 days, limit))
+    train = p.samples["train"].merge(cuts[["user_id", "train_limit"]], on="user_id").reset_index(names="row")
+    assert len(train) > 1000 and (train.cut_ts < train.train_limit).all()
+    neg = p.interactions[p.interactions.feedback == -1][["user_id", "item_id", "ts"]]
+    for col, end in (("future_neg_h7", train.cut_ts + 7 * DAY), ("next_neg", train.train_limit)):
+        pairs = train.assign(end=np.minimum(end, train.train_limit))[["row", "user_id", "cut_ts", "end", col]]
+        pairs = pairs.explode(col).dropna().rename(columns={col: "item_id"}).astype({"item_id": "int64"})
+        pairs = pairs[pairs.item_id >= 0]
+        m = pairs.merge(neg, on=["user_id", "item_id"])
+        inside = m[(m.ts >= m.cut_ts) & (m.ts < m.end)]
+        assert len(pairs) > 1000
+        assert set(zip(inside.row, inside.item_id)) == set(zip(pairs.row, pairs.item_id))
+
+
+def _toy_log(events):
+    """A canonical log from (user, item, ts, feedback) tuples, sorted by (user, ts)."""
+    u, i, t, f = map(np.array, zip(*events))
+    log = pd.DataFrame({"user_id": u.astype(np.int64), "item_id": i.astype(np.int64), "ts": t.astype(np.int64),
+                        "feedback": f.astype(np.int8)})
+    log = log.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    return log.assign(kind=pd.Categorical(np.where(log.feedback < 0, "hated", "liked")))
+
+
+def test_event_cut_ties_go_to_the_future():
+    """User 1: ten events, the last four at one second T. The event at position ceil(0.8 * 10) = 8
+    sits at T, so the cut is T with 6 (not 8) context events, and all four tied events are future.
+    Its valid cut is the event at ceil(0.6 * 6) = 4, tied with event 3: 3 context events.
+    User 2: the tie run starts at event 2, leaving 2 < min_context events before the cut: no cut."""
+    from negrec.data.prepare import Prepared
+    from negrec.data.splits import SampleBuilder, compute_cuts
+
+    T = 10 * DAY + 5000
+    a = [(1, 10 + k, 10 * DAY + t, 1) for k, t in enumerate([100, 200, 300, 400, 400, 500])]
+    a += [(1, 20, T, -1), (1, 10, T, -1), (1, 21, T, 1), (1, 22, T, -1)]  # item 10 is in the context
+    b = [(2, 30 + k, 10 * DAY + t, -1) for k, t in enumerate([100, 200] + [900] * 8)]
+    log = _toy_log(a + b)
+    cfg = SplitConfig(cut_unit="event", min_context=3)
+    cuts = compute_cuts(log, cfg).set_index("user_id")
+    assert cuts.loc[1, "test_cut"] == T and cuts.loc[1, "valid_cut"] == 10 * DAY + 400
+    assert cuts.loc[2, "test_cut"] == -1 and cuts.loc[2, "valid_cut"] == -1
+    assert cuts.loc[1, "test_limit"] == T and cuts.loc[1, "train_limit"] == 10 * DAY + 400
+    # day cuts: every event lies on one day, so neither user has a cut at all
+    assert (compute_cuts(log, SplitConfig(min_context=3)).test_cut == -1).all()
+    s = SampleBuilder(log, [1], 50).build(np.array([1]), np.array([T]), "test").to_arrow().to_pylist()[0]
+    assert s["n_context"] == 6 and sorted(s["context_items"]) == [10, 11, 12, 13, 14, 15]
+    assert sorted(s["future_neg_h1"]) == [20, 22] and s["next_neg"] in (20, 10)
+    fit = Prepared(log, None, cuts.reset_index(), None, DataConfig(split=cfg)).fit_log("test")
+    assert list(fit[fit.user_id == 1].ts) == list(log[(log.user_id == 1)].ts[:6])
+    assert len(fit[fit.user_id == 2]) == 10  # users without a cut keep all their events
+
+
+def test_event_cut_position_is_not_fooled_by_float_rounding():
+    from negrec.data.splits import compute_cuts
+
+    log = _toy_log([(1, k, 1000 + 10 * k, 1) for k in range(25)])
+    cuts = compute_cuts(log, SplitConfig(cut_unit="event", test_frac=0.28, valid_frac=0.5, min_context=2))
+    assert 0.28 * 25 > 7  # 7.000000000000001 in floating point: the position is still 7, not 8
+    assert cuts.test_cut[0] == 1070
+    assert cuts.valid_cut[0] == 1040  # ceil(0.5 * 7) = 4
+
+
+def test_cut_unit_is_checked():
+    from negrec.data.splits import compute_cuts
+
+    with pytest.raises(ValueError, match="cut_unit.*'week'.*day\\|event"):
+        SplitConfig(cut_unit="week")
+    with pytest.raises(ValueError, match="rolling_every"):
+        SplitConfig(rolling_every=-1)
+    cfg = SplitConfig()
+    cfg.cut_unit = "hour"
+    with pytest.raises(ValueError, match="cut_unit"):
+        compute_cuts(_toy_log([(1, 1, 0, 1)]), cfg)
+
+
+def test_rolling_test_cuts():
+    """User 1: 40 events, one an hour, a negative every third. Test cut at event 32 (0.8 * 40); with
+    rolling_every=3 extra cuts at events 35 and 38, each with its own context and F_H.
+    User 2: the same but events 34..39 share one second: the cut at 38 would repeat the one at 35."""
+    from negrec.data.prepare import Prepared, build_samples
+    from negrec.data.splits import compute_cuts, cuts_for_test
+
+    def user(uid, tied=()):
+        ts = [3600 * k if k not in tied else 3600 * min(tied) for k in range(40)]
+        # the last event repeats item 33: a target of the first cut, context of the later ones
+        return [(uid, 33 if k == 39 else k, ts[k], -1 if k % 3 == 0 else 1) for k in range(40)]
+
+    log = _toy_log(user(1) + user(2, tied=range(34, 40)))
+    cfg = DataConfig(horizons=[1, 3], split=SplitConfig(cut_unit="event", rolling_every=3, max_history=50))
+    cuts = compute_cuts(log, cfg.split)
+    u, t = cuts_for_test(log, cuts, cfg.split)
+    assert list(u) == [1, 1, 1, 2, 2] and list(t) == [3600 * k for k in (32, 35, 38, 32)] + [3600 * 34]
+    samples = build_samples(log, cuts, cfg)
+    test = samples["test"]
+    assert list(zip(test.user_id, test.cut_ts)) == list(zip(u, t))
+    for row in test.itertuples():
+        ulog = log[log.user_id == row.user_id]
+        before = ulog[ulog.ts < row.cut_ts]
+        assert row.n_context == len(before)
+        for h in (1, 3):
+            win = ulog[(ulog.ts >= row.cut_ts) & (ulog.ts < row.cut_ts + h * DAY) & (ulog.feedback == -1)]
+            assert set(getattr(row, f"future_neg_h{h}")) == set(win.item_id) - set(before.item_id)
+    assert [sorted(f) for f in test.future_neg_h3[:3]] == [[33, 36], [36], []]  # each cut has its own
+    # models are still fitted once per user, on events before the first test cut
+    fit = Prepared(log, None, cuts, samples, cfg).fit_log("test")
+    assert fit.groupby("user_id").ts.max().max() < 32 * 3600
+    # at most rolling_max extra cuts per user
+    cfg.split.rolling_max = 1
+    assert list(cuts_for_test(log, cuts, cfg.split)[1]) == [3600 * k for k in (32, 35, 32, 34)]
+
+
+def test_ml100k_rolling_rows_are_keyed_by_user_and_cut(ml100k_dir):
+    cfg = DataConfig(format="movielens", path=str(ml100k_dir),
+                     split=SplitConfig(cut_unit="event", rolling_every=20, rolling_max=3))
+    p = prepare_data(cfg)
+    test = p.samples["test"]
+    assert test.duplicated(["user_id", "cut_ts"]).sum() == 0 and len(test) > test.user_id.nunique()
+    assert test.groupby("user_id").size().max() == 4
+    first = test.groupby("user_id").cut_ts.min()
+    cuts = p.cuts.set_index("user_id")
+    assert (first == cuts.loc[first.index, "test_cut"]).all()
+    assert (test.groupby("user_id").cut_ts.diff().dropna() > 0).all()
+    st = data_stats(p)
+    assert st["test_samples"] == len(test) and st["test_users"] == test.user_id.nunique()

@@ -181,3 +181,38 @@ def test_long_tail_item_recall_matches_a_direct_computation():
     for k in (5, 10):
         v = direct[f"recall@{k}"]
         assert out[f"lt_item/recall@{k}_h7"] == pytest.approx(float(v[~np.isnan(v)].mean()))
+
+
+def test_standard_recall_and_mrr_hand_computed():
+    rankings = np.array([[5, 1, 2, 9], [4, 8, 7, 6], [3, 1, 2, 4]])
+    targets = ItemSets.from_lists([[1, 9, 40, 41, 42], [3], [3]])
+    m = rank_metrics(rankings, targets, ks=[1, 2, 4])
+    # row 0: hits at places 2 and 4 of |F| = 5: standard recall divides by 5, ours by min(K, 5)
+    assert m["std_recall@4"][0] == pytest.approx(2 / 5) and m["recall@4"][0] == pytest.approx(2 / 4)
+    assert m["std_recall@2"][0] == pytest.approx(1 / 5) and m["recall@2"][0] == pytest.approx(1 / 2)
+    assert m["mrr@1"][0] == 0.0 and m["mrr@2"][0] == pytest.approx(0.5) and m["mrr@4"][0] == pytest.approx(0.5)
+    assert m["mrr@4"][1] == 0.0 and m["std_recall@4"][1] == 0.0  # no hit
+    assert m["mrr@1"][2] == 1.0 and m["std_recall@1"][2] == 1.0
+
+
+def test_per_row_values_average_to_the_reported_metrics():
+    """per_row=True: one row per (user, cut) with its user_id; the mean of each column over its
+    non-NaN rows is the reported metric, and the summary keys stay what they were."""
+    rng = np.random.default_rng(5)
+    n = 120
+    rankings = rng.integers(0, 60, size=(n, 20))
+    future = {h: ItemSets.from_pairs(rng.integers(0, n, 150 * h), rng.integers(0, 60, 150 * h), n) for h in (1, 7)}
+    next_neg = ItemSets.from_pairs(rng.integers(0, n, 80), rng.integers(0, 60, 80), n)
+    cfg = MetricsConfig(ks=[5, 10], horizons=[1, 7], fhr_k=20)
+    users = np.repeat(np.arange(n // 3), 3)
+    plain = evaluate_arrays(rankings, future, cfg, next_neg=next_neg)
+    out = evaluate_arrays(rankings, future, cfg, next_neg=next_neg, per_row=True, row_users=users)
+    rows = out.pop("per_row")
+    assert out == plain  # asking for rows changes no summary value
+    assert rows["user_id"].tolist() == users.tolist() and len(rows) == n
+    expected = {f"{m}@{k}_h{h}" for m in ("recall", "std_recall", "hit", "ndcg", "mrr") for k in (5, 10)
+                for h in (1, 7)} | {"fhr@20_h1", "fhr@20_h7", "next_hit@5", "next_hit@10", "next_hit@20"}
+    assert expected <= set(rows.columns)
+    for col in expected:
+        assert rows[col].mean() == pytest.approx(out[col]), col  # pandas' mean skips NaN rows, as the metric does
+    assert rows["recall@10_h1"].isna().sum() == out["n_empty_h1"]

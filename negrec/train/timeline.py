@@ -1,0 +1,199 @@
+"""Next-negative training on whole timelines, the way SASRec and TIGER learn: every event of every
+training sequence is a target, in one forward pass per window.
+
+A user's events before their training limit (the validation cut) become one token sequence in the
+compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token, the item's
+SID tokens and EOS. The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
+negative event and `other_weight` for the others; the feedback token before each SID is the
+condition, so at inference the prompt's final <|neg|> asks for the next item the user dislikes.
+Long timelines are cut into windows of `window_events` events, stepping back from the latest.
+
+Training runs for up to `epochs` passes over the windows (or `max_steps`), measures Recall@10 of
+constrained beam search on validation users after every epoch, and keeps the best epoch (early
+stop after `patience` epochs without gain). A checkpoint after each epoch lets a killed run
+resume. Learning curves go to TensorBoard and into the summary.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from negrec.llm.constrained import SidConstraint, constrained_beam_search
+from negrec.llm.prompts import CompactCodec, PromptBuilder
+from negrec.rewards.matching import ItemSets, clean_rankings, hits
+
+
+# ---- data ------------------------------------------------------------------------------
+def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events: int,
+                     other_weight: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, loss weights) per window of each user's events before `limit[user]` (seconds).
+
+    Weights sit on the tokens to predict: 0 on the prefix and feedback tokens, 1 on the SID tokens
+    and EOS of a negative event, `other_weight` on those of other events."""
+    log = log[log["item_id"].isin(list(codec.sid_ids))]
+    if limit is not None:
+        lim = log["user_id"].map(limit).fillna(np.iinfo(np.int64).max).to_numpy()
+        log = log[log["ts"].to_numpy() < lim]
+    users = log["user_id"].to_numpy()
+    item_row = {i: r for r, i in enumerate(codec.sid_ids)}
+    table = np.stack([codec.sid_ids[i] for i in codec.sid_ids])
+    rows = np.fromiter((item_row[int(i)] for i in log["item_id"].to_numpy()), np.int64, len(log))
+    fb = np.sign(log["feedback"].to_numpy()).astype(np.int64)
+    fb_ids = np.array([codec.fb_id[int(f) if codec.feedback_tokens else 0] for f in (-1, 0, 1)])
+    tokens = np.concatenate([fb_ids[fb + 1][:, None], table[rows], np.full((len(rows), 1), codec.eos_id)], 1)
+    w = np.where(fb < 0, 1.0, other_weight)[:, None] * np.r_[0.0, np.ones(tokens.shape[1] - 1)][None]
+    prefix = np.asarray(codec.prefix_ids, np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(users)]
+    out = []
+    for a, b in zip(starts, ends):
+        for end in range(b, a, -window_events):
+            s = max(a, end - window_events)
+            if w[s:end].sum() > 0:
+                out.append((np.r_[prefix, tokens[s:end].ravel()], np.r_[np.zeros(len(prefix)), w[s:end].ravel()]))
+    return out
+
+
+def _batches(windows, batch_size: int, rng: np.random.Generator):
+    """Batches of similar-length windows (little padding), in random order."""
+    order = np.argsort([len(ids) for ids, _ in windows], kind="stable")
+    groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(groups)
+    return groups
+
+
+def _collate(windows, idx, pad_id: int):
+    width = max(len(windows[i][0]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    w = torch.zeros((len(idx), width))
+    attn = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        t, wt = windows[i]
+        ids[r, :len(t)] = torch.as_tensor(t)
+        w[r, :len(t)] = torch.as_tensor(wt, dtype=torch.float32)
+        attn[r, :len(t)] = 1
+    return ids, attn, w
+
+
+def weighted_lm_loss(model, ids, attn, weights) -> torch.Tensor:
+    """Weighted next-token cross-entropy, computing the LM head only where a weight is set."""
+    device = next(model.parameters()).device
+    ids, attn, weights = ids.to(device), attn.to(device), weights.to(device)
+    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+    w = weights[:, 1:]
+    sel = w > 0
+    logits = model.get_output_embeddings()(hidden[:, :-1][sel]).float()
+    ce = torch.nn.functional.cross_entropy(logits, ids[:, 1:][sel], reduction="none")
+    return (ce * w[sel]).sum() / w[sel].sum()
+
+
+# ---- validation --------------------------------------------------------------------------
+def validation_recall(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list[dict], horizon: int,
+                      k: int = 10, num_beams: int = 20, batch_size: int = 16) -> float:
+    """Mean capped Recall@k of constrained beam search over `rows` (samples with a non-empty F_H)."""
+    if not rows:
+        return float("nan")
+    constraint = SidConstraint(sid_tok, hf_tok)
+    prompts = [builder.build(r) for r in rows]
+    exclude = [list(r["context_items"]) for r in rows]
+    ranked = constrained_beam_search(model, hf_tok, constraint, prompts, num_beams=max(num_beams, k), top_k=k,
+                                     exclude=exclude, batch_size=batch_size)
+    dense = np.full((len(rows), k), -1, dtype=np.int64)
+    for r, lst in enumerate(ranked):
+        dense[r, :len(lst)] = [i for i, _ in lst]
+    targets = ItemSets.from_lists([r[f"future_neg_h{horizon}"] for r in rows])
+    n_hit = hits(clean_rankings(dense, ItemSets.from_lists(exclude), k=k), targets).sum(1)
+    return float(np.mean(n_hit / np.maximum(np.minimum(k, targets.lengths), 1)))
+
+
+def validation_rows(samples, horizon: int, max_rows: int, seed: int = 0) -> list[dict]:
+    col = f"future_neg_h{horizon}"
+    df = samples[samples[col].map(len) > 0]
+    if max_rows and len(df) > max_rows:
+        df = df.sample(n=max_rows, random_state=seed)
+    return df.to_dict("records")
+
+
+# ---- training ------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint whole
+
+
+def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
+                   ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None) -> dict:
+    """Train on `windows`, select the epoch by validation Recall@10; the model ends at the best epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    n_epochs = max(1, math.ceil(cfg.epochs))
+    total = cfg.max_steps if cfg.max_steps > 0 else int(round(cfg.epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    state = {"epoch": 0, "step": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0}
+    if ckpt_path is not None and ckpt_path.exists() and cfg.resume:
+        saved = torch.load(ckpt_path, weights_only=False)
+        if saved.get("key") == resume_key:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+            state = saved["state"]
+            rng = np.random.default_rng(cfg.seed + state["epoch"])
+            print(f"[sft_next] resuming after epoch {state['epoch']} (step {state['step']})")
+    writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
+    pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
+    while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
+        model.train()
+        losses = []
+        bar = tqdm(_batches(windows, cfg.batch_size, rng), desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch")
+        for idx in bar:
+            if state["step"] >= total:
+                break
+            loss = weighted_lm_loss(model, *_collate(windows, idx, pad))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if writer and state["step"] % cfg.logging_steps == 0:
+                writer.add_scalar("train/loss", loss.item(), state["step"])
+                writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
+        model.eval()
+        recall = validation_recall(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "step": state["step"], "train_loss": round(float(np.mean(losses)), 4),
+                                 "val_recall@10": round(recall, 4)})
+        print(f"[sft_next] epoch {state['epoch']}: loss {np.mean(losses):.3f}, validation Recall@10 {recall:.4f} "
+              f"({len(val_rows)} users)")
+        if writer:
+            writer.add_scalar("valid/recall@10", recall, state["step"])
+            writer.add_scalar("train/epoch_loss", float(np.mean(losses)), state["step"])
+        if recall > state["best"] or not val_rows:
+            state.update(best=recall, best_epoch=state["epoch"], bad=0,
+                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad"] += 1
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
+                                         "sched": sched.state_dict(), "state": state})
+    if writer:
+        writer.close()
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return {"epochs_run": state["epoch"], "steps": state["step"], "best_epoch": state["best_epoch"],
+            "best_val_recall@10": round(state["best"], 4), "history": copy.deepcopy(state["history"]),
+            "stopped_early": state["bad"] >= cfg.patience}

@@ -1,0 +1,134 @@
+"""`run_evaluate` end to end on a tiny synthetic run folder: CIs in metrics.json, eval/paired.json,
+eval/slices.json, the CI table, and the report's tables and error-bar plot from those files."""
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negrec.eval.run import history_lengths, negative_ratios, resolve_pairs, run_evaluate
+
+DAY = 86_400
+CUT = 100 * DAY
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """80 users with 5..150 events before one cut each, 1..4 negatives in the 7 days after it, and
+    four methods that put a future negative in their top 10 with rising probability."""
+    rng = np.random.default_rng(0)
+    run = tmp_path_factory.mktemp("eval_run")
+    users = np.arange(1, 81) * 10
+    hist = rng.integers(5, 150, len(users))
+    log = pd.DataFrame({"user_id": np.repeat(users, hist),
+                        "item_id": rng.integers(0, 300, hist.sum()),
+                        "ts": CUT - rng.integers(1, 50 * DAY, hist.sum()),
+                        "feedback": rng.choice([-1, 0, 1], hist.sum(), p=[0.25, 0.25, 0.5])})
+    n_fut = rng.integers(1, 5, len(users))
+    fut = pd.DataFrame({"user_id": np.repeat(users, n_fut), "item_id": 1000 + np.arange(n_fut.sum()),
+                        "ts": CUT + rng.integers(0, 7 * DAY, n_fut.sum()), "feedback": -1})
+    (run / "data").mkdir()
+    pd.concat([log, fut]).to_parquet(run / "data" / "interactions.parquet")
+    (run / "eval" / "predictions").mkdir(parents=True)
+    targets = fut.assign(cut_ts=CUT, kind="hated")[["user_id", "cut_ts", "item_id", "ts", "kind"]]
+    targets.to_parquet(run / "eval" / "targets.parquet")
+    first_target = fut.groupby("user_id")["item_id"].min().reindex(users).to_numpy()
+    for method, p in (("random", 0.0), ("popular_negatives", 0.2), ("sft_next", 0.3), ("grpo", 0.7)):
+        items = 500 + rng.integers(0, 400, (len(users), 20))
+        hit = rng.random(len(users)) < p
+        items[hit, rng.integers(0, 10, hit.sum())] = first_target[hit]
+        pd.DataFrame({"user_id": np.repeat(users, 20), "cut_ts": CUT, "rank": np.tile(np.arange(20), len(users)),
+                      "item_id": items.ravel()}).to_parquet(run / "eval" / "predictions" / f"{method}.parquet")
+    raw = {"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7], "main_horizon": 7, "bootstrap": 300,
+                                "swing_top_n": 0}}}
+    result = run_evaluate(raw, run)
+    return run, result
+
+
+def test_metrics_json_has_cis_around_each_value(run_dir):
+    run, result = run_dir
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"random", "popular_negatives", "sft_next", "grpo"}
+    for method, m in metrics.items():
+        for key in ("recall@10_h7", "std_recall@10_h7", "ndcg@10_h7", "mrr@10_h7", "fhr@20_h7", "recall@50_h7",
+                    "hit@5_h7", "next_hit@10"):
+            assert m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"], (method, key)
+        assert m["n_users"] == 80 and m["n_users_h7"] == 80 and m["ci_level"] == 0.95
+    # grpo hits a target in its top 10 for ~70% of the users, random never
+    assert metrics["random"]["fhr@20_h7_hi"] == 0.0 and metrics["grpo"]["fhr@20_h7_lo"] > 0.5
+    assert "[" in (run / "eval" / "results_table.txt").read_text()
+    md = (run / "eval" / "results_table.md").read_text()
+    assert "| method | Recall@10 | Recall@50 | FHR@20 |" in md and " [" in md
+    assert "Paired differences" in result["paired"]
+
+
+def test_paired_json_compares_main_policy_with_its_rivals(run_dir):
+    run, _ = run_dir
+    pairs = json.loads((run / "eval" / "paired.json").read_text())
+    # grpo_plain is missing: only grpo vs the best baseline (popular_negatives) and vs sft_next
+    assert {(p["a"], p["b"]) for p in pairs} == {("grpo", "popular_negatives"), ("grpo", "sft_next")}
+    assert {p["metric"] for p in pairs} == {"recall@10_h7", "fhr@20_h7", "recall@50_h7", "recall@5_h7"}
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    for p in pairs:
+        assert p["diff"] == pytest.approx(metrics[p["a"]][p["metric"]] - metrics[p["b"]][p["metric"]])
+        assert p["lo"] <= p["diff"] <= p["hi"] and 0 < p["p"] <= 1 and p["n"] == 80
+    gap = next(p for p in pairs if p["b"] == "popular_negatives" and p["metric"] == "fhr@20_h7")
+    assert gap["lo"] > 0 and gap["p"] < 0.01
+
+
+def test_slices_json_bins_rows_by_history_and_negative_ratio(run_dir):
+    run, _ = run_dir
+    sl = json.loads((run / "eval" / "slices.json").read_text())
+    assert set(sl["bins"]) == {"history_len", "neg_ratio"}
+    grpo = [r for r in sl["rows"] if r["method"] == "grpo" and r["metric"] == "recall@10_h7"]
+    for name in ("history_len", "neg_ratio"):
+        assert sum(r["n"] for r in grpo if r["slice"] == name) == 80  # every row in exactly one bin
+    for r in grpo:
+        assert r["n"] == 0 or r["lo"] <= r["mean"] <= r["hi"]
+
+
+def test_report_tables_and_error_bars(run_dir, tmp_path):
+    from negrec.eval.report import paired_markdown, plot_recall_at_k, slice_markdown
+
+    run, _ = run_dir
+    pairs = json.loads((run / "eval" / "paired.json").read_text())
+    md = paired_markdown(pairs)
+    assert md.count("\n") == len(pairs) + 2 and "grpo | sft_next | recall@10_h7" in md
+    sl = slice_markdown(json.loads((run / "eval" / "slices.json").read_text()))
+    assert "**recall@10_h7**" in sl and "history_len <20" in sl
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert plot_recall_at_k(metrics, 7, [5, 10, 20, 50], tmp_path / "r.png") == "r.png"
+
+
+def test_history_lengths_and_negative_ratios_match_a_direct_count():
+    log = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 3], "ts": [5, 10, 20, 1, 30, 7], "item_id": 0,
+                        "feedback": [-1, 1, -1, 1, 1, -1]})
+    keys = pd.DataFrame({"user_id": [1, 1, 2, 4], "cut_ts": [10, 21, 30, 5]})
+    # an event at the cut is not before it; user 4 has none
+    assert history_lengths(log, keys).tolist() == [1, 3, 1, 0]
+    assert negative_ratios(log, keys).tolist() == pytest.approx([2 / 3, 2 / 3, 0.0, 0.0])
+
+
+def test_resolve_pairs_defaults_and_config():
+    metrics = {"random": {"recall@10_h7": 0.1}, "item_knn": {"recall@10_h7": 0.3}, "grpo": {}, "grpo_plain": {},
+               "sft_next": {}}
+    assert resolve_pairs(metrics, 7) == [("grpo", "item_knn"), ("grpo", "sft_next"), ("grpo", "grpo_plain")]
+    wanted = ["sft_next:best_baseline", "grpo:missing", "grpo:grpo"]
+    assert resolve_pairs(metrics, 7, wanted) == [("sft_next", "item_knn")]
+    assert resolve_pairs({"random": {}}, 7) == []
+
+
+def test_report_md_shows_cis_pairs_and_slices(run_dir, tmp_path):
+    import shutil
+
+    from negrec.eval.report import run_report
+
+    run, _ = run_dir
+    shutil.copytree(run / "eval", tmp_path / "eval")  # no data/: the report skips the example users
+    run_report({"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7]}}}, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Paired comparisons" in md and "| grpo | popular_negatives | recall@10_h7 |" in md
+    assert "## By user slice" in md and "**fhr@20_h7**" in md
+    assert re.search(r"\| \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\] \|", md)  # the results table's CI cells
+    assert (tmp_path / "plots" / "recall_at_k.png").exists()
