@@ -147,7 +147,9 @@ def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path, smollm2_gguf):
     raw = load_config(str(ROOT / "configs" / "ml100k.yaml"), [
         "data.format=movielens", f"data.path={ml100k_dir}", *small, "model.source=smollm2",
         "sft_align.batch_size=4", "sft_align.learning_rate=1e-4", "sft_next.batch_size=4",
-        "sft_next.learning_rate=1e-5", "grpo.learning_rate=1e-6", "grpo.generation=beam", "eval.max_users=6"])
+        "sft_next.learning_rate=1e-5", "grpo.learning_rate=1e-6", "grpo.generation=beam", "eval.max_users=6",
+        # a pretrained LM reads the verbose prompt and goes through alignment SFT
+        "prompt.format=verbose", "sft_next.mode=prompt", "pipeline.skip=[]"])
     run_dir = tmp_path / "run"
     summary = run_pipeline(raw, run_dir)
     assert all(v["status"] == "ran" for k, v in summary.items() if k != "table")

@@ -227,9 +227,11 @@ def add_feedback_tokens(model, hf_tok) -> int:
     emb = model.get_input_embeddings().weight
     std = float(emb.detach().float().std())
     model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
+    gen = torch.Generator().manual_seed(len(hf_tok))  # deterministic rows, like the SID init
     with torch.no_grad():
         ids = torch.as_tensor([hf_tok.get_vocab()[t] for t in missing])
-        model.get_input_embeddings().weight[ids] = torch.randn(len(ids), emb.shape[1]).to(emb) * std
+        new = model.get_input_embeddings().weight
+        new[ids] = (torch.randn(len(ids), new.shape[1], generator=gen) * std).to(new)
     return n
 
 
@@ -274,8 +276,8 @@ def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (),
         model, hf_tok = load_hf_model(cfg.source, cfg.dtype, device)
     n_text_vocab = len(hf_tok)
     n_added = add_sid_tokens(model, hf_tok, sid_tok, texts, cfg.sid_init, cfg.seed)
-    n_added += add_feedback_tokens(model, hf_tok)
-    info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "vocab": len(hf_tok),
+    n_feedback = add_feedback_tokens(model, hf_tok)
+    info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "feedback_tokens_added": n_feedback, "vocab": len(hf_tok),
             "params": sum(p.numel() for p in model.parameters()), "sid_init": cfg.sid_init,
             "chat_template": bool(getattr(hf_tok, "chat_template", None))}
     return model, hf_tok, info
