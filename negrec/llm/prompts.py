@@ -90,6 +90,7 @@ class PromptBuilder:
         self.titles: dict[int, str] = {}
         if items is not None and "title" in items:
             self.titles = dict(zip(items["item_id"].astype(int).tolist(), items["title"].fillna("").astype(str).tolist()))
+        self._codec = None
         self.chat = bool(cfg.use_chat_template and hf_tokenizer is not None and getattr(hf_tokenizer, "chat_template", None))
 
     # ---- pieces ---------------------------------------------------------------------
@@ -165,8 +166,9 @@ class PromptBuilder:
 
     def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
         """The compact prompt: each shown event as feedback token + SID + EOS, then the query token."""
-        codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens)
-        return codec.text(self.timeline_events(row, context_mix, neg_window_days))
+        if self._codec is None:  # built once: it reads the whole SID table
+            self._codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens)
+        return self._codec.text(self.timeline_events(row, context_mix, neg_window_days))
 
     def completion(self, item_id: int) -> str:
         """The target text for an item: its SID tokens (the trainer appends EOS)."""
@@ -200,8 +202,8 @@ class CompactCodec:
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
         self.eos_id = hf_tokenizer.eos_token_id
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
-        table = sid_tok.token_id_table(hf_tokenizer)
-        self.sid_ids = {int(i): table[r] for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
+        self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
+        self.row_of_item = {int(i): r for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
 
     @property
     def tokens_per_event(self) -> int:
@@ -217,4 +219,4 @@ class CompactCodec:
 
     def event_ids(self, item: int, feedback: int) -> list[int]:
         fb = self.fb_id[int(np.sign(feedback)) if self.feedback_tokens else 0]
-        return [fb, *self.sid_ids[int(item)].tolist(), self.eos_id]
+        return [fb, *self.table[self.row_of_item[int(item)]].tolist(), self.eos_id]

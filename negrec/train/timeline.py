@@ -36,17 +36,15 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
 
     Weights sit on the tokens to predict: 0 on the prefix and feedback tokens, 1 on the SID tokens
     and EOS of a negative event, `other_weight` on those of other events."""
-    log = log[log["item_id"].isin(list(codec.sid_ids))]
+    log = log[log["item_id"].isin(list(codec.row_of_item))]
     if limit is not None:
         lim = log["user_id"].map(limit).fillna(np.iinfo(np.int64).max).to_numpy()
         log = log[log["ts"].to_numpy() < lim]
     users = log["user_id"].to_numpy()
-    item_row = {i: r for r, i in enumerate(codec.sid_ids)}
-    table = np.stack([codec.sid_ids[i] for i in codec.sid_ids])
-    rows = np.fromiter((item_row[int(i)] for i in log["item_id"].to_numpy()), np.int64, len(log))
+    rows = np.fromiter((codec.row_of_item[int(i)] for i in log["item_id"].to_numpy()), np.int64, len(log))
     fb = np.sign(log["feedback"].to_numpy()).astype(np.int64)
     fb_ids = np.array([codec.fb_id[int(f) if codec.feedback_tokens else 0] for f in (-1, 0, 1)])
-    tokens = np.concatenate([fb_ids[fb + 1][:, None], table[rows], np.full((len(rows), 1), codec.eos_id)], 1)
+    tokens = np.concatenate([fb_ids[fb + 1][:, None], codec.table[rows], np.full((len(rows), 1), codec.eos_id)], 1)
     w = np.where(fb < 0, 1.0, other_weight)[:, None] * np.r_[0.0, np.ones(tokens.shape[1] - 1)][None]
     prefix = np.asarray(codec.prefix_ids, np.int64)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)

@@ -17,13 +17,7 @@ N_ITEMS = 32
 TINY = dict(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192, bpe_vocab_size=600)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 OpenMP threads on a 2-core machine shared with other jobs can be 20x slower than 1
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_sids(item_ids, sizes=(8, 8, 8), seed=0):

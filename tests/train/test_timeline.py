@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from negrec.llm.model import ModelConfig, build_policy
 from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig
@@ -17,12 +16,7 @@ from tests.llm.conftest import random_sid_tokenizer, synthetic_items
 N_CLUSTERS, N_USERS, N_EVENTS, N_CONTEXT = 4, 240, 36, 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_log(item_ids: np.ndarray, seed: int = 0) -> pd.DataFrame:
