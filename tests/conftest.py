@@ -92,3 +92,15 @@ def _run_cli_without_torch(*args: str, env_threads: str | None = None) -> subpro
 def cli_without_torch():
     """`cli_without_torch(*args, env_threads=None)`: run `python -m negrec.cli ARGS` with torch blocked."""
     return _run_cli_without_torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: 2 OpenMP threads on a 2-core machine shared with other
+    jobs can be 20x slower than 1."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
