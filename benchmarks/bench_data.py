@@ -64,7 +64,8 @@ def prepare_child(path: str, q, materialize: bool = False) -> None:
 
     exact = _reset_peak()
     base = _status_mb("VmRSS") if exact else peak_rss_mb()
-    cfg = DataConfig(format="generic", generic=GenericLogSpec(
+    # conflicts: the random log puts a like and a hate of one item in the same second now and then
+    cfg = DataConfig(format="generic", conflicts="negative", generic=GenericLogSpec(
         path=path, columns={"user_id": "user_id", "item_id": "item_id", "ts": "ts", "play_time_s": "play_time_s",
                             "duration_s": "duration_s", "is_hate": "is_hate", "is_like": "is_like"},
         ts_unit="s", negative_if="is_hate == 1", positive_if="is_like == 1"),

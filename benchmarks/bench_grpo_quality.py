@@ -1,13 +1,13 @@
 """SFT vs plain GRPO vs progressive GRPO on ML-100K with the tiny default model, in one script.
 
 1. The pipeline up to build-model (data, encode, tokenize, model) in one run folder, then the
-   SFT policy: alignment SFT then next-negative SFT with negrec.train.sft's example builders and
+   SFT policy: alignment SFT then next-negative SFT with negrec.llm.prompts' example builders and
    `train_sft` (stages already done are skipped, so a second run starts at step 2).
 2. Plain GRPO (final-stage context only) and progressive GRPO (recent negatives -> all negatives
    -> negatives + positives), the same total steps, group size and rewards, from the same SFT policy.
 3. Each policy ranks the same validation users (constrained beam search, the user's context
    excluded, full context in the prompt): future-negative Recall@10 / NDCG@10 at H = 7.
-4. Forgetting: item-alignment accuracy (negrec.train.sft.alignment_accuracy) before and after GRPO.
+4. Forgetting: item-alignment accuracy (negrec.llm.evaluation.alignment_accuracy) before and after GRPO.
 
     python benchmarks/bench_grpo_quality.py [--run-dir runs/bench_grpo_quality] [--steps-per-stage 10]
         [--users 200] [--set grpo.generation=beam ...]
@@ -53,7 +53,8 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
     from negrec.config import section_config
     from negrec.data import Prepared
     from negrec.llm import PromptBuilder, PromptConfig, load_policy, save_policy
-    from negrec.train.sft import SFTStageConfig, alignment_examples, next_negative_examples, train_sft
+    from negrec.llm.prompts import alignment_examples, next_negative_examples
+    from negrec.train.sft import SFTStageConfig, train_sft
 
     data = Prepared.load(run_dir / "data")
     init = run_dir / "model"
@@ -119,11 +120,13 @@ def main():
     from negrec.pipeline import run_pipeline
     from negrec.rewards import RewardConfig, build_rewards
     from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo, training_rows
-    from negrec.train.sft import SFTStageConfig, aligned_item_ids, alignment_accuracy
+    from negrec.llm.evaluation import alignment_accuracy
+    from negrec.llm.prompts import aligned_item_ids
+    from negrec.train.sft import SFTStageConfig
 
-    from negrec.cli import _set_threads
+    from negrec.cli import set_threads
 
-    _set_threads(None)  # as the CLI does: one torch thread on a small CPU
+    set_threads(None)  # as the CLI does: one torch thread on a small CPU
     torch.manual_seed(0)
     raw = apply_overrides(dict(BASE), a.set)
     n = a.steps_per_stage

@@ -84,9 +84,9 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="delete the run folders first")
     a = ap.parse_args()
 
-    from negrec.cli import _set_threads
+    from negrec.cli import set_threads
 
-    _set_threads(None)
+    set_threads(None)
     results = {name: run_dataset(name, a.set, a.fresh) for name in a.datasets}
 
     rows, goals, paired = [], {}, []

@@ -3,7 +3,7 @@
 For each `model.sid_init`, a copy of an ML-100K run folder (data + tokenize) gets a fresh model
 (`negrec build-model`) and the same alignment SFT (`negrec sft --task align`, fixed steps, the same
 seeded subset of `--max-items` items), then reports the training loss at the start, a quarter of
-the way and at the end, and the alignment accuracies of `negrec.train.sft.alignment_accuracy` on
+the way and at the end, and the alignment accuracies of `negrec.llm.evaluation.alignment_accuracy` on
 the taught items. The subset keeps the run short enough for the accuracies to leave chance on the
 tiny from-scratch model (over all 1,682 items they stay at chance for an epoch), so init
 differences can show. Prints a table; writes benchmarks/results/bench_sid_init.json.
@@ -35,12 +35,12 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the run folders and the JSON, e.g. smollm2")
     a = ap.parse_args()
 
-    from negrec.cli import _set_threads
+    from negrec.cli import set_threads
     from negrec.config import load_config
     from negrec.llm import run_build_model
     from negrec.train import run_sft
 
-    _set_threads(None)
+    set_threads(None)
     src = Path(a.from_run)
     rows = []
     for init in ("text_mean", "centroid", "random"):

@@ -58,7 +58,7 @@ def main() -> None:
     import faiss
     import torch
 
-    from negrec.rqvae import TokenizeConfig
+    from negrec.tokenizer import TokenizeConfig
     from negrec.rqvae.model import train_rqvae
     from negrec.rqvae.rqkmeans import fit_rqkmeans
 

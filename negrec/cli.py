@@ -8,13 +8,13 @@ import importlib
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, check_config, load_config
 from .io import write_yaml
 
 # subcommand -> (module, function, help)
 STAGES = {
     "data": ("negrec.data", "run_prepare", "prepare the log (loaders, implicit negatives, cuts, samples); `data stats` prints statistics"),
-    "encode": ("negrec.rqvae", "run_encode", "item embeddings: text, collaborative, features, fused"),
+    "encode": ("negrec.encode", "run_encode", "item embeddings: text, collaborative, features, fused"),
     "tokenize": ("negrec.tokenizer", "run_tokenize", "quantize items into semantic IDs (RQ-VAE or RQ-KMeans) and build the SID tokenizer"),
     "export-codebook": ("negrec.tokenizer", "run_export", "export codebooks, SID tables, trie and manifest for serving"),
     "build-model": ("negrec.llm", "run_build_model", "load or build the LLM and extend its vocabulary with SID tokens"),
@@ -33,8 +33,41 @@ STAGES = {
 TORCH_FREE = {"data", "export-codebook", "evaluate", "filter", "report"}
 
 
+# the config sections each subcommand reads (checked before it runs; `pipeline`: all of them)
+SECTIONS_OF = {
+    "data": ["data"], "encode": ["encode"], "tokenize": ["tokenize"], "export-codebook": ["export"],
+    "build-model": ["model", "prompt"], "sft": ["sft_align", "sft_next"], "grpo": ["grpo", "rewards"],
+    "predict": ["eval", "prompt"], "evaluate": ["eval"], "baselines": ["baselines", "eval"], "filter": ["filter", "eval"],
+    "report": ["report"], "pipeline": None,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_threads(value: str, where: str = "--threads") -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{where}: {value!r} is not a positive integer (the number of torch CPU threads)")
+    return n
+
+
+def _threads_arg(value: str) -> int:
+    try:
+        return positive_threads(value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="negrec", description="Predict what users will dislike over the next days.")
+    p = _Parser(prog="negrec", description="Predict what users will dislike over the next days.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, help_) in STAGES.items():
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -57,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.main_horizon=3 (repeatable)")
         sp.add_argument("--run-dir", default=None, help="run folder (default: runs/<run.name or config stem>)")
-        sp.add_argument("--threads", type=int, default=None,
+        sp.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+        sp.add_argument("--threads", type=_threads_arg, default=None,
                         help="torch CPU threads (default: $NEGREC_THREADS, else on machines with <= 4 cores all of them "
                              "when the CPU is idle at the start and 1 when other jobs use it); "
                              "ignored by stages that do not use torch")
@@ -113,7 +147,7 @@ def _auto_threads() -> tuple[int, str]:
     return 1, "1 (other jobs are using the CPU)" if busy is not None else "1"
 
 
-def _set_threads(n: int | None) -> None:
+def set_threads(n: int | None) -> None:
     """Set torch's CPU threads (imports torch: call it only for stages that use torch): `n`, else
     $NEGREC_THREADS, else `_auto_threads()` on machines with <= 4 cores."""
     import os
@@ -131,23 +165,69 @@ def _set_threads(n: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Every error ends as one line on stderr and exit code 2 (a traceback
+    only with --debug or NEGREC_DEBUG=1); Ctrl-C as one line and exit code 130."""
+    import os
+
     args = _parser().parse_args(argv)
     if not args.command:
         _parser().print_help()
         return 0
+    debug = getattr(args, "debug", False) or bool(os.environ.get("NEGREC_DEBUG"))
     try:
-        raw = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"negrec: config error: {e}", file=sys.stderr)
+        return _run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"negrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error path ends the same way
+        if debug:
+            raise
+        print(error_line(args.command, e), file=sys.stderr)
         return 2
+
+
+def error_line(command: str, e: BaseException) -> str:
+    """One line: the message of a known error (it names file, line, field, value and rule), or the
+    type of an unexpected one."""
+    from .data.schema import DataError
+
+    msg = str(e)
+    if isinstance(e, OSError) and e.filename is not None and not isinstance(e, FileNotFoundError):
+        msg = f"{e.filename}: {e.strerror or msg}"
+    elif not isinstance(e, (ConfigError, DataError, ValueError, OSError)):
+        msg = f"internal error {type(e).__name__}: {msg} (run with --debug for the traceback)"
+    return f"negrec {command}: error: " + " ".join(msg.split())
+
+
+def _prepare_run_dir(run_dir: Path, raw: dict) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run folder (--run-dir or run.root/run.name) is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
+
+
+def _run(args) -> int:
+    import os
+
+    raw = load_config(args.config, args.overrides)
+    notes = check_config(raw, SECTIONS_OF.get(args.command, []))
+    if args.command != "pipeline":  # the pipeline shows its own notes
+        for note in notes:
+            print(f"negrec: note: {note}", file=sys.stderr)
+    if os.environ.get("NEGREC_THREADS"):
+        positive_threads(os.environ["NEGREC_THREADS"], "NEGREC_THREADS")
     run_dir = resolve_run_dir(raw, args)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})
+    _prepare_run_dir(run_dir, raw)
     module, func, _ = STAGES[args.command]
     fn = getattr(importlib.import_module(module), func)
     kwargs = {}
     if args.command not in TORCH_FREE:
-        _set_threads(args.threads)
+        set_threads(args.threads)
     if args.command == "sft":
         kwargs["task"] = args.task
     if args.command == "grpo" and args.plain:
@@ -156,16 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs.update(out_dir=args.out, verify=args.verify)
     if args.command == "evaluate":
         kwargs.update(predictions=args.predictions, targets=args.targets, log=args.log)
-    try:
-        fn(raw, run_dir, **kwargs)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        # bad input: one clear line, not a traceback (set NEGREC_DEBUG=1 for the traceback)
-        import os
-
-        if os.environ.get("NEGREC_DEBUG"):
-            raise
-        print(f"negrec {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    fn(raw, run_dir, **kwargs)
     return 0
 
 

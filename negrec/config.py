@@ -7,6 +7,8 @@ dataclass and names any unknown or ill-typed field together with the file it cam
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
 import re
 import typing
 from pathlib import Path
@@ -109,22 +111,138 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def nearest(name: str, known) -> str:
+    """" (did you mean 'x'?)" for the closest known name, else ""."""
+    match = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def from_dict(cls, data: dict | None, where: str = ""):
-    """Build dataclass `cls` from `data`, naming unknown keys and bad types."""
+    """Build dataclass `cls` from `data`, naming unknown keys (with the nearest valid name), bad
+    types and values out of range (a ValueError of the class's own checks)."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of fields, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}{nearest(unknown[0], names)}; "
+                          f"known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # the class's own range checks (ConfigError included)
+        prefix = where.split(": ")[0] + ": " if ": " in where else ""
+        raise ConfigError(f"{prefix}{e}") from e
 
 
 def section_config(cls, raw: dict, section: str):
     """The dataclass for one stage section of a loaded YAML config."""
     src = raw.get("_source", "<config>")
-    return from_dict(cls, raw.get(section) or {}, f"{src}: {section}")
+    value = raw.get(section)
+    return from_dict(cls, {} if value is None else value, f"{src}: {section}")
+
+
+# ---------------------------------------------------------------- whole-config checks
+# top-level section -> "module:Class" of its dataclass (imported only when that section is checked)
+SECTIONS = {
+    "run": None, "data": "negrec.data.prepare:DataConfig", "encode": "negrec.encode.config:EncodeConfig",
+    "tokenize": "negrec.tokenizer.config:TokenizeConfig", "export": "negrec.tokenizer.export:ExportConfig",
+    "model": "negrec.llm.model:ModelConfig", "prompt": "negrec.llm.prompts:PromptConfig",
+    "sft_align": "negrec.train.sft:SFTStageConfig", "sft_next": "negrec.train.sft:SFTStageConfig",
+    "grpo": "negrec.train.grpo:ProgressiveGRPOConfig", "rewards": "negrec.rewards.functions:RewardConfig",
+    "eval": "negrec.eval.run:EvalConfig", "baselines": "negrec.eval.run:BaselinesConfig",
+    "filter": "negrec.eval.run:FilterConfig", "report": "negrec.eval.report:ReportConfig",
+    "pipeline": "negrec.pipeline:PipelineConfig",
+}
+RUN_KEYS = ("name", "root")
+
+
+def _section_class(name: str):
+    target = SECTIONS.get(name)
+    if not target:
+        return None
+    module, cls = target.split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):  # a module being moved: its stage still checks its section
+        return None
+
+
+def check_config(raw: dict, sections=None) -> list[str]:
+    """Refuse unknown top-level sections and `run` keys (naming the nearest valid one), sections
+    that are not mappings, and unknown keys or out-of-range values of `sections` (default: all);
+    then fix the horizon (see `resolve_horizons`). Returns notes to show (explicit horizon overrides)."""
+    src = raw.get("_source", "<config>")
+    for key, value in raw.items():
+        if str(key).startswith("_"):
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"{src}: unknown section {key!r}{nearest(key, SECTIONS)}; known: {sorted(SECTIONS)}")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{src}: {key}: expected a mapping of fields, got {value!r}")
+    run = raw.get("run") or {}
+    bad = [k for k in run if k not in RUN_KEYS]
+    if bad:
+        raise ConfigError(f"{src}: run: unknown field(s) {bad}{nearest(bad[0], RUN_KEYS)}; known: {list(RUN_KEYS)}")
+    for name in (SECTIONS if sections is None else sections):
+        cls = _section_class(name)
+        if cls is not None and name in raw:
+            section_config(cls, raw, name)
+    return resolve_horizons(raw)
+
+
+# (section path, field, filled with data.main_horizon when absent)
+HORIZON_KEYS = (("sft_align", "horizon", False), ("sft_next", "horizon", False), ("rewards", "horizon", True),
+                ("eval.metrics", "main_horizon", True))
+
+
+def _node(raw: dict, path: str, create: bool) -> dict | None:
+    node = raw
+    for part in path.split("."):
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None and create:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            return None
+        node = nxt
+    return node
+
+
+def resolve_horizons(raw: dict) -> list[str]:
+    """The horizon is defined once, in `data` (horizons, main_horizon). `rewards.horizon` and
+    `eval.metrics.main_horizon` / `horizons` take data's values unless set; an explicit value
+    (and `sft_*.horizon`, 0 = data's) must be one of data.horizons. Fills `raw` in place; returns
+    a note per explicit override that differs from data.main_horizon."""
+    from .data.prepare import DataConfig
+
+    src = raw.get("_source", "<config>")
+    data = section_config(DataConfig, raw, "data")
+    hs, main = list(data.horizons), data.main_horizon
+    notes = []
+    for path, key, fill in HORIZON_KEYS:
+        node = _node(raw, path, create=fill)
+        if node is None:
+            continue
+        value = node.get(key)
+        if value in (None, 0):
+            if fill:
+                node[key] = main
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value not in hs:
+            raise ConfigError(f"{src}: {path}.{key}: {value!r} is not one of data.horizons {hs} "
+                              f"(the horizon is defined in data; leave {path}.{key} out to use data.main_horizon)")
+        if value != main:
+            notes.append(f"{path}.{key} = {value} overrides data.main_horizon = {main}")
+    metrics = _node(raw, "eval.metrics", create=True)
+    given = metrics.get("horizons")
+    if given is None:
+        metrics["horizons"] = hs
+    elif not isinstance(given, list) or not set(given) <= set(hs) or metrics["main_horizon"] not in given:
+        raise ConfigError(f"{src}: eval.metrics.horizons: {given!r} must be a subset of data.horizons {hs} "
+                          f"holding eval.metrics.main_horizon {metrics['main_horizon']}")
+    return notes
 
 
 def to_dict(cfg) -> dict:

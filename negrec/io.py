@@ -65,6 +65,20 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file ([] when it does not exist); a line a kill cut short is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill (or a blank one)
+            pass
+    return rows
+
+
 def write_yaml(path: str | Path, obj: Any) -> Path:
     return write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
@@ -100,12 +114,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def run_dir(root: str | Path, name: str) -> Path:
-    d = Path(root) / name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def stage_done(out_dir: str | Path, cfg_hash: str) -> bool:

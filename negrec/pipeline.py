@@ -17,13 +17,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import section_config
+from .config import check_config, section_config
 from .io import config_hash, write_json, write_text
 
 # (name, module, function, YAML sections it reads, extra kwargs)
 STAGES = [
     ("data", "negrec.data", "run_prepare", ["data"], {}),
-    ("encode", "negrec.rqvae", "run_encode", ["encode"], {}),
+    ("encode", "negrec.encode", "run_encode", ["encode"], {}),
     ("tokenize", "negrec.tokenizer", "run_tokenize", ["tokenize"], {}),
     ("build-model", "negrec.llm", "run_build_model", ["model", "prompt"], {}),
     ("sft-align", "negrec.train", "run_sft", ["sft_align"], {"task": "align"}),
@@ -83,6 +83,10 @@ class PipelineConfig:
 
 
 def run_pipeline(raw: dict, run_dir) -> dict:
+    import sys
+
+    for note in check_config(raw):  # every section, before the first stage runs; the horizon fixed once
+        print(f"negrec: note: {note}", file=sys.stderr)
     cfg = section_config(PipelineConfig, raw, "pipeline")
     run_dir = Path(run_dir)
     names = [s[0] for s in STAGES]

@@ -25,7 +25,8 @@ TINY = [
     " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]",
     "baselines.methods=[random, popular_negatives, item_knn]",
     "eval.num_beams=10", "eval.k=10", "eval.max_users=20", "eval.metrics.ks=[5, 10]",
-    "filter.k=5", "report.examples=2",
+    "filter.k=5", "report.examples=2", "sft_next.val_rows=10",
+    "pipeline.skip=[]",  # the configs skip alignment on the tiny model; here every stage runs once
 ]
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .arrays import chunks, narrow_int
-from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, set_origin, source_column
+from .arrays import narrow_int
+from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, line_of, set_origin, source_column
+from .validate import check_values
 
 ML_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -26,9 +27,16 @@ ML_GENRES = [
 
 @dataclass
 class RatingRule:
-    """Explicit ratings: negative at or below `negative_max`, positive at or above `positive_min`."""
+    """Explicit ratings: negative at or below `negative_max`, positive at or above `positive_min`;
+    a rating outside [min_rating, max_rating] is refused (any format's `rating` column)."""
     negative_max: float = 2.0
     positive_min: float = 4.0
+    min_rating: float = 0.0
+    max_rating: float = 5.0
+
+    def __post_init__(self):
+        if not self.min_rating <= self.max_rating:
+            raise ValueError(f"data.ratings: min_rating {self.min_rating} > max_rating {self.max_rating}")
 
 
 # ---------------------------------------------------------------- reading helpers
@@ -36,9 +44,28 @@ def _require(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     return path
+
+
+_BLANK_SCAN_MAX = 256 << 20
+
+
+def blank_lines(path: Path) -> list[int]:
+    """1-based numbers of the empty lines of a text file (pandas skips them, which would shift
+    every later line number in an error); files over 256 MiB are not scanned."""
+    if path.stat().st_size > _BLANK_SCAN_MAX:
+        return []
+    data = path.read_bytes()
+    if b"\n\n" not in data and b"\n\r\n" not in data:
+        return []
+    out = []
+    for m in re.finditer(rb"\n(?=\r?\n)", data):
+        out.append(data.count(b"\n", 0, m.start() + 1) + 1)
+    return out
 
 
 def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0, encoding="utf-8",
@@ -49,6 +76,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     `numeric`: columns that must parse as numbers.
     """
     path = _require(path)
+    encoding = "utf-8-sig" if encoding == "utf-8" else encoding  # a byte-order mark is not part of the header
+    blanks = blank_lines(path)
     if names:
         with open(path, encoding=encoding, errors="replace") as f:
             first = f.readline().rstrip("\r\n")
@@ -72,6 +101,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (empty file?)")
     first_data_line = header_lines + 1 if names else 2
+    if blanks:
+        df.attrs["blank_lines"] = blanks
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)} "
@@ -81,64 +112,107 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         if df[col].dtype.kind in "iuf":
             if df[col].isna().any():
                 i = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-                raise DataError(f"{path}: line {first_data_line + i}: field {col!r} is empty")
+                raise DataError(f"{path}: line {line_of(first_data_line, i, blanks)}: field {col!r} is empty")
             continue
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna().to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             value = df[col].iloc[i]
+            line = line_of(first_data_line, i, blanks)
             if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
-                raise DataError(f"{path}: line {first_data_line + i}: field {col!r} is empty (a line with fewer fields?)")
-            raise DataError(f"{path}: line {first_data_line + i}: field {col!r}: cannot parse {value!r} as a number")
+                raise DataError(f"{path}: line {line}: field {col!r} is empty (a line with fewer fields?)")
+            raise DataError(f"{path}: line {line}: field {col!r}: cannot parse {value!r} as a number")
         df[col] = num
     return df
 
 
-def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line") -> np.ndarray:
-    """UTC seconds from numbers (s or ms) or date strings; names the first unparsable line
-    (`label` "row" for Parquet, whose rows are counted from 1)."""
-    if unit in ("s", "ms", "auto") and values.dtype.kind in "iuf":
-        v = values.to_numpy()
-        if values.dtype.kind == "f" and np.isnan(v).any():
-            i = int(np.flatnonzero(np.isnan(v))[0])
-            raise DataError(f"{path}: {label} {first_line + i}: field {field!r}: empty timestamp")
-        if unit == "ms" or (unit == "auto" and len(v) and np.nanmedian(v) > 1e11):
-            v = v // 1000
-        return v.astype("int64")
-    if unit in ("s", "ms") and values.dtype.kind != "M":
+TS_UNITS = ("s", "ms", "datetime", "auto")
+
+
+def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line",
+             skipped=()) -> np.ndarray:
+    """UTC seconds (int64) from numbers (s or ms) or date strings; names the first value that does
+    not parse or overflows int64 (`label` "row" for Parquet, whose rows are counted from 1).
+    `auto`: numbers when most values are numbers (milliseconds when their median is above 1e11),
+    else dates. Plausible range and mixed units: `validate.check_timestamps`."""
+    def where(i):
+        return f"{path}: {label} {line_of(first_line, i, skipped)}: field {field!r}"
+
+    if unit not in TS_UNITS:
+        raise DataError(f"data.generic.ts_unit: {unit!r} is not one of {'|'.join(TS_UNITS)}")
+    if values.dtype.kind == "M" or unit == "datetime":
+        return _parse_dates(values, where)
+    num = values
+    if values.dtype.kind not in "iufb":
         num = pd.to_numeric(values, errors="coerce")
-        bad = num.isna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{path}: {label} {first_line + i}: field {field!r}: cannot parse timestamp {values.iloc[i]!r}")
-        return parse_ts(num, unit, path, field, first_line, label)
-    dt = pd.to_datetime(values, errors="coerce", utc=True)
+        if unit == "auto" and num.isna().sum() * 2 > len(values):
+            return _parse_dates(values, where)  # mostly not numbers: dates
+    bad = num.isna().to_numpy() if num.dtype.kind == "f" else np.zeros(len(num), bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raw = values.iloc[i]
+        if pd.isna(raw) or str(raw).strip() == "":
+            raise DataError(f"{where(i)}: empty timestamp")
+        others = " (the other values are numbers)" if unit == "auto" else ""
+        what = {"s": "seconds", "ms": "milliseconds"}.get(unit, "a number")
+        raise DataError(f"{where(i)}: cannot parse timestamp {raw!r} as {what}{others}")
+    v = num.to_numpy()
+    ms = unit == "ms" or (unit == "auto" and len(v) > 0 and float(np.median(v)) > 1e11)
+    return _seconds(v, ms, where)
+
+
+def _seconds(v: np.ndarray, ms: bool, where) -> np.ndarray:
+    """int64 seconds; a value beyond int64 is refused, not wrapped around."""
+    if v.dtype.kind == "f":
+        over = ~(np.abs(v) < 9.2e18)
+    elif v.dtype.kind == "u":
+        over = v > np.iinfo(np.int64).max
+    else:
+        over = None
+    if over is not None and over.any():
+        i = int(np.flatnonzero(over)[0])
+        raise DataError(f"{where(i)}: timestamp {v[i].item()!r} does not fit a 64-bit integer (int64 overflow)")
+    out = np.floor(v).astype(np.int64) if v.dtype.kind == "f" else v.astype(np.int64, copy=False)
+    return out // 1000 if ms else out
+
+
+def _parse_dates(values: pd.Series, where) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():  # "could not infer format": each value parsed on its own, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        dt = pd.to_datetime(values, errors="coerce", utc=True)
     bad = dt.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: {label} {first_line + i}: field {field!r}: cannot parse timestamp {values.iloc[i]!r}")
+        raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}")
     # pandas' datetime resolution varies (ns, us): go through a Timedelta, not raw int64
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy("int64")
 
 
 def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
+    """Ids as read (ids.encode_ids maps them), ts already in int64 seconds."""
     rating = np.asarray(rating, dtype="float64")
     fb = np.where(rating <= rule.negative_max, NEGATIVE, np.where(rating >= rule.positive_min, POSITIVE, NEUTRAL))
-    return pd.DataFrame({"user_id": np.asarray(user, "int64"), "item_id": np.asarray(item, "int64"),
+    return pd.DataFrame({"user_id": np.asarray(user), "item_id": np.asarray(item),
                          "ts": np.asarray(ts, "int64"), "feedback": fb.astype("int8"),
                          "source": source_column(np.zeros(len(fb), bool)), "rating": rating})
 
 
-def _with_origin(df: pd.DataFrame, path, first_line: int, fields: dict | None = None) -> pd.DataFrame:
-    """Tag a frame read from one text file: row i is line first_line + i."""
-    return set_origin(df, [(path, first_line, len(df), "line")], fields)
+def _with_origin(df: pd.DataFrame, path, first_line: int, fields: dict | None = None, blanks=()) -> pd.DataFrame:
+    """Tag a frame read from one text file: row i is line first_line + i (blank lines skipped)."""
+    return set_origin(df, [(path, first_line, len(df), "line", blanks)], fields)
+
+
+def _blanks(df: pd.DataFrame) -> list:
+    return df.attrs.get("blank_lines", [])
 
 
 def _movie_items(item_id, title, genres: list[str]) -> pd.DataFrame:
     genres = [g if isinstance(g, str) else "" for g in genres]
     text = [f"{t}. Genres: {g.replace('|', ', ')}" if g else str(t) for t, g in zip(title, genres)]
-    return pd.DataFrame({"item_id": np.asarray(item_id, "int64"), "title": [str(t) for t in title],
+    return pd.DataFrame({"item_id": np.asarray(item_id), "title": [str(t) for t in title],
                          "text": text, "genres": genres})
 
 
@@ -152,8 +226,10 @@ def load_ml100k(path, rule: RatingRule = RatingRule()):
                        encoding="latin-1", numeric=("item_id",))
     flags = items[ML_GENRES].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy(bool)
     genres = ["|".join(g for g, f in zip(ML_GENRES, row) if f and g != "unknown") for row in flags]
-    return _with_origin(_from_ratings(inter.user_id, inter.item_id, inter.ts, inter.rating, rule), path / "u.data", 1), \
-        _with_origin(_movie_items(items.item_id, items.title, genres), path / "u.item", 1)
+    ts = parse_ts(inter.ts, "s", path / "u.data", "ts", 1, skipped=_blanks(inter))
+    return _with_origin(_from_ratings(inter.user_id, inter.item_id, ts, inter.rating, rule), path / "u.data", 1,
+                        blanks=_blanks(inter)), \
+        _with_origin(_movie_items(items.item_id, items.title, genres), path / "u.item", 1, blanks=_blanks(items))
 
 
 def load_movielens_csv(path, rule: RatingRule = RatingRule()):
@@ -163,9 +239,12 @@ def load_movielens_csv(path, rule: RatingRule = RatingRule()):
                        numeric=("userId", "movieId", "rating", "timestamp"))
     movies = read_table(path / "movies.csv", ",", None, required=("movieId", "title", "genres"), numeric=("movieId",))
     genres = [g if g != "(no genres listed)" else "" for g in movies.genres]
-    return _with_origin(_from_ratings(inter.userId, inter.movieId, inter.timestamp, inter.rating, rule),
-                        path / "ratings.csv", 2, {"user_id": "userId", "item_id": "movieId", "ts": "timestamp"}), \
-        _with_origin(_movie_items(movies.movieId, movies.title, genres), path / "movies.csv", 2, {"item_id": "movieId"})
+    ts = parse_ts(inter.timestamp, "s", path / "ratings.csv", "timestamp", 2, skipped=_blanks(inter))
+    return _with_origin(_from_ratings(inter.userId, inter.movieId, ts, inter.rating, rule),
+                        path / "ratings.csv", 2, {"user_id": "userId", "item_id": "movieId", "ts": "timestamp"},
+                        _blanks(inter)), \
+        _with_origin(_movie_items(movies.movieId, movies.title, genres), path / "movies.csv", 2, {"item_id": "movieId"},
+                     _blanks(movies))
 
 
 def load_movielens_dat(path, rule: RatingRule = RatingRule()):
@@ -174,8 +253,11 @@ def load_movielens_dat(path, rule: RatingRule = RatingRule()):
     inter = read_table(path / "ratings.dat", "::", ["user_id", "item_id", "rating", "ts"],
                        numeric=("user_id", "item_id", "rating", "ts"), encoding="latin-1")
     movies = read_table(path / "movies.dat", "::", ["item_id", "title", "genres"], numeric=("item_id",), encoding="latin-1")
-    return _with_origin(_from_ratings(inter.user_id, inter.item_id, inter.ts, inter.rating, rule), path / "ratings.dat", 1), \
-        _with_origin(_movie_items(movies.item_id, movies.title, list(movies.genres)), path / "movies.dat", 1)
+    ts = parse_ts(inter.ts, "s", path / "ratings.dat", "ts", 1, skipped=_blanks(inter))
+    return _with_origin(_from_ratings(inter.user_id, inter.item_id, ts, inter.rating, rule), path / "ratings.dat", 1,
+                        blanks=_blanks(inter)), \
+        _with_origin(_movie_items(movies.item_id, movies.title, list(movies.genres)), path / "movies.dat", 1,
+                     blanks=_blanks(movies))
 
 
 def load_movielens(path, rule: RatingRule = RatingRule()):
@@ -202,28 +284,28 @@ def load_recbole(path, name: str | None = None, rule: RatingRule = RatingRule())
         if col not in inter.columns:
             hint = " (wrong separator? atomic files are tab-separated)" if len(inter.columns) == 1 else ""
             raise DataError(f"{inter_path}: line 1: missing field {col!r}; found {list(inter.columns)}{hint}")
-    for col in ("user_id", "item_id", "timestamp", *(["rating"] if "rating" in inter.columns else [])):
-        num = pd.to_numeric(inter[col], errors="coerce")
+    # ids are `:token` fields: strings, mapped to internal ids by ids.encode_ids
+    if "rating" in inter.columns:
+        num = pd.to_numeric(inter["rating"], errors="coerce")
         if num.isna().any():
             i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            raise DataError(f"{inter_path}: line {i + 2}: field {col!r}: cannot parse {inter[col].iloc[i]!r} as a number")
-        inter[col] = num
+            raise DataError(f"{inter_path}: line {line_of(2, i, _blanks(inter))}: field 'rating': "
+                            f"cannot parse {inter['rating'].iloc[i]!r} as a number")
+        inter["rating"] = num
+    ts = parse_ts(inter["timestamp"], "s", inter_path, "timestamp", 2, skipped=_blanks(inter))
     rating = inter["rating"] if "rating" in inter.columns else np.full(len(inter), rule.positive_min)
     items = read_table(item_path, "\t", None)
     items.columns = [c.split(":")[0] for c in items.columns]
     if "item_id" not in items.columns:
         hint = " (wrong separator? atomic files are tab-separated)" if len(items.columns) == 1 else ""
         raise DataError(f"{item_path}: line 1: missing field 'item_id'; found {list(items.columns)}{hint}")
-    num = pd.to_numeric(items["item_id"], errors="coerce")
-    if num.isna().any():
-        i = int(np.flatnonzero(num.isna().to_numpy())[0])
-        raise DataError(f"{item_path}: line {i + 2}: field 'item_id': cannot parse {items['item_id'].iloc[i]!r}")
     title = items.get("movie_title", items.get("title", items["item_id"].astype(str)))
     if "release_year" in items.columns:
         title = [f"{t} ({y})" if y else t for t, y in zip(title, items["release_year"])]
     genres = ["|".join(str(g).split()) for g in items.get("class", items.get("genre", pd.Series([""] * len(items))))]
-    return _with_origin(_from_ratings(inter.user_id, inter.item_id, inter.timestamp, rating, rule), inter_path, 2,
-                        {"ts": "timestamp"}), _with_origin(_movie_items(num, title, genres), item_path, 2)
+    return _with_origin(_from_ratings(_ids_as_read(inter.user_id), _ids_as_read(inter.item_id), ts, rating, rule),
+                        inter_path, 2, {"ts": "timestamp"}, _blanks(inter)), \
+        _with_origin(_movie_items(_ids_as_read(items["item_id"]), title, genres), item_path, 2, blanks=_blanks(items))
 
 
 def recbole_ml100k_path() -> Path:
@@ -236,6 +318,15 @@ def recbole_ml100k_path() -> Path:
     if not (path / "ml-100k.inter").exists():
         raise DataError(f"{path}: ml-100k.inter not found inside the recbole package")
     return path
+
+
+def _ids_as_read(values: pd.Series) -> np.ndarray:
+    """An id column read as text: numbers when every value is an integer literal, else the strings
+    (ids.encode_ids maps either, and names an empty or fractional id)."""
+    num = pd.to_numeric(values, errors="coerce")
+    if num.notna().all() and num.dtype.kind in "iu":
+        return num.to_numpy()
+    return values.to_numpy()
 
 
 # ---------------------------------------------------------------- KuaiRand
@@ -253,11 +344,12 @@ def load_kuairand(path, duration_buckets: int = 8):
     files = sorted(path.glob("log_*.csv")) + sorted(path.glob("*.tsv")) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no KuaiRand log (log_standard_*.csv, log_random_*.csv or *.tsv) found")
-    frames = []
+    frames, blank_of = [], []
     for f in files:
         sep = "\t" if f.suffix == ".tsv" else ","
-        df = read_table(f, sep, None, required=KUAIRAND_LOG_FIELDS,
-                        numeric=("user_id", "video_id", "time_ms", "play_time_ms", "duration_ms"))
+        df = read_table(f, sep, None, required=KUAIRAND_LOG_FIELDS, numeric=("play_time_ms", "duration_ms"))
+        blanks = _blanks(df)
+        blank_of.append(blanks)
         has_label = "label" in df.columns
         flags = {}
         for col in ("is_hate", "is_like", "is_follow", "is_forward", "long_view", "label"):
@@ -265,7 +357,9 @@ def load_kuairand(path, duration_buckets: int = 8):
                 v = pd.to_numeric(df[col], errors="coerce")
                 if v.isna().any():
                     i = int(np.flatnonzero(v.isna().to_numpy())[0])
-                    raise DataError(f"{f}: line {i + 2}: field {col!r}: cannot parse {df[col].iloc[i]!r}")
+                    raise DataError(f"{f}: line {line_of(2, i, blanks)}: field {col!r}: cannot parse {df[col].iloc[i]!r}")
+                check_values(v.to_numpy(), lambda i: f"{f}: line {line_of(2, i, blanks)}", repr(col), allowed=(0, 1),
+                             rule="KuaiRand flags and labels are 0 or 1")
                 flags[col] = v.to_numpy() > 0
         n = len(df)
         zeros = np.zeros(n, bool)
@@ -281,20 +375,20 @@ def load_kuairand(path, duration_buckets: int = 8):
         fb = np.where(neg, NEGATIVE, np.where(pos | implicit_pos, POSITIVE, NEUTRAL)).astype("int8")
         source = source_column(implicit_pos)
         frames.append(pd.DataFrame({
-            "user_id": df.user_id.to_numpy("int64"), "item_id": df.video_id.to_numpy("int64"),
-            "ts": (df.time_ms.to_numpy("int64") // 1000), "feedback": fb, "source": source,
+            "user_id": _ids_as_read(df.user_id), "item_id": _ids_as_read(df.video_id),
+            "ts": parse_ts(df.time_ms, "ms", f, "time_ms", 2, skipped=blanks), "feedback": fb, "source": source,
             "play_time_s": df.play_time_ms.to_numpy("float64") / 1000.0,
             "duration_s": df.duration_ms.to_numpy("float64") / 1000.0,
         }))
     inter = pd.concat(frames, ignore_index=True)
-    set_origin(inter, [(f, 2, len(fr), "line") for f, fr in zip(files, frames)],
+    set_origin(inter, [(f, 2, len(fr), "line", b) for f, fr, b in zip(files, frames, blank_of)],
                {"item_id": "video_id", "ts": "time_ms"})
     # items: ids only, plus a coarse duration bucket as a categorical feature (no text in KuaiRand)
     dur = inter.groupby("item_id")["duration_s"].median()
     valid = dur[dur > 0]
     edges = np.unique(np.quantile(valid, np.linspace(0, 1, duration_buckets + 1)[1:-1])) if len(valid) else np.array([])
     bucket = np.where(dur.to_numpy() > 0, np.searchsorted(edges, dur.to_numpy()), -1)
-    items = pd.DataFrame({"item_id": dur.index.to_numpy("int64"), "title": [f"video {i}" for i in dur.index],
+    items = pd.DataFrame({"item_id": dur.index.to_numpy(), "title": [f"video {i}" for i in dur.index],
                           "text": "", "genres": "", "feat_duration_bucket": bucket.astype("int64")})
     return inter, items
 
@@ -348,7 +442,7 @@ def _expr_names(expr: str, available) -> set[str]:
 
 
 def _numbers(values: pd.Series, path, col: str, first_line: int, label: str, integer: bool = False,
-             allow_empty: bool = False) -> np.ndarray:
+             allow_empty: bool = False, skipped=()) -> np.ndarray:
     """Parse a column as numbers; an unparsable (or, unless allowed, empty) cell is an error naming
     the file, the line (or Parquet row) and the field."""
     if values.dtype.kind in "iub":
@@ -368,10 +462,11 @@ def _numbers(values: pd.Series, path, col: str, first_line: int, label: str, int
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         value = values.iloc[i]
+        line = line_of(first_line, i, skipped)
         if pd.isna(value) or str(value).strip() == "":
-            raise DataError(f"{path}: {label} {first_line + i}: field {col!r} is empty")
+            raise DataError(f"{path}: {label} {line}: field {col!r} is empty")
         what = "an integer" if integer else "a number"
-        raise DataError(f"{path}: {label} {first_line + i}: field {col!r}: cannot parse {value!r} as {what}")
+        raise DataError(f"{path}: {label} {line}: field {col!r}: cannot parse {value!r} as {what}")
     if integer:
         return np.asarray(v).astype(np.int64)
     return np.asarray(v, dtype="float64")
@@ -392,84 +487,143 @@ def _feedback(df: pd.DataFrame, spec: "GenericLogSpec", path) -> np.ndarray:
 OPTIONAL_FLOATS = ("rating", "play_time_s", "duration_s")
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet_input(path) -> bool:
+    """A Parquet file, a folder (of Parquet files, hive partitions included) or a glob."""
+    p = str(path)
+    return Path(p).suffix in PARQUET_SUFFIXES or Path(p).is_dir() or any(ch in p for ch in "*?[")
+
+
+def parquet_inputs(path) -> list[tuple[Path, dict]]:
+    """(file, hive partition values) for a Parquet file, a folder of them (`key=value/` folders give
+    columns; files and folders starting with `_` or `.` are skipped, as Spark writes them) or a glob."""
+    import glob
+    from urllib.parse import unquote
+
+    p = str(path)
+    if any(ch in p for ch in "*?["):
+        files, root = sorted(Path(f) for f in glob.glob(p, recursive=True) if Path(f).is_file()), None
+    elif Path(p).is_dir():
+        root = Path(p)
+        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix in PARQUET_SUFFIXES
+                       and not any(x.startswith(("_", ".")) for x in f.relative_to(root).parts))
+    else:
+        return [(_require(Path(p)), {})]
+    if not files:
+        raise DataError(f"{path}: no Parquet files (*.parquet) found")
+    other = [f for f in files if f.suffix not in PARQUET_SUFFIXES]
+    if other:
+        raise DataError(f"{other[0]}: not a Parquet file; a folder or glob input must hold only *.parquet files")
+    out = []
+    for f in files:
+        parts = f.relative_to(root).parts[:-1] if root else f.parts[:-1]
+        out.append((_require(f), dict(unquote(x).split("=", 1) for x in parts if "=" in x)))
+    return out
+
+
 def load_generic(spec: GenericLogSpec):
-    """Any CSV or Parquet log, through the YAML column mapping of `spec`."""
-    path = Path(spec.path)
+    """Any CSV or Parquet log (a file, a folder of Parquet files with hive partitions, or a glob),
+    through the YAML column mapping of `spec`."""
     cols = dict(spec.columns)
     for need in ("user_id", "item_id", "ts"):
         if need not in cols:
             raise DataError(f"data.columns: mapping for {need!r} is missing")
-    if _require(path).suffix in (".parquet", ".pq"):
-        out = _load_generic_parquet(spec, path, cols)
+    if not spec.path:
+        raise DataError("data.generic.path: required for format 'generic' (or set data.path)")
+    if is_parquet_input(spec.path):
+        inputs = parquet_inputs(spec.path)
+        frames = [_load_generic_parquet(spec, f, cols, keys) for f, keys in inputs]
+        out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        parts = [(f, 1, len(fr), "row") for (f, _), fr in zip(inputs, frames)]
     else:
-        out = _load_generic_csv(spec, path, cols)
-    fields = {k: v for k, v in cols.items()}
-    set_origin(out, [(path, 2 if path.suffix not in (".parquet", ".pq") else 1, len(out),
-                      "line" if path.suffix not in (".parquet", ".pq") else "row")], fields)
-    if spec.items_path:
-        ipath = Path(spec.items_path)
-        it = _read_any(ipath, spec.sep).rename(columns={v: k for k, v in spec.item_columns.items()})
-        if "item_id" not in it.columns:
-            raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
-                            f"found {list(it.columns)}")
-        csv = ipath.suffix not in (".parquet", ".pq")
-        it["item_id"] = _numbers(it["item_id"], ipath, spec.item_columns.get("item_id", "item_id"), 2 if csv else 1,
-                                 "line" if csv else "row", integer=True)
-        set_origin(it, [(ipath, 2 if csv else 1, len(it), "line" if csv else "row")],
-                   {"item_id": spec.item_columns.get("item_id", "item_id")})
-    else:
-        it = pd.DataFrame({"item_id": _unique_sorted(out["item_id"].to_numpy())})
+        out, blanks = _load_generic_csv(spec, _require(Path(spec.path)), cols)
+        parts = [(Path(spec.path), 2, len(out), "line", blanks)]
+    set_origin(out, parts, dict(cols))
+    it = _generic_items(spec, out) if spec.items_path else pd.DataFrame({"item_id": pd.unique(out["item_id"])})
     it = it.rename(columns={c: f"feat_{c}" for c in spec.feature_columns if c in it.columns})
     if "title" not in it.columns:
         it["title"] = [f"item {i}" for i in it.item_id]
     return out, it
 
 
-def _unique_sorted(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; a presence table when their range is small (no 10M-row sort)."""
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    lo, hi = int(values.min()), int(values.max())
-    if hi - lo <= max(4 * len(values), 1 << 22):
-        seen = np.zeros(hi - lo + 1, bool)
-        for a, b in chunks(len(values)):
-            seen[values[a:b].astype(np.int64) - lo] = True
-        return np.flatnonzero(seen).astype(np.int64) + lo
-    return np.sort(pd.unique(values)).astype(np.int64)
+def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
+    ipath = Path(spec.items_path)
+    if is_parquet_input(ipath):
+        it = pd.concat([pd.read_parquet(f) for f, _ in parquet_inputs(ipath)], ignore_index=True)
+        csv, blanks = False, []
+    else:
+        it = _read_any(ipath, spec.sep)
+        csv, blanks = True, _blanks(it)
+    it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
+    if "item_id" not in it.columns:
+        raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
+                        f"found {list(it.columns)}")
+    set_origin(it, [(ipath, 2 if csv else 1, len(it), "line" if csv else "row", blanks)],
+               {"item_id": spec.item_columns.get("item_id", "item_id")})
+    return it
 
 
-def _load_generic_csv(spec: GenericLogSpec, path: Path, cols: dict) -> pd.DataFrame:
+def _load_generic_csv(spec: GenericLogSpec, path: Path, cols: dict) -> tuple[pd.DataFrame, list]:
     raw = _read_any(path, spec.sep)
-    first_line = 2
+    first_line, blanks = 2, _blanks(raw)
     missing = [src for src in cols.values() if src not in raw.columns]
     if missing:
         hint = f" (wrong separator {spec.sep!r}?)" if len(raw.columns) == 1 else ""
         raise DataError(f"{path}: line 1: missing column(s) {missing} named in data.columns; "
                         f"found {list(raw.columns)}{hint}")
     df = raw.rename(columns={v: k for k, v in cols.items()})
-    ids = {c: _numbers(df[c], path, cols[c], first_line, "line", integer=True) for c in ("user_id", "item_id")}
-    ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line)
+    ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line, skipped=blanks)
     opts = {}
     for opt in OPTIONAL_FLOATS:  # parsed before the rules, which may read them (e.g. `rating <= 2`)
         if opt in df.columns:
-            opts[opt] = df[opt] = _numbers(df[opt], path, cols.get(opt, opt), first_line, "line", allow_empty=True)
+            opts[opt] = df[opt] = _numbers(df[opt], path, cols.get(opt, opt), first_line, "line", allow_empty=True,
+                                           skipped=blanks)
     fb = _feedback(df, spec, path)
-    out = {"user_id": narrow_int(ids["user_id"]), "item_id": narrow_int(ids["item_id"]), "ts": ts, "feedback": fb,
+    # ids as read: ids.encode_ids maps strings, 64-bit and sparse ids and refuses empty / fractional ones
+    out = {"user_id": df["user_id"].to_numpy(), "item_id": df["item_id"].to_numpy(), "ts": ts, "feedback": fb,
            "source": source_column(np.zeros(len(fb), bool)), **opts}
-    return pd.DataFrame(out, copy=False)
+    return pd.DataFrame(out, copy=False), blanks
 
 
-def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict) -> pd.DataFrame:
+def _parquet_column(pf, g: int, name: str, keys: dict, m: int) -> pd.Series:
+    """One column of one row group (a hive partition key: its value, repeated)."""
+    if name in keys:
+        value = keys[name]
+        num = pd.to_numeric(pd.Series([value]), errors="coerce")
+        return pd.Series(np.repeat(num.to_numpy() if num.notna().all() else np.array([value], object), m))
+    return pf.read_row_group(g, columns=[name], use_threads=False).column(0).to_pandas()
+
+
+def _id_buffer(pf, name: str, keys: dict, n: int) -> np.ndarray:
+    """Where a Parquet id column goes: narrow ints for integer columns, else floats or objects
+    (strings), which ids.encode_ids maps."""
+    import pyarrow as pa
+
+    if name in keys:
+        return np.empty(n, object)
+    t = pf.schema_arrow.field(name).type
+    if pa.types.is_unsigned_integer(t) and t.bit_width == 64:
+        return np.empty(n, np.uint64)  # may exceed int64: encode_ids maps it, never wraps it
+    if pa.types.is_integer(t):
+        return np.empty(n, _parquet_id_dtype(pf, name))
+    return np.empty(n, np.float64 if pa.types.is_floating(t) else object)
+
+
+def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: dict | None = None) -> pd.DataFrame:
     """Parquet, read one row group at a time into narrow preallocated columns (int32 ids where they
-    fit, float32 play / duration / rating): only the columns the mapping and the rules name."""
+    fit, float32 play / duration / rating): only the columns the mapping and the rules name.
+    `keys`: hive partition values of this file (columns too)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    keys = keys or {}
     try:
         pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on a broken file
         raise DataError(f"{path}: cannot read as Parquet ({e})") from e
-    names = pf.schema_arrow.names
+    names = pf.schema_arrow.names + [k for k in keys if k not in pf.schema_arrow.names]
     missing = [src for src in cols.values() if src not in names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing} named in data.columns; found {names}")
@@ -480,15 +634,31 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict) -> pd.Da
     mapped = [to_canon.get(c, c) for c in names]
     used = _expr_names(spec.negative_if or "", mapped) | _expr_names(spec.positive_if or "", mapped)
     canon_of = {to_canon.get(c, c): c for c in names}
-    read = [c for c in names if c in cols.values() or to_canon.get(c, c) in used]
     opts = [o for o in OPTIONAL_FLOATS if o in cols or (o in names and o not in to_canon)]
-    id_dtype = {c: _parquet_id_dtype(pf, canon_of[c]) for c in ("user_id", "item_id")}
     # seconds that fit int32 are held as int32 (no millisecond guess can apply to them)
-    ts_dtype = _parquet_id_dtype(pf, canon_of["ts"]) if spec.ts_unit in ("s", "auto") else np.int64
-    out = {"user_id": np.empty(n, id_dtype["user_id"]), "item_id": np.empty(n, id_dtype["item_id"]),
+    ts_int = canon_of["ts"] not in keys and pa.types.is_integer(pf.schema_arrow.field(canon_of["ts"]).type)
+    ts_dtype = _parquet_id_dtype(pf, canon_of["ts"]) if spec.ts_unit in ("s", "auto") and ts_int else np.int64
+    out = {"user_id": _id_buffer(pf, canon_of["user_id"], keys, n), "item_id": _id_buffer(pf, canon_of["item_id"], keys, n),
            "ts": np.empty(n, ts_dtype), "feedback": np.empty(n, np.int8)}
     for o in opts:
         out[o] = np.empty(n, np.float32)
+    numeric_ts = _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names)
+    if spec.ts_unit == "auto" and numeric_ts and n:
+        sample = out["ts"][:: max(1, n // 100_000)]
+        if np.median(sample) > 1e11:  # milliseconds
+            np.floor_divide(out["ts"], 1000, out=out["ts"])
+    for c in ("user_id", "item_id", "ts"):
+        if out[c].dtype.kind == "i":
+            out[c] = narrow_int(out[c])
+    out["source"] = source_column(np.zeros(n, bool))
+    order = ["user_id", "item_id", "ts", "feedback", "source", *opts]
+    return pd.DataFrame({c: out[c] for c in order}, copy=False)
+
+
+def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names) -> bool:
+    """Fill `out` one row group at a time; True when every timestamp was numeric (unit settled later)."""
+    import pyarrow as pa
+
     numeric_ts = True
     pool = pa.default_memory_pool()
     row = 0
@@ -497,13 +667,9 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict) -> pd.Da
         if m == 0:
             continue
         first = row + 1
-
-        def column(name):  # one column of this row group at a time: small transient buffers
-            return pf.read_row_group(g, columns=[name], use_threads=False).column(0).to_pandas()
-
         for c in ("user_id", "item_id"):
-            out[c][row:row + m] = _numbers(column(canon_of[c]), path, canon_of[c], first, "row", integer=True)
-        tcol = column(canon_of["ts"])
+            out[c][row:row + m] = _parquet_column(pf, g, canon_of[c], keys, m).to_numpy()
+        tcol = _parquet_column(pf, g, canon_of["ts"], keys, m)
         if spec.ts_unit == "auto" and tcol.dtype.kind in "iuf":
             out["ts"][row:row + m] = parse_ts(tcol, "s", path, canon_of["ts"], first, "row")  # unit settled below
         else:
@@ -512,29 +678,21 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict) -> pd.Da
         del tcol
         parsed = {}
         for o in opts:  # parsed before the rules, which may read them (e.g. `rating <= 2`)
-            v = _numbers(column(canon_of[o]), path, canon_of[o], first, "row", allow_empty=True)
+            v = _numbers(_parquet_column(pf, g, canon_of[o], keys, m), path, canon_of[o], first, "row", allow_empty=True)
             out[o][row:row + m] = v
             if o in used:
                 parsed[o] = v
             del v
-        rule_cols = [c for c in read if to_canon.get(c, c) in used and to_canon.get(c, c) not in parsed]
-        frame = (pf.read_row_group(g, columns=rule_cols, use_threads=False).to_pandas()
-                 .rename(columns=to_canon) if rule_cols else pd.DataFrame(index=pd.RangeIndex(m)))
+        rule_cols = [c for c in names if to_canon.get(c, c) in used and to_canon.get(c, c) not in parsed]
+        frame = pd.DataFrame({to_canon.get(c, c): _parquet_column(pf, g, c, keys, m).to_numpy() for c in rule_cols},
+                             index=pd.RangeIndex(m))
         for o, v in parsed.items():
             frame[o] = v
         out["feedback"][row:row + m] = _feedback(frame, spec, path)
         del frame, parsed
         pool.release_unused()  # the Arrow allocator would otherwise keep every freed row group mapped
         row += m
-    if spec.ts_unit == "auto" and numeric_ts and n:
-        sample = out["ts"][:: max(1, n // 100_000)]
-        if np.median(sample) > 1e11:  # milliseconds
-            np.floor_divide(out["ts"], 1000, out=out["ts"])
-    for c in ("user_id", "item_id", "ts"):
-        out[c] = narrow_int(out[c])
-    out["source"] = source_column(np.zeros(n, bool))
-    order = ["user_id", "item_id", "ts", "feedback", "source", *opts]
-    return pd.DataFrame({c: out[c] for c in order}, copy=False)
+    return numeric_ts
 
 
 def _parquet_id_dtype(pf, column: str):

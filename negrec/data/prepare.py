@@ -17,12 +17,15 @@ from .implicit import SkipRule
 from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
                       recbole_ml100k_path)
 from .arrays import narrow_int, release_memory, run_starts
+from .ids import IdMap, encode_ids
 from .implicit import skip_mask
 from .schema import (EXPLICIT, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback, clean_items,
                      implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
 from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
+from .validate import check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
+CONFLICT_RULES = ("error", "negative")
 
 
 @dataclass
@@ -38,14 +41,42 @@ class DataConfig:
     main_horizon: int = 7
     require_text: bool = False
     drop_duplicates: bool = True
+    # rows with the same user, item and second but different feedback: "error" refuses the log,
+    # "negative" keeps the most negative of them (a dislike wins) and counts the others dropped
+    conflicts: str = "error"
     max_users: int = 0  # >0: keep a deterministic subset of users (quick experiments)
     seed: int = 0
+
+    def __post_init__(self):
+        check_data_config(self)
+
+
+def check_data_config(cfg: "DataConfig") -> None:
+    """Ranges of the data section (the horizon is defined here, once: every stage reads it)."""
+    from ..config import ConfigError, nearest
+
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"data.format: {cfg.format!r} is not one of {'|'.join(FORMATS)}")
+    hs = list(cfg.horizons)
+    if not hs or any(h <= 0 for h in hs):
+        raise ConfigError(f"data.horizons: every horizon must be a positive number of days, got {hs}")
+    if hs != sorted(set(hs)):
+        raise ConfigError(f"data.horizons: must be sorted without repeats, e.g. {sorted(set(hs))}, got {hs}")
+    if cfg.main_horizon not in hs:
+        raise ConfigError(f"data.main_horizon: {cfg.main_horizon} is not one of data.horizons {hs}")
+    if cfg.conflicts not in CONFLICT_RULES:
+        raise ConfigError(f"data.conflicts: {cfg.conflicts!r} is not one of {'|'.join(CONFLICT_RULES)}"
+                          f"{nearest(cfg.conflicts, CONFLICT_RULES)}")
+    if cfg.max_users < 0:
+        raise ConfigError(f"data.max_users: must be >= 0, got {cfg.max_users}")
 
 
 def load_log(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Raw (interactions, items, source description) for the configured format."""
     if cfg.format not in FORMATS:
         raise DataError(f"data.format: {cfg.format!r} is not one of {FORMATS}")
+    if cfg.format == "generic" and cfg.path and cfg.generic.path and cfg.path != cfg.generic.path:
+        raise DataError(f"data.path {cfg.path!r} and data.generic.path {cfg.generic.path!r} differ: set one")
     if cfg.format == "embedded":
         path = recbole_ml100k_path()
         inter, items = load_recbole(path, "ml-100k", cfg.ratings)
@@ -64,19 +95,15 @@ def load_log(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     return inter, items, str(cfg.path)
 
 
-def canonicalize(inter: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig, source: str):
-    """Implicit negatives, feedback kinds, duplicate removal and checks. Returns (inter, items, report).
-    The input frame is left as it is."""
-    return _canonicalize([inter], items, cfg, source)
-
-
 _WIDE_FIELDS = ("user_id", "item_id", "ts")  # int64 in the documented schema; narrower in memory
 _FLOAT_FIELDS = ("rating", "play_time_s", "duration_s")
 
 
-def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
-    """canonicalize, taking the log frame out of `box` so that its columns are freed as soon as the
-    sorted ones exist (a 10M-row log never lives twice in memory)."""
+def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, id_maps: dict | None = None):
+    """Implicit negatives, feedback kinds, duplicate removal and checks; returns (inter, items, report).
+    Takes the log frame out of `box` so that its columns are freed as soon as the
+    sorted ones exist (a 10M-row log never lives twice in memory). `id_maps` (from `encode_ids`)
+    show ids in messages as the file wrote them."""
     frame = box.pop()
     origin = frame.attrs.get("origin")
     missing = [c for c in ("user_id", "item_id", "ts", "feedback", "source") if c not in frame.columns]
@@ -100,10 +127,14 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
     known = ItemLookup(items["item_id"].to_numpy()).known(cols["item_id"])
     if not known.all():
         if not cfg.require_text:
-            raise unknown_item_error(origin, cols["item_id"], known, source)
+            raise unknown_item_error(origin, cols["item_id"], known, source,
+                                     id_maps["items"].to_original if id_maps else None)
         report["interactions_of_dropped_items"] = int((~known).sum())
         cols = {c: v[known] for c, v in cols.items()}
         fb, implicit = fb[known], implicit[known]
+        kept_rows = np.flatnonzero(known)
+    else:
+        kept_rows = None
     del known
 
     # every column is put in (user, ts) order one at a time, so the log is never held twice
@@ -114,8 +145,13 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
         carry[c] = cols.pop(c)
     dtypes = {c: np.float32 for c in names_rest if c in _FLOAT_FIELDS and carry[c].dtype.kind == "f"}
     box = {"user": narrow_int(cols.pop("user_id")), "ts": cols.pop("ts")}
+    conflicts = {"key": "item_id", "value": "feedback", "rule": cfg.conflicts}
     user, ts, n_dup, moved = sort_log_owned(box, carry, ["item_id", "feedback"] if cfg.drop_duplicates else None,
-                                            dtypes)
+                                            dtypes, conflicts)
+    if "rows" in conflicts:
+        _refuse_conflicts(conflicts, kept_rows, origin, source, id_maps)
+    if cfg.conflicts == "negative":
+        report["conflicts_resolved"] = conflicts.get("resolved", 0)
     if cfg.drop_duplicates:
         report["duplicates_dropped"] = n_dup
     if not moved:  # already in order: copy what is modified below rather than write into the caller's arrays
@@ -125,14 +161,7 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
     out = {"user_id": user, "item_id": carry.pop("item_id"), "ts": ts, "feedback": fb}
     out.update(carry)
     del carry
-    n_implicit = 0
-    if cfg.skips.enabled and "play_time_s" in out and "duration_s" in out:
-        skip = skip_mask(fb, out["play_time_s"], out["duration_s"], cfg.skips)
-        n_implicit = int(skip.sum())
-        fb[skip] = NEGATIVE
-        implicit |= skip
-        del skip
-    report["implicit_negatives_added"] = n_implicit
+    report["implicit_negatives_added"] = _add_skip_negatives(fb, implicit, out, cfg)
     has_rating = ~np.isnan(out["rating"]) if "rating" in out and out["rating"].dtype.kind == "f" else None
     kind = kind_codes(fb, implicit, has_rating)
     del has_rating
@@ -141,14 +170,37 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str):
     inter = pd.DataFrame({c: out[c] for c in [*names, "kind"]}, copy=False)
     del out, cols, user, ts, fb, implicit, kind
     if cfg.max_users > 0:
-        users = inter["user_id"].to_numpy()
-        uniq = users[run_starts(users)]
-        keep = np.random.default_rng(cfg.seed).permutation(uniq)[: cfg.max_users]
-        sel = np.isin(users, keep)
-        report["rows_dropped_subsampling"] = int((~sel).sum())
-        inter = inter[sel].reset_index(drop=True)
-        report["users_subsampled_to"] = cfg.max_users
+        inter = _subsample_users(inter, cfg, report)
     return inter, items, report
+
+
+def _add_skip_negatives(fb: np.ndarray, implicit: np.ndarray, cols: dict, cfg: DataConfig) -> int:
+    """Mark fast skips (watch time, `data.skips`) as implicit negatives in place; returns how many."""
+    if not (cfg.skips.enabled and "play_time_s" in cols and "duration_s" in cols):
+        return 0
+    skip = skip_mask(fb, cols["play_time_s"], cols["duration_s"], cfg.skips)
+    fb[skip] = NEGATIVE
+    implicit |= skip
+    return int(skip.sum())
+
+
+def _subsample_users(inter: pd.DataFrame, cfg: DataConfig, report: dict) -> pd.DataFrame:
+    """A seeded sample of `cfg.max_users` users with all their rows."""
+    users = inter["user_id"].to_numpy()
+    uniq = users[run_starts(users)]
+    keep = np.random.default_rng(cfg.seed).permutation(uniq)[: cfg.max_users]
+    sel = np.isin(users, keep)
+    report["rows_dropped_subsampling"] = int((~sel).sum())
+    report["users_subsampled_to"] = cfg.max_users
+    return inter[sel].reset_index(drop=True)
+
+
+def _refuse_conflicts(conflicts: dict, kept_rows, origin, source: str, id_maps: dict | None):
+    rows = conflicts["rows"] if kept_rows is None else kept_rows[conflicts["rows"]]
+    u, i, t = conflicts["first"]
+    if id_maps:
+        u, i = id_maps["users"].to_original([u])[0], id_maps["items"].to_original([i])[0]
+    raise conflict_error(origin, rows, u, i, t, source)
 
 
 class Samples(dict):
@@ -220,7 +272,8 @@ def _widen(df: pd.DataFrame) -> pd.DataFrame:
 class Prepared:
     """The prepared data of one run: canonical log, items, cuts and samples per split."""
 
-    def __init__(self, interactions, items, cuts, samples, cfg: DataConfig, report: dict | None = None):
+    def __init__(self, interactions, items, cuts, samples, cfg: DataConfig, report: dict | None = None,
+                 id_maps: dict | None = None):
         # the log is held with the narrowest dtypes that fit (int32 ids and ts for a 10M-row log);
         # `interactions` shows it with the documented int64 columns, built on first access
         self._log, self._wide = interactions, None
@@ -228,6 +281,8 @@ class Prepared:
         self.cfg = cfg
         self.report = report or {}
         self._titles = None
+        # internal id -> the id of the original log ({"users": IdMap, "items": IdMap}; identity by default)
+        self.id_maps = id_maps or {"users": IdMap(), "items": IdMap()}
 
     @property
     def interactions(self) -> pd.DataFrame:
@@ -274,6 +329,7 @@ class Prepared:
                 pq.write_table(self.samples.table(split), tmp)
         write_json(out_dir / "data_config.json", to_dict(self.cfg))
         write_json(out_dir / "report.json", self.report)
+        save_id_maps(out_dir, self.id_maps)
         return out_dir
 
     @classmethod
@@ -287,27 +343,71 @@ class Prepared:
         samples = Samples({s: pq.read_table(out_dir / f"samples_{s}.parquet") for s in ("train", "valid", "test")})
         report = read_json(out_dir / "report.json") if (out_dir / "report.json").exists() else {}
         return cls(pd.read_parquet(out_dir / "interactions.parquet"), pd.read_parquet(out_dir / "items.parquet"),
-                   pd.read_parquet(out_dir / "cuts.parquet"), samples, cfg, report)
+                   pd.read_parquet(out_dir / "cuts.parquet"), samples, cfg, report, load_id_maps(out_dir))
+
+
+ID_MAP_FILES = {"users": "id_map_users.parquet", "items": "id_map_items.parquet"}
+
+
+def save_id_maps(out_dir, maps: dict) -> None:
+    """data/id_map_users.parquet and data/id_map_items.parquet (id, original) where ids were mapped;
+    a stale map of an earlier run is removed where the ids are now the originals."""
+    for kind, name in ID_MAP_FILES.items():
+        m = maps.get(kind) or IdMap()
+        if m.identity:
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        else:
+            m.save(Path(out_dir) / name)
+
+
+def load_id_maps(out_dir) -> dict:
+    """{"users": IdMap, "items": IdMap} of a prepared run folder's data/ (identity where no file)."""
+    return {kind: IdMap.load(Path(out_dir) / name) for kind, name in ID_MAP_FILES.items()}
 
 
 def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     """Load, canonicalise, cut and sample; save to `out_dir` when given."""
     t0 = time.perf_counter()
     raw_inter, raw_items, source = load_log(cfg)
+    id_maps = validate_loaded(raw_inter, raw_items, cfg, source)
     box = [raw_inter]
     del raw_inter  # _canonicalize frees the raw columns as it goes
     release_memory()
-    inter, items, report = _canonicalize(box, raw_items, cfg, source)
+    inter, items, report = _canonicalize(box, raw_items, cfg, source, id_maps)
     release_memory()
     cuts = compute_cuts(inter, cfg.split)
+    check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
+                     source, _negative_rule(cfg), cfg.split.min_context)
     samples = build_samples(inter, cuts, cfg)
     release_memory()
     report["source"] = source
+    report["id_map"] = {k: ("original ids" if m.identity else f"mapped {len(m.original)} ids (data/{ID_MAP_FILES[k]})")
+                        for k, m in id_maps.items()}
     report["seconds"] = round(time.perf_counter() - t0, 3)
-    prepared = Prepared(inter, items, cuts, samples, cfg, report)
+    prepared = Prepared(inter, items, cuts, samples, cfg, report, id_maps)
     if out_dir is not None:
         prepared.save(out_dir)
     return prepared
+
+
+def validate_loaded(inter: pd.DataFrame, items: pd.DataFrame, cfg: DataConfig, source: str) -> dict:
+    """The checks of a freshly loaded log (negrec.data.validate, negrec.data.ids): ids mapped to
+    internal ids in place, timestamps and ratings in range. Returns the id maps."""
+    id_maps = encode_ids(inter, items, source)
+    ts = inter["ts"].to_numpy()
+    if ts.dtype.kind not in "iu":
+        raise DataError(f"{source}: field 'ts' must be integer seconds, got {ts.dtype}")
+    check_timestamps(ts, inter.attrs.get("origin"), source)
+    check_ratings(inter, source, cfg.ratings.min_rating, cfg.ratings.max_rating)
+    return id_maps
+
+
+def _negative_rule(cfg: DataConfig) -> str:
+    if cfg.format == "generic":
+        return f"data.generic.negative_if = {cfg.generic.negative_if!r}"
+    if cfg.format == "kuairand":
+        return "is_hate == 1 / label == 0, or a fast skip (data.skips)"
+    return f"rating <= data.ratings.negative_max = {cfg.ratings.negative_max}"
 
 
 def data_stats(p: Prepared) -> dict:
@@ -355,7 +455,9 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         f"active days/user mean {stats['active_days_per_user_mean']}, median {stats['active_days_per_user_median']}",
         f"dropped rows     duplicates {stats.get('duplicates_dropped', 0):,}, "
         f"of items without text {stats.get('interactions_of_dropped_items', 0):,} "
-        f"({stats.get('items_without_text', 0):,} items dropped), subsampling {stats.get('rows_dropped_subsampling', 0):,}",
+        f"({stats.get('items_without_text', 0):,} items dropped), subsampling {stats.get('rows_dropped_subsampling', 0):,}"
+        + (f", conflicting duplicates {stats['conflicts_resolved']:,} (data.conflicts: negative)"
+           if "conflicts_resolved" in stats else ""),
         f"cuts             {_describe_cuts(stats)}",
     ]
     for split in ("train", "valid", "test"):

@@ -44,21 +44,34 @@ class DataError(ValueError):
 def set_origin(df: pd.DataFrame, parts, fields: dict | None = None) -> pd.DataFrame:
     """Record where each row of a loaded frame came from, so later checks can name file and line.
 
-    parts: [(path, first_line, n_rows, unit)], in row order; unit is "line" for text files (1-based
-    line of the first row) or "row" for Parquet (1-based row). fields: canonical -> file column name.
+    parts: [(path, first_line, n_rows, unit[, skipped_lines])], in row order; unit is "line" for
+    text files (1-based line of the first row) or "row" for Parquet (1-based row); skipped_lines:
+    sorted line numbers that hold no row (blank lines). fields: canonical -> file column name.
     """
-    df.attrs["origin"] = {"parts": [(str(p), int(first), int(n), unit) for p, first, n, unit in parts],
-                          "fields": dict(fields or {})}
+    df.attrs["origin"] = {"parts": [(str(p[0]), int(p[1]), int(p[2]), p[3], list(p[4]) if len(p) > 4 else [])
+                                    for p in parts], "fields": dict(fields or {})}
     return df
+
+
+def line_of(first: int, i: int, skipped=()) -> int:
+    """The line of data row i (0-based) when rows start at line `first` and `skipped` lines hold none."""
+    line = first + i
+    for b in skipped:
+        if b <= line:
+            line += 1
+        else:
+            break
+    return line
 
 
 def locate(origin: dict | None, row: int, fallback: str) -> str:
     """'file: line N' (or 'file: row N') for row `row` (0-based, in load order) of a loaded frame."""
     if origin:
         offset = 0
-        for path, first, n, unit in origin["parts"]:
+        for part in origin["parts"]:
+            path, first, n, unit = part[:4]
             if row < offset + n:
-                return f"{path}: {unit} {first + row - offset}"
+                return f"{path}: {unit} {line_of(first, row - offset, part[4] if len(part) > 4 else ())}"
             offset += n
     return f"{fallback}: row {row + 1}"
 
@@ -133,24 +146,12 @@ def clean_items(items: pd.DataFrame, source: str, require_text: bool = False):
     return items.sort_values("item_id").reset_index(drop=True), n_dropped
 
 
-def check_items(items: pd.DataFrame, interactions: pd.DataFrame, source: str, require_text: bool = False):
-    """Validate the items table against the log. Returns (items, interactions, dropped counts).
-    An item of the log missing from the items table is an error naming its file and line, unless
-    `require_text` drops items (then their interactions are dropped and counted)."""
-    items, n_no_text = clean_items(items, source, require_text)
-    dropped = {"items_without_text": n_no_text} if require_text else {}
-    known = ItemLookup(items["item_id"].to_numpy()).known(interactions["item_id"].to_numpy())
-    if not known.all():
-        if not require_text:
-            raise unknown_item_error(interactions.attrs.get("origin"), interactions["item_id"].to_numpy(), known, source)
-        dropped["interactions_of_dropped_items"] = int((~known).sum())
-        interactions = interactions[known].reset_index(drop=True)
-    return items, interactions, dropped
-
-
-def unknown_item_error(origin, item_ids: np.ndarray, known: np.ndarray, source: str) -> DataError:
+def unknown_item_error(origin, item_ids: np.ndarray, known: np.ndarray, source: str, original=None) -> DataError:
+    """`original`: internal id -> the id as the file wrote it (an `ids.IdMap.to_original`)."""
     i = int(np.flatnonzero(~known)[0])
-    return DataError(f"{locate(origin, i, source)}: field {field_name(origin, 'item_id')} = {int(item_ids[i])} "
+    value = original(np.array([item_ids[i]]))[0] if original is not None else int(item_ids[i])
+    value = value.item() if hasattr(value, "item") else value
+    return DataError(f"{locate(origin, i, source)}: field {field_name(origin, 'item_id')} = {value} "
                      f"is not in the items table ({int((~known).sum())} rows with unknown items)")
 
 
@@ -168,7 +169,8 @@ def sort_log(user: np.ndarray, ts: np.ndarray, dedupe: tuple[np.ndarray, ...] | 
     return (carry["row"] if moved else None), user, ts, n_dup
 
 
-def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtypes: dict | None = None):
+def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtypes: dict | None = None,
+                   conflicts: dict | None = None):
     """Sort a log by (user, ts), ties in load order, dropping exact duplicates, with little memory.
 
     Takes `user` and `ts` out of `box` (so they are freed once the sort key exists) and puts every
@@ -177,6 +179,11 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
     bits: the row in the low bits keeps ties in load order, and only rows sharing user and second
     are compared on the `dedupe` columns of `carry`. Returns (user, ts, n_duplicates, moved) with ts
     as int32 when every value fits; moved is False when the input was already in order.
+    `conflicts` {"key": column, "value": column}: rows sharing user, second and key but differing in
+    value are found (conflicting duplicates); their input rows, sorted, come back in
+    conflicts["rows"] and the first one's (user, key, ts) in conflicts["first"] (the caller refuses);
+    with conflicts["rule"] == "negative" they are resolved instead (`_losers`), counted in
+    conflicts["resolved"].
     """
     dtypes = dtypes or {}
     user = np.asarray(box.pop("user"))
@@ -191,7 +198,59 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
         uniq = np.unique(user)
         ub = bits(len(uniq) - 1)
         if ub + tb + ib > 63:
-            return _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype)
+            return _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype, conflicts)
+    key, is_sorted = _packed_key(user, ts, uniq, umin, tmin, tb, ib)
+    del user, ts
+    if not is_sorted:
+        key.sort()
+    imask = (1 << ib) - 1
+    n_dup = n_drop = 0
+    if dedupe is not None or conflicts is not None:
+        tie = []
+        for a, b in chunks(n):
+            a0 = max(a - 1, 0)
+            g = key[a0:b] >> ib
+            tie.append(np.flatnonzero(g[1:] == g[:-1]) + a0 + 1)
+        tie = np.concatenate(tie)
+        if len(tie):
+            pos = np.union1d(tie, tie - 1)
+            rows = key[pos] & imask
+            group = np.cumsum(~np.isin(pos, tie))
+            lose = np.zeros(len(pos), bool)
+            if conflicts is not None:
+                clash = _clashes(group, carry, rows, conflicts)
+                if len(clash) and conflicts.get("rule") == "negative":
+                    lose[_losers(group, carry, rows, clash, conflicts)] = True
+                    conflicts["resolved"] = int(lose.sum())
+                elif len(clash):
+                    p0 = pos[clash[0]]
+                    hi = int(key[p0] >> (tb + ib))
+                    conflicts["rows"] = np.sort(rows[clash])
+                    conflicts["first"] = (int(uniq[hi]) if uniq is not None else hi + umin,
+                                          np.asarray(carry[conflicts["key"]])[rows[clash[0]]].item(),
+                                          int(((key[p0] >> ib) & ((1 << tb) - 1)) + tmin))
+                    return None, None, 0, False
+            frame = pd.DataFrame({"g": group, **{c: np.asarray(carry[c])[rows] for c in dedupe or ()}})
+            dup = frame.duplicated().to_numpy() & ~lose if dedupe is not None else np.zeros(len(pos), bool)
+            n_dup = int(dup.sum())
+            drop = pos[dup | lose]
+            n_drop = len(drop)
+            if n_drop:
+                keep = np.ones(n, bool)
+                keep[drop] = False
+                key = compact(key, keep)
+                del keep
+    moved = not is_sorted or n_drop > 0
+    _put_in_key_order(carry, key, imask, dtypes, moved)
+    out_user, out_ts = _unpack_key(key, ib, tb, umin, uniq, tmin, user_dtype, ts_dtype)
+    del key
+    return out_user, out_ts, n_dup, moved
+
+
+def _packed_key(user, ts, uniq, umin: int, tmin: int, tb: int, ib: int) -> tuple[np.ndarray, bool]:
+    """The int64 sort key (user rank or offset, ts - tmin, input row) of every row, built chunk by
+    chunk, and whether the rows are already in key order."""
+    n = len(user)
     key = np.empty(n, np.int64)
     is_sorted = True
     prev = None
@@ -205,31 +264,11 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
             is_sorted = bool((k[1:] >= k[:-1]).all()) and (prev is None or prev <= k[0])
             prev = k[-1]
         del hi, k
-    del user, ts
-    if not is_sorted:
-        key.sort()
-    imask = (1 << ib) - 1
-    n_dup = 0
-    if dedupe is not None:
-        tie = []
-        for a, b in chunks(n):
-            a0 = max(a - 1, 0)
-            g = key[a0:b] >> ib
-            tie.append(np.flatnonzero(g[1:] == g[:-1]) + a0 + 1)
-        tie = np.concatenate(tie)
-        if len(tie):
-            pos = np.union1d(tie, tie - 1)
-            rows = key[pos] & imask
-            group = np.cumsum(~np.isin(pos, tie))
-            frame = pd.DataFrame({"g": group, **{c: np.asarray(carry[c])[rows] for c in dedupe}})
-            drop = pos[frame.duplicated().to_numpy()]
-            n_dup = len(drop)
-            if n_dup:
-                keep = np.ones(n, bool)
-                keep[drop] = False
-                key = compact(key, keep)
-                del keep
-    moved = not is_sorted or n_dup > 0
+    return key, is_sorted
+
+
+def _put_in_key_order(carry: dict, key: np.ndarray, imask: int, dtypes: dict, moved: bool) -> None:
+    """Every column of `carry` in output order, narrowed to dtypes[name], one column at a time."""
     if moved:  # the input row of each output row is the key's low bits: no separate order array
         for name in list(carry):
             old = carry.pop(name)
@@ -242,6 +281,10 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
         for name, dt in dtypes.items():
             if name in carry and carry[name].dtype != dt:
                 carry[name] = carry[name].astype(dt)
+
+
+def _unpack_key(key: np.ndarray, ib: int, tb: int, umin: int, uniq, tmin: int, user_dtype, ts_dtype):
+    """(user, ts) of every sorted key."""
     m = len(key)
     out_user = np.empty(m, user_dtype)
     out_ts = np.empty(m, ts_dtype)
@@ -251,13 +294,45 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
         hi = k >> (tb + ib)
         out_user[a:b] = uniq[hi] if uniq is not None else hi + umin
         out_ts[a:b] = ((k >> ib) & tmask) + tmin
-    del key
-    return out_user, out_ts, n_dup, moved
+    return out_user, out_ts
 
 
-def _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype=np.int64):
+def _clashes(group: np.ndarray, carry: dict, rows: np.ndarray, conflicts: dict) -> np.ndarray:
+    """Positions (into `rows`) of tied rows that share group and key but differ in value."""
+    cf = pd.DataFrame({"g": group, "k": np.asarray(carry[conflicts["key"]])[rows],
+                       "v": np.asarray(carry[conflicts["value"]])[rows]})
+    distinct = cf.drop_duplicates()
+    clash = distinct.duplicated(["g", "k"], keep=False).to_numpy()
+    if not clash.any():
+        return np.zeros(0, np.int64)
+    bad = distinct[clash][["g", "k"]]
+    return np.flatnonzero(pd.MultiIndex.from_frame(cf[["g", "k"]]).isin(pd.MultiIndex.from_frame(bad)))
+
+
+def _losers(group: np.ndarray, carry: dict, rows: np.ndarray, clash: np.ndarray, conflicts: dict) -> np.ndarray:
+    """Rule `negative` for conflicting duplicates: of the rows sharing user, second and key, those
+    whose value is above the group's smallest (feedback: a dislike wins over a like or an exposure)."""
+    df = pd.DataFrame({"g": group[clash], "k": np.asarray(carry[conflicts["key"]])[rows[clash]],
+                       "v": np.asarray(carry[conflicts["value"]])[rows[clash]]})
+    low = df.groupby(["g", "k"])["v"].transform("min").to_numpy()
+    return clash[df["v"].to_numpy() > low]
+
+
+def _sort_log_lexsort(user, ts, carry, dedupe, dtypes, ts_dtype=np.int64, conflicts=None):
     """sort_log_owned for keys too wide to pack: a stable lexsort."""
     order = np.lexsort((ts, user))
+    if conflicts is not None:
+        g = np.r_[0, np.cumsum((user[order][1:] != user[order][:-1]) | (ts[order][1:] != ts[order][:-1]))]
+        clash = _clashes(g, carry, order, conflicts)
+        if len(clash) and conflicts.get("rule") == "negative":
+            lose = _losers(g, carry, order, clash, conflicts)
+            conflicts["resolved"] = len(lose)
+            order = np.delete(order, lose)
+        elif len(clash):
+            r = order[clash[0]]
+            conflicts["rows"] = np.sort(order[clash])
+            conflicts["first"] = (int(user[r]), np.asarray(carry[conflicts["key"]])[r].item(), int(ts[r]))
+            return None, None, 0, False
     n_dup = 0
     if dedupe is not None:
         frame = pd.DataFrame({"u": user[order], "t": ts[order], **{c: np.asarray(carry[c])[order] for c in dedupe}})
@@ -278,22 +353,6 @@ def check_feedback(feedback: np.ndarray, origin, source: str) -> np.ndarray:
     return fb.astype(np.int8, copy=False)
 
 
-def check_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Validate a canonical interactions frame; sort it by (user, ts) (ties keep their order)."""
-    missing = [c for c in INTERACTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{source}: interactions lack field(s) {missing}")
-    if len(df) == 0:
-        raise DataError(f"{source}: no interactions (empty file?)")
-    check_feedback(df["feedback"].to_numpy(), df.attrs.get("origin"), source)
-    out = df.astype({"user_id": "int64", "item_id": "int64", "ts": "int64", "feedback": "int8",
-                     "source": SOURCE_DTYPE})
-    order, _, _, _ = sort_log(out["user_id"].to_numpy(), out["ts"].to_numpy())
-    if order is not None:
-        out = out.take(order)
-    return out.reset_index(drop=True)
-
-
 def kind_codes(feedback: np.ndarray, implicit: np.ndarray, has_rating: np.ndarray | None) -> np.ndarray:
     """Codes into KINDS: hated / skipped / low rating / liked / neutral (int8, chunked)."""
     n = len(feedback)
@@ -307,10 +366,3 @@ def kind_codes(feedback: np.ndarray, implicit: np.ndarray, has_rating: np.ndarra
         c[neg & imp] = KINDS.index("skipped")
         c[fb == POSITIVE] = KINDS.index("liked")
     return code
-
-
-def kind_of(feedback: np.ndarray, implicit: np.ndarray, has_rating: np.ndarray) -> pd.Categorical:
-    """Human-readable feedback kind shown in prompts: hated / skipped / low rating / liked / neutral.
-    Categorical, so a 10M-row log holds one byte per row rather than a Python string."""
-    return pd.Categorical.from_codes(kind_codes(np.asarray(feedback), np.asarray(implicit, bool),
-                                                np.asarray(has_rating, bool)), dtype=KIND_DTYPE)

@@ -58,9 +58,21 @@ class SplitConfig:
 def check_split_config(cfg: SplitConfig) -> None:
     if cfg.cut_unit not in CUT_UNITS:
         raise ValueError(f"data.split.cut_unit: {cfg.cut_unit!r} is not one of {'|'.join(CUT_UNITS)}")
-    for name in ("rolling_every", "rolling_max"):
+    for name in ("rolling_every", "rolling_max", "min_context", "train_event_stride", "max_train_samples_per_user"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"data.split.{name}: must be >= 0, got {getattr(cfg, name)}")
+    for name in ("test_frac", "valid_frac"):
+        if not 0.0 < getattr(cfg, name) < 1.0:
+            raise ValueError(f"data.split.{name}: must be in (0, 1), got {getattr(cfg, name)}")
+    if cfg.max_history <= 0:
+        raise ValueError(f"data.split.max_history: must be > 0, got {cfg.max_history}")
+    for name in ("global_test_date", "global_valid_date"):
+        value = getattr(cfg, name)
+        if value:
+            try:
+                pd.Timestamp(value)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"data.split.{name}: {value!r} is not a date (YYYY-MM-DD)") from e
 
 
 def _bounds(users: np.ndarray):
@@ -476,5 +488,3 @@ def train_cuts(log: pd.DataFrame, cuts: pd.DataFrame, cfg: SplitConfig, seed: in
         c_u, c_ts = c_u[sel], c_ts[sel]
     return users[starts][c_u].astype(np.int64), c_ts.astype(np.int64), limit[c_u]
 
-
-_rank_within = rank_within  # kept for importers of the old private name

@@ -11,7 +11,7 @@ from negrec.eval.baselines import (
     SASRec,
     SASRecConfig,
     UserKNN,
-    default_baselines,
+    make_baselines,
 )
 from negrec.eval.filter import filter_candidates, filter_curve
 from negrec.eval.metrics import (
@@ -38,7 +38,7 @@ __all__ = [
     "BaselinesConfig", "EvalConfig", "FilterConfig", "run_baselines", "run_evaluate", "run_filter", "run_predict",
     "run_report",
     "Baseline", "ItemKNN", "NegativeRatio", "PopularNegatives", "RandomItems", "SASRec", "SASRecConfig",
-    "UserKNN", "default_baselines", "filter_candidates", "filter_curve", "MetricsConfig", "candidate_sets",
+    "UserKNN", "make_baselines", "filter_candidates", "filter_curve", "MetricsConfig", "candidate_sets",
     "evaluate_arrays", "evaluate_predictions", "evaluate_samples", "rank_metrics",
     "bootstrap_ci", "bootstrap_summary", "format_ci", "paired_bootstrap", "paired_summary", "sign_flip_p",
 ]

@@ -411,7 +411,21 @@ class SASRec(Baseline):
         return self._logits_last(x, f)
 
 
-def default_baselines(seed: int = 0, sasrec_epochs: int = 30) -> list[Baseline]:
-    return [RandomItems(seed), PopularNegatives(), NegativeRatio(), ItemKNN(), UserKNN(),
-            SASRec(SASRecConfig(sequence="negative", seed=seed, epochs=sasrec_epochs)),
-            SASRec(SASRecConfig(sequence="mixed", seed=seed, epochs=sasrec_epochs))]
+# name -> factory(seed, sasrec_epochs): every baseline `negrec baselines` can run (`baselines.methods`)
+BASELINES = {
+    "random": lambda seed, epochs: RandomItems(seed),
+    "popular_negatives": lambda seed, epochs: PopularNegatives(),
+    "negative_ratio": lambda seed, epochs: NegativeRatio(),
+    "item_knn": lambda seed, epochs: ItemKNN(),
+    "user_knn": lambda seed, epochs: UserKNN(),
+    "sasrec_neg": lambda seed, epochs: SASRec(SASRecConfig(sequence="negative", seed=seed, epochs=epochs)),
+    "sasrec_mixed": lambda seed, epochs: SASRec(SASRecConfig(sequence="mixed", seed=seed, epochs=epochs)),
+}
+
+
+def make_baselines(methods, seed: int = 0, sasrec_epochs: int = 30) -> dict[str, Baseline]:
+    """Fresh baselines by name, in the order given; an unknown name is an error."""
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines.methods: unknown {unknown}; known {sorted(BASELINES)}")
+    return {m: BASELINES[m](seed, sasrec_epochs) for m in methods}

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from negrec.data.splits import DAY
 from negrec.rewards.matching import (
     ItemSets,
     ItemSimilarity,
     clean_rankings,
     hits,
-    index_table,
     isin_rows,
     lookup,
     prefix_key_table,
@@ -47,7 +47,6 @@ from negrec.rewards.matching import (
     widen_with_co_negatives,
 )
 
-DAY = 86_400
 NEGATIVE_KINDS = {"hated", "skipped", "low rating", "neg", "negative", "dislike"}
 POSITIVE_KINDS = {"liked", "pos", "positive", "like"}
 
@@ -318,6 +317,20 @@ def context_sets(log: pd.DataFrame, keys: pd.DataFrame) -> ItemSets:
     return ItemSets.from_pairs(m["row"].to_numpy(), m["item_id"].to_numpy(), len(keys))
 
 
+def train_log_stats(train_log: pd.DataFrame, row_users: pd.Series, cfg: MetricsConfig,
+                    swing: ItemSimilarity | None = None) -> tuple[np.ndarray, np.ndarray, ItemSimilarity | None]:
+    """What the long-tail and collaborative metrics need from the training log: each row's user's
+    training negatives, training negatives per item id, and the Swing co-negatives (fitted here
+    unless given; None without training negatives or with swing_top_n = 0)."""
+    neg = train_log[train_log["feedback"].to_numpy() < 0]
+    user_negs = row_users.map(neg.groupby("user_id").size()).fillna(0).to_numpy()
+    item_negs = np.bincount(neg["item_id"].to_numpy(dtype=np.int64)) if len(neg) else np.zeros(1, dtype=np.int64)
+    if swing is None and cfg.swing_top_n > 0 and len(neg):
+        swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
+                               max_items_per_user=cfg.swing_max_items_per_user)
+    return user_negs, item_negs, swing
+
+
 def training_log(log: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
     """Events before each evaluated user's (earliest) cut; users not evaluated keep all theirs."""
     first_cut = keys.groupby("user_id")["cut_ts"].min()
@@ -421,13 +434,7 @@ def evaluate_predictions(
         context = context_sets(log, keys)
         train_log = training_log(log, keys) if train_log is None else train_log
     if train_log is not None:
-        neg = train_log[train_log["feedback"].to_numpy() < 0]
-        per_user = neg.groupby("user_id").size()
-        user_negs = keys["user_id"].map(per_user).fillna(0).to_numpy()
-        item_negs = np.bincount(neg["item_id"].to_numpy(dtype=np.int64)) if len(neg) else np.zeros(1, dtype=np.int64)
-        if swing is None and cfg.swing_top_n > 0 and len(neg):
-            swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
-                                   max_items_per_user=cfg.swing_max_items_per_user)
+        user_negs, item_negs, swing = train_log_stats(train_log, keys["user_id"], cfg, swing)
     out = evaluate_arrays(rankings, future_neg, cfg, context=context, next_neg=next_neg,
                           user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok,
                           per_row=per_row, row_users=keys["user_id"].to_numpy())
@@ -492,12 +499,7 @@ def evaluate_samples(rankings: np.ndarray, samples: pd.DataFrame, cfg: MetricsCo
                 if "next_neg" in samples else None)
     user_negs = item_negs = None
     if train_log is not None:
-        neg = train_log[train_log["feedback"].to_numpy() < 0]
-        user_negs = samples["user_id"].map(neg.groupby("user_id").size()).fillna(0).to_numpy()
-        item_negs = np.bincount(neg["item_id"].to_numpy(dtype=np.int64)) if len(neg) else np.zeros(1)
-        if swing is None and cfg.swing_top_n > 0 and len(neg):
-            swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
-                                   max_items_per_user=cfg.swing_max_items_per_user)
+        user_negs, item_negs, swing = train_log_stats(train_log, samples["user_id"], cfg, swing)
     return evaluate_arrays(np.asarray(rankings), future_neg, cfg, context=context, next_neg=next_neg,
                            user_train_negatives=user_negs, item_train_negatives=item_negs, swing=swing, sid_tok=sid_tok,
                            per_row=per_row, row_users=samples["user_id"].to_numpy() if "user_id" in samples else None)

@@ -8,7 +8,6 @@ level, the dislike-filter curve, and five example users: their history, the pred
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config
-from ..io import atomic_path, read_json, write_text
+from ..io import atomic_path, read_json, read_jsonl, write_text
 from .stats import format_ci
 
 
@@ -230,23 +229,13 @@ def run_report(raw: dict, run_dir) -> dict:
         ks = sorted(mcfg.ks)
         parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")
         parts.append(f"![Recall by H](plots/{plot_recall_by_horizon(metrics, sorted(mcfg.horizons), 10, plots / 'recall_by_horizon.png')})\n")
-    grpo_log = run_dir / "grpo" / "log.jsonl"
-    if grpo_log.exists():
-        rows = [json.loads(line) for line in grpo_log.read_text().splitlines() if line.strip()]
-        name = plot_grpo(rows, plots / "grpo_reward.png")
+    for src, read, plot, png, title in (  # a section per stage output that exists and plots
+            (run_dir / "grpo" / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## Progressive GRPO\n\n![GRPO reward]"),
+            (run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
+            (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")):
+        name = plot(read(src), plots / png) if src.exists() else None
         if name:
-            parts.append(f"## Progressive GRPO\n\n![GRPO reward](plots/{name})\n")
-    tok = run_dir / "tokenize" / "metrics.json"
-    if tok.exists():
-        tm = read_json(tok)
-        name = plot_code_usage(tm, plots / "code_usage.png")
-        if name:
-            parts.append(f"## Semantic IDs\n\n![code usage](plots/{name})\n")
-    curve = run_dir / "filter" / "curve.json"
-    if curve.exists():
-        name = plot_filter(read_json(curve), plots / "filter_curve.png")
-        if name:
-            parts.append(f"## Dislike filter\n\n![filter](plots/{name})\n")
+            parts.append(f"{title}(plots/{name})\n")
     pred_path = ev / "predictions.parquet"
     if (run_dir / "data" / "interactions.parquet").exists():
         prepared = Prepared.load(run_dir / "data")

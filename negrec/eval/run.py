@@ -14,14 +14,15 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
+from ..data.prepare import load_id_maps
+from ..data.splits import DAY
 from ..io import read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
+from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
 from .stats import bootstrap_summary, format_ci, paired_differences, paired_summary
 
-DAY = 86_400
-MAIN = "negrec"  # the name of the main method (the last policy in `eval.policies`)
 
 
 @dataclass
@@ -59,6 +60,15 @@ def _eval_samples(prepared, cfg: EvalConfig) -> pd.DataFrame:
     if cfg.max_users and len(s) > cfg.max_users:
         s = s.sample(n=cfg.max_users, random_state=0).sort_values(["user_id", "cut_ts"])
     return s.reset_index(drop=True)
+
+
+def _eval_rows(run_dir: Path, cfg: EvalConfig):
+    """(the prepared data, the evaluated sample rows, their same-day candidates): what every method is run on."""
+    from ..data import Prepared
+
+    prepared = Prepared.load(run_dir / "data")
+    samples = _eval_samples(prepared, cfg)
+    return prepared, samples, candidates_frame(prepared, samples, cfg.metrics.candidate_size)
 
 
 def _to_frame(samples: pd.DataFrame, ranked: list[list[tuple[int, float]]]) -> pd.DataFrame:
@@ -129,17 +139,14 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
 
 def run_predict(raw: dict, run_dir) -> dict:
     """predictions.parquet for every trained policy (the last one is the main method) + targets.parquet."""
-    from ..data import Prepared
     from ..llm import PromptConfig
 
     run_dir = Path(run_dir)
     cfg = section_config(EvalConfig, raw, "eval")
     prompt_cfg = section_config(PromptConfig, raw, "prompt")
-    prepared = Prepared.load(run_dir / "data")
-    samples = _eval_samples(prepared, cfg)
+    prepared, samples, cands = _eval_rows(run_dir, cfg)
     out = run_dir / "eval"
     write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
-    cands = candidates_frame(prepared, samples, cfg.metrics.candidate_size)
     done = {}
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
@@ -148,7 +155,7 @@ def run_predict(raw: dict, run_dir) -> dict:
             continue
         t0 = time.perf_counter()
         pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands)
-        write_parquet(out / "predictions" / f"{name}.parquet", pred)
+        write_parquet(out / "predictions" / f"{name}.parquet", with_original_ids(pred, prepared.id_maps))
         _write_candidate_scores(out / "candidates" / f"{name}.parquet", cands, cand_scores)
         done[name] = {"rows": len(samples), "seconds": round(time.perf_counter() - t0, 1),
                       "users_per_s": round(len(samples) / max(time.perf_counter() - t0, 1e-9), 2)}
@@ -162,38 +169,21 @@ def run_predict(raw: dict, run_dir) -> dict:
 
 
 # ---------------------------------------------------------------- baselines
-def make_baselines(cfg: BaselinesConfig):
-    from .baselines import (ItemKNN, NegativeRatio, PopularNegatives, RandomItems, SASRec, SASRecConfig, UserKNN)
-
-    factory = {
-        "random": lambda: RandomItems(cfg.seed), "popular_negatives": PopularNegatives, "negative_ratio": NegativeRatio,
-        "item_knn": ItemKNN, "user_knn": UserKNN,
-        "sasrec_neg": lambda: SASRec(SASRecConfig(sequence="negative", seed=cfg.seed, epochs=cfg.sasrec_epochs)),
-        "sasrec_mixed": lambda: SASRec(SASRecConfig(sequence="mixed", seed=cfg.seed, epochs=cfg.sasrec_epochs)),
-    }
-    unknown = [m for m in cfg.methods if m not in factory]
-    if unknown:
-        raise ValueError(f"baselines.methods: unknown {unknown}; known {sorted(factory)}")
-    return {m: factory[m]() for m in cfg.methods}
-
-
 def run_baselines(raw: dict, run_dir) -> dict:
     """Fit each baseline on the data before the cuts it serves; write its predictions."""
-    from ..data import Prepared
+    from .baselines import make_baselines
 
     run_dir = Path(run_dir)
     cfg = section_config(BaselinesConfig, raw, "baselines")
     ecfg = section_config(EvalConfig, raw, "eval")
-    prepared = Prepared.load(run_dir / "data")
-    samples = _eval_samples(prepared, ecfg)
-    cands = candidates_frame(prepared, samples, ecfg.metrics.candidate_size)
+    prepared, samples, cands = _eval_rows(run_dir, ecfg)
     out = run_dir / "eval" / "predictions"
     summary = {}
-    for name, model in make_baselines(cfg).items():
+    for name, model in make_baselines(cfg.methods, cfg.seed, cfg.sasrec_epochs).items():
         t0 = time.perf_counter()
         model.fit(prepared, split=ecfg.split)
         rankings = model.recommend(samples, ecfg.k)
-        write_parquet(out / f"{name}.parquet", rankings_to_frame(samples, rankings))
+        write_parquet(out / f"{name}.parquet", with_original_ids(rankings_to_frame(samples, rankings), prepared.id_maps))
         _write_candidate_scores(run_dir / "eval" / "candidates" / f"{name}.parquet", cands,
                                 model.score_pairs(samples, cands["row"].to_numpy(), cands["item_id"].to_numpy()))
         summary[name] = {"seconds": round(time.perf_counter() - t0, 2)}
@@ -386,6 +376,7 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
     run_dir = Path(run_dir)
     cfg = section_config(EvalConfig, raw, "eval")
     ev = run_dir / "eval"
+    id_maps = load_id_maps(_log_path(run_dir, log).parent)  # an outside file names ids as the log did
     targets, log, sid_tok, files = _evaluate_inputs(run_dir, cfg, predictions, targets, log)
     keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
     # fitted once for all methods, on events before each evaluated user's cut only
@@ -397,8 +388,10 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
     metrics, rows = {}, {}
     for f in files:
         pred = pd.read_parquet(f)
-        # every method is scored on the same rows: those of the targets file
-        pred = pred.merge(keys, on=["user_id", "cut_ts"])
+        # every method is scored on the same rows: those of the targets file; an outside file is
+        # checked first (columns, types, duplicates, matching rows), in the log's own ids where mapped
+        pred = (check_predictions(pred, keys, f, pd.unique(log["item_id"].to_numpy()), id_maps) if predictions
+                else pred.merge(keys, on=["user_id", "cut_ts"]))
         # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
         cand_file = ev / "candidates" / f.name
         cand_scores = pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None
@@ -425,13 +418,17 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
     return {"metrics": metrics, "table": text, "paired": paired_text}
 
 
+def _log_path(run_dir: Path, log) -> Path:
+    return Path(log) if log else run_dir / "data" / "interactions.parquet"
+
+
 def _evaluate_inputs(run_dir: Path, cfg: "EvalConfig", predictions, targets, log):
     """(targets, log, sid tokenizer or None, predictions files: baselines first, then the SID policies)."""
     from ..tokenizer import SemanticIdTokenizer
 
     ev = run_dir / "eval"
     targets_path = Path(targets) if targets else ev / "targets.parquet"
-    log_path = Path(log) if log else run_dir / "data" / "interactions.parquet"
+    log_path = _log_path(run_dir, log)
     for path, hint in ((targets_path, "run `negrec predict` first, or pass --targets"),
                        (log_path, "run `negrec data prepare` first, or pass --log")):
         if not path.exists():

@@ -103,6 +103,11 @@ class SidConstraint:
         items = self._on(tokens.device)["leaf_item"][node]
         return torch.where(ok, items, torch.full_like(items, -1))
 
+    def sid_token_ids(self, item_id: int) -> list[int] | None:
+        """The token ids of an item's SID (None for an item without one)."""
+        row = self._row_of_item.get(int(item_id))
+        return None if row is None else self.token_table[row].tolist()
+
     def dead_node_keys(self, exclude_items: Sequence[Sequence[int]]) -> torch.Tensor:
         """Sorted keys `prompt * G + global_node` of trie nodes whose every item is excluded for that prompt."""
         G = int(self.node_offset[-1])
@@ -209,7 +214,8 @@ def pinned_generation_config(model, hf_tok, **settings):
         model.generation_config = saved
 
 
-def _encode_prompts(hf_tok, prompts: Sequence[str], device):
+def encode_prompts(hf_tok, prompts: Sequence[str], device):
+    """Token ids and attention mask of `prompts`, left padded (generation continues after each row's last token)."""
     side = hf_tok.padding_side
     hf_tok.padding_side = "left"  # generation continues after the last prompt token of every row
     try:
@@ -277,40 +283,6 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
 
 
 @torch.no_grad()
-def score_items(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], rows: Sequence[int],
-                items: Sequence[int], batch_size: int = 16) -> np.ndarray:
-    """log p(SID of items[j], then EOS | prompts[rows[j]]) for each pair: the score beam search gives
-    that item (sum of raw token log-probs, EOS included), teacher-forced. Each prompt is prefilled
-    once and its KV cache repeated for its items. Items without a SID score -inf."""
-    model.eval()
-    device = next(model.parameters()).device
-    rows = np.asarray(rows, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
-    table_row = np.array([constraint._row_of_item.get(int(i), -1) for i in items], dtype=np.int64)
-    out = np.full(len(items), -np.inf)
-    order = np.argsort(rows, kind="stable")
-    for s, e in _batches(len(prompts), batch_size):
-        sel = order[(rows[order] >= s) & (rows[order] < e) & (table_row[order] >= 0)]
-        if not len(sel):
-            continue
-        input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
-        pos = (attn.long().cumsum(-1) - 1).clamp_(min=0)
-        first = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        src = torch.as_tensor(rows[sel] - s, device=device)
-        cache = first.past_key_values
-        cache.reorder_cache(src)  # one copy of the prompt's cache per scored item
-        sid = constraint.token_table[torch.as_tensor(table_row[sel])].to(device)  # (C, L)
-        attn = torch.cat([attn[src], attn.new_ones(len(src), sid.shape[1])], 1)
-        next_pos = attn[:, : -sid.shape[1]].long().sum(-1, keepdim=True) + torch.arange(sid.shape[1], device=device)
-        rest = model(input_ids=sid, attention_mask=attn, position_ids=next_pos, past_key_values=cache, use_cache=True)
-        logits = torch.cat([first.logits[src, -1:], rest.logits], 1).float()  # predicts SID tokens, then EOS
-        target = torch.cat([sid, sid.new_full((len(src), 1), constraint.eos_id)], 1)
-        logp = torch.log_softmax(logits, -1).gather(2, target[..., None]).squeeze(-1).sum(1)
-        out[sel] = logp.cpu().numpy()
-    return out
-
-
-@torch.no_grad()
 def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], num_beams: int = 20,
                             top_k: int = 10, exclude: Sequence[Sequence[int]] | None = None, batch_size: int = 16,
                             constrained: bool = True, progress: bool = False,
@@ -338,7 +310,7 @@ def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: S
                     max_new_tokens=constraint.levels + 1, length_penalty=0.0, early_stopping=True,
                     return_dict_in_generate=True, output_scores=True)
     for s, e in spans:
-        input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
+        input_ids, attn = encode_prompts(hf_tok, prompts[s:e], device)
         ex = None if exclude is None else [list(x) for x in exclude[s:e]]
         if constrained and engine == "cached":
             items_t, scores_t = _cached_beam_batch(model, constraint, input_ids, attn, num_beams, ex)
@@ -381,7 +353,7 @@ def constrained_sample(model, hf_tok, constraint: SidConstraint, prompts: Sequen
                     max_new_tokens=constraint.levels + 1)
     results: list[list[dict]] = []
     for s, e in _batches(len(prompts), batch_size):
-        input_ids, attn = _encode_prompts(hf_tok, prompts[s:e], device)
+        input_ids, attn = encode_prompts(hf_tok, prompts[s:e], device)
         ex = None if exclude is None else [list(x) for x in exclude[s:e]]
         procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)])
         with pinned_generation_config(model, hf_tok, **settings):

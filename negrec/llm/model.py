@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from negrec.io import atomic_dir, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
+from negrec.llm.peft import PeftSettings, attach_adapter, is_peft_model, save_peft_model, unmerged_adapter
+from negrec.llm.prompts import item_label
+from negrec.runtime import resolve_device
 
 SID_TOKENIZER_DIR = "sid_tokenizer"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,6 +49,9 @@ class ModelConfig:
     sid_init: str = "text_mean"   # text_mean | centroid | random
     seed: int = 0
     dtype: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    # PEFT for the training stages (sft_align, sft_next, grpo), not for build-model: mode none | lora |
+    # sid_embeddings_only, r, alpha, dropout, target_modules, train_new_tokens, merge (negrec.llm.peft)
+    peft: PeftSettings = field(default_factory=PeftSettings)
 
     def __post_init__(self):
         if self.arch not in ("qwen2", "llama"):
@@ -59,13 +64,8 @@ class ModelConfig:
 
 def pick_dtype(name: str = "auto", device: str | torch.device | None = None) -> torch.dtype:
     if name == "auto":
-        on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-        return torch.bfloat16 if on_gpu else torch.float32
+        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---- tokenizer and model construction ------------------------------------------------
@@ -114,7 +114,7 @@ def load_hf_model(source: str, dtype: str = "auto", device=None):
     """(model, tokenizer) from a local HF folder, a .gguf file, or "smollm2"; never downloads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     kwargs: dict = {"local_files_only": True}
     if source == "smollm2":
         source = str(smollm2_gguf_path())
@@ -237,14 +237,39 @@ def add_feedback_tokens(model, hf_tok) -> int:
 
 # ---- save / load -------------------------------------------------------------------
 def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write model + HF tokenizer + SID tokenizer (in `sid_tokenizer/`) atomically to `out_dir`."""
+    """Write model + HF tokenizer + SID tokenizer (in `sid_tokenizer/`) atomically to `out_dir`.
+
+    A PEFT model (`negrec.llm.peft.apply_peft`) is written with its adapter in `adapter/` and
+    merged into the top-level weights unless its settings say `merge: false` (it is unloaded in
+    place: use it no further). With `extra["stage"]` a model card (README.md) is written too."""
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        if is_peft_model(model):
+            save_peft_model(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         hf_tok.save_pretrained(tmp)
         sid_tok.save_pretrained(Path(tmp) / SID_TOKENIZER_DIR)
         if extra:
             write_json(Path(tmp) / "negrec_model.json", extra)
+            if "stage" in extra:
+                write_model_card(Path(tmp), extra)
     return Path(out_dir)
+
+
+def write_model_card(out_dir: Path, info: dict) -> None:
+    """A short README.md for a trained policy folder: stage, base model, PEFT, steps, config."""
+    import json
+
+    lines = [f"# negrec policy: {info.get('stage', '?')}", "",
+             f"- stage: `{info.get('stage', '?')}`", f"- base model: `{info.get('base_model', info.get('init_from', '?'))}`",
+             f"- steps: {info.get('steps', '?')}"]
+    peft = info.get("peft")
+    if peft:
+        lines.append(f"- PEFT: `{peft.get('mode')}` (merged: {peft.get('merge')}; adapter in `adapter/`)")
+    lines += ["", "Load with `negrec.llm.model.load_policy(<this folder>)` (also the SID tokenizer).", ""]
+    if info.get("config"):
+        lines += ["## Config", "", "```json", json.dumps(info["config"], indent=2, default=str), "```", ""]
+    (Path(out_dir) / "README.md").write_text("\n".join(lines))
 
 
 def load_policy(path: str | Path, device=None, dtype: str = "auto"):
@@ -256,22 +281,26 @@ def load_policy(path: str | Path, device=None, dtype: str = "auto"):
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no config.json; not a saved policy model (run `negrec build-model` / `negrec sft`)")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     hf_tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device), local_files_only=True).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device), local_files_only=True)
+    adapter = unmerged_adapter(path)
+    if adapter is not None:  # saved with model.peft.merge: false: base weights + adapter/
+        model = attach_adapter(model, adapter)
+    model = model.to(device)
     sid_tok = SemanticIdTokenizer.from_pretrained(path / SID_TOKENIZER_DIR)
     return model, hf_tok, sid_tok
 
 
 def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None):
     """(model, hf_tok, info): the configured LM with SID tokens added and initialised."""
-    texts = {int(i): _item_string(r) for i, r in zip(items["item_id"], items.to_dict("records"))}
+    texts = {int(i): item_label(r) for i, r in zip(items["item_id"], items.to_dict("records"))}
     if cfg.source == "tiny":
         corpus = list(texts.values()) + list(prompt_texts) + _genre_words(items)
         hf_tok = train_bpe_tokenizer(corpus, cfg.bpe_vocab_size, cfg.bpe_min_frequency)
         model = build_tiny_model(cfg, len(hf_tok), hf_tok)
-        model.to(device if device is not None else default_device(), pick_dtype(cfg.dtype, device))
+        model.to(resolve_device(device), pick_dtype(cfg.dtype, device))
     else:
         model, hf_tok = load_hf_model(cfg.source, cfg.dtype, device)
     n_text_vocab = len(hf_tok)
@@ -281,12 +310,6 @@ def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (),
             "params": sum(p.numel() for p in model.parameters()), "sid_init": cfg.sid_init,
             "chat_template": bool(getattr(hf_tok, "chat_template", None))}
     return model, hf_tok, info
-
-
-def _item_string(row: dict) -> str:
-    """What the model reads about an item: its title, else its text (both may be empty)."""
-    title = str(row.get("title") or "").strip()
-    return title or str(row.get("text") or "").strip()
 
 
 def _genre_words(items) -> list[str]:
@@ -309,7 +332,8 @@ def run_build_model(raw: dict, run_dir) -> dict:
     if not sid_dir.exists():
         raise FileNotFoundError(f"{sid_dir}: missing; run `negrec tokenize` first")
     out = run_dir / "model"
-    key = config_hash({"model": to_dict(cfg), "prompt": to_dict(pcfg), "sid": file_sha256(sid_dir / "sid_tables.safetensors")})
+    built = {k: v for k, v in to_dict(cfg).items() if k != "peft"}  # peft shapes training, not the built model
+    key = config_hash({"model": built, "prompt": to_dict(pcfg), "sid": file_sha256(sid_dir / "sid_tables.safetensors")})
     if stage_done(out, key):
         print(f"[build-model] up to date: {out}")
         return read_json(out / "negrec_model.json")
@@ -318,7 +342,7 @@ def run_build_model(raw: dict, run_dir) -> dict:
     items = Prepared.load(run_dir / "data").items
     templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
     model, hf_tok, info = build_policy(cfg, sid_tok, items, templates)
-    info.update({"seconds": round(time.time() - t0, 1), "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}})
+    info.update({"seconds": round(time.time() - t0, 1), "config": built})
     save_policy(model, hf_tok, sid_tok, out, extra=info)
     mark_done(out, key)
     print(f"[build-model] {cfg.source} ({info['params'] / 1e6:.2f}M params), vocab {info['text_vocab']} text + "

@@ -16,15 +16,22 @@ and header, and every item carries its feedback kind ("hated", "skipped", "low r
 `context_mix` (0 = negatives only ... 1 = full mixed history) scales the positive and timeline
 budgets; the progressive GRPO stage moves it. One builder serves SFT, GRPO and evaluation, so
 the three see byte-identical prompts. The item-level alignment tasks use the same wrapper.
+
+Everything about prompt and completion text lives here: the history prompt (`PromptBuilder`,
+`CompactCodec`), the item-level alignment examples (`alignment_examples`, `choice_example`), the
+next-negative SFT examples (`next_negative_examples`), what an item is called (`item_label`) and
+the completion whitespace rule (`answer`).
 """
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-DAY = 86400
+from negrec.data.splits import DAY
 
 # Item-level alignment instructions (SFT align stage); also fed to the BPE trainer of the tiny model.
 ALIGN_INSTRUCTIONS = {
@@ -35,6 +42,7 @@ ALIGN_INSTRUCTIONS = {
     "choose_text": "Item {sid}. Which description fits it?\n{options}\nAnswer with a letter.",
     "choose_sid": "Item: {text}\nWhich semantic ID is it?\n{options}\nAnswer with a letter.",
 }
+ALIGN_TASKS = tuple(ALIGN_INSTRUCTIONS)
 CHOICE_LETTERS = "ABCD"
 # Feedback tokens of the compact format (added to the LM's vocabulary by `build-model`).
 FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
@@ -170,10 +178,6 @@ class PromptBuilder:
             self._codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens)
         return self._codec.text(self.timeline_events(row, context_mix, neg_window_days))
 
-    def completion(self, item_id: int) -> str:
-        """The target text for an item: its SID tokens (the trainer appends EOS)."""
-        return self.sid_tok.tokens_for_item(item_id)
-
     def template_texts(self) -> list[str]:
         """Fixed strings the prompts use (for training a tokenizer that knows them)."""
         cfg = self.cfg
@@ -220,3 +224,119 @@ class CompactCodec:
     def event_ids(self, item: int, feedback: int) -> list[int]:
         fb = self.fb_id[int(np.sign(feedback)) if self.feedback_tokens else 0]
         return [fb, *self.table[self.row_of_item[int(item)]].tolist(), self.eos_id]
+
+
+# ---- item-level alignment and next-negative examples (prompt/completion pairs for SFT) -------
+def item_label(row: dict) -> str:
+    """What the model reads about an item: its title, else its text (both may be empty)."""
+    return str(row.get("title") or "").strip() or str(row.get("text") or "").strip()
+
+
+def _feature_text(row: dict, feat_cols: list[str]) -> str:
+    return ", ".join(f"{c[5:]}={row[c]}" for c in feat_cols)
+
+
+def answer(builder: PromptBuilder, text: str) -> str:
+    """Completion text. SID tokens follow the prompt directly (constrained decoding starts there);
+    words after the plain template's "Answer:" start with a space, a clean BPE boundary."""
+    return text if builder.chat or text.startswith("<") else " " + text
+
+
+def choice_example(builder: PromptBuilder, sid_tok, task: str, item: int, labels: dict[int, str], pool: list[int], rng: random.Random) -> dict:
+    """One CoNRec 4-choice example: the item plus 3 random distractors, shuffled."""
+    others = rng.sample([i for i in pool if i != item], 3)
+    options = others + [item]
+    rng.shuffle(options)
+    letter = CHOICE_LETTERS[options.index(item)]
+    if task == "choose_text":
+        lines = "\n".join(f"{CHOICE_LETTERS[k]}) {labels[o]}" for k, o in enumerate(options))
+        prompt = ALIGN_INSTRUCTIONS["choose_text"].format(sid=sid_tok.tokens_for_item(item), options=lines)
+    else:
+        lines = "\n".join(f"{CHOICE_LETTERS[k]}) {sid_tok.tokens_for_item(o)}" for k, o in enumerate(options))
+        prompt = ALIGN_INSTRUCTIONS["choose_sid"].format(text=labels[item], options=lines)
+    return {"prompt": builder.wrap(prompt), "completion": answer(builder, letter), "task": task, "item_id": item}
+
+
+def aligned_item_ids(sid_tok, items, max_items: int = 0, rng: random.Random | int = 0) -> list[int]:
+    """The items alignment SFT teaches: all with a SID, or a seeded sample of `max_items`."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    ids = sorted(int(i) for i in items["item_id"] if int(i) in sid_tok)
+    if max_items and len(ids) > max_items:
+        ids = sorted(rng.sample(ids, max_items))
+    return ids
+
+
+def _item_examples(builder: PromptBuilder, sid_tok, item: int, record: dict, label: str, tasks,
+                   feat_cols: list[str]) -> list[dict]:
+    """text -> SID, SID -> text and features -> SID examples of one item (those its data allows)."""
+    sid = sid_tok.tokens_for_item(item)
+    asks = []
+    if label and "text_to_sid" in tasks:
+        asks.append(("text_to_sid", {"text": label}, sid))
+    if label and "sid_to_text" in tasks:
+        asks.append(("sid_to_text", {"sid": sid}, label))
+    if feat_cols and ("features_to_sid" in tasks or not label):
+        asks.append(("features_to_sid", {"features": _feature_text(record, feat_cols)}, sid))
+    return [{"prompt": builder.wrap(ALIGN_INSTRUCTIONS[task].format(**fields)), "completion": answer(builder, target),
+             "task": task, "item_id": item} for task, fields, target in asks]
+
+
+def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=ALIGN_TASKS, max_items: int = 0,
+                       repeats: int = 1, seed: int = 0) -> list[dict]:
+    """Prompt/completion examples of the item-level alignment tasks."""
+    rng = random.Random(seed)
+    records = {int(r["item_id"]): r for r in items.to_dict("records") if int(r["item_id"]) in sid_tok}
+    ids = aligned_item_ids(sid_tok, items, max_items, rng)
+    labels = {i: item_label(records[i]) for i in ids}
+    with_text = [i for i in ids if labels[i]]
+    feat_cols = sorted(c for c in items.columns if c.startswith("feat_"))
+    out: list[dict] = []
+    for _ in range(max(1, repeats)):
+        for i in ids:
+            out += _item_examples(builder, sid_tok, i, records[i], labels[i], tasks, feat_cols)
+            if labels[i] and len(with_text) >= 4:
+                for task in ("choose_text", "choose_sid"):
+                    if task in tasks:
+                        out.append(choice_example(builder, sid_tok, task, i, labels, with_text, rng))
+        if "prefix_to_genre" in tasks and "genres" in items:
+            out.extend(prefix_genre_examples(builder, sid_tok, {i: records[i] for i in ids}))
+    rng.shuffle(out)
+    return out
+
+
+def prefix_genre_examples(builder: PromptBuilder, sid_tok, records: dict[int, dict], top: int = 3) -> list[dict]:
+    """SID prefix (levels 1..L-1) -> the most common genres of the items under it."""
+    out = []
+    for depth in range(1, sid_tok.levels):
+        groups: dict[tuple, Counter] = {}
+        for i, r in records.items():
+            genres = [g for g in str(r.get("genres") or "").split("|") if g]
+            if genres:
+                groups.setdefault(sid_tok.codes_for_item(i)[:depth], Counter()).update(genres)
+        for prefix, counts in groups.items():
+            prefix_text = "".join(sid_tok.token(lvl, c) for lvl, c in enumerate(prefix))
+            words = ", ".join(g for g, _ in counts.most_common(top))
+            out.append({"prompt": builder.wrap(ALIGN_INSTRUCTIONS["prefix_to_genre"].format(prefix=prefix_text)),
+                        "completion": answer(builder, words), "task": "prefix_to_genre", "item_id": -1})
+    return out
+
+
+def next_negative_examples(builder: PromptBuilder, samples, sid_tok, horizon: int, context_mix: float = 1.0,
+                           neg_window_days: float | None = None, max_samples: int = 0, targets_per_sample: int = 2,
+                           seed: int = 0) -> list[dict]:
+    """History prompt -> SID of an item negated within `horizon` days after the cut (F_H)."""
+    col = f"future_neg_h{horizon}"
+    if col not in samples:
+        raise KeyError(f"samples have no column {col!r}; horizons available: "
+                       f"{sorted(int(c.split('_h')[1]) for c in samples.columns if c.startswith('future_neg_h'))}")
+    rows = samples[samples[col].map(lambda x: any(int(i) in sid_tok for i in x))]
+    if max_samples and len(rows) > max_samples:
+        rows = rows.sample(n=max_samples, random_state=seed)
+    out = []
+    for _, row in rows.iterrows():
+        prompt = builder.build(row, context_mix=context_mix, neg_window_days=neg_window_days)
+        targets = [int(i) for i in row[col] if int(i) in sid_tok][:targets_per_sample]
+        for item in targets:
+            out.append({"prompt": prompt, "completion": answer(builder, sid_tok.tokens_for_item(item)),
+                        "task": "next_negative", "item_id": item})
+    return out

@@ -7,6 +7,7 @@ from negrec.rewards.functions import (
     FutureNegativeHit,
     RewardConfig,
     RewardFunction,
+    RankPenalty,
     Rewards,
     SidPrefixCredit,
     Validity,
@@ -31,7 +32,7 @@ from negrec.rewards.matching import (
 
 __all__ = [
     "REWARD_NAMES", "CoNRecReward", "FutureNegativeHit", "RewardConfig", "RewardFunction", "Rewards",
-    "SidPrefixCredit", "Validity", "WeightedReward", "build_rewards", "completion_text",
+    "RankPenalty", "SidPrefixCredit", "Validity", "WeightedReward", "build_rewards", "completion_text",
     "ItemEmbeddings", "ItemSets", "ItemSimilarity", "clean_rankings", "hits", "isin_rows",
     "max_cosine_to_sets", "prefix_key_table", "prefix_match_level", "swing_from_log",
     "swing_similarity", "widen_with_co_negatives",

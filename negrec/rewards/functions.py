@@ -33,7 +33,7 @@ from negrec.rewards.matching import (
     widen_with_co_negatives,
 )
 
-REWARD_NAMES = ("future_neg_hit", "conrec", "sid_prefix", "validity")
+REWARD_NAMES = ("future_neg_hit", "conrec", "sid_prefix", "validity", "rank_penalty")
 
 
 @dataclass
@@ -163,6 +163,35 @@ class SidPrefixCredit(RewardFunction):
         return table[level]
 
 
+class RankPenalty(RewardFunction):
+    """Rank-aware shaping for beam-group rollouts (MiniOneRec): a completion that misses F_H costs
+    1 / log2(rank + 2), rank being its 0-based place in its beam group, so a group's advantages
+    push wrong items out of the top of the list more than from its tail. A hit costs nothing.
+
+    A group is a run of consecutive completions of one prompt (how TRL lays them out); with
+    sampled rollouts the order carries no rank, so use it with `grpo.generation: beam` only."""
+
+    __name__ = "rank_penalty"
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        items = self.items(completions)
+        n = len(items)
+        hit = isin_rows(np.arange(n), items, column(kwargs, "future_neg", self.cfg.horizon, n))
+        rank = group_ranks(prompts, n)
+        return [0.0 if h else -1.0 / float(np.log2(r + 2)) for h, r in zip(hit, rank)]
+
+
+def group_ranks(prompts, n: int) -> np.ndarray:
+    """0-based place of each completion within its run of identical consecutive prompts."""
+    if prompts is None:
+        raise ValueError("rank_penalty needs the prompts to find each completion's group")
+    keys = [completion_text(p) if not isinstance(p, str) else p for p in prompts]
+    rank = np.zeros(n, dtype=np.int64)
+    for i in range(1, n):
+        rank[i] = rank[i - 1] + 1 if keys[i] == keys[i - 1] else 0
+    return rank
+
+
 class Validity(RewardFunction):
     """0 for a completion that is one known SID, `invalid_penalty` otherwise."""
 
@@ -218,6 +247,7 @@ def build_rewards(cfg: RewardConfig, sid_tok, train_log=None, swing: ItemSimilar
         "conrec": lambda: CoNRecReward(cfg, sid_tok, swing),
         "sid_prefix": lambda: SidPrefixCredit(cfg, sid_tok),
         "validity": lambda: Validity(cfg, sid_tok),
+        "rank_penalty": lambda: RankPenalty(cfg, sid_tok),
     }
     chosen = [(name, float(w)) for name, w in cfg.weights.items() if float(w) != 0.0]
     return Rewards([makers[name]() for name, _ in chosen], [w for _, w in chosen], swing)

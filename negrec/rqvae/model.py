@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from negrec.io import atomic_path
-from negrec.rqvae.config import TokenizeConfig
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 from negrec.rqvae.rqkmeans import faiss_kmeans
+from negrec.runtime import resolve_device
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU}
 
@@ -102,18 +101,12 @@ class RQVAE(nn.Module):
                               _linear_weights(self.encoder), _linear_weights(self.decoder), self.activation, "rqvae")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _perplexity(counts: torch.Tensor) -> float:
     p = counts.float() / counts.sum().clamp(min=1)
     return float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
 
 
-def warmup_autoencoder(model: RQVAE, data: torch.Tensor, cfg: TokenizeConfig, gen: torch.Generator) -> float | None:
+def warmup_autoencoder(model: RQVAE, data: torch.Tensor, cfg, gen: torch.Generator) -> float | None:
     """Train encoder + decoder without quantisation for `cfg.warmup_steps` steps.
 
     A fresh encoder's latents are tiny and move fast once training starts, so codebooks fitted
@@ -133,10 +126,88 @@ def warmup_autoencoder(model: RQVAE, data: torch.Tensor, cfg: TokenizeConfig, ge
     return round(float(recon.detach()), 6)
 
 
-def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = None, tb_dir: Path | None = None,
+def _start(model: RQVAE, opt, gen: torch.Generator, data: torch.Tensor, cfg, checkpoint: Path | None,
+           resume_key: str) -> tuple[int, dict]:
+    """(first epoch, history): resumed from `checkpoint` when it records `resume_key`, else a fresh
+    start (autoencoder warm-up, then the k-means init of the codebooks)."""
+    start_epoch, history = 0, {"epochs": [], "restarted_codes": 0}
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=data.device, weights_only=False)
+        if state.get("key") == resume_key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start_epoch, history = state["epoch"] + 1, state["history"]
+            print(f"[tokenize] resuming RQ-VAE from {checkpoint} at epoch {start_epoch}")
+    if start_epoch == 0:
+        history["warmup_recon"] = warmup_autoencoder(model, data, cfg, gen)
+        if cfg.kmeans_init:
+            n = len(data)
+            first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(data.device)
+            model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
+    return start_epoch, history
+
+
+def _save_checkpoint(checkpoint: Path | None, model: RQVAE, opt, gen: torch.Generator, epoch: int, resume_key: str,
+                     history: dict) -> None:
+    if checkpoint is None:
+        return
+    with atomic_path(checkpoint) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "key": resume_key,
+                    "generator": gen.get_state(), "history": history}, tmp)
+
+
+def _train_epoch(model: RQVAE, opt, gen: torch.Generator, data: torch.Tensor, cfg, usage: torch.Tensor, step: int,
+                 total_steps: int, max_steps: int | None, history: dict) -> tuple[dict, int]:
+    """One epoch over shuffled batches; returns (the epoch's record, the global step after it).
+    `usage` counts code use since the last dead-code restart (across epochs)."""
+    n = len(data)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    model.train()
+    perm = torch.randperm(n, generator=gen).to(data.device)
+    sums = {k: torch.zeros((), device=data.device) for k in ("loss", "recon", "codebook", "commit")}
+    epoch_usage = torch.zeros_like(usage)
+    restarted_this_epoch = 0
+    for b in range(steps_per_epoch):
+        out = model(data[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        for k in sums:
+            sums[k] += out[k].detach() / steps_per_epoch  # no host sync per step
+        for lvl in range(cfg.levels):
+            counts = torch.bincount(out["codes"][:, lvl], minlength=cfg.codebook_size)
+            epoch_usage[lvl] += counts
+            usage[lvl] += counts
+        step += 1
+        # restart codes unused over the last window (never in the last window: they need training after)
+        if cfg.dead_code_steps and step % cfg.dead_code_steps == 0 and step + cfg.dead_code_steps <= total_steps:
+            restarted = model.restart_dead_codes(usage, out["residuals"], gen)
+            history["restarted_codes"] += restarted
+            restarted_this_epoch += restarted
+            usage.zero_()
+        if max_steps and step >= max_steps:
+            break
+    used = (epoch_usage > 0).float().mean(1)
+    rec = {**{k: round(float(v), 6) for k, v in sums.items()}, "restarted": restarted_this_epoch,
+           "usage": [round(float(u), 4) for u in used], "perplexity": [round(_perplexity(c), 2) for c in epoch_usage]}
+    return rec, step
+
+
+def _log_epoch(writer, rec: dict, levels: int) -> None:
+    epoch = rec["epoch"]
+    for k in ("loss", "recon", "codebook", "commit"):
+        writer.add_scalar(f"rqvae/{k}", rec[k], epoch)
+    for lvl in range(levels):
+        writer.add_scalar(f"rqvae/usage_level{lvl}", rec["usage"][lvl], epoch)
+        writer.add_scalar(f"rqvae/perplexity_level{lvl}", rec["perplexity"][lvl], epoch)
+
+
+def train_rqvae(x: np.ndarray, cfg, checkpoint: Path | None = None, tb_dir: Path | None = None,
                 resume_key: str = "", max_steps: int | None = None) -> tuple[NumpyQuantizer, dict]:
     """Train an RQ-VAE on item vectors `x` (n, d); returns its numpy twin and the training history.
 
+    `cfg`: the tokenize section (`negrec.tokenizer.TokenizeConfig`).
     `checkpoint`: resumable state written atomically every `cfg.save_every` epochs and at the end;
     it is reused only when it records the same `resume_key` (the caller's config hash).
     `max_steps`: stop early (benchmarks).
@@ -151,87 +222,33 @@ def train_rqvae(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = No
     model = RQVAE(data.shape[1], list(cfg.hidden_dims), cfg.latent_dim, cfg.levels, cfg.codebook_size,
                   cfg.beta, cfg.activation).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history = 0, {"epochs": [], "restarted_codes": 0}
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("key") == resume_key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
-            start_epoch, history = state["epoch"] + 1, state["history"]
-            print(f"[tokenize] resuming RQ-VAE from {checkpoint} at epoch {start_epoch}")
-    if start_epoch == 0:
-        history["warmup_recon"] = warmup_autoencoder(model, data, cfg, gen)
-        if cfg.kmeans_init:
-            first = torch.randperm(n, generator=gen)[: min(n, cfg.kmeans_init_items)].to(device)
-            model.init_codebooks(data[first], cfg.kmeans_iters, cfg.seed)
-
+    start_epoch, history = _start(model, opt, gen, data, cfg, checkpoint, resume_key)
     writer = None
     if tb_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(tb_dir))
-
-    def save(epoch: int) -> None:
-        if checkpoint is None:
-            return
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "key": resume_key,
-                        "generator": gen.get_state(), "history": history}, tmp)
-
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
     usage = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.long, device=device)
     step0 = step = start_epoch * steps_per_epoch  # global step (max_steps counts these)
     t0, epoch = time.time(), start_epoch - 1
     bar = tqdm(range(start_epoch, cfg.epochs), desc="rq-vae epochs", initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        sums = {k: torch.zeros((), device=device) for k in ("loss", "recon", "codebook", "commit")}
-        epoch_usage = torch.zeros_like(usage)
-        restarted_this_epoch = 0
-        for b in range(steps_per_epoch):
-            out = model(data[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]])
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            for k in sums:
-                sums[k] += out[k].detach() / steps_per_epoch  # no host sync per step
-            for lvl in range(cfg.levels):
-                counts = torch.bincount(out["codes"][:, lvl], minlength=cfg.codebook_size)
-                epoch_usage[lvl] += counts
-                usage[lvl] += counts
-            step += 1
-            # restart codes unused over the last window (never in the last window: they need training after)
-            if cfg.dead_code_steps and step % cfg.dead_code_steps == 0 and step + cfg.dead_code_steps <= total_steps:
-                restarted = model.restart_dead_codes(usage, out["residuals"], gen)
-                history["restarted_codes"] += restarted
-                restarted_this_epoch += restarted
-                usage.zero_()
-            if max_steps and step >= max_steps:
-                break
-        sums = {k: float(v) for k, v in sums.items()}
-        used = (epoch_usage > 0).float().mean(1)
-        rec = {"epoch": epoch, **{k: round(v, 6) for k, v in sums.items()}, "restarted": restarted_this_epoch,
-               "usage": [round(float(u), 4) for u in used], "perplexity": [round(_perplexity(c), 2) for c in epoch_usage]}
+        rec, step = _train_epoch(model, opt, gen, data, cfg, usage, step, cfg.epochs * steps_per_epoch, max_steps, history)
+        rec = {"epoch": epoch, **rec}
         history["epochs"].append(rec)
-        bar.set_postfix(loss=f"{sums['loss']:.4f}", recon=f"{sums['recon']:.4f}", use0=f"{rec['usage'][0]:.2f}")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", recon=f"{rec['recon']:.4f}", use0=f"{rec['usage'][0]:.2f}")
         if writer:
-            for k, v in sums.items():
-                writer.add_scalar(f"rqvae/{k}", v, epoch)
-            for lvl in range(cfg.levels):
-                writer.add_scalar(f"rqvae/usage_level{lvl}", rec["usage"][lvl], epoch)
-                writer.add_scalar(f"rqvae/perplexity_level{lvl}", rec["perplexity"][lvl], epoch)
+            _log_epoch(writer, rec, cfg.levels)
         if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-            save(epoch)
+            _save_checkpoint(checkpoint, model, opt, gen, epoch, resume_key, history)
         if max_steps and step >= max_steps:
             break
     history["train_seconds"] = round(time.time() - t0, 3)
     history["train_steps"] = step - step0  # in this call (after a resume: since the resume)
     history["global_step"] = step
     history["train_items_per_s"] = round((step - step0) * min(cfg.batch_size, n) / max(history["train_seconds"], 1e-9), 1)
-    save(epoch)
+    _save_checkpoint(checkpoint, model, opt, gen, epoch, resume_key, history)
     if writer:
         writer.close()
     return model.eval().to_numpy(), history

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from negrec.rqvae.collisions import add_extra_level, sinkhorn_reassign
-from negrec.rqvae.config import TokenizeConfig
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 
 
-def fit_quantizer(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = None, tb_dir: Path | None = None,
+def fit_quantizer(x: np.ndarray, cfg, checkpoint: Path | None = None, tb_dir: Path | None = None,
                   resume_key: str = "") -> tuple[NumpyQuantizer, dict]:
     """Train `cfg.method` on item vectors; returns the numpy quantizer and a training summary."""
     if cfg.method == "rqvae":
@@ -34,7 +33,7 @@ def fit_quantizer(x: np.ndarray, cfg: TokenizeConfig, checkpoint: Path | None = 
     return q, {"train_seconds": round(time.time() - t0, 3)}
 
 
-def unique_sids(quantizer: NumpyQuantizer, x: np.ndarray, cfg: TokenizeConfig) -> dict:
+def unique_sids(quantizer: NumpyQuantizer, x: np.ndarray, cfg) -> dict:
     """Raw codes of `x`, then collision handling; every row of `codes` is unique.
 
     Returns codes, raw_codes, codebook_sizes (of `codes`), n_handled (items whose SID needed the

@@ -1,7 +1,9 @@
-"""Semantic-ID tokenizer, the tokenize stage (quantize item embeddings into SIDs) and the
-codebook export for serving. `SemanticIdTokenizer` and the serving module (`ExportedCodebook`,
-`filter_candidates`) need only numpy; the stage functions import torch/faiss lazily."""
-from negrec.tokenizer.serving import ExportedCodebook, filter_candidates
+"""Semantic-ID tokenizer, the tokenize stage (quantize item embeddings into SIDs, config
+`TokenizeConfig`) and the codebook export for serving: `export` writes it, `serving` loads it.
+`SemanticIdTokenizer` and the serving module (`ExportedCodebook`, `filter_candidates`,
+`verify_export`) need only numpy; the stage functions import torch/faiss lazily."""
+from negrec.tokenizer.config import TokenizeConfig
+from negrec.tokenizer.serving import ExportedCodebook, filter_candidates, verify_export
 from negrec.tokenizer.sid import PrefixTrie, SemanticIdTokenizer
 
 
@@ -17,10 +19,5 @@ def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False):
     return _run(raw, run_dir, out_dir=out_dir, verify=verify)
 
 
-def verify_export(path):
-    from negrec.tokenizer.export import verify_export as _verify
-
-    return _verify(path)
-
-
-__all__ = ["ExportedCodebook", "PrefixTrie", "SemanticIdTokenizer", "filter_candidates", "run_tokenize", "run_export", "verify_export"]
+__all__ = ["ExportedCodebook", "PrefixTrie", "SemanticIdTokenizer", "TokenizeConfig", "filter_candidates",
+           "run_tokenize", "run_export", "verify_export"]

@@ -11,11 +11,10 @@ Layout of the export folder (written as a whole, atomically):
   sid_tokenizer/               SemanticIdTokenizer.save_pretrained
   README.txt                   how a serving stack uses it (`negrec.tokenizer.serving`, numpy only)
 
-Everything below `load_export` runs on numpy (+ pyarrow or csv) only; it must not import torch.
+This module writes the export; `negrec.tokenizer.serving` loads it (numpy only) and verifies it.
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from dataclasses import dataclass
@@ -24,11 +23,35 @@ from pathlib import Path
 import numpy as np
 
 from negrec.io import atomic_dir, file_sha256, read_json, write_json
-from negrec.rqvae.collisions import add_extra_level
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
-from negrec.tokenizer.sid import SemanticIdTokenizer
+from negrec.tokenizer.serving import MANIFEST, verify_export
+from negrec.tokenizer.sid import SemanticIdTokenizer, format_sid
 
-MANIFEST = "manifest.json"
+USAGE = """\
+negrec codebook export: how to use it in a serving stack (numpy only; no torch, no pandas)
+
+  pip install negrec   # or vendor negrec/tokenizer/serving.py + sid.py, negrec/io.py and negrec/rqvae/
+
+  import numpy as np
+  from negrec.tokenizer.serving import ExportedCodebook, filter_candidates
+
+  cb = ExportedCodebook.load("{path}")
+  cb.sid_of(item_id)                      # exported SID codes of a known item
+  cb.item_of(codes)                       # item id for a SID (None when unknown)
+  new = cb.assign(new_item_vectors)       # (n, levels) unique SIDs for new items (input_dim={input_dim})
+  raw = cb.assign(vectors, unique=False)  # raw semantic codes, what the quantizer gives
+  emb = cb.decode(cb.parse(["<a_3><b_17><c_0>"]))   # SID -> embedding (sum of per-level centroids)
+
+  # the predicted-dislike filter: drop candidates within cosine theta of any predicted dislike
+  keep = filter_candidates(cb.decode(candidate_codes), cb.decode(predicted_dislike_codes), theta=0.9)
+  candidates = candidates[keep]
+
+Files: manifest.json (levels, sizes, token format, sha256 of every file), codebooks/level_<l>.npy,
+quantizer.safetensors/.json (codebooks + RQ-VAE encoder/decoder, layer rule in the JSON),
+item_sid.parquet/.csv, sid_item.parquet/.csv, trie.json, item_embeddings.npy, sid_tokenizer/.
+Check the export: `negrec export-codebook --verify` or
+  python -c "from negrec.tokenizer.serving import verify_export; verify_export('{path}')"
+"""
 
 
 @dataclass
@@ -56,7 +79,7 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
         for i, c in enumerate(quantizer.codebooks):
             _save_npy(tmp / "codebooks" / f"level_{i}.npy", c)
         quantizer.save(tmp)
-        sid_strings = ["".join(tok.token(lvl, c) for lvl, c in enumerate(row)) for row in tok.codes.tolist()]
+        sid_strings = [format_sid(row, tok.level_chars) for row in tok.codes.tolist()]
         table = pd.DataFrame({"item_id": tok.item_ids, "sid": sid_strings})
         for lvl in range(tok.levels):
             table[f"c{lvl}"] = tok.codes[:, lvl]
@@ -71,8 +94,6 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
         if embeddings is not None and cfg.include_embeddings:
             _save_npy(tmp / "item_embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
         tok.save_pretrained(tmp / "sid_tokenizer")
-        from negrec.tokenizer.serving import USAGE
-
         (tmp / "README.txt").write_text(USAGE.format(path=out_dir, input_dim=quantizer.input_dim))
         files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
@@ -110,7 +131,7 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
 def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
     """Export run_dir/tokenize (+ run_dir/encode embeddings) for serving; optionally verify it."""
     from negrec.config import section_config, to_dict
-    from negrec.rqvae.encoders import load_encoded
+    from negrec.encode import load_encoded
 
     cfg = section_config(ExportConfig, raw, "export")
     run_dir = Path(run_dir)
@@ -134,126 +155,12 @@ def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
     print(f"[export] {manifest['num_items']} items, {manifest['levels']} levels {manifest['codebook_sizes']}, "
           f"{len(manifest['files'])} files -> {out}")
     summary = {"out_dir": str(out), "files": len(manifest["files"]), "num_items": manifest["num_items"]}
+    id_map = run_dir / "data" / "id_map_items.parquet"  # the log's own item ids, where the run mapped them
+    if id_map.exists():
+        import shutil
+
+        shutil.copyfile(id_map, out / "item_id_map.parquet")
+        summary["item_id_map"] = str(out / "item_id_map.parquet")
     if verify:
         summary["verify"] = verify_export(out)
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# numpy-only serving side
-# ---------------------------------------------------------------------------------------------
-class ExportError(ValueError):
-    """An export folder is incomplete, corrupted, or does not reproduce its SIDs."""
-
-
-def _read_table(path: Path) -> dict[str, np.ndarray]:
-    """Columns of item_sid as arrays: Parquet through pyarrow when present, else the CSV."""
-    pq_path, csv_path = path.with_suffix(".parquet"), path.with_suffix(".csv")
-    try:
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(pq_path)
-        return {name: t.column(name).to_numpy() for name in t.column_names}
-    except ImportError:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.reader(f))
-        header, body = rows[0], rows[1:]
-        return {h: np.asarray([r[i] for r in body], dtype=object if h == "sid" else np.int64) for i, h in enumerate(header)}
-
-
-@dataclass
-class SidExport:
-    """A loaded export: the numpy quantizer plus the item <-> SID tables."""
-
-    path: Path
-    manifest: dict
-    quantizer: NumpyQuantizer
-    item_ids: np.ndarray
-    codes: np.ndarray  # final SIDs (n, levels)
-    raw_codes: np.ndarray  # semantic codes before collision handling (n, semantic_levels)
-
-    def token_string(self, codes) -> str:
-        return "".join(f"<{self.manifest['level_chars'][lvl]}_{int(c)}>" for lvl, c in enumerate(codes))
-
-    def assign_sids(self, embeddings: np.ndarray, unique: bool = False) -> np.ndarray:
-        """Codes for item vectors (n, input_dim).
-
-        unique=False: the raw semantic codes (n, semantic_levels), what re-quantisation gives.
-        unique=True: full SIDs (n, levels) that collide neither with exported items nor each other:
-        extra_level numbers new items after the existing ones sharing their codes; sinkhorn moves a
-        colliding new item to the nearest free last-level code under its prefix. Rows that cannot
-        be placed (level full) are -1.
-        """
-        raw, _ = self.quantizer.assign(np.asarray(embeddings, dtype=np.float32))
-        if not unique:
-            return raw
-        taken = {tuple(c) for c in self.codes.tolist()}
-        out = np.full((len(raw), self.manifest["levels"]), -1, dtype=np.int64)
-        sizes = self.manifest["codebook_sizes"]
-        if self.manifest["collision"] == "extra_level":
-            for i, r in enumerate(raw.tolist()):
-                free = next((k for k in range(sizes[-1]) if (*r, k) not in taken), None)
-                if free is not None:
-                    out[i] = (*r, free)
-                    taken.add(tuple(out[i]))
-            return out
-        last_cb = self.quantizer.codebooks[-1]
-        residual = self.quantizer.level_residuals(np.asarray(embeddings, dtype=np.float32))[-1]
-        for i, r in enumerate(raw.tolist()):
-            order = np.argsort(((residual[i][None] - last_cb) ** 2).sum(1))
-            free = next((int(k) for k in order if (*r[:-1], int(k)) not in taken), None)
-            if free is not None:
-                out[i] = (*r[:-1], free)
-                taken.add(tuple(out[i]))
-        return out
-
-
-def load_export(path, check_hashes: bool = True) -> SidExport:
-    path = Path(path)
-    if not (path / MANIFEST).exists():
-        raise ExportError(f"{path / MANIFEST}: missing; not a codebook export folder")
-    manifest = json.loads((path / MANIFEST).read_text())
-    if check_hashes:
-        for name, digest in manifest["files"].items():
-            if not (path / name).exists():
-                raise ExportError(f"{path / name}: listed in the manifest but missing")
-            if file_sha256(path / name) != digest:
-                raise ExportError(f"{path / name}: sha256 differs from the manifest (corrupted or edited)")
-    table = _read_table(path / "item_sid")
-    codes = np.stack([table[f"c{lvl}"] for lvl in range(manifest["levels"])], 1).astype(np.int64)
-    raw = np.stack([table[f"r{lvl}"] for lvl in range(manifest["semantic_levels"])], 1).astype(np.int64)
-    return SidExport(path, manifest, NumpyQuantizer.load(path), table["item_id"].astype(np.int64), codes, raw)
-
-
-def assign_sids(embeddings: np.ndarray, export_dir, unique: bool = False) -> np.ndarray:
-    """Semantic codes for item vectors from an export folder (numpy only); see `SidExport.assign_sids`."""
-    return load_export(export_dir, check_hashes=False).assign_sids(embeddings, unique=unique)
-
-
-def verify_export(path) -> dict:
-    """Reload the export with numpy only, re-quantise the stored item vectors, and check that every
-    item gets its exported SID. Raises ExportError naming the first mismatching items."""
-    t0 = time.time()
-    ex = load_export(path)
-    emb_path = Path(path) / "item_embeddings.npy"
-    if not emb_path.exists():
-        raise ExportError(f"{emb_path}: missing; export with include_embeddings: true to verify")
-    emb = np.load(emb_path)
-    raw = ex.assign_sids(emb)
-    bad = np.flatnonzero((raw != ex.raw_codes).any(1))
-    if len(bad):
-        raise ExportError(f"{len(bad)} of {len(raw)} items re-quantise to other codes, e.g. items {ex.item_ids[bad[:5]].tolist()}")
-    if ex.manifest["collision"] == "extra_level":
-        expected, _, _ = add_extra_level(raw)
-        bad = np.flatnonzero((expected != ex.codes).any(1))
-    else:  # re-assigned SIDs are stored; items that did not collide keep their raw codes
-        _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
-        alone = counts[inverse.reshape(-1)] == 1
-        bad = np.flatnonzero(alone & (ex.codes != raw).any(1))
-    if len(bad):
-        raise ExportError(f"{len(bad)} items have SIDs the collision rule does not give, e.g. items {ex.item_ids[bad[:5]].tolist()}")
-    if len(np.unique(ex.codes, axis=0)) != len(ex.codes):
-        raise ExportError("exported SIDs are not unique")
-    report = {"items": int(len(raw)), "mismatches": 0, "seconds": round(time.time() - t0, 3)}
-    print(f"[export] verified with numpy: all {report['items']} items re-quantise to their exported SIDs ({report['seconds']}s)")
-    return report

@@ -20,42 +20,33 @@ Usage (also written as README.txt into every export folder):
 Compare like with like: `decode` returns vectors in the quantizer's latent space (the item
 vector space itself for RQ-KMeans; the RQ-VAE latent for RQ-VAE), so filter candidates decoded
 the same way, or pass `space="input"` to decode through the RQ-VAE decoder into item-vector space.
+
+This module is the loading side of the export (`negrec.tokenizer.export` writes it): one class,
+`ExportedCodebook`, for a loaded export folder, and `verify_export`, the numpy-only parity check.
+Nothing here imports torch or pandas.
 """
 from __future__ import annotations
 
-import re
+import csv
+import json
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["ExportedCodebook", "filter_candidates", "unit_rows", "USAGE"]
+from negrec.io import file_sha256
+from negrec.rqvae.collisions import add_extra_level
+from negrec.rqvae.numpy_quantizer import NumpyQuantizer
+from negrec.tokenizer.sid import format_sid, parse_sid
 
-USAGE = """\
-negrec codebook export: how to use it in a serving stack (numpy only; no torch, no pandas)
+__all__ = ["ExportError", "ExportedCodebook", "assign_sids", "filter_candidates", "unit_rows", "verify_export"]
 
-  pip install negrec   # or vendor negrec/tokenizer/serving.py + export.py + negrec/rqvae/numpy_quantizer.py
+MANIFEST = "manifest.json"
 
-  import numpy as np
-  from negrec.tokenizer.serving import ExportedCodebook, filter_candidates
 
-  cb = ExportedCodebook.load("{path}")
-  cb.sid_of(item_id)                      # exported SID codes of a known item
-  cb.item_of(codes)                       # item id for a SID (None when unknown)
-  new = cb.assign(new_item_vectors)       # (n, levels) unique SIDs for new items (input_dim={input_dim})
-  raw = cb.assign(vectors, unique=False)  # raw semantic codes, what the quantizer gives
-  emb = cb.decode(cb.parse(["<a_3><b_17><c_0>"]))   # SID -> embedding (sum of per-level centroids)
-
-  # the predicted-dislike filter: drop candidates within cosine theta of any predicted dislike
-  keep = filter_candidates(cb.decode(candidate_codes), cb.decode(predicted_dislike_codes), theta=0.9)
-  candidates = candidates[keep]
-
-Files: manifest.json (levels, sizes, token format, sha256 of every file), codebooks/level_<l>.npy,
-quantizer.safetensors/.json (codebooks + RQ-VAE encoder/decoder, layer rule in the JSON),
-item_sid.parquet/.csv, sid_item.parquet/.csv, trie.json, item_embeddings.npy, sid_tokenizer/.
-Check the export: `negrec export-codebook --verify` or
-  python -c "from negrec.tokenizer.export import verify_export; verify_export('{path}')"
-"""
+class ExportError(ValueError):
+    """An export folder is incomplete, corrupted, or does not reproduce its SIDs."""
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -80,30 +71,56 @@ def filter_candidates(candidate_emb: np.ndarray, predicted_dislike_emb: np.ndarr
     return (unit_rows(candidate_emb) @ unit_rows(predicted).T).max(1) < theta
 
 
-_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """Columns of an export table (item_sid, sid_item) as arrays: Parquet through pyarrow when
+    present, else the CSV."""
+    pq_path, csv_path = path.with_suffix(".parquet"), path.with_suffix(".csv")
+    try:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(pq_path)
+        return {name: t.column(name).to_numpy() for name in t.column_names}
+    except ImportError:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        return {h: np.asarray([r[i] for r in body], dtype=object if h == "sid" else np.int64) for i, h in enumerate(header)}
 
 
 class ExportedCodebook:
     """An export folder loaded with numpy: SIDs for new items, SID -> embedding, item <-> SID lookups."""
 
-    def __init__(self, export):
-        self._ex = export  # negrec.tokenizer.export.SidExport
-        self.path: Path = export.path
-        self.manifest: dict = export.manifest
-        self.quantizer = export.quantizer
-        self.item_ids: np.ndarray = export.item_ids
-        self.codes: np.ndarray = export.codes
-        self.levels: int = int(self.manifest["levels"])
-        self.semantic_levels: int = int(self.manifest["semantic_levels"])
-        self.level_chars: str = self.manifest["level_chars"]
+    def __init__(self, path, manifest: dict, quantizer: NumpyQuantizer, item_ids: np.ndarray, codes: np.ndarray,
+                 raw_codes: np.ndarray):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.quantizer = quantizer
+        self.item_ids = item_ids
+        self.codes = codes  # final SIDs (n, levels)
+        self.raw_codes = raw_codes  # semantic codes before collision handling (n, semantic_levels)
+        self.levels: int = int(manifest["levels"])
+        self.semantic_levels: int = int(manifest["semantic_levels"])
+        self.level_chars: str = manifest["level_chars"]
         self._by_item = {int(i): r for r, i in enumerate(self.item_ids.tolist())}
         self._by_codes = {tuple(c): int(i) for c, i in zip(self.codes.tolist(), self.item_ids.tolist())}
 
     @classmethod
     def load(cls, path, check_hashes: bool = True) -> "ExportedCodebook":
-        from negrec.tokenizer.export import load_export
-
-        return cls(load_export(path, check_hashes=check_hashes))
+        """Load an export folder; with `check_hashes` every file must match the manifest's sha256."""
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            raise ExportError(f"{path / MANIFEST}: missing; not a codebook export folder")
+        manifest = json.loads((path / MANIFEST).read_text())
+        if check_hashes:
+            for name, digest in manifest["files"].items():
+                if not (path / name).exists():
+                    raise ExportError(f"{path / name}: listed in the manifest but missing")
+                if file_sha256(path / name) != digest:
+                    raise ExportError(f"{path / name}: sha256 differs from the manifest (corrupted or edited)")
+        table = read_table(path / "item_sid")
+        codes = np.stack([table[f"c{lvl}"] for lvl in range(manifest["levels"])], 1).astype(np.int64)
+        raw = np.stack([table[f"r{lvl}"] for lvl in range(manifest["semantic_levels"])], 1).astype(np.int64)
+        return cls(path, manifest, NumpyQuantizer.load(path), table["item_id"].astype(np.int64), codes, raw)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -116,28 +133,48 @@ class ExportedCodebook:
         return self._by_codes.get(tuple(int(c) for c in codes))
 
     def token_string(self, codes: Sequence[int]) -> str:
-        return "".join(f"<{self.level_chars[lvl]}_{int(c)}>" for lvl, c in enumerate(codes))
+        return format_sid(codes, self.level_chars)
 
     def parse(self, sids: str | Iterable[str]) -> np.ndarray:
         """SID strings ("<a_3><b_17><c_0>") -> codes (n, levels); raises ValueError on a malformed one."""
         sids = [sids] if isinstance(sids, str) else list(sids)
         out = np.empty((len(sids), self.levels), dtype=np.int64)
         for i, s in enumerate(sids):
-            toks = _TOKEN_RE.findall(s)
-            if len(toks) != self.levels or "".join(ch for ch, _ in toks) != self.level_chars[:self.levels] \
-                    or _TOKEN_RE.sub("", s).strip():
+            codes = parse_sid(s, self.levels, self.level_chars)
+            if codes is None:
                 raise ValueError(f"not a {self.levels}-level SID string: {s!r}")
-            out[i] = [int(c) for _, c in toks]
+            out[i] = codes
         return out
 
     # ---- quantization ---------------------------------------------------------------------
     def assign(self, embeddings: np.ndarray, unique: bool = True) -> np.ndarray:
-        """Codes for item vectors (n, input_dim): unique full SIDs (default) or raw semantic codes.
+        """Codes for item vectors (n, input_dim).
 
-        See `SidExport.assign_sids`: unique SIDs never collide with the exported items or each
-        other; rows that cannot be placed are -1.
+        unique=False: the raw semantic codes (n, semantic_levels), what re-quantisation gives.
+        unique=True: full SIDs (n, levels) that collide neither with exported items nor each other:
+        extra_level numbers new items after the existing ones sharing their codes; sinkhorn moves a
+        colliding new item to the nearest free last-level code under its prefix. Rows that cannot
+        be placed (level full) are -1.
         """
-        return self._ex.assign_sids(embeddings, unique=unique)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        raw, _ = self.quantizer.assign(embeddings)
+        if not unique:
+            return raw
+        taken = {tuple(c) for c in self.codes.tolist()}
+        out = np.full((len(raw), self.levels), -1, dtype=np.int64)
+        sinkhorn = self.manifest["collision"] != "extra_level"
+        residual = self.quantizer.level_residuals(embeddings)[-1] if sinkhorn else None
+        for i, r in enumerate(raw.tolist()):
+            if sinkhorn:  # the free last-level codes nearest to the item's last residual
+                order = np.argsort(((residual[i][None] - self.quantizer.codebooks[-1]) ** 2).sum(1))
+                candidates = ((*r[:-1], int(k)) for k in order)
+            else:  # the next free number after the exported items sharing its codes
+                candidates = ((*r, k) for k in range(self.manifest["codebook_sizes"][-1]))
+            free = next((c for c in candidates if c not in taken), None)
+            if free is not None:
+                out[i] = free
+                taken.add(tuple(out[i]))
+        return out
 
     def decode(self, codes: np.ndarray, space: str = "latent") -> np.ndarray:
         """SID codes (n, levels or semantic_levels) -> embeddings: the sum of the picked centroids.
@@ -175,3 +212,41 @@ class ExportedCodebook:
     def __repr__(self) -> str:
         return (f"ExportedCodebook({str(self.path)!r}, items={len(self)}, levels={self.levels}, "
                 f"sizes={self.manifest['codebook_sizes']}, method={self.manifest['method']!r})")
+
+
+def assign_sids(embeddings: np.ndarray, export_dir, unique: bool = False) -> np.ndarray:
+    """Semantic codes for item vectors from an export folder; see `ExportedCodebook.assign`."""
+    return ExportedCodebook.load(export_dir, check_hashes=False).assign(embeddings, unique=unique)
+
+
+def _collision_rule_mismatches(cb: ExportedCodebook, raw: np.ndarray) -> np.ndarray:
+    """Rows whose exported SID is not what the collision rule gives their re-quantised codes."""
+    if cb.manifest["collision"] == "extra_level":
+        expected, _, _ = add_extra_level(raw)
+        return np.flatnonzero((expected != cb.codes).any(1))
+    # re-assigned SIDs are stored; items that did not collide keep their raw codes
+    _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
+    alone = counts[inverse.reshape(-1)] == 1
+    return np.flatnonzero(alone & (cb.codes != raw).any(1))
+
+
+def verify_export(path) -> dict:
+    """Reload the export with numpy only, re-quantise the stored item vectors, and check that every
+    item gets its exported SID. Raises ExportError naming the first mismatching items."""
+    t0 = time.time()
+    cb = ExportedCodebook.load(path)
+    emb_path = Path(path) / "item_embeddings.npy"
+    if not emb_path.exists():
+        raise ExportError(f"{emb_path}: missing; export with include_embeddings: true to verify")
+    raw = cb.assign(np.load(emb_path), unique=False)
+    bad = np.flatnonzero((raw != cb.raw_codes).any(1))
+    if len(bad):
+        raise ExportError(f"{len(bad)} of {len(raw)} items re-quantise to other codes, e.g. items {cb.item_ids[bad[:5]].tolist()}")
+    bad = _collision_rule_mismatches(cb, raw)
+    if len(bad):
+        raise ExportError(f"{len(bad)} items have SIDs the collision rule does not give, e.g. items {cb.item_ids[bad[:5]].tolist()}")
+    if len(np.unique(cb.codes, axis=0)) != len(cb.codes):
+        raise ExportError("exported SIDs are not unique")
+    report = {"items": int(len(raw)), "mismatches": 0, "seconds": round(time.time() - t0, 3)}
+    print(f"[export] verified with numpy: all {report['items']} items re-quantise to their exported SIDs ({report['seconds']}s)")
+    return report

@@ -26,6 +26,22 @@ TABLES_NAME = "sid_tables.safetensors"
 _TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
 
 
+def format_sid(codes: Sequence[int], level_chars: str = DEFAULT_LEVEL_CHARS) -> str:
+    """The token string of a SID: codes (12, 7, 201) -> "<a_12><b_7><c_201>"."""
+    return "".join(f"<{level_chars[lvl]}_{int(c)}>" for lvl, c in enumerate(codes))
+
+
+def parse_sid(text: str, levels: int, level_chars: str = DEFAULT_LEVEL_CHARS) -> list[int] | None:
+    """Codes of a SID token string ("<a_12><b_7><c_201>"), or None when it is not a well-formed
+    `levels`-level SID (wrong level letters or order, other text around the tokens)."""
+    matches = _TOKEN_RE.findall(text)
+    if len(matches) != levels or _TOKEN_RE.sub("", text).strip():
+        return None
+    if "".join(ch for ch, _ in matches) != level_chars[:levels]:
+        return None
+    return [int(code) for _, code in matches]
+
+
 class PrefixTrie:
     """Prefix trie over unique code tuples, stored as sorted rows plus per-depth ranges.
 
@@ -61,10 +77,6 @@ class PrefixTrie:
         if len(prefix) > self.depth:
             return None
         return self._ranges[len(prefix)].get(prefix)
-
-    def is_prefix(self, prefix: Sequence[int]) -> bool:
-        """True when some valid SID starts with `prefix` (the empty prefix included)."""
-        return self._range(prefix) is not None
 
     def __contains__(self, codes: Sequence[int]) -> bool:
         """True when `codes` is a complete, valid SID."""
@@ -173,16 +185,7 @@ class SemanticIdTokenizer:
 
     def parse(self, tokens: str | Iterable[str]) -> list[int] | None:
         """Codes of a SID written as tokens, or None when the tokens are not a well-formed SID."""
-        text = tokens if isinstance(tokens, str) else "".join(tokens)
-        matches = _TOKEN_RE.findall(text)
-        if len(matches) != self.levels or _TOKEN_RE.sub("", text).strip():
-            return None
-        codes = []
-        for lvl, (ch, code) in enumerate(matches):
-            if ch != self.level_chars[lvl]:
-                return None
-            codes.append(int(code))
-        return codes
+        return parse_sid(tokens if isinstance(tokens, str) else "".join(tokens), self.levels, self.level_chars)
 
     def item_for_tokens(self, tokens: str | Iterable[str]) -> int | None:
         codes = self.parse(tokens)

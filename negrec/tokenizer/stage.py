@@ -9,10 +9,10 @@ import numpy as np
 
 from negrec.config import section_config, to_dict
 from negrec.io import atomic_path, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
-from negrec.rqvae.config import TokenizeConfig
 from negrec.rqvae.metrics import codebook_metrics, format_metrics
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 from negrec.rqvae.quantize import fit_quantizer, unique_sids
+from negrec.tokenizer.config import TokenizeConfig
 from negrec.tokenizer.sid import SemanticIdTokenizer
 
 
@@ -63,7 +63,7 @@ def tokenize_items(cfg: TokenizeConfig, item_ids: np.ndarray, x: np.ndarray, che
 
 def run_tokenize(raw: dict, run_dir) -> dict:
     """Read run_dir/encode, write run_dir/tokenize/{sid_tokenizer/, quantizer/, raw_codes.npy, metrics.json}."""
-    from negrec.rqvae.encoders import load_encoded
+    from negrec.encode import load_encoded
 
     cfg = section_config(TokenizeConfig, raw, "tokenize")
     run_dir = Path(run_dir)

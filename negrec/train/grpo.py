@@ -7,14 +7,17 @@ its own step budget and KL weight (beta, KL to the SFT reference). A stage may a
 its mean reward plateaus ("dynamic balance"); `progressive: false` runs plain GRPO on the final
 stage's context for the same total number of steps.
 
-Design (resume-safe): one `SidGRPOTrainer` per stage. `grpo/progress.json` (written atomically)
-records the finished stages and the last *committed* checkpoint of the running stage; a
-checkpoint folder only counts once progress.json names it, so a kill during a save resumes
-from the previous one. Stage k starts from stage k-1's final model; the KL reference is always
-the SFT policy.
+Design (resume-safe): one `SidGRPOTrainer` per stage. The driver `train_progressive_grpo` is a
+loop over three named steps: `ProgressStore` (`grpo/progress.json`, written atomically, records
+the finished stages and the last *committed* checkpoint of the running stage; a checkpoint folder
+only counts once progress.json names it, so a kill during a save resumes from the previous one),
+`run_stage` (build the stage's trainer, train, save its final model with `negrec.io.atomic_dir`,
+record it) and `finalize` (the summary). Stage k starts from stage k-1's final model; the KL
+reference is always the SFT policy.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,13 +29,23 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from negrec.config import section_config, to_dict
-from negrec.io import config_hash, mark_done, read_json, stage_done, write_json, write_text
+from negrec.io import atomic_dir, config_hash, mark_done, read_json, read_jsonl, stage_done, write_json, write_text
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, reports_to,
+                                       stable_view)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
-# Passed to TRL's generation_kwargs for completeness; SidGRPOTrainer does not use TRL's generation
-# config but pins every setting of its own generate calls (see grpo_trainer.SidGRPOTrainer).
-PINNED_GENERATION = {"num_beams": 1, "no_repeat_ngram_size": 0, "min_new_tokens": 0, "typical_p": 1.0,
-                     "use_cache": True}
+GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
+
+
+def use_bf16(cfg) -> bool:
+    return default_bf16() if cfg.bf16 is None else bool(cfg.bf16)
+
+
+def hash_view(cfg) -> dict:
+    """`cfg` as hashed into fingerprints: fields added later are left out at their defaults."""
+    view = stable_view(cfg, {"trainer": {}})
+    view["bf16"] = use_bf16(cfg)
+    return view
 
 
 @dataclass
@@ -74,7 +87,7 @@ class ProgressiveGRPOConfig:
     scale_rewards: str = "group"
     num_iterations: int = 1
     epsilon: float = 0.2
-    bf16: bool = False
+    bf16: bool | None = None  # None: bf16 where CUDA supports it, fp32 on CPU
     deepspeed: str | None = None  # path to a DeepSpeed JSON (configs/deepspeed/zero2.json)
     gradient_checkpointing: bool = True  # TRL's default (on the tiny CPU model SFT steps were 2.8x slower without it)
     seed: int = 0
@@ -82,8 +95,13 @@ class ProgressiveGRPOConfig:
     save_steps: int = 10
     max_samples: int | None = None  # cap the training rows (smoke runs)
     carry_over_steps: bool = True  # steps a stage leaves by advancing early go to the next stage
+    # TRL pass-through: any trl.GRPOConfig field, set on top of the settings above (report_to:
+    # [tensorboard, wandb], optim, push_to_hub, ...); unknown keys are refused with the nearest field.
+    # TensorBoard (when asked) writes TRL's metrics to run_dir/tb/grpo/trainer.
+    trainer: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_trainer_overrides("trl:GRPOConfig", self.trainer, "grpo", GRPO_RESERVED)
         if self.generation not in GENERATION_MODES:
             raise ValueError(f"grpo.generation: {self.generation!r} is not one of {GENERATION_MODES}")
         if not self.stages:
@@ -121,7 +139,10 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
     checkpointing = {k: cfg.gradient_checkpointing for k in ("gradient_checkpointing", "activation_checkpointing")
                      if k in names}
-    return GRPOConfig(
+    overrides = dict(cfg.trainer)
+    reporters = reports_to(overrides.pop("report_to", "none"))  # TensorBoard: a callback into run_dir/tb (_stage_trainer)
+    overrides["report_to"] = [r for r in reporters if r != "tensorboard"] or "none"
+    pinned = dict(
         output_dir=str(output_dir), max_steps=max_steps, seed=seed, data_seed=seed,
         beta=stage.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
         num_generations=cfg.num_generations, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -129,41 +150,124 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         epsilon=cfg.epsilon, learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=0, max_grad_norm=cfg.max_grad_norm, weight_decay=0.0,
         max_completion_length=completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        min_p=None, repetition_penalty=1.0, generation_kwargs=dict(PINNED_GENERATION),
+        min_p=None, repetition_penalty=1.0,  # generation itself is pinned by SidGRPOTrainer
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
-        bf16=cfg.bf16, fp16=False, deepspeed=cfg.deepspeed, **checkpointing,
+        bf16=use_bf16(cfg), fp16=False, deepspeed=cfg.deepspeed, **checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
         restore_callback_states_from_checkpoint=True, report_to="none", log_completions=False,
         remove_unused_columns=False, dataloader_num_workers=0, pad_to_multiple_of=None,
     )
+    return build_trainer_config(GRPOConfig, pinned, overrides)
 
 
 def _stage_dirname(i: int, stage: GRPOStageConfig) -> str:
     return f"stage{i}_{stage.name}"
 
 
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill
-            pass
-    return rows
-
-
-def _truncate_log(path: Path, max_step: int) -> None:
-    """Drop log rows past the step a resume restarts from (they will be logged again)."""
-    if path.exists():
-        rows = [r for r in _read_log(path) if r.get("global_step", 0) <= max_step]
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+class ProgressStore:
+    """`out_dir/progress.json` and `out_dir/log.jsonl` of one GRPO run.
+
+    progress.json (written atomically) holds the run's fingerprint, the records of the finished
+    stages and the last *committed* checkpoint of the running stage; a checkpoint folder only
+    counts once progress.json names it, so a kill during a save resumes from the previous one.
+    Progress written under another fingerprint (config, policy, data, rewards) starts over.
+    Only the main process writes.
+    """
+
+    def __init__(self, out_dir: Path, fingerprint: str):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "progress.json"
+        self.log_path = self.out_dir / "log.jsonl"
+        progress = read_json(self.path) if self.path.exists() else None
+        if progress is not None and progress.get("fingerprint") != fingerprint:
+            print(f"[grpo] {self.path}: written for another config or policy; starting over")
+            progress = None
+        if progress is None:
+            progress = {"fingerprint": fingerprint, "stages": [], "current": None}
+            if _is_main_process():
+                for d in self.out_dir.glob("stage*"):
+                    shutil.rmtree(d, ignore_errors=True)
+                if self.log_path.exists():
+                    self.log_path.unlink()
+                write_json(self.path, progress)
+        self.progress = progress
+
+    def finished(self, i: int) -> dict | None:
+        """The record of stage i when it finished before a restart."""
+        return self.progress["stages"][i] if i < len(self.progress["stages"]) else None
+
+    def steps_done(self) -> int:
+        return sum(s["steps"] for s in self.progress["stages"])
+
+    def resume_point(self, i: int) -> tuple[Path | None, int]:
+        """(committed checkpoint of stage i, its stage step), or (None, 0) to start the stage afresh.
+        Log rows past that step are dropped (they will be logged again)."""
+        current = self.progress.get("current")
+        resume, step = None, 0
+        if current and current.get("index") == i and (self.out_dir / current["checkpoint"]).exists():
+            resume, step = self.out_dir / current["checkpoint"], current["step"]
+        if _is_main_process() and self.log_path.exists():
+            rows = [r for r in read_jsonl(self.log_path) if r.get("global_step", 0) <= self.steps_done() + step]
+            write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return resume, step
+
+    def commit_checkpoint(self, i: int, path: Path, step: int) -> None:
+        """The checkpoint exists in full now: name it in progress.json, then drop the older ones."""
+        self.progress["current"] = {"index": i, "checkpoint": str(path.relative_to(self.out_dir)), "step": step}
+        write_json(self.path, self.progress)
+        for old in path.parent.glob("checkpoint-*"):
+            if old.name != path.name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def finish_stage(self, record: dict, stage_dir: Path) -> None:
+        """Record a finished stage; its checkpoints (only for resuming it) and, unless its final
+        model lives there, its folder are dropped."""
+        self.progress["stages"].append(record)
+        self.progress["current"] = None
+        if _is_main_process():
+            write_json(self.path, self.progress)
+            for old in stage_dir.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            if (self.out_dir / record["model"]).parent != stage_dir:
+                shutil.rmtree(stage_dir, ignore_errors=True)
+
+    def log(self) -> list[dict]:
+        return read_jsonl(self.log_path)
+
+
+@dataclass
+class GRPORun:
+    """What every stage of one `train_progressive_grpo` call shares."""
+
+    cfg: ProgressiveGRPOConfig
+    sft_dir: Path
+    out_dir: Path
+    samples: Sequence[dict]
+    build_prompt: Callable[..., str]
+    reward_funcs: list[Callable]
+    reward_weights: list[float] | None
+    sid_constraint: object
+    completion_length: int
+    hf_tok: object
+    store: ProgressStore
+    tb_dir: Path | None = None
+    stop_after_steps: int | None = None
+    peft: object = None  # negrec.llm.peft.PeftSettings (model.peft); None or mode none: full fine-tuning
+
+
+def _load_grpo_tokenizer(sft_dir: Path):
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(sft_dir)
+    hf_tok.padding_side = "left"
+    if hf_tok.pad_token is None:
+        hf_tok.pad_token = hf_tok.eos_token
+    return hf_tok
 
 
 def train_progressive_grpo(
@@ -180,6 +284,7 @@ def train_progressive_grpo(
     reward_weights: list[float] | None = None,
     stop_after_steps: int | None = None,
     run_key: str = "",
+    peft=None,
 ) -> dict:
     """Run the GRPO stages from the SFT policy in `sft_dir`; resume from `out_dir/progress.json`.
 
@@ -187,162 +292,181 @@ def train_progressive_grpo(
     `build_prompt(row, context_mix=..., neg_window_days=...) -> str` (PromptBuilder.build).
     `run_key`: a hash of what else shaped the run (rewards, prompts); progress made under another
     key is not resumed.
+    `peft` (model.peft): every stage trains a fresh adapter on the SFT policy, started from the previous
+    stage's adapter, so the KL reference (the adapter-free model, as TRL does) stays the SFT policy.
     `stop_after_steps` stops (as a kill would, after committing a checkpoint) once that many global
     steps are done: used by the resume test and nothing else.
     Returns a summary dict; the final model is in `out_dir/final`.
     """
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
-
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (sft_dir / "config.json").exists():
         raise FileNotFoundError(f"{sft_dir}: no config.json; not a saved policy (run `negrec sft` first)")
     if not samples:
         raise ValueError("GRPO got no training samples (train rows with a non-empty future-negative set)")
+    _check_policy_merged(sft_dir)
+    peft = peft if peft is not None and peft.enabled else None
+    fingerprint = config_hash({"grpo": hash_view(cfg), "sft": policy_stamp(sft_dir), "n": len(samples),
+                               "L": completion_length, "key": run_key, **({"peft": to_dict(peft)} if peft else {})})
+    run = GRPORun(cfg, sft_dir, out_dir, samples, build_prompt, reward_funcs, reward_weights, sid_constraint,
+                  completion_length, _load_grpo_tokenizer(sft_dir), ProgressStore(out_dir, fingerprint),
+                  Path(tb_dir) if tb_dir else None, stop_after_steps, peft)
     plan = stage_plan(cfg)
-    log_path = out_dir / "log.jsonl"
-    progress_path = out_dir / "progress.json"
-    fingerprint = config_hash({"grpo": to_dict(cfg), "sft": policy_stamp(sft_dir), "n": len(samples),
-                               "L": completion_length, "key": run_key})
-    progress = read_json(progress_path) if progress_path.exists() else None
-    if progress is not None and progress.get("fingerprint") != fingerprint:
-        print(f"[grpo] {progress_path}: written for another config or policy; starting over")
-        progress = None
-    if progress is None:
-        progress = {"fingerprint": fingerprint, "stages": [], "current": None}
-        if _is_main_process():
-            for d in out_dir.glob("stage*"):
-                shutil.rmtree(d, ignore_errors=True)
-            if log_path.exists():
-                log_path.unlink()
-            write_json(progress_path, progress)
-
-    hf_tok = AutoTokenizer.from_pretrained(sft_dir)
-    hf_tok.padding_side = "left"
-    if hf_tok.pad_token is None:
-        hf_tok.pad_token = hf_tok.eos_token
-    columns = {k: [r[k] for r in samples] for k in samples[0] if k != "prompt"}
-
     summary = {"stages": [], "progressive": cfg.progressive, "generation": cfg.generation}
     t0 = time.time()
-    carry = 0
-    policy_dir = sft_dir
+    carry, policy_dir = 0, sft_dir
     for i, stage in enumerate(plan):
-        done = progress["stages"][i] if i < len(progress["stages"]) else None
         budget = stage.max_steps + (carry if cfg.carry_over_steps else 0)
-        if done is not None:  # finished before a restart
-            carry = budget - done["steps"]
-            policy_dir = out_dir / done["model"]
-            summary["stages"].append(done)
-            continue
-        step_offset = sum(s["steps"] for s in progress["stages"])
-        stage_dir = out_dir / _stage_dirname(i, stage)
-        current = progress.get("current")
-        resume = None
-        if current and current.get("index") == i and (out_dir / current["checkpoint"]).exists():
-            resume = out_dir / current["checkpoint"]
-        if _is_main_process():
-            _truncate_log(log_path, step_offset + (current["step"] if resume else 0))
-
-        prompts = [build_prompt(r, context_mix=stage.context_mix, neg_window_days=stage.neg_window_days)
-                   for r in samples]
-        dataset = Dataset.from_dict({"prompt": prompts, **columns})
-        model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
-        # TRL builds the KL reference from config._name_or_path: point it at the SFT policy, so
-        # every stage is anchored to SFT (not to the previous stage).
-        model.config._name_or_path = str(sft_dir)
-        args = grpo_args(cfg, stage, stage_dir, budget, completion_length, seed=cfg.seed + i,
-                         reward_weights=reward_weights)
-        callback = StageCallback(stage_index=i, stage_name=stage.name, beta=stage.beta,
-                                 context_mix=stage.context_mix, neg_window_days=stage.neg_window_days,
-                                 step_offset=step_offset, log_path=str(log_path),
-                                 tb_dir=str(tb_dir) if tb_dir else None,
-                                 plateau_window=stage.plateau_window if i < len(plan) - 1 else 0,
-                                 plateau_min_improvement=stage.plateau_min_improvement)
-
-        def commit(path: Path, step: int, _i=i, _dir=stage_dir):
-            # The checkpoint exists in full now: name it in progress.json, then drop older ones.
-            progress["current"] = {"index": _i, "checkpoint": str(path.relative_to(out_dir)), "step": step}
-            write_json(progress_path, progress)
-            for old in _dir.glob("checkpoint-*"):
-                if old.name != path.name:
-                    shutil.rmtree(old, ignore_errors=True)
-
-        stopper = None
-        if stop_after_steps is not None:
-            stopper = StopAfterSteps(stop_after_steps - step_offset)
-        trainer = SidGRPOTrainer(
-            model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=hf_tok,
-            sid_constraint=sid_constraint, generation=cfg.generation, stage_callback=callback,
-            on_checkpoint=commit if _is_main_process() else None,
-            callbacks=[stopper] if stopper else None,
-        )
-        print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
-              f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
-              + (f" (resuming from {resume.name})" if resume else ""))
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        steps = trainer.state.global_step
-        if stopper is not None and stopper.fired:  # the simulated kill: the checkpoint is committed
-            return {"stopped_at": step_offset + steps}
-        cb = trainer.stage_callback
-        final_dir = out_dir / "final" if i == len(plan) - 1 else stage_dir / "final"
-        _save_final(trainer, hf_tok, sft_dir, final_dir)
-        record = {"index": i, "name": stage.name, "steps": steps, "budget": budget, "beta": stage.beta,
-                  "context_mix": stage.context_mix, "neg_window_days": stage.neg_window_days,
-                  "advanced_early": bool(cb.advanced_early if cb else False),
-                  "mean_reward_last": (sum(cb.rewards[-5:]) / len(cb.rewards[-5:])) if cb and cb.rewards else None,
-                  "model": str(final_dir.relative_to(out_dir)),
-                  "deepspeed_zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
-                                           if trainer.is_deepspeed_enabled else None)}
-        progress["stages"].append(record)
-        progress["current"] = None
-        if _is_main_process():
-            write_json(progress_path, progress)
-            # Checkpoints are only for resuming this stage: drop them once it is recorded as done.
-            for old in stage_dir.glob("checkpoint-*"):
-                shutil.rmtree(old, ignore_errors=True)
-            if final_dir.parent != stage_dir:
-                shutil.rmtree(stage_dir, ignore_errors=True)
+        record = run.store.finished(i)  # finished before a restart
+        if record is None:
+            record = run_stage(run, i, stage, budget, policy_dir, last=i == len(plan) - 1)
+            if "stopped_at" in record:
+                return record
         summary["stages"].append(record)
-        carry = budget - steps
-        policy_dir = final_dir
-        del trainer, model
-
-    log = _read_log(log_path)
-    summary.update({
-        "final_model": str(out_dir / "final"), "total_steps": sum(s["steps"] for s in summary["stages"]),
-        "seconds": round(time.time() - t0, 1), "log": str(log_path),
-        "mean_reward_first": _mean([r["reward"] for r in log[:5]]),
-        "mean_reward_last": _mean([r["reward"] for r in log[-5:]]),
-        "zero_std_share_mean": _mean([r.get("zero_std_share") for r in log]),
-    })
-    return summary
+        carry = budget - record["steps"]
+        policy_dir = out_dir / record["model"]
+    return finalize(summary, run.store, out_dir, t0)
 
 
-def _save_final(trainer, hf_tok, sft_dir: Path, final_dir: Path) -> None:
-    """Write the stage's model atomically: every rank joins save_model (ZeRO-3 gathers the weights
-    there), into a staging folder that the main process then renames over `final_dir`."""
-    staging = final_dir.with_name(f".{final_dir.name}.staging")
-    main = trainer.accelerator.is_main_process
-    if main:
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
-    trainer.accelerator.wait_for_everyone()
-    if main:
-        hf_tok.save_pretrained(str(staging))
-        _copy_policy_extras(sft_dir, staging)
-        old = final_dir.with_name(f".{final_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final_dir.exists():
-            os.replace(final_dir, old)
-        os.replace(staging, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
+def run_stage(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_dir: Path, last: bool) -> dict:
+    """Train stage i for up to `budget` steps from `policy_dir` (resuming its committed checkpoint),
+    save its final model atomically and record it; returns the stage record, or {"stopped_at": step}
+    when `stop_after_steps` simulated a kill."""
+    step_offset = run.store.steps_done()
+    stage_dir = run.out_dir / _stage_dirname(i, stage)
+    resume, _ = run.store.resume_point(i)
+    trainer, stopper = _stage_trainer(run, i, stage, budget, policy_dir, step_offset, stage_dir)
+    print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
+          f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
+          + (f" (resuming from {resume.name})" if resume else ""))
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    steps = trainer.state.global_step
+    if stopper is not None and stopper.fired:  # the simulated kill: the checkpoint is committed
+        return {"stopped_at": step_offset + steps}
+    final_dir = run.out_dir / "final" if last else stage_dir / "final"
+    save_final(trainer, run.hf_tok, run.sft_dir, final_dir, peft=run.peft,
+               card={"stage": f"grpo ({stage.name})", "base_model": str(run.sft_dir), "steps": steps,
+                     "config": to_dict(run.cfg)})
+    cb = trainer.stage_callback
+    record = {"index": i, "name": stage.name, "steps": steps, "budget": budget, "beta": stage.beta,
+              "context_mix": stage.context_mix, "neg_window_days": stage.neg_window_days,
+              "advanced_early": bool(cb.advanced_early if cb else False),
+              "mean_reward_last": (sum(cb.rewards[-5:]) / len(cb.rewards[-5:])) if cb and cb.rewards else None,
+              "model": str(final_dir.relative_to(run.out_dir)),
+              "deepspeed_zero_stage": (trainer.accelerator.state.deepspeed_plugin.zero_stage
+                                       if trainer.is_deepspeed_enabled else None)}
+    run.store.finish_stage(record, stage_dir)
+    return record
+
+
+def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_dir: Path, step_offset: int,
+                   stage_dir: Path):
+    """The stage's SidGRPOTrainer (prompts at the stage's context, policy from `policy_dir`) and its
+    StopAfterSteps callback (None unless `stop_after_steps`)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
+
+    cfg, samples = run.cfg, run.samples
+    prompts = [run.build_prompt(r, context_mix=stage.context_mix, neg_window_days=stage.neg_window_days) for r in samples]
+    columns = {k: [r[k] for r in samples] for k in samples[0] if k != "prompt"}
+    # PEFT: every stage wraps the SFT policy in a fresh adapter (TRL's reference: adapters disabled)
+    base_dir = run.sft_dir if run.peft else policy_dir
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if use_bf16(cfg) else torch.float32)
+    # TRL builds the KL reference from config._name_or_path: point it at the SFT policy, so
+    # every stage is anchored to SFT (not to the previous stage).
+    model.config._name_or_path = str(run.sft_dir)
+    callback = StageCallback(stage_index=i, stage_name=stage.name, beta=stage.beta,
+                             context_mix=stage.context_mix, neg_window_days=stage.neg_window_days,
+                             step_offset=step_offset, log_path=str(run.store.log_path),
+                             tb_dir=str(run.tb_dir) if run.tb_dir else None,
+                             plateau_window=stage.plateau_window if i < len(stage_plan(cfg)) - 1 else 0,
+                             plateau_min_improvement=stage.plateau_min_improvement)
+    stopper = StopAfterSteps(run.stop_after_steps - step_offset) if run.stop_after_steps is not None else None
+    extra = {"peft_config": _grpo_peft_config(run, model)} if run.peft else {}
+    trainer = SidGRPOTrainer(
+        model=model, reward_funcs=run.reward_funcs,
+        args=grpo_args(cfg, stage, stage_dir, budget, run.completion_length, seed=cfg.seed + i,
+                       reward_weights=run.reward_weights),
+        train_dataset=Dataset.from_dict({"prompt": prompts, **columns}), processing_class=run.hf_tok,
+        sid_constraint=run.sid_constraint, generation=cfg.generation, stage_callback=callback,
+        on_checkpoint=(lambda path, step: run.store.commit_checkpoint(i, path, step)) if _is_main_process() else None,
+        callbacks=[c for c in (stopper, _tensorboard_callback(run)) if c] or None, **extra,
+    )
+    if run.peft:
+        trainer.model.negrec_peft = run.peft
+        if policy_dir != run.sft_dir:  # stage k > 0 goes on from stage k-1's adapter
+            from negrec.llm.peft import ADAPTER_DIR, load_adapter_weights
+
+            load_adapter_weights(trainer.model, policy_dir / ADAPTER_DIR)
+    return trainer, stopper
+
+
+def _grpo_peft_config(run: GRPORun, model):
+    from negrec.llm.peft import new_token_ids, peft_config
+
+    sid_tok = getattr(run.sid_constraint, "sid_tok", None)
+    ids = new_token_ids(run.hf_tok, sid_tok) if sid_tok is not None else []
+    return peft_config(run.peft, model, ids, for_grpo=True)
+
+
+def _tensorboard_callback(run: GRPORun):
+    """TRL's metrics to run_dir/tb/<stage>/trainer when grpo.trainer.report_to asks for TensorBoard."""
+    if not run.tb_dir or "tensorboard" not in reports_to(run.cfg.trainer.get("report_to")) or not _is_main_process():
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(run.tb_dir / "trainer")))
+
+
+def _check_policy_merged(sft_dir: Path) -> None:
+    from negrec.llm.peft import unmerged_adapter
+
+    if unmerged_adapter(sft_dir) is not None:
+        raise ValueError(f"{sft_dir}: saved with model.peft.merge: false (base weights + adapter/); GRPO starts "
+                         "from a merged policy: rerun SFT with model.peft.merge: true")
+
+
+def save_final(trainer, hf_tok, sft_dir: Path, final_dir: Path, peft=None, card: dict | None = None) -> None:
+    """Write a stage's model with `negrec.io.atomic_dir`: every rank joins save_model (ZeRO-3 gathers
+    the weights there) into the main process's staging folder, which replaces `final_dir` only once
+    the weights, the tokenizer and the policy extras are all in it.
+
+    With `peft` the adapter goes to `adapter/` and the main process writes the policy weights
+    beside it: the SFT policy with the adapter merged (`merge: true`), or the SFT policy as it is."""
+    from accelerate.utils import broadcast_object_list
+
+    from negrec.llm.model import write_model_card
+    from negrec.llm.peft import ADAPTER_DIR
+
+    acc = trainer.accelerator
+    with atomic_dir(final_dir) if acc.is_main_process else contextlib.nullcontext() as tmp:
+        staging = broadcast_object_list([str(tmp) if tmp is not None else None])[0]
+        trainer.save_model(str(Path(staging) / ADAPTER_DIR) if peft else staging)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if peft:
+                _write_peft_policy(sft_dir, Path(staging), peft)
+            hf_tok.save_pretrained(staging)
+            _copy_policy_extras(sft_dir, Path(staging))
+            if card:
+                write_model_card(Path(staging), {**card, **({"peft": dataclasses.asdict(peft)} if peft else {})})
+    acc.wait_for_everyone()
+
+
+def _write_peft_policy(sft_dir: Path, staging: Path, peft) -> None:
+    """The policy weights beside `staging/adapter`: SFT merged with the adapter (or SFT alone), loaded on
+    the main process from disk (so a ZeRO-3 run need not gather the model), and `peft.json`."""
+    from transformers import AutoModelForCausalLM
+
+    from negrec.llm.peft import ADAPTER_DIR, attach_adapter, write_peft_file
+
+    base = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="auto")
+    (attach_adapter(base, staging / ADAPTER_DIR) if peft.merge else base).save_pretrained(staging)
+    write_peft_file(staging, peft)
 
 
 def _copy_policy_extras(src: Path, dst: Path) -> None:
@@ -352,6 +476,19 @@ def _copy_policy_extras(src: Path, dst: Path) -> None:
             shutil.copytree(src / name, dst / name)
         elif (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+
+
+def finalize(summary: dict, store: ProgressStore, out_dir: Path, t0: float) -> dict:
+    """The run's summary: totals and the reward at the start and the end of the log."""
+    log = store.log()
+    summary.update({
+        "final_model": str(out_dir / "final"), "total_steps": sum(s["steps"] for s in summary["stages"]),
+        "seconds": round(time.time() - t0, 1), "log": str(store.log_path),
+        "mean_reward_first": _mean([r["reward"] for r in log[:5]]),
+        "mean_reward_last": _mean([r["reward"] for r in log[-5:]]),
+        "zero_std_share_mean": _mean([r.get("zero_std_share") for r in log]),
+    })
+    return summary
 
 
 def _mean(xs) -> float | None:
@@ -410,8 +547,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
     from negrec.rewards import RewardConfig, build_rewards
 
+    from negrec.llm.model import ModelConfig
+
     run_dir = Path(run_dir)
     cfg = section_config(ProgressiveGRPOConfig, raw, "grpo")
+    peft = section_config(ModelConfig, raw, "model").peft
     if plain:
         cfg = dataclasses.replace(cfg, progressive=False)
     reward_cfg = section_config(RewardConfig, raw, "rewards")
@@ -419,8 +559,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     name = "grpo_plain" if plain else "grpo"
     out_dir = run_dir / name
     sft_dir = find_sft_policy(run_dir, cfg.policy)
-    h = config_hash({"grpo": to_dict(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
-                     "policy": policy_stamp(sft_dir)})
+    h = config_hash({"grpo": hash_view(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
+                     "policy": policy_stamp(sft_dir), **({"peft": to_dict(peft)} if peft.enabled else {})})
     if stage_done(out_dir, h) and (out_dir / "summary.json").exists():
         print(f"[grpo] {out_dir} is up to date")
         return read_json(out_dir / "summary.json")
@@ -438,7 +578,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
-        out_dir=out_dir, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps, run_key=h)
+        out_dir=out_dir, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps, run_key=h, peft=peft)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
@@ -448,11 +588,6 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         mark_done(out_dir, h)
         _print_summary(summary)
     return summary
-
-
-def run_grpo_plain(raw: dict, run_dir, stop_after_steps: int | None = None) -> dict:
-    """Plain (non-progressive) GRPO into run_dir/grpo_plain/: the ablation the evaluation compares."""
-    return run_grpo(raw, run_dir, stop_after_steps=stop_after_steps, plain=True)
 
 
 def _load_sid_tokenizer(run_dir: Path, sft_dir: Path):

@@ -1,7 +1,8 @@
 """Next-negative training on whole timelines, the way SASRec and TIGER learn: every event of every
 training sequence is a target, in one forward pass per window.
 
-A user's events before their training limit (the validation cut) become one token sequence in the
+A user's events before their cut (`training_log`: the test cut, or the validation cut for the users
+whose validation picks the epoch) become one token sequence in the
 compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token, the item's
 SID tokens and EOS. The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
 negative event and `other_weight` for the others; the feedback token before each SID is the
@@ -58,6 +59,19 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     return out
 
 
+def training_log(data, fit_until: str, val_users) -> tuple:
+    """(log, per-user limit) the timeline trains on; see `SFTStageConfig.fit_until`.
+
+    "test" is what the baselines fit for the test split see (events before each user's test cut),
+    less the validation users' events from their validation cut on, so the validation Recall that
+    picks the epoch is measured on futures the model never saw."""
+    if fit_until == "valid":
+        return data.fit_log("train"), None
+    limits = data.cuts.set_index("user_id")["train_limit"]
+    val_users = [u for u in set(int(u) for u in val_users) if u in limits.index]
+    return data.fit_log("test"), {u: int(limits[u]) for u in val_users}
+
+
 def _batches(windows, batch_size: int, rng: np.random.Generator):
     """Batches of similar-length windows (little padding), in random order."""
     order = np.argsort([len(ids) for ids, _ in windows], kind="stable")
@@ -97,6 +111,12 @@ def validation_recall(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list
     """Mean capped Recall@k of constrained beam search over `rows` (samples with a non-empty F_H)."""
     if not rows:
         return float("nan")
+    return float(np.mean(validation_recalls(model, hf_tok, sid_tok, builder, rows, horizon, k, num_beams, batch_size)))
+
+
+def validation_recalls(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list[dict], horizon: int,
+                       k: int = 10, num_beams: int = 20, batch_size: int = 16) -> np.ndarray:
+    """Capped Recall@k of constrained beam search for each of `rows`."""
     constraint = SidConstraint(sid_tok, hf_tok)
     prompts = [builder.build(r) for r in rows]
     exclude = [list(r["context_items"]) for r in rows]
@@ -107,7 +127,16 @@ def validation_recall(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list
         dense[r, :len(lst)] = [i for i, _ in lst]
     targets = ItemSets.from_lists([r[f"future_neg_h{horizon}"] for r in rows])
     n_hit = hits(clean_rankings(dense, ItemSets.from_lists(exclude), k=k), targets).sum(1)
-    return float(np.mean(n_hit / np.maximum(np.minimum(k, targets.lengths), 1)))
+    return n_hit / np.maximum(np.minimum(k, targets.lengths), 1)
+
+
+def significantly_worse(recalls: np.ndarray, best: np.ndarray | None) -> bool:
+    """True when `recalls` is below `best` on the same users by more than one standard error of
+    the paired difference: smaller gaps are validation noise (200 users: SE ~0.01 of Recall@10)."""
+    if best is None or len(recalls) < 2:
+        return False
+    diff = recalls - best
+    return bool(diff.mean() < -diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def validation_rows(samples, horizon: int, max_rows: int, seed: int = 0) -> list[dict]:
@@ -139,7 +168,8 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    state = {"epoch": 0, "step": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0}
+    state = {"epoch": 0, "step": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0,
+             "best_recalls": None, "kept_epoch": 0, "kept_recall": -1.0}
     if ckpt_path is not None and ckpt_path.exists() and cfg.resume:
         saved = torch.load(ckpt_path, weights_only=False)
         if saved.get("key") == resume_key:
@@ -171,7 +201,9 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
                 writer.add_scalar("train/loss", loss.item(), state["step"])
                 writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
         model.eval()
-        recall = validation_recall(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
+        per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
+                    if val_rows else np.zeros(0))
+        recall = float(per_user.mean()) if val_rows else float("nan")
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "step": state["step"], "train_loss": round(float(np.mean(losses)), 4),
                                  "val_recall@10": round(recall, 4)})
@@ -180,11 +212,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         if writer:
             writer.add_scalar("valid/recall@10", recall, state["step"])
             writer.add_scalar("train/epoch_loss", float(np.mean(losses)), state["step"])
-        if recall > state["best"] or not val_rows:
-            state.update(best=recall, best_epoch=state["epoch"], bad=0,
-                         best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad"] += 1
+        _select_epoch(state, model, per_user)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
                                          "sched": sched.state_dict(), "state": state})
@@ -192,6 +220,21 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         writer.close()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
-    return {"epochs_run": state["epoch"], "steps": state["step"], "best_epoch": state["best_epoch"],
+    return {"epochs_run": state["epoch"], "steps": state["step"], "kept_epoch": state["kept_epoch"],
+            "kept_val_recall@10": round(state["kept_recall"], 4), "best_epoch": state["best_epoch"],
             "best_val_recall@10": round(state["best"], 4), "history": copy.deepcopy(state["history"]),
             "stopped_early": state["bad"] >= cfg.patience}
+
+
+def _select_epoch(state: dict, model, recalls: np.ndarray) -> None:
+    """Keep this epoch's weights unless its validation recall is significantly below the best
+    epoch's (`significantly_worse`): within noise the later epoch, which has seen more steps at a
+    lower learning rate, is kept. `patience` counts epochs in a row that are significantly worse."""
+    recall = float(recalls.mean()) if len(recalls) else float("nan")
+    if len(recalls) and recall > state["best"]:
+        state.update(best=recall, best_epoch=state["epoch"], best_recalls=recalls)
+    if significantly_worse(recalls, state["best_recalls"]):
+        state["bad"] += 1
+        return
+    state.update(bad=0, kept_epoch=state["epoch"], kept_recall=recall,
+                 best_state={k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from negrec.data import (DataConfig, DataError, GenericLogSpec, SkipRule, add_implicit_negatives, load_generic,
-                         load_kuairand, load_movielens, load_recbole, prepare_data, recbole_ml100k_path)
+                         load_kuairand, load_movielens, load_recbole, prepare_data, recbole_ml100k_path, SplitConfig)
 from negrec.data.loaders import load_movielens_csv, load_movielens_dat
 
 
@@ -129,7 +129,7 @@ BROKEN = [
                                                   "movieId,title\n1,Toy\n"), "movies.csv", 1, "genres", "missing"),
     ("ml-csv", "unparsable timestamp", lambda t: _ml_csv(t, "userId,movieId,rating,timestamp\n1,1,4,5\n1,1,4,soon\n"),
      "ratings.csv", 3, "timestamp", "soon"),
-    ("ml-csv", "unknown item", lambda t: _ml_csv(t, "userId,movieId,rating,timestamp\n1,1,4,5\n1,99,4,6\n"),
+    ("ml-csv", "unknown item", lambda t: _ml_csv(t, "userId,movieId,rating,timestamp\n1,1,4,881250949\n1,99,4,881250950\n"),
      "ratings.csv", 3, "movieId", "item_id) = 99 is not in the items table"),
     ("ml-csv", "empty file", lambda t: _ml_csv(t, ""), "ratings.csv", None, None, "empty file"),
     ("ml-csv", "empty file", lambda t: _ml_csv(t, "userId,movieId,rating,timestamp\n"), "ratings.csv", None, None,
@@ -152,7 +152,7 @@ BROKEN = [
      "toy.item", 1, "item_id", "missing field"),
     ("recbole", "unparsable timestamp", lambda t: _recbole(t, RB_HEADER + "1\t1\t4\t5\n1\t1\t4\t?\n"), "toy.inter", 3,
      "timestamp", "'?'"),
-    ("recbole", "unknown item", lambda t: _recbole(t, RB_HEADER + "1\t1\t4\t5\n1\t42\t4\t6\n"), "toy.inter", 3,
+    ("recbole", "unknown item", lambda t: _recbole(t, RB_HEADER + "1\t1\t4\t881250949\n1\t42\t4\t881250950\n"), "toy.inter", 3,
      "item_id", "= 42 is not in the items table"),
     ("recbole", "empty file", lambda t: _recbole(t, ""), "toy.inter", None, None, "empty file"),
     ("recbole", "wrong separator", lambda t: _recbole(t, RB_HEADER.replace("\t", ",") + "1,1,4,5\n"), "toy.inter", 1,
@@ -180,8 +180,8 @@ BROKEN = [
         t, "uid,iid,when,stars\n1,10,1704103200,1\n2,11,17041O3200,5\n", ts_unit="s"), "log.csv", 3, "when", "17041O3200"),
     ("generic-csv", "unparsable value", lambda t: _generic_csv(
         t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,11,2024-01-02 10:00,five\n"), "log.csv", 3, "stars", "five"),
-    ("generic-csv", "unparsable value", lambda t: _generic_csv(
-        t, "uid,iid,when,stars\nu1,10,2024-01-01 10:00,1\n"), "log.csv", 2, "uid", "u1"),
+    ("generic-csv", "unparsable value", lambda t: _generic_csv(  # string ids are fine, a fractional one is not
+        t, "uid,iid,when,stars\n1.5,10,2024-01-01 10:00,1\n"), "log.csv", 2, "uid", "1.5"),
     ("generic-csv", "unknown item", lambda t: _generic_csv(
         t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,12,2024-01-02 10:00,5\n"), "log.csv", 3, "iid",
      "item_id) = 12 is not in the items table"),
@@ -278,14 +278,16 @@ def test_generic_parquet_matches_csv(tmp_path):
 
 
 def test_require_text_drop_is_counted(tmp_path):
+    # users 3-5 keep enough events on item 10 for a test split once items 11 and 12 are dropped
+    kept = "".join(f"{u},10,2024-01-{d:02d} 10:00,{1 + (u + d) % 5}\n" for u in (3, 4, 5) for d in range(1, 9))
     log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n1,11,2024-01-02 10:00,5\n"
-                                       "2,11,2024-01-02 11:00,4\n2,12,2024-01-03 10:00,2\n")
+                                       "2,11,2024-01-02 11:00,4\n2,12,2024-01-03 10:00,2\n" + kept)
     items = _write(tmp_path / "items.csv", "iid,title,text\n10,Ten,a film\n11,Eleven,\n12,Twelve,  \n")
     spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
                           item_columns={"item_id": "iid", "title": "title", "text": "text"})
-    p = prepare_data(DataConfig(format="generic", generic=spec, require_text=True))
+    p = prepare_data(DataConfig(format="generic", generic=spec, require_text=True, split=SplitConfig(cut_unit="event")))
     assert p.report["items_without_text"] == 2 and p.report["interactions_of_dropped_items"] == 3
-    assert p.items.item_id.tolist() == [10] and p.interactions.item_id.tolist() == [10]
+    assert p.items.item_id.tolist() == [10] and set(p.interactions.item_id) == {10}
     # without require_text the same gap is an error naming the log's file, line and field
     few = _write(tmp_path / "few.csv", "iid,title\n10,Ten\n12,Twelve\n")
     spec = GenericLogSpec(path=str(log), items_path=str(few), columns=dict(GEN_COLUMNS), ts_unit="datetime",
@@ -307,10 +309,11 @@ def test_implicit_skips_and_explicit_wins():
 
 
 def test_duplicates_are_counted(tmp_path):
-    _write(tmp_path / "u.data", "1\t1\t3\t881250949\n1\t1\t3\t881250949\n")
+    rows = "".join(f"{u}\t1\t{1 + (u + d) % 5}\t{881250949 + d * 86400}\n" for u in (1, 2, 3) for d in range(8))
+    _write(tmp_path / "u.data", rows + rows.splitlines(keepends=True)[0])  # the first row twice
     _write(tmp_path / "u.item", ML100K_ITEM, "latin-1")
-    p = prepare_data(DataConfig(format="movielens", path=str(tmp_path)))
-    assert p.report["duplicates_dropped"] == 1 and len(p.interactions) == 1
+    p = prepare_data(DataConfig(format="movielens", path=str(tmp_path), split=SplitConfig(cut_unit="event")))
+    assert p.report["duplicates_dropped"] == 1 and len(p.interactions) == 24
 
 
 def test_movielens_csv_and_dat_good_files(tmp_path):

@@ -341,7 +341,7 @@ def test_rolling_test_cuts():
         return [(uid, 33 if k == 39 else k, ts[k], -1 if k % 3 == 0 else 1) for k in range(40)]
 
     log = _toy_log(user(1) + user(2, tied=range(34, 40)))
-    cfg = DataConfig(horizons=[1, 3], split=SplitConfig(cut_unit="event", rolling_every=3, max_history=50))
+    cfg = DataConfig(horizons=[1, 3], main_horizon=3, split=SplitConfig(cut_unit="event", rolling_every=3, max_history=50))
     cuts = compute_cuts(log, cfg.split)
     u, t = cuts_for_test(log, cuts, cfg.split)
     assert list(u) == [1, 1, 1, 2, 2] and list(t) == [3600 * k for k in (32, 35, 38, 32)] + [3600 * 34]

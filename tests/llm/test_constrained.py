@@ -149,7 +149,7 @@ def test_sampling_gives_valid_items_only(tiny_policy):
 def test_score_items_reproduces_beam_scores(tiny_policy):
     """The candidate scorer (one prefill per prompt) gives each item the score beam search gave it,
     prompts of different lengths in one batch, items unknown to the trie score -inf."""
-    from negrec.llm.constrained import score_items
+    from negrec.llm.evaluation import score_items
 
     model, hf, sid_tok, _ = tiny_policy
     c = SidConstraint(sid_tok, hf)

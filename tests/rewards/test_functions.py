@@ -88,3 +88,16 @@ def test_build_rewards_weighted_sum_and_pickle(tok):
     pickle.loads(pickle.dumps(full.functions))
     with pytest.raises(ValueError, match="unknown reward"):
         RewardConfig(weights={"nope": 1.0})
+
+
+def test_rank_penalty_by_place_in_beam_group(tok):
+    from negrec.rewards.functions import RankPenalty
+
+    fn = RankPenalty(RewardConfig(horizon=7), tok)
+    # two groups of three (prompts p, q), each in beam order; hits cost nothing
+    comps = [sid(tok, 10), sid(tok, 11), sid(tok, 12), sid(tok, 13), sid(tok, 14), "junk"]
+    fneg = [[11]] * 3 + [[13]] * 3
+    got = fn(prompts=["p"] * 3 + ["q"] * 3, completions=comps, future_neg_h7=fneg, context_items=[[]] * 6)
+    assert got == pytest.approx([-1.0, 0.0, -1 / np.log2(4), 0.0, -1 / np.log2(3), -1 / np.log2(4)])
+    with pytest.raises(ValueError, match="prompts"):
+        fn(prompts=None, completions=comps, future_neg_h7=fneg)

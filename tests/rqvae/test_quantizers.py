@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from negrec.rqvae import TokenizeConfig, add_extra_level, codebook_metrics, collision_rate, sinkhorn_reassign
+from negrec.rqvae import add_extra_level, codebook_metrics, collision_rate, sinkhorn_reassign
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer, residual_assign
+from negrec.tokenizer import TokenizeConfig
 from negrec.tokenizer.stage import tokenize_items
 
 SMALL = dict(levels=3, codebook_size=16, epochs=12, batch_size=128, hidden_dims=[48, 24], latent_dim=8,

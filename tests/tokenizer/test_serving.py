@@ -14,8 +14,8 @@ import pytest
 from negrec.rqvae.collisions import add_extra_level
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 from negrec.tokenizer import SemanticIdTokenizer
-from negrec.tokenizer.export import verify_export, write_export
-from negrec.tokenizer.serving import ExportedCodebook, filter_candidates
+from negrec.tokenizer.export import write_export
+from negrec.tokenizer.serving import ExportedCodebook, filter_candidates, verify_export
 
 # level 0: three directions; level 1: small offsets
 CODEBOOKS = [np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32),

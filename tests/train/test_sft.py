@@ -11,7 +11,9 @@ from negrec.llm.constrained import SidConstraint, constrained_beam_search, const
 from negrec.llm.model import ModelConfig, build_policy, save_policy
 from negrec.llm.prompts import PromptBuilder, PromptConfig
 from negrec.tokenizer import SemanticIdTokenizer
-from negrec.train.sft import SFTStageConfig, alignment_accuracy, alignment_examples, next_negative_examples, run_sft, train_sft
+from negrec.llm.evaluation import alignment_accuracy
+from negrec.llm.prompts import alignment_examples, next_negative_examples
+from negrec.train.sft import SFTStageConfig, run_sft, train_sft
 
 N_ITEMS = 32
 TINY = dict(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192, bpe_vocab_size=600)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from negrec.llm.model import ModelConfig, build_policy
 from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig
@@ -103,3 +104,47 @@ def test_timeline_policy_beats_popularity_on_planted_clusters(setup):
         f = set(r["future_neg_h7"].tolist())
         pop.append(len(f & set(top)) / max(1, min(10, len(f))))
     assert policy > np.mean(pop) + 0.1, (policy, np.mean(pop), curve)
+
+
+def test_training_log_stops_each_user_at_the_right_cut(ml100k_prepared):
+    """fit_until=test: nobody's events at or after their test cut; the validation users' stop at
+    their validation cut (so the validation that picks the epoch is clean); the others keep the
+    events between the two cuts, which is what `test` adds over `valid`."""
+    from negrec.train.timeline import training_log
+
+    cuts = ml100k_prepared.cuts.set_index("user_id")
+    val_users = list(cuts.index[cuts["train_limit"] < cuts["test_limit"]][:50])
+    log, limit = training_log(ml100k_prepared, "test", val_users)
+    assert set(limit) == set(val_users) and all(limit[u] == cuts.loc[u, "train_limit"] for u in val_users)
+    lim = log["user_id"].map(limit).fillna(np.iinfo(np.int64).max).to_numpy()
+    kept = log[log["ts"].to_numpy() < lim]  # what timeline_windows keeps
+    assert (kept["ts"].to_numpy() < cuts.loc[kept["user_id"], "test_limit"].to_numpy()).all()
+    in_val = kept["user_id"].isin(val_users).to_numpy()
+    assert (kept["ts"].to_numpy()[in_val] < cuts.loc[kept["user_id"][in_val], "train_limit"].to_numpy()).all()
+    later = kept["ts"].to_numpy()[~in_val] >= cuts.loc[kept["user_id"][~in_val], "train_limit"].to_numpy()
+    assert later.sum() > 0.05 * len(kept)
+    old, none = training_log(ml100k_prepared, "valid", val_users)
+    assert none is None and len(old) < len(kept)
+
+
+def test_epoch_selection_keeps_the_later_epoch_within_noise():
+    """A later epoch a hair below the best (noise) is kept; one clearly below is not, and counts
+    towards patience."""
+    from negrec.train.timeline import _select_epoch, significantly_worse
+
+    rng = np.random.default_rng(0)
+    best = rng.random(200)
+    noise = rng.normal(0, 0.05, 200)
+    noise -= noise.mean()  # paired SE of the gap: 0.05 / sqrt(200) = 0.0035
+    assert not significantly_worse(best - 0.001 + noise, best)
+    assert significantly_worse(best - 0.01 + noise, best)
+    model = torch.nn.Linear(2, 1)
+    state = {"epoch": 1, "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0, "best_recalls": None,
+             "kept_epoch": 0, "kept_recall": -1.0}
+    _select_epoch(state, model, best)
+    state["epoch"] = 2
+    _select_epoch(state, model, best - 0.002 + noise)  # noise: the later epoch is kept
+    assert (state["best_epoch"], state["kept_epoch"], state["bad"]) == (1, 2, 0)
+    state["epoch"] = 3
+    _select_epoch(state, model, best - 0.2 + noise)  # clearly worse: epoch 2 stays, patience counts
+    assert (state["kept_epoch"], state["bad"]) == (2, 1)

@@ -12,7 +12,8 @@ import pandas as pd
 
 from negrec.config import section_config, to_dict
 from negrec.io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json
-from negrec.rqvae.config import PACKAGED_MINILM, EncodeConfig
+from negrec.encode.config import PACKAGED_MINILM, EncodeConfig
+from negrec.runtime import resolve_device
 
 
 def resolve_text_model(name: str) -> Path:
@@ -44,14 +45,6 @@ def _model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def encode_texts(texts: list[str], model: str = PACKAGED_MINILM, batch_size: int = 256, device: str = "cpu",
                  cache_dir: str | None = None) -> np.ndarray:
     """(n, d) L2-normalised sentence embeddings, cached on disk by a hash of the model and the texts."""
@@ -70,7 +63,7 @@ def encode_texts(texts: list[str], model: str = PACKAGED_MINILM, batch_size: int
                 return emb
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(model_dir), device=_device(device), local_files_only=True)
+    st = SentenceTransformer(str(model_dir), device=str(resolve_device(device)), local_files_only=True)
     emb = st.encode(list(texts), batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True,
                     normalize_embeddings=True).astype(np.float32)
     if cache_file is not None:

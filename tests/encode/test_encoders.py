@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from negrec.rqvae import EncodeConfig
-from negrec.rqvae.encoders import collaborative_vectors, encode_items, encode_texts, feature_vectors, fuse, resolve_text_model
+from negrec.encode import EncodeConfig
+from negrec.encode.encoders import collaborative_vectors, encode_items, encode_texts, feature_vectors, fuse, resolve_text_model
 
 
 def test_collaborative_vectors_follow_feedback_signs():

@@ -1,0 +1,44 @@
+"""Config of the `tokenize` stage (YAML section `tokenize:`): the quantizer that turns item vectors
+into semantic IDs. The quantizers themselves (`negrec.rqvae`) read these fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from negrec.config import ConfigError
+
+
+@dataclass
+class TokenizeConfig:
+    """Quantizer turning item vectors into semantic IDs."""
+
+    method: str = "rqvae"  # rqvae | rqkmeans
+    levels: int = 3
+    codebook_size: int = 256
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256, 128])  # RQ-VAE MLP encoder (decoder mirrors it)
+    latent_dim: int = 32
+    activation: str = "relu"  # relu | gelu | silu
+    epochs: int = 300
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    beta: float = 0.25  # commitment weight
+    kmeans_iters: int = 25  # faiss k-means iterations (init of RQ-VAE levels; RQ-KMeans levels)
+    warmup_steps: int = 100  # autoencoder-only steps before the k-means init (keeps the init from going stale)
+    kmeans_init: bool = True  # false: random codebooks (ablation; collapses more)
+    kmeans_init_items: int = 20000  # first batch used for the k-means init of every level
+    dead_code_steps: int = 50  # restart codes unused over this many steps (on batch residuals); 0 disables
+    collision: str = "extra_level"  # extra_level (TIGER) | sinkhorn (LC-Rec re-assignment of the last level)
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 100
+    save_every: int = 50  # epochs between resumable checkpoints
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    level_chars: str = "abcdefghijklmnopqrstuvwxyz"
+
+    def __post_init__(self):
+        for name, allowed in (("method", ("rqvae", "rqkmeans")), ("collision", ("extra_level", "sinkhorn")),
+                              ("activation", ("relu", "gelu", "silu"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"tokenize.{name}: expected {' | '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.levels < 1 or self.codebook_size < 2:
+            raise ConfigError(f"tokenize: levels must be >= 1 and codebook_size >= 2 (got {self.levels}, {self.codebook_size})")

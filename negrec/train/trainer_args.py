@@ -1,0 +1,83 @@
+"""What the training stages share about TRL configs and processes.
+
+- `check_trainer_overrides(cls_path, overrides, section, reserved)`: the pass-through dicts
+  (`sft_align.trainer`, `sft_next.trainer`, `grpo.trainer`) are checked against the fields of
+  `SFTConfig` / `GRPOConfig`; an unknown key is refused naming the nearest field.
+- `build_trainer_config(cls, pinned, overrides)`: negrec's settings, then the user's pass-through
+  on top (the user wins, except for the reserved keys negrec owns).
+- `is_main_process()`: rank 0 (accelerate / torchrun `RANK`), the only process that writes,
+  logs and deletes.
+- `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
+  while they hold their defaults, so adding a field does not invalidate finished stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+from negrec.config import nearest, to_dict
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or without a distributed launcher)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _trl_class(cls_path: str):
+    module, name = cls_path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_trainer_overrides(cls_path: str, overrides: dict | None, section: str, reserved=()) -> None:
+    """Refuse keys of `overrides` that are not fields of the TRL config class (`"trl:SFTConfig"`),
+    naming the nearest field, and the keys negrec sets itself (`reserved`)."""
+    if not overrides:
+        return
+    fields = {f.name for f in dataclasses.fields(_trl_class(cls_path))}
+    unknown = sorted(k for k in overrides if k not in fields)
+    if unknown:
+        raise ValueError(f"{section}.trainer: {unknown[0]!r} is not a field of {cls_path.split(':')[1]}"
+                         f"{nearest(unknown[0], fields)}")
+    owned = sorted(k for k in overrides if k in reserved)
+    if owned:
+        raise ValueError(f"{section}.trainer: {owned[0]!r} is set by negrec ({section} settings); remove it here")
+
+
+def build_trainer_config(cls, pinned: dict, overrides: dict | None):
+    """`cls(**pinned)` with the pass-through `overrides` on top (already checked)."""
+    kwargs = dict(pinned)
+    kwargs.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def reports_to(value) -> list[str]:
+    """transformers' report_to as a list ("none" -> [])."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [] if items in (["none"], []) else items
+
+
+def default_bf16() -> bool:
+    """bf16 where a CUDA device supports it, fp32 on CPU."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def stable_view(cfg, defaults: dict) -> dict:
+    """`to_dict(cfg)` without the fields in `defaults` that still hold that value (hash stability)."""
+    return {k: v for k, v in to_dict(cfg).items() if not (k in defaults and v == defaults[k])}
+
+
+__all__ = ["is_main_process", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
+           "stable_view"]

@@ -1,0 +1,189 @@
+"""PEFT (model.peft) on tiny Qwen2 policies: LoRA + trainable SID rows under TRL's SFTTrainer,
+the frozen-LLM SID-embeddings-only mode under the timeline trainer, saved policies (merged and
+unmerged) reloading with the same logits, the TRL pass-through sections, and GRPO with LoRA."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from negrec.config import ConfigError, from_dict
+from negrec.llm.model import ModelConfig, build_policy, load_policy, save_policy
+from negrec.llm.peft import PeftSettings, apply_peft, new_token_ids
+from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig, alignment_examples
+from negrec.train.sft import SFTStageConfig, train_sft
+from tests.llm.conftest import random_sid_tokenizer, synthetic_items
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, bpe_vocab_size=300)
+
+
+def _policy(tie=True):
+    sid = random_sid_tokenizer(24, (4, 3, 3), seed=2)
+    items = synthetic_items(sid)
+    model, hf, _ = build_policy(ModelConfig(**TINY, tie_embeddings=tie), sid, items, [], device="cpu")
+    return model, hf, sid, items
+
+
+def _frozen_unchanged(peft_model, before: dict) -> int:
+    """Every frozen parameter of the PEFT model equals the base weight it wraps; returns how many."""
+    n = 0
+    for name, p in peft_model.named_parameters():
+        if p.requires_grad:
+            continue
+        key = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+        assert torch.equal(p.detach(), before[key]), key
+        n += 1
+    return n
+
+
+def _logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lora_trains_adapters_and_sid_rows_only_and_reloads_merged(tmp_path, tie):
+    model, hf, sid, items = _policy(tie)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    new = new_token_ids(hf, sid)
+    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0), new)
+    ex = alignment_examples(PromptBuilder(PromptConfig(), sid, items, hf), sid, items, tasks=["text_to_sid"], seed=0)
+    cfg = SFTStageConfig(max_steps=4, batch_size=4, learning_rate=5e-2, logging_steps=1, save_steps=100, resume=False,
+                         lr_scheduler="constant", warmup_ratio=0.0)
+    trainer = train_sft(pm, hf, ex, cfg, tmp_path / "sft")
+    pm = trainer.model
+    trained = {n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained == {"base_model.model.model.embed_tokens.weight"} | (set() if tie else {"base_model.model.lm_head.weight"})
+    assert _frozen_unchanged(pm, before) == len(before) - len(trained)  # every other base weight: frozen, unchanged
+    ids = torch.as_tensor([[hf.bos_token_id] + new[:6] + [new[-1]] * 2])
+    adapter_logits = _logits(pm, ids)
+    save_policy(pm, hf, sid, tmp_path / "final", extra={"stage": "sft_align", "steps": 4})
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "final" / "peft.json").exists() and "sft_align" in (tmp_path / "final" / "README.md").read_text()
+    merged, _, _ = load_policy(tmp_path / "final", device="cpu")
+    assert torch.allclose(_logits(merged, ids), adapter_logits, atol=1e-4)
+    emb = merged.get_input_embeddings().weight.detach()
+    old = before["model.embed_tokens.weight"]
+    assert not torch.allclose(emb[new], old[new])                       # the SID / feedback rows trained
+    rest = torch.ones(len(emb), dtype=torch.bool)
+    rest[new] = False
+    assert torch.equal(emb[rest], old[rest])                             # no other row moved
+    if not tie:
+        assert not torch.allclose(merged.lm_head.weight.detach()[new], before["lm_head.weight"][new])
+
+
+def test_unmerged_adapter_policy_loads_with_the_same_logits(tmp_path):
+    model, hf, sid, items = _policy()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    new = new_token_ids(hf, sid)
+    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
+    with torch.no_grad():  # a trained-looking adapter without training: perturb its weights
+        for n, p in pm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.as_tensor([[hf.bos_token_id] + new[:5]])
+    want = _logits(pm, ids)
+    save_policy(pm, hf, sid, tmp_path / "final", extra={"stage": "sft_next"})
+    from safetensors.torch import load_file
+
+    top = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert all(torch.equal(top[k], before[k]) for k in top)              # top level: the untouched base
+    loaded, _, _ = load_policy(tmp_path / "final", device="cpu")
+    assert torch.allclose(_logits(loaded, ids), want, atol=1e-4)
+
+
+def test_sid_embeddings_only_leaves_the_llm_frozen_in_the_timeline_trainer(tmp_path):
+    from negrec.train.timeline import timeline_windows, train_timeline
+    from tests.train.test_timeline import planted_log
+
+    model, hf, sid, items = _policy()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    new = new_token_ids(hf, sid)
+    pm = apply_peft(model, PeftSettings(mode="sid_embeddings_only"), new)
+    assert {n for n, p in pm.named_parameters() if p.requires_grad} == {"model.embed_tokens.weight"}
+    log = planted_log(np.asarray(sid.item_ids))
+    log = log[log.user_id <= 8]
+    builder = PromptBuilder(PromptConfig(format="compact", max_events=20), sid, items, hf)
+    windows = timeline_windows(log, None, CompactCodec(sid, hf), 20, other_weight=1.0)
+    cfg = SFTStageConfig(mode="timeline", max_steps=3, epochs=1, learning_rate=5e-2, batch_size=4, resume=False)
+    train_timeline(pm, hf, sid, windows, [], builder, cfg, horizon=7)
+    save_policy(pm, hf, sid, tmp_path / "final", extra={"stage": "sft_next"})
+    merged, _, _ = load_policy(tmp_path / "final", device="cpu")
+    after = dict(merged.named_parameters())
+    for k, v in before.items():
+        if k != "model.embed_tokens.weight":
+            assert torch.equal(after[k].detach(), v), k                    # every non-embedding weight
+    emb = after["model.embed_tokens.weight"].detach()
+    assert not torch.allclose(emb[new], before["model.embed_tokens.weight"][new])
+    rest = torch.ones(len(emb), dtype=torch.bool)
+    rest[new] = False
+    assert torch.equal(emb[rest], before["model.embed_tokens.weight"][rest])
+
+
+def test_peft_settings_are_checked():
+    with pytest.raises(ConfigError, match="model.peft.mode"):
+        from_dict(ModelConfig, {"peft": {"mode": "qlora"}}, "cfg: model")
+    with pytest.raises(ConfigError, match="did you mean 'alpha'"):
+        from_dict(ModelConfig, {"peft": {"alpah": 8}}, "cfg: model")
+    assert from_dict(ModelConfig, {"peft": {"mode": "lora", "r": 8}}).peft.r == 8
+
+
+def test_trainer_pass_through_refuses_unknown_keys_and_reaches_trl(tmp_path):
+    from negrec.train.grpo import ProgressiveGRPOConfig, grpo_args
+
+    with pytest.raises(ConfigError, match="'report_too' is not a field of SFTConfig .did you mean 'report_to'"):
+        from_dict(SFTStageConfig, {"trainer": {"report_too": "wandb"}}, "cfg: sft_next")
+    with pytest.raises(ConfigError, match="did you mean 'lr_scheduler_type'"):
+        from_dict(ProgressiveGRPOConfig, {"trainer": {"lr_schedular_type": "cosine"}}, "cfg: grpo")
+    with pytest.raises(ConfigError, match="'beta' is set by negrec"):
+        from_dict(ProgressiveGRPOConfig, {"trainer": {"beta": 0.1}}, "cfg: grpo")
+    cfg = ProgressiveGRPOConfig(num_generations=2, per_device_train_batch_size=4,
+                                trainer={"optim": "sgd", "report_to": ["tensorboard"], "max_grad_norm": 0.5})
+    args = grpo_args(cfg, cfg.stages[0], tmp_path, 3, 4, seed=0)
+    assert args.optim == "sgd" and args.max_grad_norm == 0.5 and args.report_to in ([], "none", ["none"])
+    assert args.bf16 is False  # CPU default
+
+    model, hf, sid, items = _policy()
+    ex = alignment_examples(PromptBuilder(PromptConfig(), sid, items, hf), sid, items, tasks=["text_to_sid"], seed=0)
+    sft = SFTStageConfig(max_steps=1, batch_size=4, logging_steps=1, save_steps=100, resume=False,
+                         trainer={"optim": "sgd", "report_to": ["tensorboard"], "weight_decay": 0.1})
+    trainer = train_sft(model, hf, ex, sft, tmp_path / "sft", tb_dir=tmp_path / "tb")
+    assert trainer.args.optim == "sgd" and trainer.args.weight_decay == 0.1
+    assert list((tmp_path / "tb").glob("events.out.tfevents*"))
+
+
+def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
+    from _grpo_tiny import LEVELS, RecordingPrompts, hit_reward, make_constraint, tiny_hf_tokenizer, tiny_policy, \
+        tiny_samples, tiny_sid_tokenizer
+
+    from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo
+
+    sid = tiny_sid_tokenizer()
+    hf = tiny_hf_tokenizer(sid)
+    sft = tiny_policy(tmp_path / "sft", hf)
+    stages = [GRPOStageConfig("a", context_mix=0.0, neg_window_days=None, max_steps=1, beta=0.1),
+              GRPOStageConfig("b", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.1)]
+    cfg = ProgressiveGRPOConfig(stages=stages, num_generations=2, per_device_train_batch_size=4, learning_rate=1e-2,
+                                save_steps=100, logging_steps=1, seed=0)
+    out = tmp_path / "grpo"
+    summary = train_progressive_grpo(
+        cfg, sft_dir=sft, samples=tiny_samples(), build_prompt=RecordingPrompts(sid), reward_funcs=[hit_reward(sid)],
+        sid_constraint=make_constraint(sid, hf), completion_length=LEVELS + 1, out_dir=out,
+        peft=PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0))
+    assert summary["total_steps"] == 2
+    for d in (out / "stage0_a" / "final", out / "final"):
+        assert (d / "adapter" / "adapter_model.safetensors").exists() and (d / "peft.json").exists()
+        assert (d / "README.md").exists()
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "final")
+    base = AutoModelForCausalLM.from_pretrained(sft)
+    changed = [n for (n, a), (_, b) in zip(merged.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
+    assert changed  # the merged adapter moved the policy away from the SFT weights
