@@ -10,36 +10,19 @@ from pathlib import Path
 
 from .config import ConfigError, check_config, load_config
 from .io import write_yaml
+from .runlock import run_lock
+from .stages import commands
 
-# subcommand -> (module, function, help)
-STAGES = {
-    "data": ("negrec.data", "run_prepare", "prepare the log (loaders, implicit negatives, cuts, samples); `data stats` prints statistics"),
-    "encode": ("negrec.encode", "run_encode", "item embeddings: text, collaborative, features, fused"),
-    "tokenize": ("negrec.tokenizer", "run_tokenize", "quantize items into semantic IDs (RQ-VAE or RQ-KMeans) and build the SID tokenizer"),
-    "export-codebook": ("negrec.tokenizer", "run_export", "export codebooks, SID tables, trie and manifest for serving"),
-    "build-model": ("negrec.llm", "run_build_model", "load or build the LLM and extend its vocabulary with SID tokens"),
-    "sft": ("negrec.train", "run_sft", "item-level alignment SFT (--task align) or next-negative SFT (--task next)"),
-    "grpo": ("negrec.train", "run_grpo", "progressive GRPO with the future-negative rewards"),
-    "predict": ("negrec.eval", "run_predict", "write predictions.parquet and targets.parquet for the test users"),
-    "evaluate": ("negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet"),
-    "baselines": ("negrec.eval", "run_baselines", "fit and score the baselines"),
-    "filter": ("negrec.eval", "run_filter", "the predicted-dislike filter and its removal curve"),
-    "report": ("negrec.eval", "run_report", "report.md and plots in the run folder"),
-    "pipeline": ("negrec.pipeline", "run_pipeline", "every stage in order, resuming where outputs are up to date"),
-}
+# views of the one registry (negrec.stages): subcommand -> (module, function, help)
+COMMANDS = commands()
+STAGES = {name: (c.module, c.func, c.help) for name, c in COMMANDS.items()}
 
 # Stages that never use torch: no torch thread setup for them, so that they run (and import
 # nothing heavy) where torch is absent, as a serving stack running `export-codebook --verify`.
-TORCH_FREE = {"data", "export-codebook", "evaluate", "filter", "report"}
-
+TORCH_FREE = {name for name, c in COMMANDS.items() if c.torch_free}
 
 # the config sections each subcommand reads (checked before it runs; `pipeline`: all of them)
-SECTIONS_OF = {
-    "data": ["data"], "encode": ["encode"], "tokenize": ["tokenize"], "export-codebook": ["export"],
-    "build-model": ["model", "prompt"], "sft": ["sft_align", "sft_next"], "grpo": ["grpo", "rewards"],
-    "predict": ["eval", "prompt"], "evaluate": ["eval"], "baselines": ["baselines", "eval"], "filter": ["filter", "eval"],
-    "report": ["report"], "pipeline": None,
-}
+SECTIONS_OF = {name: c.sections for name, c in COMMANDS.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         _parser().print_help()
         return 0
@@ -179,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"negrec {args.command}: interrupted", file=sys.stderr)
+        print(f"negrec {args.command}: interrupted; rerun to resume", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every error path ends the same way
         if debug:
@@ -201,33 +185,38 @@ def error_line(command: str, e: BaseException) -> str:
     return f"negrec {command}: error: " + " ".join(msg.split())
 
 
-def _prepare_run_dir(run_dir: Path, raw: dict) -> None:
+def _prepare_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: the run folder (--run-dir or run.root/run.name) is a file, not a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
+
+
+def _write_config(run_dir: Path, raw: dict) -> None:
+    """The resolved config beside the outputs: written only once every section passed validation
+    and the run folder's lock is held."""
+    try:
         write_yaml(run_dir / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 
 
-def _run(args) -> int:
-    import os
+def read_only(args, run_dir: Path) -> bool:
+    """Commands that only read the run folder: no lock, no config.yaml. `status`; `data stats` of a
+    prepared run; `report` of a run whose evaluation finished; `evaluate --predictions` (outside files)."""
+    if args.command == "status":
+        return True
+    if args.command == "data" and args.action == "stats":
+        return (run_dir / "data" / "_DONE").exists()
+    if args.command == "report":
+        return (run_dir / "eval" / "metrics.json").exists()
+    return args.command == "evaluate" and bool(args.predictions)
 
-    raw = load_config(args.config, args.overrides)
-    notes = check_config(raw, SECTIONS_OF.get(args.command, []))
-    if args.command != "pipeline":  # the pipeline shows its own notes
-        for note in notes:
-            print(f"negrec: note: {note}", file=sys.stderr)
-    if os.environ.get("NEGREC_THREADS"):
-        positive_threads(os.environ["NEGREC_THREADS"], "NEGREC_THREADS")
-    run_dir = resolve_run_dir(raw, args)
-    _prepare_run_dir(run_dir, raw)
-    module, func, _ = STAGES[args.command]
-    fn = getattr(importlib.import_module(module), func)
+
+def _stage_kwargs(args) -> dict:
     kwargs = {}
-    if args.command not in TORCH_FREE:
-        set_threads(args.threads)
     if args.command == "sft":
         kwargs["task"] = args.task
     if args.command == "grpo" and args.plain:
@@ -236,7 +225,46 @@ def _run(args) -> int:
         kwargs.update(out_dir=args.out, verify=args.verify)
     if args.command == "evaluate":
         kwargs.update(predictions=args.predictions, targets=args.targets, log=args.log)
-    fn(raw, run_dir, **kwargs)
+    return kwargs
+
+
+def _print_data_stats(run_dir: Path) -> None:
+    from .data import Prepared, data_stats, format_stats
+
+    prepared = Prepared.load(run_dir / "data")
+    print(format_stats(data_stats(prepared), prepared.horizons))
+
+
+def _run(args) -> int:
+    import os
+
+    if args.command == "status" and not args.config and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        args.config = str(Path(args.run_dir) / "config.yaml")  # the run's own config: what its markers hash
+    raw = load_config(args.config, args.overrides)
+    notes = check_config(raw, SECTIONS_OF.get(args.command, []))
+    if args.command != "pipeline":  # the pipeline shows its own notes
+        for note in notes:
+            print(f"negrec: note: {note}", file=sys.stderr)
+    if os.environ.get("NEGREC_THREADS"):
+        positive_threads(os.environ["NEGREC_THREADS"], "NEGREC_THREADS")
+    run_dir = resolve_run_dir(raw, args)
+    command = COMMANDS[args.command]
+    fn = getattr(importlib.import_module(command.module), command.func)
+    if read_only(args, run_dir):
+        if args.command == "data":
+            _print_data_stats(run_dir)
+        else:
+            fn(raw, run_dir, **_stage_kwargs(args))
+        return 0
+    # the sections --set changed too: config.yaml never records an override a later stage would refuse
+    # (other sections come from the config file as given; checking them all would import torch here)
+    check_config(raw, sorted({o.split("=", 1)[0].split(".")[0].strip() for o in args.overrides} - {"run"}))
+    _prepare_run_dir(run_dir)
+    with run_lock(run_dir, " ".join(["negrec", *args.argv])[:200]):
+        _write_config(run_dir, raw)
+        if args.command not in TORCH_FREE:
+            set_threads(args.threads)
+        fn(raw, run_dir, **_stage_kwargs(args))
     return 0
 
 

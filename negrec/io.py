@@ -124,3 +124,44 @@ def stage_done(out_dir: str | Path, cfg_hash: str) -> bool:
 
 def mark_done(out_dir: str | Path, cfg_hash: str) -> None:
     write_text(Path(out_dir) / "_DONE", cfg_hash + "\n")
+
+
+FULL_HASH_MAX = 64 << 20  # files below this size are hashed whole; larger ones by their first and last MiB
+_EDGE = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> dict:
+    """Size, mtime (ns) and a sha256 of a raw input file (whole below 64 MiB, else first + last MiB
+    and the size), so that an edited, truncated or replaced input makes its stage stale."""
+    path = Path(path)
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size < FULL_HASH_MAX:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(_EDGE))
+            f.seek(st.st_size - _EDGE)
+            h.update(f.read(_EDGE))
+            h.update(str(st.st_size).encode())
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()[:16]}
+
+
+def inputs_fingerprint(spec: str | Path) -> dict:
+    """`file_fingerprint` of every file a path names: the file, every file under a folder (hidden
+    ones left out), or every match of a glob; {path: "missing"} when it names nothing."""
+    import glob
+
+    spec = str(spec)
+    p = Path(spec)
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    else:
+        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+    if not files:
+        return {spec: "missing"}
+    return {str(f): file_fingerprint(f) for f in files}

@@ -19,45 +19,15 @@ from tqdm.auto import tqdm
 
 from .config import check_config, section_config
 from .io import config_hash, write_json, write_text
+from .runlock import run_lock
+from .stages import STAGES as REGISTRY
 
-# (name, module, function, YAML sections it reads, extra kwargs)
-STAGES = [
-    ("data", "negrec.data", "run_prepare", ["data"], {}),
-    ("encode", "negrec.encode", "run_encode", ["encode"], {}),
-    ("tokenize", "negrec.tokenizer", "run_tokenize", ["tokenize"], {}),
-    ("build-model", "negrec.llm", "run_build_model", ["model", "prompt"], {}),
-    ("sft-align", "negrec.train", "run_sft", ["sft_align"], {"task": "align"}),
-    ("sft-next", "negrec.train", "run_sft", ["sft_next"], {"task": "next"}),
-    ("grpo", "negrec.train", "run_grpo", ["grpo", "rewards"], {}),
-    ("grpo-plain", "negrec.train", "run_grpo", ["grpo", "rewards"], {"plain": True}),
-    ("baselines", "negrec.eval", "run_baselines", ["baselines", "eval"], {}),
-    ("predict", "negrec.eval", "run_predict", ["eval"], {}),
-    ("evaluate", "negrec.eval", "run_evaluate", ["eval"], {}),
-    ("filter", "negrec.eval", "run_filter", ["filter"], {}),
-    ("export", "negrec.tokenizer", "run_export", ["export"], {}),
-    ("report", "negrec.eval", "run_report", ["report"], {}),
-]
-
+# views of the one registry (negrec.stages): (name, module, function, YAML sections it reads, extra kwargs)
+STAGES = [(s.name, s.module, s.func, list(s.sections), dict(s.kwargs)) for s in REGISTRY]
 
 # key outputs per stage, relative to the run folder: a stage whose marker matches but whose
 # outputs are missing (folder deleted, half-copied run) is run again
-STAGE_OUTPUTS = {
-    "data": ["data/interactions.parquet", "data/items.parquet", "data/cuts.parquet", "data/data_config.json",
-             "data/samples_train.parquet", "data/samples_valid.parquet", "data/samples_test.parquet"],
-    "encode": ["encode/embeddings.npy", "encode/item_ids.npy", "encode/meta.json"],
-    "tokenize": ["tokenize/sid_tokenizer", "tokenize/quantizer", "tokenize/raw_codes.npy", "tokenize/metrics.json"],
-    "build-model": ["model/config.json"],
-    "sft-align": ["sft_align/final/config.json", "sft_align/summary.json"],
-    "sft-next": ["sft_next/final/config.json", "sft_next/summary.json"],
-    "grpo": ["grpo/final", "grpo/summary.json"],
-    "grpo-plain": ["grpo_plain/final", "grpo_plain/summary.json"],
-    "baselines": ["eval/baselines_summary.json"],
-    "predict": ["eval/targets.parquet", "eval/predict_summary.json"],  # predictions.parquet only when a policy exists
-    "evaluate": ["eval/metrics.json", "eval/results_table.txt"],
-    "filter": ["filter/curve.json"],
-    "export": ["{export}/manifest.json"],
-    "report": ["report.md"],
-}
+STAGE_OUTPUTS = {s.name: list(s.outputs) for s in REGISTRY}
 
 
 def stage_outputs(name: str, raw: dict, run_dir) -> list[Path]:
@@ -82,7 +52,22 @@ class PipelineConfig:
     force: list[str] = field(default_factory=list)  # stage names to rerun even if up to date
 
 
+def raw_inputs(name: str, raw: dict):
+    """The registry's `fingerprint` of stage `name` (its raw inputs outside the run folder), or None."""
+    spec = next((s for s in REGISTRY if s.name == name), None)
+    if spec is None or not spec.fingerprint:
+        return None
+    module, func = spec.fingerprint.split(":")
+    return getattr(importlib.import_module(module), func)(raw)
+
+
 def run_pipeline(raw: dict, run_dir) -> dict:
+    """Every stage in order, holding the run folder's lock (`negrec.runlock`)."""
+    with run_lock(run_dir, "negrec pipeline"):
+        return _run_pipeline(raw, run_dir)
+
+
+def _run_pipeline(raw: dict, run_dir) -> dict:
     import sys
 
     for note in check_config(raw):  # every section, before the first stage runs; the horizon fixed once
@@ -103,7 +88,10 @@ def run_pipeline(raw: dict, run_dir) -> dict:
         if name not in todo:
             break
         # the hash covers this stage's sections and, through `upstream`, every earlier stage's
-        upstream = config_hash([upstream, {s: raw.get(s) for s in sections}])
+        # and, for a stage with raw inputs (data), their sizes, mtimes and content hashes
+        parts = [upstream, {s: raw.get(s) for s in sections}]
+        fingerprint = raw_inputs(name, raw)
+        upstream = config_hash(parts if fingerprint is None else [*parts, fingerprint])
         if name in cfg.skip:
             summary[name] = {"status": "skipped (config)"}
             continue
@@ -137,3 +125,44 @@ def run_pipeline(raw: dict, run_dir) -> dict:
         print("\n" + results.read_text())
     print(f"run folder: {run_dir}")
     return summary
+
+
+def stage_states(raw: dict, run_dir) -> dict[str, dict]:
+    """Each stage's state in `run_dir` by the pipeline's rule, without running or writing anything:
+    `done` (marker matches, outputs present), `stale` (config or raw inputs changed since it ran, or
+    no pipeline marker), `missing` (a key output absent) or `skipped` (pipeline.skip); with `why`."""
+    cfg = section_config(PipelineConfig, raw, "pipeline")
+    run_dir = Path(run_dir)
+    states: dict[str, dict] = {}
+    upstream, changed = "", ""
+    for name, _module, _func, sections, _kwargs in STAGES:
+        parts = [upstream, {s: raw.get(s) for s in sections}]
+        fingerprint = raw_inputs(name, raw)
+        upstream = config_hash(parts if fingerprint is None else [*parts, fingerprint])
+        marker = run_dir / ".pipeline" / f"{name}.done"
+        missing = missing_outputs(name, raw, run_dir)
+        if name in cfg.skip:
+            states[name] = {"state": "skipped", "why": "in pipeline.skip"}
+        elif missing:
+            states[name] = {"state": "missing", "why": "no " + ", ".join(str(p) for p in missing[:2])}
+        elif not marker.exists():
+            states[name] = {"state": "stale", "why": "outputs present but not marked by `negrec pipeline`"}
+        elif marker.read_text().strip() != upstream:
+            why = (f"an earlier stage changed ({changed})" if changed else
+                   f"its config ({', '.join(sections)}) or raw inputs changed since it ran")
+            states[name] = {"state": "stale", "why": why}
+        else:
+            states[name] = {"state": "done", "why": "marker matches, outputs present"}
+        if states[name]["state"] in ("missing", "stale") and not changed:
+            changed = name
+    return states
+
+
+def run_status(raw: dict, run_dir) -> dict:
+    """`negrec status`: print `stage_states` as a table; writes nothing."""
+    states = stage_states(raw, run_dir)
+    width = max(len(n) for n in states)
+    print(f"run folder: {run_dir}")
+    for name, st in states.items():
+        print(f"  {name:<{width}}  {st['state']:<7}  {st['why']}")
+    return states

@@ -12,7 +12,8 @@ from ..config import section_config, to_dict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json, write_parquet
+from ..io import (atomic_path, config_hash, inputs_fingerprint, mark_done, read_json, stage_done, write_json,
+                  write_parquet)
 from .implicit import SkipRule
 from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
                       recbole_ml100k_path)
@@ -480,11 +481,37 @@ def _describe_cuts(stats: dict) -> str:
     return text
 
 
+def input_paths(cfg: DataConfig) -> list[str]:
+    """The raw files, folders or globs the configured format reads."""
+    if cfg.format == "embedded":
+        try:
+            return [str(recbole_ml100k_path())]
+        except DataError:
+            return []  # load_log names the missing package
+    if cfg.format == "generic":
+        return [p for p in (cfg.generic.path or cfg.path, cfg.generic.items_path) if p]
+    return [cfg.path] if cfg.path else []
+
+
+def inputs_of(cfg: DataConfig) -> dict:
+    """Size, mtime and content hash of every raw input file (`negrec.io.inputs_fingerprint`)."""
+    out: dict = {}
+    for p in input_paths(cfg):
+        out.update(inputs_fingerprint(p))
+    return out
+
+
+def raw_inputs_fingerprint(raw: dict) -> dict:
+    """The data stage's raw inputs, for the pipeline's stage fingerprint (the registry names it)."""
+    return inputs_of(section_config(DataConfig, raw, "data"))
+
+
 def run_prepare(raw: dict, run_dir) -> dict:
-    """CLI/pipeline entry: prepare into run_dir/data unless it is up to date; print the statistics."""
+    """CLI/pipeline entry: prepare into run_dir/data unless it is up to date (the data config and
+    the raw input files' sizes, mtimes and content hashes unchanged); print the statistics."""
     cfg = section_config(DataConfig, raw, "data")
     out = Path(run_dir) / "data"
-    h = config_hash(to_dict(cfg))
+    h = config_hash([to_dict(cfg), inputs_of(cfg)])
     if stage_done(out, h):
         prepared = Prepared.load(out)
     else:

@@ -242,6 +242,11 @@ def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None 
     A PEFT model (`negrec.llm.peft.apply_peft`) is written with its adapter in `adapter/` and
     merged into the top-level weights unless its settings say `merge: false` (it is unloaded in
     place: use it no further). With `extra["stage"]` a model card (README.md) is written too."""
+    settings = getattr(model, "negrec_peft", None)
+    if settings is not None and extra is not None and "peft" not in extra:
+        import dataclasses
+
+        extra = {**extra, "peft": dataclasses.asdict(settings)}
     with atomic_dir(out_dir) as tmp:
         if is_peft_model(model):
             save_peft_model(model, tmp)

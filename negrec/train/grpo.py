@@ -372,6 +372,9 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     cfg, samples = run.cfg, run.samples
     prompts = [run.build_prompt(r, context_mix=stage.context_mix, neg_window_days=stage.neg_window_days) for r in samples]
     columns = {k: [r[k] for r in samples] for k in samples[0] if k != "prompt"}
+    # The GRPOConfig first: with a ZeRO-3 DeepSpeed config it makes from_pretrained shard the weights at load.
+    args = grpo_args(cfg, stage, stage_dir, budget, run.completion_length, seed=cfg.seed + i,
+                     reward_weights=run.reward_weights)
     # PEFT: every stage wraps the SFT policy in a fresh adapter (TRL's reference: adapters disabled)
     base_dir = run.sft_dir if run.peft else policy_dir
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if use_bf16(cfg) else torch.float32)
@@ -388,8 +391,7 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     extra = {"peft_config": _grpo_peft_config(run, model)} if run.peft else {}
     trainer = SidGRPOTrainer(
         model=model, reward_funcs=run.reward_funcs,
-        args=grpo_args(cfg, stage, stage_dir, budget, run.completion_length, seed=cfg.seed + i,
-                       reward_weights=run.reward_weights),
+        args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts, **columns}), processing_class=run.hf_tok,
         sid_constraint=run.sid_constraint, generation=cfg.generation, stage_callback=callback,
         on_checkpoint=(lambda path, step: run.store.commit_checkpoint(i, path, step)) if _is_main_process() else None,

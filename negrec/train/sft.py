@@ -127,10 +127,11 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
     summary["seconds"] = round(time.time() - t0, 1)
-    save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
-    write_json(out / "summary.json", summary)
-    mark_done(out, key)
-    (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
+    if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
+        save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
+        write_json(out / "summary.json", summary)
+        mark_done(out, key)
+        (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
     print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
           f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")

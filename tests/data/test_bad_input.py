@@ -307,7 +307,7 @@ def test_ctrl_c_is_one_line_exit_130(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(negrec.data, "run_prepare", interrupted)
     rc, lines = _run(["data", "--run-dir", str(tmp_path / "r")], {}, monkeypatch, capsys)
-    assert rc == 130 and lines == ["negrec data: interrupted"]
+    assert rc == 130 and lines == ["negrec data: interrupted; rerun to resume"]
 
 
 def test_partial_match_warns_with_counts(tmp_path, monkeypatch, capsys):

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, bpe_vocab_size=300)
 
 
-def _policy(tie=True):
-    sid = random_sid_tokenizer(24, (4, 3, 3), seed=2)
+def _policy(tie=True, n_items=24, sizes=(4, 3, 3)):
+    sid = random_sid_tokenizer(n_items, sizes, seed=2)
     items = synthetic_items(sid)
     model, hf, _ = build_policy(ModelConfig(**TINY, tie_embeddings=tie), sid, items, [], device="cpu")
     return model, hf, sid, items
@@ -84,9 +84,9 @@ def test_unmerged_adapter_policy_loads_with_the_same_logits(tmp_path):
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     new = new_token_ids(hf, sid)
     pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
-    with torch.no_grad():  # a trained-looking adapter without training: perturb its weights
+    with torch.no_grad():  # a trained-looking adapter without training: perturb its LoRA weights
         for n, p in pm.named_parameters():
-            if p.requires_grad:
+            if "lora_" in n:
                 p.add_(0.05 * torch.randn_like(p))
     ids = torch.as_tensor([[hf.bos_token_id] + new[:5]])
     want = _logits(pm, ids)
@@ -103,7 +103,7 @@ def test_sid_embeddings_only_leaves_the_llm_frozen_in_the_timeline_trainer(tmp_p
     from negrec.train.timeline import timeline_windows, train_timeline
     from tests.train.test_timeline import planted_log
 
-    model, hf, sid, items = _policy()
+    model, hf, sid, items = _policy(n_items=48, sizes=(6, 4, 4))  # planted_log needs 48 items
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     new = new_token_ids(hf, sid)
     pm = apply_peft(model, PeftSettings(mode="sid_embeddings_only"), new)
@@ -187,3 +187,27 @@ def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
     base = AutoModelForCausalLM.from_pretrained(sft)
     changed = [n for (n, a), (_, b) in zip(merged.named_parameters(), base.named_parameters()) if not torch.equal(a, b)]
     assert changed  # the merged adapter moved the policy away from the SFT weights
+
+
+def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_path):
+    items = ml100k_prepared.items
+    items = items[items.item_id <= 24].reset_index(drop=True)
+    sid = random_sid_tokenizer(len(items), (4, 3, 3), seed=2)
+    sid = type(sid).from_codes(items.item_id.to_numpy(), sid.codes, list(sid.codebook_sizes))
+    run = tmp_path / "run"
+    ml100k_prepared.save(run / "data")
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+    save_policy(model, hf, sid, run / "model")
+    from negrec.train.sft import run_sft
+
+    raw = {"model": {"peft": {"mode": "lora", "r": 4}},
+           "sft_align": {"max_steps": 2, "batch_size": 8, "max_items": 16, "eval_items": 0, "save_steps": 1,
+                         "trainer": {"optim": "sgd"}}}
+    s = run_sft(raw, run, task="align")
+    final = run / "sft_align" / "final"
+    assert s["steps"] == 2 and (final / "adapter" / "adapter_config.json").exists()
+    card = (final / "README.md").read_text()
+    assert "sft_align" in card and "PEFT: `lora`" in card and str(run / "model") in card
+    load_policy(final, device="cpu")
+    # the trained SID rows are no adapter weight: each checkpoint carries them for resume
+    assert list((run / "sft_align" / "checkpoints").glob("checkpoint-*/negrec_token_rows.pt"))

@@ -1,0 +1,106 @@
+"""The one registry of stages: the CLI (`negrec/cli.py`), the pipeline (`negrec/pipeline.py`),
+`negrec status` and the stage table of `docs/ARCHITECTURE.md` (checked by `tests/test_stages.py`)
+all read `STAGES`. Adding a stage is one `Stage(...)` entry here.
+
+A stage is what the pipeline runs and marks (`.pipeline/<name>.done`, `pipeline.skip`); a CLI
+subcommand (`command`) runs one or more stages (`negrec sft --task align|next`, `negrec grpo [--plain]`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                   # pipeline stage name (pipeline.skip / force / stop_after)
+    command: str                # the CLI subcommand that runs it
+    module: str
+    func: str                   # run_<x>(raw, run_dir, **kwargs) -> dict
+    help: str
+    sections: tuple = ()        # config sections it reads
+    inputs: tuple = ()          # stages whose outputs it reads
+    outputs: tuple = ()         # key outputs, relative to the run folder ("{export}/..." = export.out_dir)
+    kwargs: dict = field(default_factory=dict)  # what the pipeline passes (the CLI: from its flags)
+    torch_free: bool = False    # never imports torch (no thread setup; runs where torch is absent)
+    fingerprint: str = ""       # "module:function(raw) -> json-able": raw inputs outside the run folder
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "data", "negrec.data", "run_prepare",
+          "prepare the log (loaders, implicit negatives, cuts, samples); `data stats` prints statistics",
+          ("data",), (), ("data/interactions.parquet", "data/items.parquet", "data/cuts.parquet",
+                          "data/data_config.json", "data/samples_train.parquet", "data/samples_valid.parquet",
+                          "data/samples_test.parquet"),
+          torch_free=True, fingerprint="negrec.data:raw_inputs_fingerprint"),
+    Stage("encode", "encode", "negrec.encode", "run_encode", "item embeddings: text, collaborative, features, fused",
+          ("encode",), ("data",), ("encode/embeddings.npy", "encode/item_ids.npy", "encode/meta.json")),
+    Stage("tokenize", "tokenize", "negrec.tokenizer", "run_tokenize",
+          "quantize items into semantic IDs (RQ-VAE or RQ-KMeans) and build the SID tokenizer",
+          ("tokenize",), ("encode",),
+          ("tokenize/sid_tokenizer", "tokenize/quantizer", "tokenize/raw_codes.npy", "tokenize/metrics.json")),
+    Stage("build-model", "build-model", "negrec.llm", "run_build_model",
+          "load or build the LLM and extend its vocabulary with SID tokens",
+          ("model", "prompt"), ("tokenize",), ("model/config.json",)),
+    Stage("sft-align", "sft", "negrec.train", "run_sft", "item-level alignment SFT (--task align)",
+          ("sft_align",), ("data", "build-model"), ("sft_align/final/config.json", "sft_align/summary.json"),
+          kwargs={"task": "align"}),
+    Stage("sft-next", "sft", "negrec.train", "run_sft", "next-negative SFT (--task next)",
+          ("sft_next",), ("data", "build-model", "sft-align"), ("sft_next/final/config.json", "sft_next/summary.json"),
+          kwargs={"task": "next"}),
+    Stage("grpo", "grpo", "negrec.train", "run_grpo", "progressive GRPO with the future-negative rewards",
+          ("grpo", "rewards"), ("data", "sft-next"), ("grpo/final", "grpo/summary.json")),
+    Stage("grpo-plain", "grpo", "negrec.train", "run_grpo",
+          "plain (non-progressive) GRPO into <run>/grpo_plain, the ablation (--plain)",
+          ("grpo", "rewards"), ("data", "sft-next"), ("grpo_plain/final", "grpo_plain/summary.json"),
+          kwargs={"plain": True}),
+    Stage("baselines", "baselines", "negrec.eval", "run_baselines", "fit and score the baselines",
+          ("baselines", "eval"), ("data", "encode"), ("eval/baselines_summary.json",)),
+    Stage("predict", "predict", "negrec.eval", "run_predict",
+          "write predictions.parquet and targets.parquet for the test users",
+          ("eval", "prompt"), ("data", "tokenize", "sft-next", "grpo", "grpo-plain"),
+          # predictions.parquet only when a policy exists
+          ("eval/targets.parquet", "eval/predict_summary.json")),
+    Stage("evaluate", "evaluate", "negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet",
+          ("eval",), ("data", "predict", "baselines"), ("eval/metrics.json", "eval/results_table.txt"),
+          torch_free=True),
+    Stage("filter", "filter", "negrec.eval", "run_filter", "the predicted-dislike filter and its removal curve",
+          ("filter", "eval"), ("data", "tokenize", "predict"), ("filter/curve.json",), torch_free=True),
+    Stage("export", "export-codebook", "negrec.tokenizer", "run_export",
+          "export codebooks, SID tables, trie and manifest for serving",
+          ("export",), ("data", "tokenize"), ("{export}/manifest.json",), torch_free=True),
+    Stage("report", "report", "negrec.eval", "run_report", "report.md and plots in the run folder",
+          ("report", "eval"), ("evaluate", "filter", "grpo", "tokenize"), ("report.md",), torch_free=True),
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str
+    func: str
+    help: str
+    sections: list | None       # None: every section
+    torch_free: bool
+
+
+def commands() -> dict[str, Command]:
+    """CLI subcommand -> Command, in pipeline order, then `pipeline` and `status`."""
+    out: dict[str, Command] = {}
+    for cmd in dict.fromkeys(s.command for s in STAGES):
+        group = [s for s in STAGES if s.command == cmd]
+        sections = list(dict.fromkeys(sec for s in group for sec in s.sections))
+        out[cmd] = Command(cmd, group[0].module, group[0].func, "; ".join(s.help for s in group), sections,
+                           all(s.torch_free for s in group))
+    out["pipeline"] = Command("pipeline", "negrec.pipeline", "run_pipeline",
+                              "every stage in order, resuming where outputs are up to date", None, False)
+    out["status"] = Command("status", "negrec.pipeline", "run_status",
+                            "each stage's state in a run folder (done / stale / missing) and why; writes nothing",
+                            None, True)
+    return out
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ValueError(f"unknown stage {name!r}; stages are {[s.name for s in STAGES]}")
