@@ -117,12 +117,19 @@ def main() -> None:
         met = g["relative_gain"] is not None and g["relative_gain"] >= 0.3
         print(f"  {ds}: negrec {g['negrec_r10']}, best baseline {g['best_baseline']} {g['best_baseline_r10']:.4f} "
               f"-> {gain} ({'met' if met else 'NOT met'}; {g['gap_ci']}); pipeline {results[ds]['seconds']}s")
-    # one JSON per dataset set, so a run on one dataset does not overwrite another's figures
-    name = "bench_quality" if sorted(a.datasets) == sorted(DATASETS) else "bench_quality_" + "_".join(a.datasets)
-    save_result(name, {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
-                                  "table": rows, "goal": goals, "paired": paired,
-                                  "filter": {ds: r["filter"] for ds, r in results.items()},
-                                  "seconds": {ds: r["seconds"] for ds, r in results.items()}})
+    payload = {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
+               "table": rows, "goal": goals, "paired": paired,
+               "filter": {ds: r["filter"] for ds, r in results.items()},
+               "seconds": {ds: r["seconds"] for ds, r in results.items()}}
+    for ds in results:  # one JSON per dataset: a run on one dataset leaves the other's figures alone
+        save_result(f"bench_quality_{ds}", dataset_payload(payload, ds))
+
+
+def dataset_payload(payload: dict, ds: str) -> dict:
+    """The part of the benchmark's payload that belongs to dataset `ds`."""
+    return {"command": payload["command"], "table": [r for r in payload["table"] if r["dataset"] == ds],
+            "goal": {ds: payload["goal"][ds]}, "paired": [p for p in payload["paired"] if p["dataset"] == ds],
+            "filter": {ds: payload["filter"][ds]}, "seconds": {ds: payload["seconds"][ds]}}
 
 
 if __name__ == "__main__":
