@@ -140,7 +140,8 @@ def set_threads(n: int | None) -> None:
     if n is None:
         n, why = _auto_threads()
         if n:
-            print(f"torch threads: {why}; set NEGREC_THREADS or --threads to choose", file=sys.stderr)
+            # stdout: stderr is kept for the one line an error ends with
+            print(f"torch threads: {why}; set NEGREC_THREADS or --threads to choose", flush=True)
     if n:
         import torch
 
