@@ -15,6 +15,7 @@ atomically to run_dir/sft_<task>/final.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -139,6 +140,30 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
 
 
 # ---- training ------------------------------------------------------------------------
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+CHECKPOINT_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder the Trainer finished writing (trainer_state.json, which it
+    writes after the weights, and the weights), or None. A folder cut short by a kill is deleted
+    (rank 0), so a rerun resumes from the checkpoint before it instead of failing on it."""
+    found = sorted((int(p.name.split("-")[1]), p) for p in Path(ckpt_dir).glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit())
+    for _, path in reversed(found):
+        if _readable_json(path / "trainer_state.json") and any((path / w).exists() for w in CHECKPOINT_WEIGHTS):
+            return str(path)
+        if is_main_process():
+            print(f"[sft] {path.name} is incomplete (cut short by a kill?): removed, resuming from the one before")
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None,
               resume_key: str | None = None):
     """Fine-tune `model` on prompt/completion `examples` with TRL's SFTTrainer; returns the trainer.
@@ -149,7 +174,6 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
     from datasets import Dataset
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     ckpt_dir = Path(out_dir) / "checkpoints"
@@ -160,7 +184,7 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume_key:
             key_file.write_text(resume_key)
-    last = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.exists() else None
+    last = last_complete_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.exists() else None
     on_gpu = next(model.parameters()).device.type == "cuda"
     pinned = dict(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,

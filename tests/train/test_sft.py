@@ -126,3 +126,19 @@ def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
     s2 = run_sft(raw, run, task="next")
     assert s2["init_from"].endswith("sft_align/final") and s2["per_task"] == {"next_negative": s2["examples"]}
     assert run_sft(raw, run, task="next")["steps"] == 2  # up to date: read back, not retrained
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    """A kill while the Trainer writes checkpoint-6 leaves it without (or with a torn)
+    trainer_state.json: resume takes checkpoint-4 and removes the torn folder."""
+    from negrec.train.sft import last_complete_checkpoint
+
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, None), (8, '{"global_st')):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert last_complete_checkpoint(tmp_path / "nothing-here") is None
