@@ -185,7 +185,7 @@ def group_ranks(prompts, n: int) -> np.ndarray:
     """0-based place of each completion within its run of identical consecutive prompts."""
     if prompts is None:
         raise ValueError("rank_penalty needs the prompts to find each completion's group")
-    keys = [completion_text(p) if not isinstance(p, str) else p for p in prompts]
+    keys = [completion_text(p) for p in prompts]
     rank = np.zeros(n, dtype=np.int64)
     for i in range(1, n):
         rank[i] = rank[i - 1] + 1 if keys[i] == keys[i - 1] else 0

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from typing import Callable, Sequence
 
 from negrec.config import section_config, to_dict
 from negrec.io import atomic_dir, config_hash, mark_done, read_json, read_jsonl, stage_done, write_json, write_text
-from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, reports_to,
-                                       stable_view)
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
+                                       reports_to, stable_view)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
@@ -165,10 +164,6 @@ def _stage_dirname(i: int, stage: GRPOStageConfig) -> str:
     return f"stage{i}_{stage.name}"
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 class ProgressStore:
     """`out_dir/progress.json` and `out_dir/log.jsonl` of one GRPO run.
 
@@ -189,7 +184,7 @@ class ProgressStore:
             progress = None
         if progress is None:
             progress = {"fingerprint": fingerprint, "stages": [], "current": None}
-            if _is_main_process():
+            if is_main_process():
                 for d in self.out_dir.glob("stage*"):
                     shutil.rmtree(d, ignore_errors=True)
                 if self.log_path.exists():
@@ -211,7 +206,7 @@ class ProgressStore:
         resume, step = None, 0
         if current and current.get("index") == i and (self.out_dir / current["checkpoint"]).exists():
             resume, step = self.out_dir / current["checkpoint"], current["step"]
-        if _is_main_process() and self.log_path.exists():
+        if is_main_process() and self.log_path.exists():
             rows = [r for r in read_jsonl(self.log_path) if r.get("global_step", 0) <= self.steps_done() + step]
             write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in rows))
         return resume, step
@@ -229,7 +224,7 @@ class ProgressStore:
         model lives there, its folder are dropped."""
         self.progress["stages"].append(record)
         self.progress["current"] = None
-        if _is_main_process():
+        if is_main_process():
             write_json(self.path, self.progress)
             for old in stage_dir.glob("checkpoint-*"):
                 shutil.rmtree(old, ignore_errors=True)
@@ -394,7 +389,7 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
         args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts, **columns}), processing_class=run.hf_tok,
         sid_constraint=run.sid_constraint, generation=cfg.generation, stage_callback=callback,
-        on_checkpoint=(lambda path, step: run.store.commit_checkpoint(i, path, step)) if _is_main_process() else None,
+        on_checkpoint=(lambda path, step: run.store.commit_checkpoint(i, path, step)) if is_main_process() else None,
         callbacks=[c for c in (stopper, _tensorboard_callback(run)) if c] or None, **extra,
     )
     if run.peft:
@@ -416,7 +411,7 @@ def _grpo_peft_config(run: GRPORun, model):
 
 def _tensorboard_callback(run: GRPORun):
     """TRL's metrics to run_dir/tb/<stage>/trainer when grpo.trainer.report_to asks for TensorBoard."""
-    if not run.tb_dir or "tensorboard" not in reports_to(run.cfg.trainer.get("report_to")) or not _is_main_process():
+    if not run.tb_dir or "tensorboard" not in reports_to(run.cfg.trainer.get("report_to")) or not is_main_process():
         return None
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
@@ -585,7 +580,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
                     "rewards": dict(zip(rewards.names, rewards.weights))})
-    if _is_main_process():
+    if is_main_process():
         write_json(out_dir / "summary.json", summary)
         mark_done(out_dir, h)
         _print_summary(summary)
