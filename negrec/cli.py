@@ -4,6 +4,7 @@ and calls the stage's Python function."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -236,6 +237,13 @@ def _print_data_stats(run_dir: Path) -> None:
     print(format_stats(data_stats(prepared), prepared.horizons))
 
 
+def launched_rank() -> int:
+    """This process's rank under torchrun / accelerate launch / deepspeed (their RANK), else 0."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _run(args) -> int:
     import os
 
@@ -261,8 +269,12 @@ def _run(args) -> int:
     # (other sections come from the config file as given; checking them all would import torch here)
     check_config(raw, sorted({o.split("=", 1)[0].split(".")[0].strip() for o in args.overrides} - {"run"}))
     _prepare_run_dir(run_dir)
-    with run_lock(run_dir, " ".join(["negrec", *args.argv])[:200]):
-        _write_config(run_dir, raw)
+    # Under a launcher (torchrun, accelerate launch) the N ranks are one writer: rank 0 holds the
+    # lock and writes config.yaml; the others would find the folder locked by their own rank 0.
+    main_rank = launched_rank() == 0
+    with run_lock(run_dir, " ".join(["negrec", *args.argv])[:200]) if main_rank else contextlib.nullcontext():
+        if main_rank:
+            _write_config(run_dir, raw)
         if args.command not in TORCH_FREE:
             set_threads(args.threads)
         fn(raw, run_dir, **_stage_kwargs(args))

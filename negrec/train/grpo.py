@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from negrec.config import section_config, to_dict
 from negrec.io import atomic_dir, config_hash, mark_done, read_json, read_jsonl, stage_done, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       reports_to, stable_view)
+                                       main_print, reports_to, stable_view)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
@@ -152,7 +152,7 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
         min_p=None, repetition_penalty=1.0,  # generation itself is pinned by SidGRPOTrainer
         mask_truncated_completions=False, shuffle_dataset=True, disable_dropout=True,
         bf16=use_bf16(cfg), fp16=False, deepspeed=cfg.deepspeed, **checkpointing,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=None,
         restore_callback_states_from_checkpoint=True, report_to="none", log_completions=False,
         remove_unused_columns=False, dataloader_num_workers=0, pad_to_multiple_of=None,
@@ -180,7 +180,7 @@ class ProgressStore:
         self.log_path = self.out_dir / "log.jsonl"
         progress = read_json(self.path) if self.path.exists() else None
         if progress is not None and progress.get("fingerprint") != fingerprint:
-            print(f"[grpo] {self.path}: written for another config or policy; starting over")
+            main_print(f"[grpo] {self.path}: written for another config or policy; starting over")
             progress = None
         if progress is None:
             progress = {"fingerprint": fingerprint, "stages": [], "current": None}
@@ -294,7 +294,8 @@ def train_progressive_grpo(
     Returns a summary dict; the final model is in `out_dir/final`.
     """
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if not (sft_dir / "config.json").exists():
         raise FileNotFoundError(f"{sft_dir}: no config.json; not a saved policy (run `negrec sft` first)")
     if not samples:
@@ -331,9 +332,9 @@ def run_stage(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_
     stage_dir = run.out_dir / _stage_dirname(i, stage)
     resume, _ = run.store.resume_point(i)
     trainer, stopper = _stage_trainer(run, i, stage, budget, policy_dir, step_offset, stage_dir)
-    print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
-          f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
-          + (f" (resuming from {resume.name})" if resume else ""))
+    main_print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
+               f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
+               + (f" (resuming from {resume.name})" if resume else ""))
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     steps = trainer.state.global_step
     if stopper is not None and stopper.fired:  # the simulated kill: the checkpoint is committed
@@ -559,7 +560,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     h = config_hash({"grpo": hash_view(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
                      "policy": policy_stamp(sft_dir), **({"peft": to_dict(peft)} if peft.enabled else {})})
     if stage_done(out_dir, h) and (out_dir / "summary.json").exists():
-        print(f"[grpo] {out_dir} is up to date")
+        main_print(f"[grpo] {out_dir} is up to date")
         return read_json(out_dir / "summary.json")
 
     from transformers import AutoTokenizer

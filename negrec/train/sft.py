@@ -31,8 +31,8 @@ from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
-from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, is_main_process, reports_to,
-                                       stable_view)
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
+                                       is_main_process, main_print, reports_to, stable_view)
 
 # fields added after runs were made: left out of the stage hash while at these defaults
 _NEW_FIELDS = {"trainer": {}, "deepspeed": None}
@@ -118,8 +118,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
     if not windows:
         raise ValueError(f"sft_next: no training events before the users' {cfg.fit_until} cuts")
     n_tok = sum(len(w) for w, _ in windows)
-    print(f"[sft_next] timeline: {len(windows)} windows, {n_tok} tokens ({codec.tokens_per_event} per event), "
-          f"{len(val)} validation users, from {init}")
+    main_print(f"[sft_next] timeline: {len(windows)} windows, {n_tok} tokens ({codec.tokens_per_event} per event), "
+               f"{len(val)} validation users, from {init}")
     out.mkdir(parents=True, exist_ok=True)
     fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon,
                          ckpt_path=out / "timeline_checkpoint.pt", resume_key=key, tb_dir=run_dir / "tb" / "sft_next")
@@ -134,8 +134,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
         mark_done(out, key)
         (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
-    print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
-          f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
+    main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
+               f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
     return summary
 
 
@@ -164,36 +164,22 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
             print(f"[sft] {path.name} is incomplete (cut short by a kill?): removed, resuming from the one before")
             shutil.rmtree(path, ignore_errors=True)
     return None
-def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None,
-              resume_key: str | None = None):
-    """Fine-tune `model` on prompt/completion `examples` with TRL's SFTTrainer; returns the trainer.
+def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None):
+    """(trl.SFTConfig, reporters): negrec's settings with the `trainer` pass-through on top.
 
-    Checkpoints go to out_dir/checkpoints; with `cfg.resume` the last one is resumed when it was
-    written for the same `resume_key` (else the folder is cleared and training starts over).
-    """
-    from datasets import Dataset
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-    from trl import SFTConfig, SFTTrainer
+    Built before the model is loaded: with a ZeRO-3 `deepspeed` config it makes from_pretrained
+    shard the weights at load, and it starts the process group a launcher set up."""
+    from trl import SFTConfig
 
-    ckpt_dir = Path(out_dir) / "checkpoints"
-    key_file = ckpt_dir / "_resume_key"
-    if is_main_process():  # only rank 0 deletes and writes; the others wait at the trainer's first barrier
-        if ckpt_dir.exists() and (not cfg.resume or (resume_key and (not key_file.exists() or key_file.read_text() != resume_key))):
-            shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume_key:
-            key_file.write_text(resume_key)
-    last = last_complete_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.exists() else None
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    on_gpu = torch.cuda.is_available()
     pinned = dict(
-        output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        output_dir=str(Path(out_dir) / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio
         weight_decay=cfg.weight_decay, max_length=cfg.max_length, packing=False, completion_only_loss=True,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu, dataloader_num_workers=0,
+        bf16=default_bf16(), use_cpu=not on_gpu, dataloader_num_workers=0,
         disable_tqdm=False, dataset_num_proc=None, gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=cfg.deepspeed,
     )
@@ -201,7 +187,42 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
     # report_to: TensorBoard goes to tb_dir through negrec's own callback; every other reporter is TRL's
     reporters = reports_to(overrides.pop("report_to", ["tensorboard"] if tb_dir else "none"))
     overrides["report_to"] = [r for r in reporters if r != "tensorboard"] or "none"
-    args = build_trainer_config(SFTConfig, pinned, overrides)
+    return build_trainer_config(SFTConfig, pinned, overrides), reporters
+
+
+def _prepare_checkpoints(ckpt_dir: Path, cfg: SFTStageConfig, resume_key: str | None) -> str | None:
+    """The checkpoint to resume from, or None. Rank 0 alone clears checkpoints written for another
+    key (or all, without `resume`) and records the key; the others wait for it, then look."""
+    from accelerate import PartialState
+
+    key_file = ckpt_dir / "_resume_key"
+    if is_main_process():
+        if ckpt_dir.exists() and (not cfg.resume or (resume_key and (not key_file.exists() or key_file.read_text() != resume_key))):
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume_key:
+            key_file.write_text(resume_key)
+    PartialState().wait_for_everyone()
+    last = last_complete_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.exists() else None
+    PartialState().wait_for_everyone()  # rank 0 may have removed a checkpoint cut short by a kill
+    return last
+
+
+def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None,
+              resume_key: str | None = None, args=None):
+    """Fine-tune `model` on prompt/completion `examples` with TRL's SFTTrainer; returns the trainer.
+
+    Checkpoints go to out_dir/checkpoints; with `cfg.resume` the last one is resumed when it was
+    written for the same `resume_key` (else the folder is cleared and training starts over).
+    `args`: `sft_trainer_args(cfg, out_dir, tb_dir)` when the caller built it before loading the model.
+    """
+    from datasets import Dataset
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    args, reporters = args or sft_trainer_args(cfg, out_dir, tb_dir)
+    last = _prepare_checkpoints(Path(args.output_dir), cfg, resume_key)
     columns = {k: [e[k] for e in examples] for k in ("prompt", "completion")}
     tensorboard = tb_dir and "tensorboard" in reporters and is_main_process()
     callbacks = [TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir)))] if tensorboard else []
@@ -210,7 +231,7 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(columns),
                          processing_class=hf_tok, callbacks=callbacks)
     if last:
-        print(f"[sft] resuming from {last}")
+        main_print(f"[sft] resuming from {last}")
         if (Path(last) / TOKEN_ROWS_FILE).exists():
             load_token_rows(model, torch.load(Path(last) / TOKEN_ROWS_FILE))
     trainer.train(resume_from_checkpoint=last)  # the TensorBoard callback closes (flushes) its writer at the end
@@ -266,15 +287,18 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     key = config_hash({"sft": stable_view(cfg, _NEW_FIELDS), "prompt": to_dict(pcfg), "task": task, "init": str(init),
                        "init_done": _done_marker(init), **({"peft": to_dict(peft)} if peft.enabled else {})})
     if stage_done(out, key) and (out / "final" / "config.json").exists():
-        print(f"[sft_{task}] up to date: {out}")
+        main_print(f"[sft_{task}] up to date: {out}")
         return read_json(out / "summary.json")
     t0 = time.time()
     data = Prepared.load(run_dir / "data")
+    tb_dir = run_dir / "tb" / f"sft_{task}"
+    # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
+    trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, out, tb_dir)
     model, hf_tok, sid_tok = load_policy(init)
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
         t = trainable_summary(model)
-        print(f"[sft_{task}] PEFT {peft.mode}: {t['trainable_params']:,} of {t['all_params']:,} parameters train")
+        main_print(f"[sft_{task}] PEFT {peft.mode}: {t['trainable_params']:,} of {t['all_params']:,} parameters train")
     builder = PromptBuilder(pcfg, sid_tok, data.items, hf_tok)
     if task == "next" and cfg.mode == "timeline":
         return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, key, str(init), t0)
@@ -287,8 +311,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     if not examples:
         raise ValueError(f"sft_{task}: no training examples (check the items' titles / the train samples' F_H)")
     counts = dict(Counter(e["task"] for e in examples))
-    print(f"[sft_{task}] {len(examples)} examples {counts} from {init}")
-    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=run_dir / "tb" / f"sft_{task}", resume_key=key)
+    main_print(f"[sft_{task}] {len(examples)} examples {counts} from {init}")
+    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=tb_dir, resume_key=key, args=trainer_args)
     model = trainer.model
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
@@ -299,12 +323,13 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         taught = data.items[data.items["item_id"].isin(aligned_item_ids(sid_tok, data.items, cfg.max_items, cfg.seed))]
         summary["alignment"] = alignment_accuracy(model, hf_tok, sid_tok, taught, n=cfg.eval_items, builder=builder)
     summary["seconds"] = round(time.time() - t0, 1)
-    if is_main_process():
-        info = {"stage": f"sft_{task}", "steps": summary["steps"], "base_model": str(init), "config": to_dict(cfg),
-                **({"peft": to_dict(peft)} if peft.enabled else {})}
-        save_policy(model, hf_tok, sid_tok, out / "final", extra=info)
-        write_json(out / "summary.json", summary)
-        mark_done(out, key)
+    with full_weights(model):  # ZeRO-3: every rank joins the gather, rank 0 saves the whole model
+        if is_main_process():
+            info = {"stage": f"sft_{task}", "steps": summary["steps"], "base_model": str(init), "config": to_dict(cfg),
+                    **({"peft": to_dict(peft)} if peft.enabled else {})}
+            save_policy(model, hf_tok, sid_tok, out / "final", extra=info)
+            write_json(out / "summary.json", summary)
+            mark_done(out, key)
     _print_sft(task, summary, out)
     return summary
 
@@ -313,10 +338,10 @@ def _print_sft(task: str, summary: dict, out: Path) -> None:
     curve = summary["loss_curve"]
     loss = (f"loss {curve[0]:.3f} -> {curve[-1]:.3f}" if curve else
             f"mean loss {summary['train_loss']:.3f} (fewer steps than logging_steps)" if summary["train_loss"] is not None else "no loss logged")
-    print(f"[sft_{task}] {summary['steps']} steps, {loss}, {summary['seconds']}s -> {out / 'final'}")
+    main_print(f"[sft_{task}] {summary['steps']} steps, {loss}, {summary['seconds']}s -> {out / 'final'}")
     if "alignment" in summary:
         a = summary["alignment"]
-        print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
-              f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
-              f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
-              f"valid SIDs {a['valid_sid_rate']:.0%}")
+        main_print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
+                   f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
+                   f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
+                   f"valid SIDs {a['valid_sid_rate']:.0%}")

@@ -7,11 +7,15 @@
   on top (the user wins, except for the reserved keys negrec owns).
 - `is_main_process()`: rank 0 (accelerate / torchrun `RANK`), the only process that writes,
   logs and deletes.
+- `main_print(...)`: print on rank 0 only (N ranks would print every line N times).
+- `full_weights(model)`: under DeepSpeed ZeRO-3 every rank enters it and each holds the whole
+  weights inside (a save on rank 0 writes them, not its shard); elsewhere it does nothing.
 - `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
   while they hold their defaults, so adding a field does not invalidate finished stages.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -29,6 +33,26 @@ def is_main_process() -> bool:
     except ImportError:  # pragma: no cover
         pass
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def main_print(*args, **kwargs) -> None:
+    """`print` on the main process only."""
+    if is_main_process():
+        print(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def full_weights(model):
+    """ZeRO-3 partitions every parameter over the ranks (`ds_id` marks one): gather them for the
+    block, read-only. A collective: every rank must enter. Without ZeRO-3 a no-op."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
 
 
 def _trl_class(cls_path: str):
@@ -56,7 +80,22 @@ def build_trainer_config(cls, pinned: dict, overrides: dict | None):
     kwargs = dict(pinned)
     kwargs.update(overrides or {})
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in kwargs.items() if k in names})
+    config = cls(**{k: v for k, v in kwargs.items() if k in names})
+    if getattr(config, "deepspeed", None):
+        _start_deepspeed_comm()
+    return config
+
+
+def _start_deepspeed_comm() -> None:
+    """Under a launcher, join DeepSpeed's comm to the process group the config just started. On
+    CPU transformers leaves that to the Trainer, but ZeRO-3 partitions at model load (zero.Init),
+    before any Trainer exists, and would see a world of one rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed()
 
 
 def reports_to(value) -> list[str]:
@@ -79,5 +118,5 @@ def stable_view(cfg, defaults: dict) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if not (k in defaults and v == defaults[k])}
 
 
-__all__ = ["is_main_process", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
+__all__ = ["is_main_process", "main_print", "full_weights", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
            "stable_view"]

@@ -1,0 +1,185 @@
+"""The real `negrec sft --task next` and `negrec grpo` on 2 CPU processes (torchrun, gloo) under
+DeepSpeed ZeRO-2 and ZeRO-3, on the tiny model and the embedded ML-100K.
+
+The ZeRO-2 SFT run is killed (SIGKILL, every process) after its first checkpoint and run again:
+it resumes from that checkpoint. Every launch runs through `_rank_audit.py`, which records what
+each rank created, wrote, renamed or deleted in the run folder: rank 1 may only write inside
+Trainer checkpoints (DeepSpeed saves one optimizer shard and one RNG state per rank by design).
+
+DeepSpeed builds its CPU comm op on first start (about 1-2 min on 2 cores; cached in
+TORCH_EXTENSIONS_DIR), so this runs only with `-m deepspeed` (CI's own step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIT = Path(__file__).with_name("_rank_audit.py")
+RANKS = 2
+CHECKPOINT = re.compile(r"/checkpoint-\d+(/|$)")
+
+SFT_STEPS, SFT_SAVE_EVERY = 16, 4
+SFT = ["sft_next.mode=prompt", f"sft_next.max_steps={SFT_STEPS}", "sft_next.max_samples=50", "sft_next.eval_items=0",
+       "sft_next.logging_steps=1", f"sft_next.save_steps={SFT_SAVE_EVERY}", "sft_next.batch_size=4",
+       "sft_next.learning_rate=0.005", "sft_next.lr_scheduler=constant", "sft_next.warmup_ratio=0.0"]
+GRPO = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.max_samples=40",
+        "grpo.learning_rate=0.001", "grpo.save_steps=1", "grpo.trainer.report_to=[tensorboard]",
+        "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 2, beta: 0.04},"
+        " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]"]
+GRPO_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory) -> Path:
+    """data .. build-model of the embedded ML-100K with the pipeline test's tiny budgets (a few seconds)."""
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+    from tests.test_pipeline import TINY
+
+    run_dir = tmp_path_factory.mktemp("two_ranks") / "prepared"
+    raw = load_config(str(ROOT / "configs" / "ml100k.yaml"),
+                      [*TINY, "encode.text_weight=0.0", "pipeline.stop_after=build-model"])
+    run_pipeline(raw, run_dir)
+    return run_dir
+
+
+def _command(run_dir: Path, stage: list[str], sets: list[str], zero: int) -> list[str]:
+    section = "sft_next" if stage[0] == "sft" else "grpo"
+    sets = [*sets, f"{section}.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(AUDIT),
+            *stage, "--config", str(ROOT / "configs" / "ml100k.yaml"), "--run-dir", str(run_dir), "--threads", "1",
+            *[x for s in sets for x in ("--set", s)]]
+
+
+def _env(run_dir: Path, audit_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", NEGREC_AUDIT_ROOT=str(run_dir),
+               NEGREC_AUDIT_DIR=str(audit_dir))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    return env
+
+
+def launch(run_dir: Path, stage: list[str], sets: list[str], zero: int, tmp: Path) -> tuple[str, dict[int, list]]:
+    """Run a stage on RANKS processes; (stdout, {rank: [[event, path], ...]})."""
+    audit_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="audit"))
+    proc = subprocess.run(_command(run_dir, stage, sets, zero), env=_env(run_dir, audit_dir), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stdout, {r: json.loads((audit_dir / f"rank{r}.json").read_text()) for r in range(RANKS)}
+
+
+def launch_and_kill_after_first_checkpoint(run_dir: Path, sets: list[str], zero: int, tmp: Path) -> int:
+    """Start SFT on RANKS processes and SIGKILL all of them once a checkpoint is complete; its step."""
+    import psutil
+
+    audit_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="audit"))
+    ckpts = run_dir / "sft_next" / "checkpoints"
+    proc = subprocess.Popen(_command(run_dir, ["sft", "--task", "next"], sets, zero), env=_env(run_dir, audit_dir),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 500
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            done = [p for p in ckpts.glob("checkpoint-*") if _complete(p / "trainer_state.json")]
+            if done:
+                # torchrun starts each rank in its own session: kill the whole tree, as a job scheduler would
+                tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+                for pid in tree:
+                    os.kill(pid, 9)
+                proc.wait()
+                return int(done[0].name.split("-")[1])
+            time.sleep(0.05)
+        raise AssertionError(f"no checkpoint to kill after (exit {proc.poll()}): {proc.stderr.read()[-4000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _complete(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def assert_only_rank0_wrote_outside_checkpoints(audit: dict[int, list], run_dir: Path) -> None:
+    assert audit[0], "rank 0 recorded no writes: the audit hook saw nothing"
+    outside = [(e, p) for e, p in audit[1] if not CHECKPOINT.search(p)]
+    assert not outside, f"rank 1 changed files outside Trainer checkpoints: {outside[:10]}"
+    assert not list(run_dir.rglob("*.tmp*")) and not [p for p in run_dir.rglob("*") if ".staging" in p.name]
+
+
+def assert_one_writer_of_tensorboard(run_dir: Path, since: float) -> None:
+    """TensorBoard names its event files ...<host>.<pid>.<n>: this launch's all come from one process."""
+    files = [p for p in (run_dir / "tb").rglob("events.out.tfevents*") if p.stat().st_mtime >= since]
+    assert list((run_dir / "tb" / "grpo" / "trainer").glob("events.out.tfevents*")), "grpo.trainer.report_to: no log"
+    assert len({p.name.split(".")[-2] for p in files}) == 1, files
+
+
+def _finite(xs) -> bool:
+    return bool(xs) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+def check_sft(run_dir: Path, stdout: str, audit: dict) -> dict:
+    summary = json.loads((run_dir / "sft_next" / "summary.json").read_text())
+    curve = summary["loss_curve"]
+    assert summary["steps"] == SFT_STEPS and len(curve) == SFT_STEPS  # a resumed run keeps the log before the kill
+    assert _finite(curve) and sum(curve[-3:]) < sum(curve[:3]), curve
+    assert stdout.count(f"[sft_next] {SFT_STEPS} steps") == 1 and stdout.count(" examples {") == 1  # one rank prints
+    assert_only_rank0_wrote_outside_checkpoints(audit, run_dir)
+    final = run_dir / "sft_next" / "final"
+    _assert_whole_model(final, run_dir / "model")
+    return summary
+
+
+def _assert_whole_model(final: Path, before: Path) -> None:
+    """The saved weights are the full tensors (ZeRO-3 gathers its shards for the save) and trained."""
+    from safetensors.torch import load_file
+
+    new, old = load_file(str(final / "model.safetensors")), load_file(str(before / "model.safetensors"))
+    assert {k: new[k].shape for k in old if k in new} == {k: v.shape for k, v in old.items()}  # (+ a tied lm_head)
+    assert any(not (new[k] == old[k]).all() for k in old)
+
+
+def check_grpo(run_dir: Path, stdout: str, audit: dict, zero: int) -> None:
+    summary = json.loads((run_dir / "grpo" / "summary.json").read_text())
+    assert summary["total_steps"] == GRPO_STEPS
+    assert [s["deepspeed_zero_stage"] for s in summary["stages"]] == [zero, zero]
+    rows = [json.loads(x) for x in (run_dir / "grpo" / "log.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in rows] == list(range(1, GRPO_STEPS + 1))  # one row per step: one writer
+    assert _finite([r["loss"] for r in rows]) and _finite([r["reward"] for r in rows])
+    assert stdout.count("[grpo] done in") == 1
+    assert_only_rank0_wrote_outside_checkpoints(audit, run_dir)
+    _assert_whole_model(run_dir / "grpo" / "final", run_dir / "sft_next" / "final")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("zero", [2, 3])
+def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run, run_dir)
+    if zero == 2:  # killed after its first checkpoint, then run again: it resumes
+        killed_at = launch_and_kill_after_first_checkpoint(run_dir, SFT, zero, tmp_path)
+        assert killed_at < SFT_STEPS and not (run_dir / "sft_next" / "summary.json").exists()
+    stdout, audit = launch(run_dir, ["sft", "--task", "next"], SFT, zero, tmp_path)
+    if zero == 2:
+        resumed = re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout)
+        assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
+    check_sft(run_dir, stdout, audit)
+
+    started = time.time()
+    stdout, audit = launch(run_dir, ["grpo"], GRPO, zero, tmp_path)
+    check_grpo(run_dir, stdout, audit, zero)
+    assert_one_writer_of_tensorboard(run_dir, started)
