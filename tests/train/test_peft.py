@@ -159,6 +159,17 @@ def test_trainer_pass_through_refuses_unknown_keys_and_reaches_trl(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents*"))
 
 
+def test_cli_refuses_an_unknown_trainer_field_before_the_run_starts(tmp_path, capsys):
+    from negrec.cli import main
+
+    run = tmp_path / "run"
+    rc = main(["grpo", "--run-dir", str(run), "--set", "grpo.trainer.report_too=[tensorboard]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("negrec grpo: error:"), err
+    assert "'report_too' is not a field of GRPOConfig" in err[-1] and "did you mean 'report_to'" in err[-1]
+    assert not run.exists()  # refused before the run folder is made
+
+
 def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
     from _grpo_tiny import LEVELS, RecordingPrompts, hit_reward, make_constraint, tiny_hf_tokenizer, tiny_policy, \
         tiny_samples, tiny_sid_tokenizer
@@ -171,13 +182,14 @@ def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
     stages = [GRPOStageConfig("a", context_mix=0.0, neg_window_days=None, max_steps=1, beta=0.1),
               GRPOStageConfig("b", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.1)]
     cfg = ProgressiveGRPOConfig(stages=stages, num_generations=2, per_device_train_batch_size=4, learning_rate=1e-2,
-                                save_steps=100, logging_steps=1, seed=0)
+                                save_steps=100, logging_steps=1, seed=0, trainer={"report_to": ["tensorboard"]})
     out = tmp_path / "grpo"
     summary = train_progressive_grpo(
         cfg, sft_dir=sft, samples=tiny_samples(), build_prompt=RecordingPrompts(sid), reward_funcs=[hit_reward(sid)],
-        sid_constraint=make_constraint(sid, hf), completion_length=LEVELS + 1, out_dir=out,
+        sid_constraint=make_constraint(sid, hf), completion_length=LEVELS + 1, out_dir=out, tb_dir=tmp_path / "tb",
         peft=PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0))
     assert summary["total_steps"] == 2
+    assert list((tmp_path / "tb" / "trainer").glob("events.out.tfevents*"))  # grpo.trainer.report_to: [tensorboard]
     for d in (out / "stage0_a" / "final", out / "final"):
         assert (d / "adapter" / "adapter_model.safetensors").exists() and (d / "peft.json").exists()
         assert (d / "README.md").exists()
