@@ -118,48 +118,76 @@ def _write_candidate_scores(path: Path, cands: pd.DataFrame, scores: np.ndarray)
 
 # ---------------------------------------------------------------- predict
 def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: EvalConfig, prompt_cfg,
-                        cands: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate."""
+                        cands: pd.DataFrame | None = None, shard=None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate.
+
+    With a `shard` (`negrec.eval.data_parallel.current_shard()`) this process ranks its share of the
+    rows on its own device; rank 0 returns the merged result, the others (None, None)."""
     from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy, score_items
 
-    model, hf_tok, sid_tok = load_policy(policy_dir)
+    model, hf_tok, sid_tok = load_policy(policy_dir, device=shard.device if shard else None)
     constraint = SidConstraint(sid_tok, hf_tok)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
-    records = samples.to_dict("records")
+    start, end = shard.span(len(samples), cfg.batch_size) if shard else (0, len(samples))
+    records = samples.iloc[start:end].to_dict("records")
     prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records]
     exclude = [list(r["context_items"]) for r in records] if cfg.exclude_context else None
     ranked = constrained_beam_search(model, hf_tok, constraint, prompts,
                                      num_beams=max(cfg.num_beams, cfg.k), top_k=cfg.k, exclude=exclude,
-                                     batch_size=cfg.batch_size, progress=True)
+                                     batch_size=cfg.batch_size, progress=shard is None or shard.is_main)
     # the policy's own score of each same-day candidate: the log-prob beam search would give its SID
-    cand_scores = None if cands is None else score_items(model, hf_tok, constraint, prompts, cands["row"].to_numpy(),
-                                                         cands["item_id"].to_numpy(), batch_size=cfg.batch_size)
+    mine = None if cands is None else np.flatnonzero((cands["row"] >= start) & (cands["row"] < end))
+    cand_scores = None
+    if cands is not None and (shard is None or len(mine)):  # a share may hold no candidates
+        cand_scores = score_items(model, hf_tok, constraint, prompts, cands["row"].to_numpy()[mine] - start,
+                                  cands["item_id"].to_numpy()[mine], batch_size=cfg.batch_size)
+    if shard is not None:
+        from .data_parallel import gather_scores
+
+        ranked = shard.gather(ranked)
+        if cands is not None:
+            cand_scores = gather_scores(shard, mine, np.zeros(0) if cand_scores is None else cand_scores, len(cands))
+        if not shard.is_main:
+            return None, None
     return _to_frame(samples, ranked), cand_scores
 
 
 def run_predict(raw: dict, run_dir) -> dict:
-    """predictions.parquet for every trained policy (the last one is the main method) + targets.parquet."""
+    """predictions.parquet for every trained policy (the last one is the main method) + targets.parquet.
+
+    Under a launcher with N processes (`accelerate launch`, `torchrun`) the users are split over the
+    processes (`negrec.eval.data_parallel`) and rank 0 alone writes."""
     from ..llm import PromptConfig
+    from .data_parallel import current_shard
 
     run_dir = Path(run_dir)
     cfg = section_config(EvalConfig, raw, "eval")
     prompt_cfg = section_config(PromptConfig, raw, "prompt")
+    shard = current_shard()
+    writes = shard is None or shard.is_main
     prepared, samples, cands = _eval_rows(run_dir, cfg)
     out = run_dir / "eval"
-    write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
+    if writes:
+        write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
     done = {}
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
         if not (path / "config.json").exists():
-            print(f"[predict] {name}: no model at {path}, skipped")
+            if writes:
+                print(f"[predict] {name}: no model at {path}, skipped")
             continue
         t0 = time.perf_counter()
-        pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands)
+        pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands, shard)
+        if not writes:
+            continue
         write_parquet(out / "predictions" / f"{name}.parquet", with_original_ids(pred, prepared.id_maps))
         _write_candidate_scores(out / "candidates" / f"{name}.parquet", cands, cand_scores)
         done[name] = {"rows": len(samples), "seconds": round(time.perf_counter() - t0, 1),
-                      "users_per_s": round(len(samples) / max(time.perf_counter() - t0, 1e-9), 2)}
+                      "users_per_s": round(len(samples) / max(time.perf_counter() - t0, 1e-9), 2),
+                      "processes": shard.world if shard else 1}
         print(f"[predict] {name}: top-{cfg.k} for {len(samples)} users in {done[name]['seconds']}s")
+    if not writes:
+        return done
     if done:
         main = list(done)[-1]
         write_parquet(out / "predictions.parquet", pd.read_parquet(out / "predictions" / f"{main}.parquet"))

@@ -42,23 +42,18 @@ GRPO_STEPS = 3
 
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory) -> Path:
-    """data .. build-model of the embedded ML-100K with the pipeline test's tiny budgets (a few seconds)."""
-    from negrec.config import load_config
-    from negrec.pipeline import run_pipeline
-    from tests.test_pipeline import TINY
+    from tests._tiny_run import prepare_tiny_run
 
-    run_dir = tmp_path_factory.mktemp("two_ranks") / "prepared"
-    raw = load_config(str(ROOT / "configs" / "ml100k.yaml"),
-                      [*TINY, "encode.text_weight=0.0", "pipeline.stop_after=build-model"])
-    run_pipeline(raw, run_dir)
-    return run_dir
+    return prepare_tiny_run(tmp_path_factory.mktemp("two_ranks") / "prepared")
 
 
 def _command(run_dir: Path, stage: list[str], sets: list[str], zero: int) -> list[str]:
+    from tests._tiny_run import CONFIG, tiny_overrides
+
     section = "sft_next" if stage[0] == "sft" else "grpo"
-    sets = [*sets, f"{section}.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}"]
+    sets = [*tiny_overrides(), *sets, f"{section}.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(AUDIT),
-            *stage, "--config", str(ROOT / "configs" / "ml100k.yaml"), "--run-dir", str(run_dir), "--threads", "1",
+            *stage, "--config", str(CONFIG), "--run-dir", str(run_dir), "--threads", "1",
             *[x for s in sets for x in ("--set", s)]]
 
 
