@@ -223,3 +223,45 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     load_policy(final, device="cpu")
     # the trained SID rows are no adapter weight: each checkpoint carries them for resume
     assert list((run / "sft_align" / "checkpoints").glob("checkpoint-*/negrec_token_rows.pt"))
+
+
+@pytest.mark.timeout(900)
+def test_lora_and_sid_rows_train_on_smollm2_and_reload_merged_and_unmerged(smollm2_gguf, tmp_path):
+    """The pretrained path: SmolLM2-135M (the packaged GGUF, through negrec's loader) with LoRA and
+    trainable SID rows, a few TRL steps on short sequences."""
+    import copy
+    import dataclasses
+
+    sid = random_sid_tokenizer(24, (4, 3, 3), seed=2)
+    items = synthetic_items(sid)
+    model, hf, _ = build_policy(ModelConfig(source="smollm2", sid_init="text_mean"), sid, items, device="cpu")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    new = new_token_ids(hf, sid)
+    settings = PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=True)
+    pm = apply_peft(model, settings, new)
+    ex = alignment_examples(PromptBuilder(PromptConfig(), sid, items, hf), sid, items, tasks=["text_to_sid"], seed=0)
+    cfg = SFTStageConfig(max_steps=3, batch_size=2, learning_rate=1e-2, max_length=64, logging_steps=1,
+                         save_steps=100, resume=False, lr_scheduler="constant", warmup_ratio=0.0)
+    pm = train_sft(pm, hf, ex, cfg, tmp_path / "sft").model
+
+    trained = {n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained == {"base_model.model.model.embed_tokens.weight"}     # SmolLM2 ties its output to it
+    assert _frozen_unchanged(pm, before) == len(before) - 1               # every other base weight: frozen, unchanged
+    lora_b = [p for n, p in pm.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.detach().abs().sum() > 0 for p in lora_b)   # the adapters (B starts at zero) trained
+    emb = pm.get_input_embeddings().weight.detach()
+    old = before["model.embed_tokens.weight"]
+    assert not torch.allclose(emb[new], old[new])                         # the SID rows trained
+    rest = torch.ones(len(emb), dtype=torch.bool)
+    rest[new] = False
+    assert torch.equal(emb[rest], old[rest])                              # no text row moved
+
+    ids = torch.as_tensor([[hf.bos_token_id or 0] + new[:6]])
+    want = _logits(pm, ids)
+    unmerged = copy.deepcopy(pm)  # save_policy unloads a PEFT model in place
+    unmerged.negrec_peft = dataclasses.replace(settings, merge=False)
+    save_policy(unmerged, hf, sid, tmp_path / "unmerged", extra={"stage": "sft_align"})
+    save_policy(pm, hf, sid, tmp_path / "merged", extra={"stage": "sft_align"})
+    for folder in ("unmerged", "merged"):
+        loaded, _, _ = load_policy(tmp_path / folder, device="cpu")
+        assert torch.allclose(_logits(loaded, ids), want, atol=1e-4), folder
