@@ -60,6 +60,10 @@ class StageCallback(TrainerCallback, ExportableState):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # every rank records the reward (TRL logs the mean gathered over ranks, the same everywhere), so
+        # every rank takes the same plateau decision; one value per log: per step at logging_steps 1
+        if logs and logs.get("reward") is not None and state.global_step > 0:
+            self.rewards.append(float(logs["reward"]))
         if not state.is_world_process_zero or not logs or "loss" not in logs and "reward" not in logs:
             return
         step = self.step_offset + state.global_step
@@ -87,7 +91,38 @@ class StageCallback(TrainerCallback, ExportableState):
             self._tb.close()
             self._tb = None
 
-class SidGRPOTrainer(GRPOTrainer):
+class CommitCheckpoint(TrainerCallback):
+    """Calls `on_checkpoint(path, step)` on the main process for every checkpoint, once the Trainer
+    has written it (on_save follows the save and its rotation)."""
+
+    def __init__(self, on_checkpoint):
+        self.on_checkpoint = on_checkpoint
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.on_checkpoint(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", state.global_step)
+
+
+class TRLPrivateHooks(GRPOTrainer):
+    """The one place negrec relies on GRPOTrainer's private API. TRL has no public way to generate
+    a group's completions with a logits processor (the SID trie), so `_generate_single_turn` is
+    overridden here and handed to `generate_completions`. `PRIVATE_METHODS` is what is relied on;
+    tests/train/test_trl_private_api.py checks it against the installed TRL and fails when TRL changes it."""
+
+    # method -> (its parameters in TRL, the TRL method that calls it)
+    PRIVATE_METHODS = {
+        "_generate_single_turn": (("self", "prompt_ids", "images", "multimodal_fields", "num_generations",
+                                   "has_tool_images"), "_generate"),
+    }
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        return self.generate_completions(prompt_ids, num_generations), None  # (completion ids, no logprobs)
+
+    def generate_completions(self, prompt_ids: list[list[int]], num_generations: int) -> list[list[int]]:
+        raise NotImplementedError
+
+
+class SidGRPOTrainer(TRLPrivateHooks):
     """GRPOTrainer whose groups are SIDs generated under a `SidConstraint` trie.
 
     `generation="sample"`: each of the G rows of a group samples one SID (TRL's own path, plus
@@ -104,13 +139,17 @@ class SidGRPOTrainer(GRPOTrainer):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if stage_callback is not None:
             callbacks.append(stage_callback)
+        if on_checkpoint is not None:
+            callbacks.append(CommitCheckpoint(on_checkpoint))
         super().__init__(*args, callbacks=callbacks, **kwargs)
+        from trl.distributed import DistributedBackend
+
+        self.distributed = DistributedBackend(self.accelerator)  # FSDP's summon_full_params, a no-op elsewhere
         if self.use_vllm or self.use_transformers_continuous_batching:
             raise ValueError("SidGRPOTrainer generates with transformers' generate (the SID logits processor); "
                              "use_vllm / continuous batching are not supported")
         self.sid_constraint = sid_constraint
         self.generation = generation
-        self.on_checkpoint = on_checkpoint
         # Every generation setting is pinned (negrec.llm.pinned_generation_config swaps the model's
         # generation_config for the call), so a checkpoint's generation_config.json (a chat model's
         # do_sample/temperature/top_k/repetition_penalty, min_length, suppress_tokens, ...) never
@@ -123,7 +162,7 @@ class SidGRPOTrainer(GRPOTrainer):
         min_new = min(int(levels), max_new - 1) if levels else 0
         common = dict(max_new_tokens=max_new, min_new_tokens=max(min_new, 0), repetition_penalty=1.0,
                       no_repeat_ngram_size=0, use_cache=True, disable_compile=True,
-                      pad_token_id=self._tokenizer.pad_token_id, bos_token_id=self._tokenizer.bos_token_id,
+                      pad_token_id=self.text_tokenizer.pad_token_id, bos_token_id=self.text_tokenizer.bos_token_id,
                       eos_token_id=self.eos_token_ids)
         if self.args.cache_implementation is not None:
             common["cache_implementation"] = self.args.cache_implementation
@@ -138,10 +177,15 @@ class SidGRPOTrainer(GRPOTrainer):
             common, do_sample=False, num_beams=self.num_generations, num_return_sequences=self.num_generations,
             length_penalty=0.0, early_stopping=True)
 
+    @property
+    def text_tokenizer(self):
+        """The text tokenizer (`processing_class`, or its tokenizer when it is a processor)."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
     def _pinned(self, model, **settings):
         if hasattr(model, "get_base_model"):  # PEFT: generate reads the base model's generation_config
             model = model.get_base_model()
-        return pinned_generation_config(model, self._tokenizer, **settings)
+        return pinned_generation_config(model, self.text_tokenizer, **settings)
 
     # The stage callback is replaced by a fresh instance when a checkpoint is restored: look it up.
     @property
@@ -158,26 +202,10 @@ class SidGRPOTrainer(GRPOTrainer):
             logs = {**logs, "stage": cb.stage_index, "stage_beta": cb.beta}
         super().log(logs, start_time)
 
-    def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
-        cb = self.stage_callback
-        rewards = self._metrics["train"].get("reward") if self.model.training else None
-        if cb is not None and rewards:
-            cb.rewards.append(float(rewards[-1]))
-        return out
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.on_checkpoint is not None and self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            path = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.on_checkpoint(path, self.state.global_step)
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+    def generate_completions(self, prompt_ids, num_generations):
         device = self.accelerator.device
         prompts = [torch.tensor(ids) for ids in prompt_ids]
-        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
+        input_ids = pad(prompts, padding_value=self.text_tokenizer.pad_token_id, padding_side="left")
         attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
         prompt_len = input_ids.size(1)
         processors = LogitsProcessorList([self.sid_constraint.logits_processor(prompt_len)])
@@ -189,7 +217,7 @@ class SidGRPOTrainer(GRPOTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.distributed.summon_full_params(self.model_wrapped, recurse=False),
         ):
             if self.generation == "beam":
                 completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, processors,
@@ -200,7 +228,7 @@ class SidGRPOTrainer(GRPOTrainer):
                                                    attention_mask=attention_mask.to(device),
                                                    generation_config=config, logits_processor=processors)
                 completion_ids = out[:, prompt_len:]
-        return self._cut_after_eos(completion_ids.cpu()), None
+        return self._cut_after_eos(completion_ids.cpu())
 
     def _beam_groups(self, model, input_ids, attention_mask, processors, num_generations):
         # Rows arrive as contiguous groups of G copies of one prompt; a group may straddle two
