@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT = Path(__file__).with_name("_rank_audit.py")
 RANKS = 2
@@ -42,14 +44,10 @@ GRPO_STEPS = 3
 
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory) -> Path:
-    from tests._tiny_run import prepare_tiny_run
-
     return prepare_tiny_run(tmp_path_factory.mktemp("two_ranks") / "prepared")
 
 
 def _command(run_dir: Path, stage: list[str], sets: list[str], zero: int) -> list[str]:
-    from tests._tiny_run import CONFIG, tiny_overrides
-
     section = "sft_next" if stage[0] == "sft" else "grpo"
     sets = [*tiny_overrides(), *sets, f"{section}.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(AUDIT),
@@ -78,6 +76,8 @@ def launch_and_kill_after_first_checkpoint(run_dir: Path, sets: list[str], zero:
     """Start SFT on RANKS processes and SIGKILL all of them once a checkpoint is complete; its step."""
     import psutil
 
+    from negrec.train.sft import _readable_json as readable_json  # what SFT's resume reads as complete
+
     audit_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="audit"))
     ckpts = run_dir / "sft_next" / "checkpoints"
     proc = subprocess.Popen(_command(run_dir, ["sft", "--task", "next"], sets, zero), env=_env(run_dir, audit_dir),
@@ -85,7 +85,7 @@ def launch_and_kill_after_first_checkpoint(run_dir: Path, sets: list[str], zero:
     deadline = time.time() + 500
     try:
         while time.time() < deadline and proc.poll() is None:
-            done = [p for p in ckpts.glob("checkpoint-*") if _complete(p / "trainer_state.json")]
+            done = [p for p in ckpts.glob("checkpoint-*") if readable_json(p / "trainer_state.json")]
             if done:
                 # torchrun starts each rank in its own session: kill the whole tree, as a job scheduler would
                 tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
@@ -98,14 +98,6 @@ def launch_and_kill_after_first_checkpoint(run_dir: Path, sets: list[str], zero:
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _complete(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def assert_only_rank0_wrote_outside_checkpoints(audit: dict[int, list], run_dir: Path) -> None:
