@@ -262,7 +262,8 @@ def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None 
 
 
 def write_model_card(out_dir: Path, info: dict) -> None:
-    """A short README.md for a trained policy folder: stage, base model, PEFT, steps, config."""
+    """A short README.md for a trained policy folder: stage, base model, PEFT, steps, the data it
+    trained on and its metrics (when `info` has `data` / `metrics` dicts), config."""
     import json
 
     lines = [f"# negrec policy: {info.get('stage', '?')}", "",
@@ -271,6 +272,8 @@ def write_model_card(out_dir: Path, info: dict) -> None:
     peft = info.get("peft")
     if peft:
         lines.append(f"- PEFT: `{peft.get('mode')}` (merged: {peft.get('merge')}; adapter in `adapter/`)")
+    for title in ("data", "metrics"):
+        lines += [f"- {title}: " + ", ".join(f"{k} {v}" for k, v in info[title].items())] if info.get(title) else []
     lines += ["", "Load with `negrec.llm.model.load_policy(<this folder>)` (also the SID tokenizer).", ""]
     if info.get("config"):
         lines += ["## Config", "", "```json", json.dumps(info["config"], indent=2, default=str), "```", ""]

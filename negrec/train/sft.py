@@ -16,6 +16,7 @@ atomically to run_dir/sft_<task>/final.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -109,6 +110,9 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
 
     if builder.cfg.format != "compact":
         raise ValueError("sft_next.mode: timeline trains on compact timelines; set prompt.format: compact")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would train the same model alone
+        raise ValueError("sft_next.mode: timeline trains in one process; run it without a launcher "
+                         "(torchrun / accelerate launch), or use mode: prompt for several processes")
     out = run_dir / "sft_next"
     horizon = cfg.horizon or data.main_horizon
     codec = CompactCodec(sid_tok, hf_tok, builder.cfg.feedback_tokens)
@@ -326,12 +330,24 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     with full_weights(model):  # ZeRO-3: every rank joins the gather, rank 0 saves the whole model
         if is_main_process():
             info = {"stage": f"sft_{task}", "steps": summary["steps"], "base_model": str(init), "config": to_dict(cfg),
+                    "data": {"examples": len(examples), **counts}, "metrics": _card_metrics(summary),
                     **({"peft": to_dict(peft)} if peft.enabled else {})}
             save_policy(model, hf_tok, sid_tok, out / "final", extra=info)
             write_json(out / "summary.json", summary)
             mark_done(out, key)
     _print_sft(task, summary, out)
     return summary
+
+
+def _card_metrics(summary: dict) -> dict:
+    """The model card's metrics: training loss (first and last logged, mean) and alignment accuracy."""
+    curve = summary["loss_curve"]
+    metrics = {"loss_first": curve[0], "loss_last": curve[-1]} if curve else {}
+    metrics["train_loss"] = summary["train_loss"]
+    for k in ("title_to_sid", "sid_to_title", "valid_sid_rate"):
+        if k in summary.get("alignment", {}):
+            metrics[f"alignment_{k}"] = round(summary["alignment"][k], 4)
+    return metrics
 
 
 def _print_sft(task: str, summary: dict, out: Path) -> None:

@@ -220,6 +220,7 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     assert s["steps"] == 2 and (final / "adapter" / "adapter_config.json").exists()
     card = (final / "README.md").read_text()
     assert "sft_align" in card and "PEFT: `lora`" in card and str(run / "model") in card
+    assert "- data: examples " in card and f"train_loss {s['train_loss']}" in card  # fewer steps than logging_steps
     load_policy(final, device="cpu")
     # the trained SID rows are no adapter weight: each checkpoint carries them for resume
     assert list((run / "sft_align" / "checkpoints").glob("checkpoint-*/negrec_token_rows.pt"))

@@ -127,6 +127,7 @@ def check_sft(run_dir: Path, stdout: str, audit: dict) -> dict:
     assert_only_rank0_wrote_outside_checkpoints(audit, run_dir)
     final = run_dir / "sft_next" / "final"
     _assert_whole_model(final, run_dir / "model")
+    assert f"- metrics: loss_first {curve[0]}, loss_last {curve[-1]}" in (final / "README.md").read_text()
     return summary
 
 
@@ -170,3 +171,15 @@ def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
     stdout, audit = launch(run_dir, ["grpo"], GRPO, zero, tmp_path)
     check_grpo(run_dir, stdout, audit, zero)
     assert_one_writer_of_tensorboard(run_dir, started)
+
+
+def test_timeline_sft_refuses_a_launcher(monkeypatch, tmp_path):
+    """The timeline loop is one process: under a launcher every rank would train the same model alone."""
+    from types import SimpleNamespace
+
+    from negrec.train.sft import SFTStageConfig, _run_timeline
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    builder = SimpleNamespace(cfg=SimpleNamespace(format="compact"))
+    with pytest.raises(ValueError, match="timeline trains in one process"):
+        _run_timeline(None, None, None, builder, None, SFTStageConfig(mode="timeline"), tmp_path, "key", "init", 0.0)
