@@ -1,8 +1,8 @@
 """The real `negrec sft --task next` and `negrec grpo` on 2 CPU processes (torchrun, gloo) under
 DeepSpeed ZeRO-2 and ZeRO-3, on the tiny model and the embedded ML-100K.
 
-The ZeRO-2 SFT run is killed (SIGKILL, every process) after its first checkpoint and run again:
-it resumes from that checkpoint. Every launch runs through `_rank_audit.py`, which records what
+The ZeRO-2 SFT run and the ZeRO-3 GRPO run are killed (SIGKILL, every process) after their first
+checkpoint and run again: they resume from it (GRPO: the one grpo/progress.json committed). Every launch runs through `_rank_audit.py`, which records what
 each rank created, wrote, renamed or deleted in the run folder: rank 1 may only write inside
 Trainer checkpoints (DeepSpeed saves one optimizer shard and one RNG state per rank by design).
 
@@ -37,9 +37,9 @@ SFT = ["sft_next.mode=prompt", f"sft_next.max_steps={SFT_STEPS}", "sft_next.max_
        "sft_next.learning_rate=0.005", "sft_next.lr_scheduler=constant", "sft_next.warmup_ratio=0.0"]
 GRPO = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.max_samples=40",
         "grpo.learning_rate=0.001", "grpo.save_steps=1", "grpo.trainer.report_to=[tensorboard]",
-        "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 2, beta: 0.04},"
+        "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 4, beta: 0.04},"
         " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]"]
-GRPO_STEPS = 3
+GRPO_STEPS = 5
 
 
 @pytest.fixture(scope="module")
@@ -72,27 +72,42 @@ def launch(run_dir: Path, stage: list[str], sets: list[str], zero: int, tmp: Pat
     return proc.stdout, {r: json.loads((audit_dir / f"rank{r}.json").read_text()) for r in range(RANKS)}
 
 
-def launch_and_kill_after_first_checkpoint(run_dir: Path, sets: list[str], zero: int, tmp: Path) -> int:
-    """Start SFT on RANKS processes and SIGKILL all of them once a checkpoint is complete; its step."""
+def sft_checkpoint_written(run_dir: Path) -> int | None:
+    """The step of a checkpoint SFT's resume would take (its trainer_state.json is whole), or None."""
+    from negrec.train.sft import _readable_json as readable_json
+
+    done = [p for p in (run_dir / "sft_next" / "checkpoints").glob("checkpoint-*")
+            if readable_json(p / "trainer_state.json")]
+    return int(done[0].name.split("-")[1]) if done else None
+
+
+def grpo_checkpoint_committed(run_dir: Path) -> int | None:
+    """The stage step of the checkpoint grpo/progress.json names (GRPO resumes from it), or None."""
+    try:
+        current = json.loads((run_dir / "grpo" / "progress.json").read_text()).get("current")
+    except (OSError, ValueError):
+        return None
+    return current["step"] if current else None
+
+
+def launch_and_kill(run_dir: Path, stage: list[str], sets: list[str], zero: int, tmp: Path, ready) -> int:
+    """Start a stage on RANKS processes and SIGKILL all of them once `ready(run_dir)` names a step; that step."""
     import psutil
 
-    from negrec.train.sft import _readable_json as readable_json  # what SFT's resume reads as complete
-
     audit_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="audit"))
-    ckpts = run_dir / "sft_next" / "checkpoints"
-    proc = subprocess.Popen(_command(run_dir, ["sft", "--task", "next"], sets, zero), env=_env(run_dir, audit_dir),
+    proc = subprocess.Popen(_command(run_dir, stage, sets, zero), env=_env(run_dir, audit_dir),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 500
     try:
         while time.time() < deadline and proc.poll() is None:
-            done = [p for p in ckpts.glob("checkpoint-*") if readable_json(p / "trainer_state.json")]
-            if done:
+            step = ready(run_dir)
+            if step is not None:
                 # torchrun starts each rank in its own session: kill the whole tree, as a job scheduler would
                 tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
                 for pid in tree:
                     os.kill(pid, 9)
                 proc.wait()
-                return int(done[0].name.split("-")[1])
+                return step
             time.sleep(0.05)
         raise AssertionError(f"no checkpoint to kill after (exit {proc.poll()}): {proc.stderr.read()[-4000:]}")
     finally:
@@ -158,17 +173,25 @@ def check_grpo(run_dir: Path, stdout: str, audit: dict, zero: int) -> None:
 def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
     run_dir = tmp_path / "run"
     shutil.copytree(prepared_run, run_dir)
-    if zero == 2:  # killed after its first checkpoint, then run again: it resumes
-        killed_at = launch_and_kill_after_first_checkpoint(run_dir, SFT, zero, tmp_path)
+    sft, grpo = ["sft", "--task", "next"], ["grpo"]
+    # killed after the first checkpoint, then run again (it resumes): SFT under ZeRO-2, GRPO under ZeRO-3
+    if zero == 2:
+        killed_at = launch_and_kill(run_dir, sft, SFT, zero, tmp_path, sft_checkpoint_written)
         assert killed_at < SFT_STEPS and not (run_dir / "sft_next" / "summary.json").exists()
-    stdout, audit = launch(run_dir, ["sft", "--task", "next"], SFT, zero, tmp_path)
+    stdout, audit = launch(run_dir, sft, SFT, zero, tmp_path)
     if zero == 2:
         resumed = re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout)
         assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
     check_sft(run_dir, stdout, audit)
 
+    if zero == 3:
+        killed_at = launch_and_kill(run_dir, grpo, GRPO, zero, tmp_path, grpo_checkpoint_committed)
+        assert not (run_dir / "grpo" / "summary.json").exists()
     started = time.time()
-    stdout, audit = launch(run_dir, ["grpo"], GRPO, zero, tmp_path)
+    stdout, audit = launch(run_dir, grpo, GRPO, zero, tmp_path)
+    if zero == 3:
+        resumed = re.findall(r"\(resuming from checkpoint-(\d+)\)", stdout)
+        assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
     check_grpo(run_dir, stdout, audit, zero)
     assert_one_writer_of_tensorboard(run_dir, started)
 
