@@ -8,6 +8,9 @@
 # MASTER_ADDR/MASTER_PORT are set here, as a launcher would. DeepSpeed compiles its C++ ops on
 # first start (about 1-2 min); TORCH_EXTENSIONS_DIR caches them (default ~/.cache/negrec/torch_extensions).
 # Everything after `--` goes to `negrec grpo`; NEGREC_ENTRY replaces that command (tests use it).
+# LAUNCH_ARGS adds launcher options, e.g. several machines: LAUNCH_ARGS="--num_machines 2 --machine_rank 0
+# --main_process_ip host0" (accelerate). Precision is negrec's (grpo.bf16: bf16 on CUDA by default; the
+# Trainer sets it over accelerate's --mixed_precision). SFT runs the same way: see README, "Several GPUs".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     --zero) ZERO="$2"; shift 2 ;;
     --launcher) LAUNCHER="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "train_grpo.sh: unknown option $1 (put negrec's arguments after --)" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +48,7 @@ esac
 
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/negrec/torch_extensions}"
 read -r -a ENTRY <<< "${NEGREC_ENTRY:--m negrec.cli grpo}"
+read -r -a EXTRA <<< "${LAUNCH_ARGS:-}"
 
 if [[ "$GPUS" == "0" ]]; then
   # One CPU process: DeepSpeed's CPU accelerator talks gloo; give it the rendezvous a launcher would.
@@ -56,10 +60,12 @@ if [[ "$GPUS" == "0" ]]; then
 fi
 
 case "$LAUNCHER" in
-  accelerate) exec accelerate launch --num_processes "$GPUS" --num_machines 1 --mixed_precision no \
+  accelerate)
+    [[ " ${EXTRA[*]} " == *" --num_machines "* ]] || EXTRA=(--num_machines 1 "${EXTRA[@]}")
+    exec accelerate launch --num_processes "$GPUS" --mixed_precision no "${EXTRA[@]}" \
                 "${ENTRY[@]}" "$@" "${DS_ARGS[@]}" ;;
   deepspeed)
     [[ "${ENTRY[0]}" == "-m" ]] && ENTRY[0]=--module  # the deepspeed launcher spells it --module
-    exec deepspeed --num_gpus "$GPUS" "${ENTRY[@]}" "$@" "${DS_ARGS[@]}" ;;
+    exec deepspeed --num_gpus "$GPUS" "${EXTRA[@]}" "${ENTRY[@]}" "$@" "${DS_ARGS[@]}" ;;
   *) echo "train_grpo.sh: --launcher must be accelerate or deepspeed, got $LAUNCHER" >&2; exit 2 ;;
 esac
