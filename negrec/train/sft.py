@@ -213,19 +213,19 @@ def _prepare_checkpoints(ckpt_dir: Path, cfg: SFTStageConfig, resume_key: str | 
 
 
 def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None,
-              resume_key: str | None = None, args=None):
+              resume_key: str | None = None, trainer_args=None):
     """Fine-tune `model` on prompt/completion `examples` with TRL's SFTTrainer; returns the trainer.
 
     Checkpoints go to out_dir/checkpoints; with `cfg.resume` the last one is resumed when it was
     written for the same `resume_key` (else the folder is cleared and training starts over).
-    `args`: `sft_trainer_args(cfg, out_dir, tb_dir)` when the caller built it before loading the model.
+    `trainer_args`: `sft_trainer_args(cfg, out_dir, tb_dir)` when the caller built it before loading the model.
     """
     from datasets import Dataset
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    args, reporters = args or sft_trainer_args(cfg, out_dir, tb_dir)
+    args, reporters = trainer_args or sft_trainer_args(cfg, out_dir, tb_dir)
     last = _prepare_checkpoints(Path(args.output_dir), cfg, resume_key)
     columns = {k: [e[k] for e in examples] for k in ("prompt", "completion")}
     tensorboard = tb_dir and "tensorboard" in reporters and is_main_process()
@@ -316,7 +316,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         raise ValueError(f"sft_{task}: no training examples (check the items' titles / the train samples' F_H)")
     counts = dict(Counter(e["task"] for e in examples))
     main_print(f"[sft_{task}] {len(examples)} examples {counts} from {init}")
-    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=tb_dir, resume_key=key, args=trainer_args)
+    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=tb_dir, resume_key=key, trainer_args=trainer_args)
     model = trainer.model
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
