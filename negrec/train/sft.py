@@ -36,7 +36,7 @@ from negrec.train.trainer_args import (build_trainer_config, check_trainer_overr
                                        is_main_process, main_print, reports_to, stable_view)
 
 # fields added after runs were made: left out of the stage hash while at these defaults
-_NEW_FIELDS = {"trainer": {}, "deepspeed": None}
+_NEW_FIELDS = {"trainer": {}, "deepspeed": None, "align_weight": 0.0}
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
 
@@ -76,6 +76,9 @@ class SFTStageConfig:
     mode: str = "prompt"
     window_events: int = 100     # timeline: events per training window
     other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
+    # timeline: loss weight of the item-level alignment examples (`tasks`, `max_items`, `item_repeats`)
+    # trained in the same loop as the timelines, MiniOneRec-style co-training; 0 = timelines only
+    align_weight: float = 0.0
     val_rows: int = 300          # timeline: validation users scored after each epoch (0 = none: last epoch kept)
     val_beams: int = 20          # timeline: beam width of the validation search
     patience: int = 2            # timeline: epochs without a validation gain before stopping
@@ -106,7 +109,8 @@ class SFTStageConfig:
 def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key: str, init: str, t0: float) -> dict:
     """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
     from negrec.llm.prompts import CompactCodec
-    from negrec.train.timeline import timeline_windows, train_timeline, training_log, validation_rows
+    from negrec.train.timeline import (example_windows, timeline_windows, train_timeline, training_log,
+                                       validation_rows)
 
     if builder.cfg.format != "compact":
         raise ValueError("sft_next.mode: timeline trains on compact timelines; set prompt.format: compact")
@@ -124,13 +128,23 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
     n_tok = sum(len(w) for w, _ in windows)
     main_print(f"[sft_next] timeline: {len(windows)} windows, {n_tok} tokens ({codec.tokens_per_event} per event), "
                f"{len(val)} validation users, from {init}")
+    aligned = []
+    if cfg.align_weight > 0:
+        aligned = example_windows(alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items,
+                                                     cfg.item_repeats, cfg.seed), hf_tok, cfg.align_weight)
+        main_print(f"[sft_next] + {len(aligned)} alignment examples ({sum(len(w) for w, _ in aligned)} tokens, "
+                   f"tasks {cfg.tasks}, weight {cfg.align_weight})")
     out.mkdir(parents=True, exist_ok=True)
-    fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon,
+    fit = train_timeline(model, hf_tok, sid_tok, windows + aligned, val, builder, cfg, horizon,
                          ckpt_path=out / "timeline_checkpoint.pt", resume_key=key, tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
+               "alignment_examples": len(aligned),
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
+    if cfg.eval_items:  # what the policy knows of item titles: chance unless alignment was trained
+        summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
+        _print_alignment(summary["alignment"])
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
         save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
@@ -323,9 +337,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
                "train_loss": next((round(float(h["train_loss"]), 4) for h in reversed(trainer.state.log_history)
                                    if "train_loss" in h), None),  # mean over the run, logged even when steps < logging_steps
                "config": to_dict(cfg)}
-    if cfg.eval_items:  # asked about the items alignment taught (a max_items subset when set)
-        taught = data.items[data.items["item_id"].isin(aligned_item_ids(sid_tok, data.items, cfg.max_items, cfg.seed))]
-        summary["alignment"] = alignment_accuracy(model, hf_tok, sid_tok, taught, n=cfg.eval_items, builder=builder)
+    if cfg.eval_items:
+        summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
     summary["seconds"] = round(time.time() - t0, 1)
     with full_weights(model):  # ZeRO-3: every rank joins the gather, rank 0 saves the whole model
         if is_main_process():
@@ -356,8 +369,17 @@ def _print_sft(task: str, summary: dict, out: Path) -> None:
             f"mean loss {summary['train_loss']:.3f} (fewer steps than logging_steps)" if summary["train_loss"] is not None else "no loss logged")
     main_print(f"[sft_{task}] {summary['steps']} steps, {loss}, {summary['seconds']}s -> {out / 'final'}")
     if "alignment" in summary:
-        a = summary["alignment"]
-        main_print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
-                   f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
-                   f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
-                   f"valid SIDs {a['valid_sid_rate']:.0%}")
+        _print_alignment(summary["alignment"])
+
+
+def _alignment_check(model, hf_tok, sid_tok, items, cfg: SFTStageConfig, builder) -> dict:
+    """`alignment_accuracy` on the items alignment taught (a `max_items` subset when set)."""
+    taught = items[items["item_id"].isin(aligned_item_ids(sid_tok, items, cfg.max_items, cfg.seed))]
+    return alignment_accuracy(model, hf_tok, sid_tok, taught, n=cfg.eval_items, builder=builder)
+
+
+def _print_alignment(a: dict) -> None:
+    main_print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
+               f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
+               f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
+               f"valid SIDs {a['valid_sid_rate']:.0%}")

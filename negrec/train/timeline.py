@@ -59,6 +59,19 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     return out
 
 
+def example_windows(examples: list[dict], hf_tok, weight: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Prompt/completion examples (the item-level alignment tasks) as windows for the same loop:
+    prompt ids, completion ids and EOS, tokenized as TRL's SFTTrainer does, with the loss
+    (`weight`) on the completion and EOS only."""
+    prompts = hf_tok([e["prompt"] for e in examples])["input_ids"]
+    completions = hf_tok([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, c in zip(prompts, completions):
+        ids = np.asarray([*p, *c, hf_tok.eos_token_id], np.int64)
+        out.append((ids, np.r_[np.zeros(len(p)), np.full(len(c) + 1, float(weight))]))
+    return out
+
+
 def training_log(data, fit_until: str, val_users) -> tuple:
     """(log, per-user limit) the timeline trains on; see `SFTStageConfig.fit_until`.
 

@@ -11,7 +11,7 @@ import torch
 from negrec.llm.model import ModelConfig, build_policy
 from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig
 from negrec.train.sft import SFTStageConfig
-from negrec.train.timeline import timeline_windows, train_timeline, validation_recall
+from negrec.train.timeline import example_windows, timeline_windows, train_timeline, validation_recall
 from tests.llm.conftest import random_sid_tokenizer, synthetic_items
 
 N_CLUSTERS, N_USERS, N_EVENTS, N_CONTEXT = 4, 240, 36, 24
@@ -148,3 +148,17 @@ def test_epoch_selection_keeps_the_later_epoch_within_noise():
     state["epoch"] = 3
     _select_epoch(state, model, best - 0.2 + noise)  # clearly worse: epoch 2 stays, patience counts
     assert (state["kept_epoch"], state["bad"]) == (2, 1)
+
+
+def test_alignment_examples_join_the_timeline_loop_with_loss_on_the_answer_only(setup):
+    """Co-training (`sft_next.align_weight`): an alignment example is its prompt, answer and EOS,
+    tokenized as TRL does; the loss weight sits on the answer and EOS, never on the prompt."""
+    model, hf, sid, builder, _ = setup
+    examples = [{"prompt": "Which item is this? Toy Story\nAnswer:", "completion": sid.tokens_for_item(int(sid.item_ids[0]))},
+                {"prompt": "Describe item x.\nAnswer:", "completion": " a long title"}]
+    windows = example_windows(examples, hf, weight=0.5)
+    for e, (ids, w) in zip(examples, windows):
+        prompt = hf(e["prompt"])["input_ids"]
+        answer = hf(e["completion"], add_special_tokens=False)["input_ids"]
+        assert ids.tolist() == [*prompt, *answer, hf.eos_token_id]
+        assert w.tolist() == [0.0] * len(prompt) + [0.5] * (len(answer) + 1)

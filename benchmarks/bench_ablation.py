@@ -1,0 +1,150 @@
+"""What each part of negrec's recipe adds, on ML-100K test users (H = 7), with paired 95% CIs.
+
+Starts from a finished default run (`negrec pipeline --config configs/ml100k.yaml`, or the one this
+script runs when --base is missing) and trains one variant per row, each in its own run folder that
+shares the base run's data, item encodings, semantic IDs and base model:
+
+- sft_seed1, sft_seed2: the default timeline SFT under other seeds (batch order, dropout): the
+  spread between reruns, which the bootstrap over users does not see;
+- sft_12_epochs: twice the default epochs (the validation curve was still rising at epoch 6);
+- sft_no_feedback: the timeline SFT with every event's feedback token replaced by <|neu|>, so the
+  model cannot tell negative from positive history (the context-discerning ablation);
+- sft_align_cotrain: the timeline SFT co-trained with the four item-level alignment tasks
+  (title -> SID, SID -> title, both 4-choice forms); its alignment accuracy is reported too;
+- grpo_beam_rank: GRPO from the base SFT with MiniOneRec's beam-group rollouts and the rank-aware
+  reward at a 5x learning rate (the setting under which the reward curve rises).
+
+Every variant's predictions are scored in one evaluation folder beside the base run's policies,
+so the paired differences (variant - reference, same test rows) come from `negrec evaluate`.
+
+    python benchmarks/bench_ablation.py [--variants sft_no_feedback ...] [--fresh]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "ml100k.yaml"
+RUNS = ROOT / "runs" / "bench_ablation"
+SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
+
+# name -> (stage it retrains, the policy folder it yields, config overrides, reference rows compared)
+VARIANTS = {
+    # the default recipe again under other training seeds: how far a rerun moves the figures
+    "sft_seed1": ("sft-next", "sft_next", ["sft_next.seed=1"], ["sft_next"]),
+    "sft_seed2": ("sft-next", "sft_next", ["sft_next.seed=2"], ["sft_next"]),
+    "sft_12_epochs": ("sft-next", "sft_next", ["sft_next.epochs=12", "sft_next.patience=3"], ["sft_next"]),
+    "sft_no_feedback": ("sft-next", "sft_next", ["prompt.feedback_tokens=false"], ["sft_next"]),
+    "sft_align_cotrain": ("sft-next", "sft_next", [
+        "sft_next.align_weight=1.0", "sft_next.tasks=[text_to_sid,sid_to_text,choose_text,choose_sid]"], ["sft_next"]),
+    "grpo_beam_rank": ("grpo", "grpo", ["grpo.generation=beam", "grpo.learning_rate=0.0001",
+                                        "rewards.weights.rank_penalty=1.0"], ["grpo", "sft_next"]),
+}
+METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
+
+
+def base_run(fresh: bool) -> Path:
+    """The default run this benchmark compares against (run once, then resumed)."""
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    base = RUNS / "base"
+    if fresh and RUNS.exists():
+        shutil.rmtree(RUNS)
+    run_pipeline(load_config(str(CONFIG), []), base)
+    return base
+
+
+def train_variant(name: str, base: Path) -> tuple[Path, dict]:
+    """Retrain one stage under the variant's overrides and predict with the policy it yields."""
+    from negrec.config import load_config
+    from negrec.eval import run_predict
+    from negrec.train import run_grpo, run_sft
+
+    stage, policy, sets, _ = VARIANTS[name]
+    run = RUNS / name
+    for part in SHARED_STAGES + (("sft_next",) if stage == "grpo" else ()):
+        if not (run / part).exists():
+            shutil.copytree(base / part, run / part)
+    raw = load_config(str(CONFIG), [*sets, f"eval.policies=[{policy}]"])
+    t0 = time.time()
+    summary = run_sft(raw, run, task="next") if stage == "sft-next" else run_grpo(raw, run)
+    seconds = round(time.time() - t0, 1)
+    run_predict(raw, run)
+    return run / "eval" / "predictions" / f"{policy}.parquet", {"train_seconds": seconds, **_summary_view(summary)}
+
+
+def _summary_view(summary: dict) -> dict:
+    """What the table shows of a stage's summary: validation curve, alignment, reward curve."""
+    out = {}
+    if "history" in summary:
+        out["val_recall@10_by_epoch"] = [h["val_recall@10"] for h in summary["history"]]
+    if "alignment" in summary:
+        out["alignment"] = {k: summary["alignment"][k] for k in (
+            "title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood",
+            "choice_sid_likelihood", "chance_choice")}
+    if "log" in summary:  # GRPO: the mean reward of every 4 steps, in training order
+        from negrec.io import read_jsonl
+
+        rewards = [r["reward"] for r in read_jsonl(summary["log"]) if "reward" in r]
+        out["reward_by_4_steps"] = [round(sum(rewards[i:i + 4]) / len(rewards[i:i + 4]), 4)
+                                    for i in range(0, len(rewards), 4)]
+    return out
+
+
+def evaluate_all(base: Path, files: dict[str, Path]) -> list[dict]:
+    """Score the base run's policies and every variant in one folder; the paired rows asked for."""
+    from negrec.config import load_config
+    from negrec.eval import run_evaluate
+
+    ev = RUNS / "eval_all"
+    if ev.exists():
+        shutil.rmtree(ev)
+    for part in ("data", "tokenize", "eval"):
+        shutil.copytree(base / part, ev / part)
+    for name, path in files.items():
+        shutil.copy(path, ev / "eval" / "predictions" / f"{name}.parquet")
+    pairs = [f"{name}:{ref}" for name in files for ref in VARIANTS[name][3]]
+    run_evaluate(load_config(str(CONFIG), [f"eval.pairs=[{','.join(pairs)}]"]), ev)
+    paired = json.loads((ev / "eval" / "paired.json").read_text())
+    return [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}
+            for p in paired if p["metric"] in METRICS and f"{p['a']}:{p['b']}" in pairs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--fresh", action="store_true", help="delete runs/bench_ablation first")
+    a = ap.parse_args()
+
+    from negrec.cli import set_threads
+
+    set_threads(None)
+    t0 = time.time()
+    base = base_run(a.fresh)
+    files, details = {}, {}
+    for name in a.variants:
+        files[name], details[name] = train_variant(name, base)
+    paired = evaluate_all(base, files)
+    metrics = json.loads((RUNS / "eval_all" / "eval" / "metrics.json").read_text())
+    rows = [{"method": m, **{k: metrics[m].get(k) for k in METRICS}} for m in ["sft_next", "grpo", *files]]
+    print_table(rows, "Test users, H = 7 days: the base run's policies and each variant")
+    print_table(paired, "Paired differences a - b on the same test rows (95% CI, paired bootstrap p)")
+    for name, d in details.items():
+        print(f"{name}: {json.dumps(d)}")
+    save_result("bench_ablation_ml100k", {
+        "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]),
+        "variants": {n: {"stage": VARIANTS[n][0], "overrides": VARIANTS[n][2], **details[n]} for n in files},
+        "table": rows, "paired": paired, "seconds": round(time.time() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
