@@ -204,15 +204,18 @@ def _write_config(run_dir: Path, raw: dict) -> None:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 
 
-def read_only(args, run_dir: Path) -> bool:
+def read_only(args, raw: dict, run_dir: Path) -> bool:
     """Commands that only read the run folder: no lock, no config.yaml. `status`; `data stats` of a
-    prepared run; `report` of a run whose evaluation finished; `evaluate --predictions` (outside files)."""
+    prepared run; `report` when it is done (it then prints so and writes nothing);
+    `evaluate --predictions` (outside files)."""
     if args.command == "status":
         return True
     if args.command == "data" and args.action == "stats":
         return (run_dir / "data" / "_DONE").exists()
     if args.command == "report":
-        return (run_dir / "eval" / "metrics.json").exists()
+        from .contract import is_done
+
+        return is_done(raw, run_dir, "report")
     return args.command == "evaluate" and bool(args.predictions)
 
 
@@ -251,7 +254,7 @@ def _run(args) -> int:
     run_dir = resolve_run_dir(raw, args)
     command = COMMANDS[args.command]
     fn = getattr(importlib.import_module(command.module), command.func)
-    if read_only(args, run_dir):
+    if read_only(args, raw, run_dir):
         if args.command == "data":
             _print_data_stats(run_dir)
         else:

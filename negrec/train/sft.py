@@ -25,17 +25,15 @@ from pathlib import Path
 import torch
 
 from negrec.config import section_config, to_dict
-from negrec.io import config_hash, mark_done, read_json, stage_done, write_json
+from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
+from negrec.io import read_json, write_json
 from negrec.llm.evaluation import alignment_accuracy
 from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
-from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, is_main_process, reports_to,
-                                       stable_view)
+from negrec.train.trainer_args import build_trainer_config, check_trainer_overrides, is_main_process, reports_to
 
-# fields added after runs were made: left out of the stage hash while at these defaults
-_NEW_FIELDS = {"trainer": {}, "deepspeed": None}
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
 
@@ -102,7 +100,7 @@ class SFTStageConfig:
 
 
 # ---- timeline training ------------------------------------------------------------------
-def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key: str, init: str, t0: float) -> dict:
+def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float) -> dict:
     """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
     from negrec.llm.prompts import CompactCodec
     from negrec.train.timeline import timeline_windows, train_timeline, training_log, validation_rows
@@ -120,19 +118,21 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
     n_tok = sum(len(w) for w, _ in windows)
     print(f"[sft_next] timeline: {len(windows)} windows, {n_tok} tokens ({codec.tokens_per_event} per event), "
           f"{len(val)} validation users, from {init}")
-    out.mkdir(parents=True, exist_ok=True)
+    work = work_dir(run_dir, "sft-next")  # the checkpoint: outside the folder that is swapped
+    work.mkdir(parents=True, exist_ok=True)
     fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon,
-                         ckpt_path=out / "timeline_checkpoint.pt", resume_key=key, tb_dir=run_dir / "tb" / "sft_next")
+                         ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
+                         tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
-        save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
-        write_json(out / "summary.json", summary)
-        mark_done(out, key)
-        (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
+        with stage_folder(raw, run_dir, "sft-next") as tmp:
+            save_policy(model, hf_tok, sid_tok, tmp / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
+            write_json(tmp / "summary.json", summary)
+        shutil.rmtree(work, ignore_errors=True)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
     print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
           f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
@@ -238,14 +238,6 @@ def _loss_curve(trainer) -> list[float]:
     return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
 
 
-def _done_marker(model_dir: Path) -> str:
-    """The config hash the stage that wrote `model_dir` recorded (so a rebuilt model invalidates SFT)."""
-    for marker in (model_dir / "_DONE", model_dir.parent / "_DONE"):
-        if marker.exists():
-            return marker.read_text().strip()
-    return ""
-
-
 def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     """Stage `sft --task align|next`: writes run_dir/sft_<task>/{checkpoints/, final/, summary.json}."""
     from negrec.data import Prepared
@@ -263,10 +255,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     else:
         init = run_dir / "model"
     peft = section_config(ModelConfig, raw, "model").peft
-    key = config_hash({"sft": stable_view(cfg, _NEW_FIELDS), "prompt": to_dict(pcfg), "task": task, "init": str(init),
-                       "init_done": _done_marker(init), **({"peft": to_dict(peft)} if peft.enabled else {})})
-    if stage_done(out, key) and (out / "final" / "config.json").exists():
-        print(f"[sft_{task}] up to date: {out}")
+    name = f"sft-{task}"  # the stage (negrec.stages)
+    if up_to_date(raw, run_dir, name):
         return read_json(out / "summary.json")
     t0 = time.time()
     data = Prepared.load(run_dir / "data")
@@ -277,7 +267,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         print(f"[sft_{task}] PEFT {peft.mode}: {t['trainable_params']:,} of {t['all_params']:,} parameters train")
     builder = PromptBuilder(pcfg, sid_tok, data.items, hf_tok)
     if task == "next" and cfg.mode == "timeline":
-        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, key, str(init), t0)
+        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0)
     if task == "align":
         examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
     else:
@@ -288,7 +278,10 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         raise ValueError(f"sft_{task}: no training examples (check the items' titles / the train samples' F_H)")
     counts = dict(Counter(e["task"] for e in examples))
     print(f"[sft_{task}] {len(examples)} examples {counts} from {init}")
-    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=run_dir / "tb" / f"sft_{task}", resume_key=key)
+    # checkpoints in <run>/.work/sft-<task>/checkpoints: outside the folder that is swapped
+    work = work_dir(run_dir, name)
+    trainer = train_sft(model, hf_tok, examples, cfg, work, tb_dir=run_dir / "tb" / f"sft_{task}",
+                        resume_key=fingerprint(raw, run_dir, name))
     model = trainer.model
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
@@ -302,10 +295,11 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     if is_main_process():
         info = {"stage": f"sft_{task}", "steps": summary["steps"], "base_model": str(init), "config": to_dict(cfg),
                 **({"peft": to_dict(peft)} if peft.enabled else {})}
-        save_policy(model, hf_tok, sid_tok, out / "final", extra=info)
-        write_json(out / "summary.json", summary)
-        mark_done(out, key)
-    _print_sft(task, summary, out)
+        with stage_folder(raw, run_dir, name) as tmp:
+            save_policy(model, hf_tok, sid_tok, tmp / "final", extra=info)
+            write_json(tmp / "summary.json", summary)
+        shutil.rmtree(work, ignore_errors=True)
+        _print_sft(task, summary, out)
     return summary
 
 
