@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "export-codebook":
             sp.add_argument("--verify", action="store_true", help="reload with numpy only and check every item's SID")
             sp.add_argument("--out", default=None, help="export folder (default: <run>/export)")
-        sp.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded ML-100K defaults)")
+        sp.add_argument("--config", "-c", default=None,
+                        help="YAML config (default: the run folder's config.yaml when --run-dir has one, "
+                             "else the embedded ML-100K defaults)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.main_horizon=3 (repeatable)")
         sp.add_argument("--run-dir", default=None, help="run folder (default: runs/<run.name or config stem>)")
@@ -242,8 +244,9 @@ def _print_data_stats(run_dir: Path) -> None:
 def _run(args) -> int:
     import os
 
-    if args.command == "status" and not args.config and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
-        args.config = str(Path(args.run_dir) / "config.yaml")  # the run's own config: what its markers hash
+    if not args.config and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        # the run's own config: what its stages' fingerprints were made from (negrec.contract)
+        args.config = str(Path(args.run_dir) / "config.yaml")
     raw = load_config(args.config, args.overrides)
     notes = check_config(raw, SECTIONS_OF.get(args.command, []))
     if args.command != "pipeline":  # the pipeline shows its own notes

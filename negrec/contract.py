@@ -159,13 +159,16 @@ def is_done(raw: dict, run_dir, name: str) -> bool:
 def check_inputs(raw: dict, run_dir, name: str) -> None:
     """Refuse to read an input stage whose folder exists without a marker matching the current
     config and inputs (killed, unfinished, or made from another config): one line naming it. An
-    input that never ran is left to the reader (it names the command to run, or does without)."""
+    input that never ran, or whose marker matches but lacks a file, is left to the reader (it
+    names the file it needs and the command to run, or does without)."""
     rule = _Rule(raw, run_dir)
     for i in stage(name).inputs:
-        st = rule.state(i)
-        if st["state"] == "done" or st["why"] == "never ran":
+        rec = rule.recorded(i)
+        if rec is None and (_shared(i) or not stage_dir(raw, run_dir, i).exists()):
             continue
-        raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({st['why']}); "
+        if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
+            continue
+        raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
                             f"run `negrec {stage(i).command}` (or `negrec pipeline`) first")
 
 

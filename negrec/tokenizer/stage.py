@@ -1,7 +1,6 @@
 """`negrec tokenize`: quantize the encoded items into unique semantic IDs and save the SID tokenizer."""
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +87,6 @@ def run_tokenize(raw: dict, run_dir) -> dict:
         with open(tmp / "raw_codes.npy", "wb") as f:
             np.save(f, np.concatenate([item_ids[:, None], res.raw_codes], axis=1))
         write_json(tmp / "metrics.json", metrics)
-    shutil.rmtree(work, ignore_errors=True)  # done: the checkpoint is no longer needed
     print(f"[tokenize] {cfg.method} {cfg.levels}x{cfg.codebook_size}, collisions by {cfg.collision}: "
           f"{metrics['items_needing_collision_handling']} items needed it; final SID levels {metrics['final_codebook_sizes']}")
     print(format_metrics(metrics))

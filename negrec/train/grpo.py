@@ -590,7 +590,6 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
             if (work / "log.jsonl").exists():
                 shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
             write_json(tmp / "summary.json", summary)
-        shutil.rmtree(work, ignore_errors=True)
         _print_summary(summary)
     return summary
 

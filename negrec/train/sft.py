@@ -132,7 +132,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
         with stage_folder(raw, run_dir, "sft-next") as tmp:
             save_policy(model, hf_tok, sid_tok, tmp / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
             write_json(tmp / "summary.json", summary)
-        shutil.rmtree(work, ignore_errors=True)
+        (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
     print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
           f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
@@ -298,7 +298,6 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         with stage_folder(raw, run_dir, name) as tmp:
             save_policy(model, hf_tok, sid_tok, tmp / "final", extra=info)
             write_json(tmp / "summary.json", summary)
-        shutil.rmtree(work, ignore_errors=True)
         _print_sft(task, summary, out)
     return summary
 
