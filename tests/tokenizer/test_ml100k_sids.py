@@ -199,7 +199,11 @@ def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, colli
 def test_cli_export_codebook_verify_without_torch(ml_run, rqvae_run, tmp_path, cli_without_torch):
     """`python -m negrec.cli export-codebook --verify` on the RQ-VAE run, in a process where
     importing torch fails (the numpy MLP encoder re-quantises every item)."""
+    from negrec.io import write_yaml
+
     run_dir, prep = ml_run
+    raw, _ = rqvae_run
+    write_yaml(run_dir / "config.yaml", {"tokenize": raw["tokenize"]})  # the run's config, as the CLI writes it
     out = tmp_path / "export"
     proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(run_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
