@@ -113,6 +113,12 @@ def _json_view(obj):
     return obj
 
 
+def _training_args(path: Path, run: Path) -> dict:
+    import torch
+
+    return json.loads(_normalised(torch.load(path, weights_only=False).to_json_string(), run))
+
+
 def _assert_same_folder(a: Path, run_a: Path, b: Path, run_b: Path) -> None:
     """Every file of stage folder `a` equals its twin in `b`: parquet as frames, .npy as arrays,
     JSON without timings, text with the run folder's path normalised, anything else byte for byte."""
@@ -130,6 +136,8 @@ def _assert_same_folder(a: Path, run_a: Path, b: Path, run_b: Path) -> None:
             jb = [json.loads(line) for line in _normalised(fb.read_text(), run_b).splitlines() if line.strip()] \
                 if rel.suffix == ".jsonl" else json.loads(_normalised(fb.read_text(), run_b))
             assert _json_view(ja) == _json_view(jb), rel
+        elif rel.name == "training_args.bin":  # transformers' pickled arguments: they name the run folder
+            assert _training_args(fa, run_a) == _training_args(fb, run_b)
         elif rel.suffix in (".md", ".txt"):
             assert _normalised(fa.read_text(), run_a) == _normalised(fb.read_text(), run_b), rel
         else:
