@@ -54,14 +54,17 @@ COMMAND = {"data": ["data", "prepare"], "tokenize": ["tokenize"], "sft-align": [
 
 # (stage, kill point): where the kill lands is named in the comment
 KILLS = [
-    ("data", "write:3"),        # the third data file written, not yet renamed, in the staging folder
-    ("data", "swap"),           # the old data/ moved aside, the new one not yet in place
-    ("tokenize", "write:2"),    # the second RQ-VAE checkpoint written, not yet renamed (.work/tokenize)
-    ("tokenize", "swap"),       # tokenize/ (the base run's RQ-KMeans one) moved aside, the new one not in place
-    ("sft-align", "checkpoint:2"),  # inside the Trainer's checkpoint-2 write: a torn checkpoint
-    ("sft-align", "swap:2"),    # final/ in place in the staging folder; sft_align/ not yet swapped in
-    ("grpo", "checkpoint:2"),   # inside the GRPO stage-0 checkpoint-2 write
-    ("grpo", "swap:3"),         # both GRPO stage models saved; grpo/ not yet swapped in
+    ("data", "write:3"),            # items.parquet written in the staging folder, not yet renamed
+    ("data", "swap"),               # the old data/ moved aside, the new one not yet in place
+    ("tokenize", "write:2"),        # the first RQ-VAE checkpoint written, not yet renamed (.work/tokenize)
+    ("tokenize", "swap"),           # tokenize/ (the base run's RQ-KMeans one) moved aside, the new one not in place
+    ("sft-align", "checkpoint:2"),  # inside the checkpoint-2 write: torn, resume from checkpoint-1
+    ("sft-align", "swap:1"),        # final/ being put in place inside the staging folder
+    ("sft-align", "swap:2"),        # training done, sft_align/ not yet swapped in (resume = the final checkpoint)
+    ("grpo", "write:3"),            # progress.json committing checkpoint-1, not yet renamed
+    ("grpo", "checkpoint:2"),       # inside the stage-0 checkpoint-2 write
+    ("grpo", "swap:1"),             # stage 0's final model being put in place (.work/grpo/stage0_*/final)
+    ("grpo", "swap:3"),             # both GRPO stage models saved; grpo/ not yet swapped in
 ]
 
 # JSON keys that hold timings or what one process did (RQ-VAE's train_steps: "in this call";

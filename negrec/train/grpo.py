@@ -31,7 +31,7 @@ from negrec.config import section_config, to_dict
 from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       reports_to, stable_view)
+                                       reports_to, stable_view, train_or_take)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
@@ -336,7 +336,7 @@ def run_stage(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_
         print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
               f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
               + (f" (resuming from {resume.name})" if resume else ""))
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_or_take(trainer, str(resume) if resume else None)
     steps = trainer.state.global_step
     if stopper is not None and stopper.fired:  # the simulated kill: the checkpoint is committed
         return {"stopped_at": step_offset + steps}

@@ -32,7 +32,8 @@ from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
-from negrec.train.trainer_args import build_trainer_config, check_trainer_overrides, is_main_process, reports_to
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, is_main_process, reports_to,
+                                       train_or_take)
 
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
@@ -213,22 +214,8 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
         print(f"[sft] resuming from {last}")
         if (Path(last) / TOKEN_ROWS_FILE).exists():
             load_token_rows(model, torch.load(Path(last) / TOKEN_ROWS_FILE))
-    if last and _finished(last):
-        # killed after training ended (while the stage wrote its outputs): take the final checkpoint
-        # as it is; transformers' loop would run one step past max_steps before checking it
-        from transformers import TrainerState
-
-        trainer._load_from_checkpoint(last)
-        trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
-        return trainer
-    trainer.train(resume_from_checkpoint=last)  # the TensorBoard callback closes (flushes) its writer at the end
+    train_or_take(trainer, last)  # the TensorBoard callback closes (flushes) its writer at the end
     return trainer
-
-
-def _finished(checkpoint: str) -> bool:
-    """True when `checkpoint` is the Trainer's last one: its global step reached its max_steps."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
 
 
 TOKEN_ROWS_FILE = "negrec_token_rows.pt"

@@ -7,6 +7,7 @@
   on top (the user wins, except for the reserved keys negrec owns).
 - `is_main_process()`: rank 0 (accelerate / torchrun `RANK`), the only process that writes,
   logs and deletes.
+- `train_or_take(trainer, checkpoint)`: resume training, or take a checkpoint that ended it as it is.
 - `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
   while they hold their defaults, so adding a field does not invalidate finished stages.
 """
@@ -79,5 +80,24 @@ def stable_view(cfg, defaults: dict) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if not (k in defaults and v == defaults[k])}
 
 
-__all__ = ["is_main_process", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
+def train_or_take(trainer, checkpoint: str | None) -> None:
+    """`trainer.train(resume_from_checkpoint=checkpoint)`, except when `checkpoint` is the run's
+    last one (its global step reached max_steps: a kill came after training, while the stage wrote
+    its outputs): then its weights and state are taken as they are, since transformers' loop would
+    run one step past max_steps before checking it."""
+    import json
+    from pathlib import Path
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
+    if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        trainer._load_callback_state()  # stateful callbacks (GRPO's stage rewards) as train() restores them
+        return
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+__all__ = ["is_main_process", "train_or_take", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
            "stable_view"]
