@@ -89,7 +89,9 @@ def train_or_take(trainer, checkpoint: str | None) -> None:
     from pathlib import Path
 
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
-    if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+    # this run's max_steps; by epochs (-1): the checkpoint's (same resume key, so the same plan)
+    planned = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+    if planned > 0 and state.get("global_step", 0) >= planned:
         from transformers import TrainerState
 
         trainer._load_from_checkpoint(checkpoint)
