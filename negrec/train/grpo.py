@@ -181,7 +181,8 @@ class ProgressStore:
         self.log_path = self.out_dir / "log.jsonl"
         progress = read_json(self.path) if self.path.exists() else None
         if progress is not None and progress.get("fingerprint") != fingerprint:
-            print(f"[grpo] {self.path}: written for another config or policy; starting over")
+            if is_main_process():
+                print(f"[grpo] {self.path}: written for another config or policy; starting over")
             progress = None
         if progress is None:
             progress = {"fingerprint": fingerprint, "stages": [], "current": None}
