@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from negrec.config import load_config
-from negrec.pipeline import STAGES, run_pipeline
+from negrec.pipeline import STAGES, run_pipeline, stage_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,9 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
 
     again = run_pipeline(raw, run_dir)  # nothing changed: every stage is up to date
     assert all(v["status"] == "up to date" for k, v in again.items() if k != "table")
+    # one rule: `negrec status` agrees, from the stages' own markers (no pipeline markers)
+    assert {st["state"] for st in stage_states(raw, run_dir).values()} == {"done"}
+    assert not (run_dir / ".pipeline").exists()
     changed = run_pipeline(load_config(str(ROOT / "configs" / "kuairand.yaml"),
                                        [f"data.path={kuairand_dir}", *TINY, "filter.k=3"]), run_dir)
     assert changed["filter"]["status"] == "ran" and changed["evaluate"]["status"] == "up to date"
