@@ -199,8 +199,11 @@ def clear(raw: dict, run_dir, name: str) -> None:
 
 
 # ---- atomic stage folders ----
-def _remove_leftovers(folder: Path) -> None:
-    """Staging folders of a killed run beside `folder` (`.<name>.*`): garbage once we hold the lock."""
+def _remove_leftovers(folder: Path, run_dir) -> None:
+    """Staging folders of a killed run beside `folder` (`.<name>.*`): garbage once we hold the
+    run folder's lock. Beside a folder outside the run folder (export.out_dir) nothing is ours to delete."""
+    if not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        return
     for p in folder.parent.glob(f".{folder.name}.*"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -211,7 +214,7 @@ def stage_folder(raw: dict, run_dir, name: str) -> Iterator[Path]:
     marker is written into it last and it replaces the stage's folder in one rename."""
     record = _marker_record(_Rule(raw, run_dir), name)  # the inputs as they are now, before writing
     folder = stage_dir(raw, run_dir, name)
-    _remove_leftovers(folder)
+    _remove_leftovers(folder, run_dir)
     with atomic_dir(folder) as tmp:
         yield tmp
         write_json(tmp / marker_path(raw, run_dir, name).name, record)
