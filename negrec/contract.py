@@ -121,6 +121,9 @@ class _Rule:
         if rec is None:
             if folder.exists() and not _shared(name):
                 return {"state": "missing", "why": f"{folder} has no {MARKER} (incomplete: killed or never finished)"}
+            work = work_dir(self.run_dir, name)
+            if work.exists() and any(work.iterdir()):
+                return {"state": "missing", "why": f"not finished (resumable state in {work})"}
             return {"state": "missing", "why": "never ran"}
         now = self.parts(name)
         if rec.get("fingerprint") != self.fingerprint(name):
