@@ -110,9 +110,7 @@ class _Rule:
         return rec if isinstance(rec, dict) else None
 
     def done(self, name: str) -> bool:
-        rec = self.recorded(name)
-        return bool(rec) and rec.get("fingerprint") == self.fingerprint(name) \
-            and all(p.exists() for p in output_paths(self.raw, self.run_dir, name))
+        return self.state(name)["state"] == "done"
 
     def state(self, name: str) -> dict:
         """{"state": done | stale | missing, "why": ...}."""
