@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError, check_config, load_config
 from .io import write_yaml
-from .runlock import run_lock
+from .runlock import launched_rank, run_lock
 from .stages import commands
 
 # views of the one registry (negrec.stages): subcommand -> (module, function, help)
@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "export-codebook":
             sp.add_argument("--verify", action="store_true", help="reload with numpy only and check every item's SID")
             sp.add_argument("--out", default=None, help="export folder (default: <run>/export)")
-        sp.add_argument("--config", "-c", default=None, help="YAML config (default: the embedded ML-100K defaults)")
+        sp.add_argument("--config", "-c", default=None,
+                        help="YAML config (default: the run folder's config.yaml when --run-dir has one, "
+                             "else the embedded ML-100K defaults)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set data.main_horizon=3 (repeatable)")
         sp.add_argument("--run-dir", default=None, help="run folder (default: runs/<run.name or config stem>)")
@@ -205,15 +207,18 @@ def _write_config(run_dir: Path, raw: dict) -> None:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 
 
-def read_only(args, run_dir: Path) -> bool:
+def read_only(args, raw: dict, run_dir: Path) -> bool:
     """Commands that only read the run folder: no lock, no config.yaml. `status`; `data stats` of a
-    prepared run; `report` of a run whose evaluation finished; `evaluate --predictions` (outside files)."""
+    prepared run; `report` when it is done (it then prints so and writes nothing);
+    `evaluate --predictions` (outside files)."""
     if args.command == "status":
         return True
     if args.command == "data" and args.action == "stats":
         return (run_dir / "data" / "_DONE").exists()
     if args.command == "report":
-        return (run_dir / "eval" / "metrics.json").exists()
+        from .contract import is_done
+
+        return is_done(raw, run_dir, "report")
     return args.command == "evaluate" and bool(args.predictions)
 
 
@@ -237,18 +242,12 @@ def _print_data_stats(run_dir: Path) -> None:
     print(format_stats(data_stats(prepared), prepared.horizons))
 
 
-def launched_rank() -> int:
-    """This process's rank under torchrun / accelerate launch / deepspeed (their RANK), else 0."""
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 def _run(args) -> int:
     import os
 
-    if args.command == "status" and not args.config and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
-        args.config = str(Path(args.run_dir) / "config.yaml")  # the run's own config: what its markers hash
+    if not args.config and args.run_dir and (Path(args.run_dir) / "config.yaml").exists():
+        # the run's own config: what its stages' fingerprints were made from (negrec.contract)
+        args.config = str(Path(args.run_dir) / "config.yaml")
     raw = load_config(args.config, args.overrides)
     notes = check_config(raw, SECTIONS_OF.get(args.command, []))
     if args.command != "pipeline":  # the pipeline shows its own notes
@@ -259,7 +258,7 @@ def _run(args) -> int:
     run_dir = resolve_run_dir(raw, args)
     command = COMMANDS[args.command]
     fn = getattr(importlib.import_module(command.module), command.func)
-    if read_only(args, run_dir):
+    if read_only(args, raw, run_dir):
         if args.command == "data":
             _print_data_stats(run_dir)
         else:

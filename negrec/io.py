@@ -22,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        kill_point("write")  # the new content complete, not yet in place
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -42,13 +43,35 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            kill_point("swap")  # the old folder moved aside, the new one not yet in place
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
+            kill_point("swap")
             os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Test hook for the interruption tests: with NEGREC_KILL_AT=<name>[:<n>] the process kills
+    itself (SIGKILL, as a power cut or the OOM killer would) the n-th time (default 1st) it
+    reaches point `name`. Without the variable it does nothing."""
+    spec = os.environ.get("NEGREC_KILL_AT")
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if _kill_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -114,16 +137,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def stage_done(out_dir: str | Path, cfg_hash: str) -> bool:
-    """True when `out_dir/_DONE` exists and records the same config hash."""
-    marker = Path(out_dir) / "_DONE"
-    return marker.exists() and marker.read_text().strip() == cfg_hash
-
-
-def mark_done(out_dir: str | Path, cfg_hash: str) -> None:
-    write_text(Path(out_dir) / "_DONE", cfg_hash + "\n")
 
 
 FULL_HASH_MAX = 64 << 20  # files below this size are hashed whole; larger ones by their first and last MiB

@@ -19,6 +19,12 @@ LOCK_NAME = ".lock"
 _held: dict[str, list] = {}  # resolved run folder -> [open file, depth]
 
 
+def launched_rank() -> int:
+    """This process's rank under torchrun / accelerate launch / deepspeed (their RANK), else 0:
+    the N ranks of one launch are one writer, rank 0."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 class RunLocked(ConfigError):
     """Another process writes into this run folder."""
 

@@ -2,8 +2,9 @@
 `negrec status` and the stage table of `docs/ARCHITECTURE.md` (checked by `tests/test_stages.py`)
 all read `STAGES`. Adding a stage is one `Stage(...)` entry here.
 
-A stage is what the pipeline runs and marks (`.pipeline/<name>.done`, `pipeline.skip`); a CLI
-subcommand (`command`) runs one or more stages (`negrec sft --task align|next`, `negrec grpo [--plain]`).
+A stage is what the pipeline runs (`pipeline.skip`, `force`, `stop_after`) and what the freshness
+rule of `negrec.contract` judges (its `_DONE` marker in `folder`); a CLI subcommand (`command`) runs
+one or more stages (`negrec sft --task align|next`, `negrec grpo [--plain]`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class Stage:
     kwargs: dict = field(default_factory=dict)  # what the pipeline passes (the CLI: from its flags)
     torch_free: bool = False    # never imports torch (no thread setup; runs where torch is absent)
     fingerprint: str = ""       # "module:function(raw) -> json-able": raw inputs outside the run folder
+    folder: str = ""            # the folder it writes, relative to the run folder ("{export}": export.out_dir,
+                                # ".": the run folder); shared by several stages -> marker _DONE.<name>
 
 
 STAGES: tuple[Stage, ...] = (
@@ -31,45 +34,45 @@ STAGES: tuple[Stage, ...] = (
           ("data",), (), ("data/interactions.parquet", "data/items.parquet", "data/cuts.parquet",
                           "data/data_config.json", "data/samples_train.parquet", "data/samples_valid.parquet",
                           "data/samples_test.parquet"),
-          torch_free=True, fingerprint="negrec.data:raw_inputs_fingerprint"),
+          torch_free=True, fingerprint="negrec.data:raw_inputs_fingerprint", folder="data"),
     Stage("encode", "encode", "negrec.encode", "run_encode", "item embeddings: text, collaborative, features, fused",
-          ("encode",), ("data",), ("encode/embeddings.npy", "encode/item_ids.npy", "encode/meta.json")),
+          ("encode",), ("data",), ("encode/embeddings.npy", "encode/item_ids.npy", "encode/meta.json"), folder="encode"),
     Stage("tokenize", "tokenize", "negrec.tokenizer", "run_tokenize",
           "quantize items into semantic IDs (RQ-VAE or RQ-KMeans) and build the SID tokenizer",
           ("tokenize",), ("encode",),
-          ("tokenize/sid_tokenizer", "tokenize/quantizer", "tokenize/raw_codes.npy", "tokenize/metrics.json")),
+          ("tokenize/sid_tokenizer", "tokenize/quantizer", "tokenize/raw_codes.npy", "tokenize/metrics.json"), folder="tokenize"),
     Stage("build-model", "build-model", "negrec.llm", "run_build_model",
           "load or build the LLM and extend its vocabulary with SID tokens",
-          ("model", "prompt"), ("tokenize",), ("model/config.json",)),
+          ("model", "prompt"), ("data", "tokenize"), ("model/config.json",), folder="model"),
     Stage("sft-align", "sft", "negrec.train", "run_sft", "item-level alignment SFT (--task align)",
           ("sft_align",), ("data", "build-model"), ("sft_align/final/config.json", "sft_align/summary.json"),
-          kwargs={"task": "align"}),
+          kwargs={"task": "align"}, folder="sft_align"),
     Stage("sft-next", "sft", "negrec.train", "run_sft", "next-negative SFT (--task next)",
           ("sft_next",), ("data", "build-model", "sft-align"), ("sft_next/final/config.json", "sft_next/summary.json"),
-          kwargs={"task": "next"}),
+          kwargs={"task": "next"}, folder="sft_next"),
     Stage("grpo", "grpo", "negrec.train", "run_grpo", "progressive GRPO with the future-negative rewards",
-          ("grpo", "rewards"), ("data", "sft-next"), ("grpo/final", "grpo/summary.json")),
+          ("grpo", "rewards"), ("data", "sft-next"), ("grpo/final", "grpo/summary.json"), folder="grpo"),
     Stage("grpo-plain", "grpo", "negrec.train", "run_grpo",
           "plain (non-progressive) GRPO into <run>/grpo_plain, the ablation (--plain)",
           ("grpo", "rewards"), ("data", "sft-next"), ("grpo_plain/final", "grpo_plain/summary.json"),
-          kwargs={"plain": True}),
+          kwargs={"plain": True}, folder="grpo_plain"),
     Stage("baselines", "baselines", "negrec.eval", "run_baselines", "fit and score the baselines",
-          ("baselines", "eval"), ("data", "encode"), ("eval/baselines_summary.json",)),
+          ("baselines", "eval"), ("data", "encode"), ("eval/baselines_summary.json",), folder="eval"),
     Stage("predict", "predict", "negrec.eval", "run_predict",
           "write predictions.parquet and targets.parquet for the test users",
           ("eval", "prompt"), ("data", "tokenize", "sft-next", "grpo", "grpo-plain"),
           # predictions.parquet only when a policy exists
-          ("eval/targets.parquet", "eval/predict_summary.json")),
+          ("eval/targets.parquet", "eval/predict_summary.json"), folder="eval"),
     Stage("evaluate", "evaluate", "negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet",
           ("eval",), ("data", "predict", "baselines"), ("eval/metrics.json", "eval/results_table.txt"),
-          torch_free=True),
+          torch_free=True, folder="eval"),
     Stage("filter", "filter", "negrec.eval", "run_filter", "the predicted-dislike filter and its removal curve",
-          ("filter", "eval"), ("data", "tokenize", "predict"), ("filter/curve.json",), torch_free=True),
+          ("filter", "eval"), ("data", "tokenize", "predict"), ("filter/curve.json",), torch_free=True, folder="filter"),
     Stage("export", "export-codebook", "negrec.tokenizer", "run_export",
           "export codebooks, SID tables, trie and manifest for serving",
-          ("export",), ("data", "tokenize"), ("{export}/manifest.json",), torch_free=True),
+          ("export",), ("data", "tokenize"), ("{export}/manifest.json",), torch_free=True, folder="{export}"),
     Stage("report", "report", "negrec.eval", "run_report", "report.md and plots in the run folder",
-          ("report", "eval"), ("evaluate", "filter", "grpo", "tokenize"), ("report.md",), torch_free=True),
+          ("report", "eval"), ("evaluate", "filter", "grpo", "tokenize"), ("report.md",), torch_free=True, folder="."),
 )
 
 

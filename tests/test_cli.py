@@ -70,6 +70,7 @@ def small_sid_run(tmp_path_factory):
 
     import numpy as np
 
+    from negrec.contract import mark_done
     from negrec.tokenizer import run_tokenize
 
     run_dir = tmp_path_factory.mktemp("cli_sid_run")
@@ -81,8 +82,10 @@ def small_sid_run(tmp_path_factory):
     np.save(enc / "embeddings.npy", x)
     np.save(enc / "item_ids.npy", ids)
     (enc / "meta.json").write_text(json.dumps({"n_items": 300, "dim": 16}))
-    raw = {"_source": "test", "tokenize": {"method": "rqkmeans", "levels": 2, "codebook_size": 16,
-                                           "kmeans_iters": 10, "collision": "extra_level"}}
+    raw = {"tokenize": {"method": "rqkmeans", "levels": 2, "codebook_size": 16, "kmeans_iters": 10,
+                        "collision": "extra_level"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))  # what the CLI reads by default
+    mark_done(raw, run_dir, "encode")  # assembled by hand: marked as the stage would have
     run_tokenize(raw, run_dir)
     return run_dir
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from negrec.config import load_config
-from negrec.pipeline import STAGES, run_pipeline
+from negrec.pipeline import STAGES, run_pipeline, stage_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,29 +55,34 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
 
     again = run_pipeline(raw, run_dir)  # nothing changed: every stage is up to date
     assert all(v["status"] == "up to date" for k, v in again.items() if k != "table")
+    # one rule: `negrec status` agrees, from the stages' own markers (no pipeline markers)
+    assert {st["state"] for st in stage_states(raw, run_dir).values()} == {"done"}
+    assert not (run_dir / ".pipeline").exists()
     changed = run_pipeline(load_config(str(ROOT / "configs" / "kuairand.yaml"),
                                        [f"data.path={kuairand_dir}", *TINY, "filter.k=3"]), run_dir)
     assert changed["filter"]["status"] == "ran" and changed["evaluate"]["status"] == "up to date"
 
 
-# ---- skip logic, fast: the stage functions are stand-ins that write the stage's key outputs ----
+# ---- skip logic, fast: the stage functions are stand-ins that write the stage's key outputs and marker ----
 def _fake_stages(monkeypatch, calls):
     import sys
     import types
 
     import negrec.pipeline as pl
+    from negrec import contract
 
     mod = types.ModuleType("_negrec_fake_stages")
 
     def make(name):
         def fn(raw, run_dir, **kwargs):
             calls.append(name)
-            for p in pl.stage_outputs(name, raw, run_dir):
+            for p in contract.output_paths(raw, run_dir, name):
                 if p.suffix:  # a file
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_text("x")
                 else:
                     p.mkdir(parents=True, exist_ok=True)
+            contract.mark_done(raw, run_dir, name)
             return {}
         return fn
 
@@ -90,15 +95,16 @@ def _fake_stages(monkeypatch, calls):
     monkeypatch.setattr(pl, "STAGES", fake)
 
 
-def test_every_stage_declares_outputs():
-    from negrec.pipeline import STAGE_OUTPUTS
+def test_every_stage_declares_outputs_and_a_folder():
+    from negrec.stages import STAGES as REGISTRY
 
-    assert set(STAGE_OUTPUTS) == {n for n, *_ in STAGES}
-    assert all(STAGE_OUTPUTS[n] for n in STAGE_OUTPUTS)
+    assert all(s.outputs and s.folder for s in REGISTRY)
 
 
 def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
     import shutil
+
+    import negrec.pipeline as pl
 
     calls: list[str] = []
     _fake_stages(monkeypatch, calls)
@@ -114,16 +120,18 @@ def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
     again = run_pipeline(raw, run_dir)
     assert calls == [] and all(again[n]["status"] == "up to date" for n in names)
 
-    # a deleted output folder: the marker still matches, but the stage runs again, and so does
-    # every later stage (their inputs may have changed; their own checks decide)
+    # a deleted output folder (marker and all): the stage runs again; the later stages see the
+    # same input fingerprint again once it has, so the rule leaves them done
     shutil.rmtree(run_dir / "tokenize")
+    assert pl.stage_states(raw, run_dir)["build-model"]["state"] == "stale"  # until tokenize is back
     calls.clear()
     out = run_pipeline(raw, run_dir)
-    assert calls == names[names.index("tokenize"):]
+    assert calls == ["tokenize"]
     assert out["encode"]["status"] == "up to date" and out["tokenize"]["status"] == "ran"
-    assert "[tokenize] outputs missing" in capsys.readouterr().out
+    assert "[tokenize] running (missing: never ran)" in capsys.readouterr().out
 
-    # one key file gone (the last stage's), and the export in its configured folder
+    # one key file gone (the last stage's) while its marker still matches, and the export in its
+    # configured folder
     (run_dir / "report.md").unlink()
     calls.clear()
     run_pipeline(raw, run_dir)
@@ -131,7 +139,12 @@ def test_skip_requires_outputs_to_exist(tmp_path, monkeypatch, capsys):
     shutil.rmtree(tmp_path / "served")
     calls.clear()
     run_pipeline(raw, run_dir)
-    assert calls == ["export", "report"]
+    assert calls == ["export"]
+
+    # pipeline.force reruns a done stage (and only it: its result has the same fingerprint)
+    calls.clear()
+    run_pipeline({**raw, "pipeline": {"force": ["encode"]}}, run_dir)
+    assert calls == ["encode"]
 
     calls.clear()
     assert all(v["status"] == "up to date" for k, v in run_pipeline(raw, run_dir).items() if k != "table")

@@ -12,8 +12,7 @@ from ..config import section_config, to_dict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import (atomic_path, config_hash, inputs_fingerprint, mark_done, read_json, stage_done, write_json,
-                  write_parquet)
+from ..io import atomic_path, inputs_fingerprint, read_json, write_json, write_parquet
 from .implicit import SkipRule
 from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
                       recbole_ml100k_path)
@@ -507,17 +506,19 @@ def raw_inputs_fingerprint(raw: dict) -> dict:
 
 
 def run_prepare(raw: dict, run_dir) -> dict:
-    """CLI/pipeline entry: prepare into run_dir/data unless it is up to date (the data config and
-    the raw input files' sizes, mtimes and content hashes unchanged); print the statistics."""
-    cfg = section_config(DataConfig, raw, "data")
+    """CLI/pipeline entry: prepare into run_dir/data unless it is done by the stage contract
+    (`negrec.contract`: the data config and the raw input files' sizes, mtimes and content hashes
+    unchanged); print the statistics. The folder is written beside and swapped in whole."""
+    from ..contract import stage_folder, up_to_date
+
     out = Path(run_dir) / "data"
-    h = config_hash([to_dict(cfg), inputs_of(cfg)])
-    if stage_done(out, h):
+    if up_to_date(raw, run_dir, "data"):
         prepared = Prepared.load(out)
+        stats = read_json(out / "stats.json") if (out / "stats.json").exists() else data_stats(prepared)
     else:
-        prepared = prepare_data(cfg, out)
-        mark_done(out, h)
-    stats = data_stats(prepared)
-    write_json(out / "stats.json", stats)
+        with stage_folder(raw, run_dir, "data") as tmp:
+            prepared = prepare_data(section_config(DataConfig, raw, "data"), tmp)
+            stats = data_stats(prepared)
+            write_json(tmp / "stats.json", stats)
     print(format_stats(stats, prepared.horizons))
     return stats

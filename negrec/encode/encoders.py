@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from negrec.config import section_config, to_dict
-from negrec.io import atomic_path, config_hash, mark_done, read_json, stage_done, write_json
+from negrec.io import atomic_path, read_json, write_json
 from negrec.encode.config import PACKAGED_MINILM, EncodeConfig
 from negrec.runtime import resolve_device
 
@@ -171,26 +171,23 @@ def run_encode(raw: dict, run_dir) -> dict:
     """`negrec encode`: read run_dir/data, write run_dir/encode/{embeddings.npy, item_ids.npy, meta.json}."""
     from negrec.data import Prepared
 
+    from negrec.contract import stage_folder, up_to_date
+
     cfg = section_config(EncodeConfig, raw, "encode")
     run_dir = Path(run_dir)
     out = run_dir / "encode"
-    h = config_hash({"encode": to_dict(cfg), "data": raw.get("data")})
-    if stage_done(out, h):
-        print(f"[encode] up to date: {out}")
+    if up_to_date(raw, run_dir, "encode"):
         return read_json(out / "meta.json")
     t0 = time.time()
     prep = Prepared.load(run_dir / "data")
     interactions = prep.fit_log(cfg.collab_split) if cfg.collab_weight > 0 else None
     emb, meta = encode_items(cfg, prep.items, interactions)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_DONE").unlink(missing_ok=True)  # outputs are about to change: never leave a stale marker
-    for name, arr in (("embeddings.npy", emb), ("item_ids.npy", prep.items["item_id"].to_numpy(np.int64))):
-        with atomic_path(out / name) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
     meta.update({"config": to_dict(cfg), "seconds": round(time.time() - t0, 2)})
-    write_json(out / "meta.json", meta)
-    mark_done(out, h)
+    with stage_folder(raw, run_dir, "encode") as tmp:
+        for name, arr in (("embeddings.npy", emb), ("item_ids.npy", prep.items["item_id"].to_numpy(np.int64))):
+            with open(tmp / name, "wb") as f:
+                np.save(f, arr)
+        write_json(tmp / "meta.json", meta)
     dims = ", ".join(f"{k} {v['dim']}d x{meta['weights'][k]}" for k, v in meta["parts"].items())
     print(f"[encode] {meta['n_items']} items -> {meta['dim']}-d fused vectors ({dims}) in {meta['seconds']}s -> {out}")
     return meta

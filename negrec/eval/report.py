@@ -205,10 +205,19 @@ def _comparison_sections(ev: Path) -> list[str]:
 
 
 def run_report(raw: dict, run_dir) -> dict:
+    from ..contract import shared_stage_files, up_to_date
+
+    run_dir = Path(run_dir)
+    if up_to_date(raw, run_dir, "report"):
+        return {"report": str(run_dir / "report.md")}
+    with shared_stage_files(raw, run_dir, "report"):
+        return _report(raw, run_dir)
+
+
+def _report(raw: dict, run_dir: Path) -> dict:
     from ..data import Prepared
     from .run import EvalConfig
 
-    run_dir = Path(run_dir)
     cfg = section_config(ReportConfig, raw, "report")
     ecfg = section_config(EvalConfig, raw, "eval")
     mcfg = ecfg.metrics

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
+from ..contract import shared_stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import read_json, write_json, write_parquet, write_text
@@ -156,17 +157,27 @@ def run_predict(raw: dict, run_dir) -> dict:
     """predictions.parquet for every trained policy (the last one is the main method) + targets.parquet.
 
     Under a launcher with N processes (`accelerate launch`, `torchrun`) the users are split over the
-    processes (`negrec.eval.data_parallel`) and rank 0 alone writes."""
-    from ..llm import PromptConfig
+    processes (`negrec.eval.data_parallel`) and rank 0 alone writes, the stage's marker included."""
     from .data_parallel import current_shard
 
     run_dir = Path(run_dir)
+    out = run_dir / "eval"
+    if up_to_date(raw, run_dir, "predict"):
+        return read_json(out / "predict_summary.json")
+    shard = current_shard()
+    if shard is not None and not shard.is_main:  # ranks its share of the users; writes nothing
+        return _predict(raw, run_dir, out, shard)
+    with shared_stage_files(raw, run_dir, "predict"):
+        return _predict(raw, run_dir, out, shard)
+
+
+def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
+    from ..llm import PromptConfig
+
     cfg = section_config(EvalConfig, raw, "eval")
     prompt_cfg = section_config(PromptConfig, raw, "prompt")
-    shard = current_shard()
     writes = shard is None or shard.is_main
     prepared, samples, cands = _eval_rows(run_dir, cfg)
-    out = run_dir / "eval"
     if writes:
         write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
     done = {}
@@ -199,9 +210,16 @@ def run_predict(raw: dict, run_dir) -> dict:
 # ---------------------------------------------------------------- baselines
 def run_baselines(raw: dict, run_dir) -> dict:
     """Fit each baseline on the data before the cuts it serves; write its predictions."""
+    run_dir = Path(run_dir)
+    if up_to_date(raw, run_dir, "baselines"):
+        return read_json(run_dir / "eval" / "baselines_summary.json")
+    with shared_stage_files(raw, run_dir, "baselines"):
+        return _baselines(raw, run_dir)
+
+
+def _baselines(raw: dict, run_dir: Path) -> dict:
     from .baselines import make_baselines
 
-    run_dir = Path(run_dir)
     cfg = section_config(BaselinesConfig, raw, "baselines")
     ecfg = section_config(EvalConfig, raw, "eval")
     prepared, samples, cands = _eval_rows(run_dir, ecfg)
@@ -402,6 +420,16 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
     writes eval/paired.json (paired differences) and eval/slices.json (by history length and
     negative ratio)."""
     run_dir = Path(run_dir)
+    if predictions:  # an outside file: scored as asked, the run's stage untouched
+        return _evaluate(raw, run_dir, predictions, targets, log)
+    if up_to_date(raw, run_dir, "evaluate"):
+        ev = run_dir / "eval"
+        return {"metrics": read_json(ev / "metrics.json"), "table": (ev / "results_table.txt").read_text().rstrip("\n")}
+    with shared_stage_files(raw, run_dir, "evaluate"):
+        return _evaluate(raw, run_dir, predictions, targets, log)
+
+
+def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     cfg = section_config(EvalConfig, raw, "eval")
     ev = run_dir / "eval"
     id_maps = load_id_maps(_log_path(run_dir, log).parent)  # an outside file names ids as the log did
@@ -493,6 +521,8 @@ def run_filter(raw: dict, run_dir) -> dict:
     from ..tokenizer import SemanticIdTokenizer
 
     run_dir = Path(run_dir)
+    if up_to_date(raw, run_dir, "filter"):
+        return read_json(run_dir / "filter" / "curve.json")
     cfg = section_config(FilterConfig, raw, "filter")
     ecfg = section_config(EvalConfig, raw, "eval")
     ev = run_dir / "eval"
@@ -508,7 +538,8 @@ def run_filter(raw: dict, run_dir) -> dict:
     emb = ItemEmbeddings.from_sid_tokenizer(SemanticIdTokenizer.from_pretrained(run_dir / "tokenize" / "sid_tokenizer"))
     curve = filter_curve(emb, ItemSets.from_dense(ranked), ItemSets.from_lists(samples[f"future_neg_h{h}"]),
                          ItemSets.from_lists(samples[f"future_pos_h{h}"]), cfg.thetas)
-    write_json(run_dir / "filter" / "curve.json", {"method": method, "k": cfg.k, "horizon": h, "curve": curve})
+    with stage_folder(raw, run_dir, "filter") as tmp:
+        write_json(tmp / "curve.json", {"method": method, "k": cfg.k, "horizon": h, "curve": curve})
     print(f"[filter] {method}, top-{cfg.k} predicted dislikes, H={h}: theta -> negatives removed / positives removed")
     for r in curve:
         print(f"  {r['theta']:.2f}  {r['neg_removed'] or 0:.3f} / {r['pos_removed'] or 0:.3f}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from negrec.io import atomic_dir, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
+from negrec.io import atomic_dir, read_json, write_json
 from negrec.llm.peft import PeftSettings, attach_adapter, is_peft_model, save_peft_model, unmerged_adapter
 from negrec.llm.prompts import item_label
 from negrec.runtime import resolve_device
@@ -329,6 +329,7 @@ def _genre_words(items) -> list[str]:
 def run_build_model(raw: dict, run_dir) -> dict:
     """Stage `build-model`: run_dir/data + run_dir/tokenize/sid_tokenizer -> run_dir/model/."""
     from negrec.config import section_config, to_dict
+    from negrec.contract import stage_folder, up_to_date
     from negrec.data import Prepared
     from negrec.llm.prompts import PromptBuilder, PromptConfig
     from negrec.tokenizer import SemanticIdTokenizer
@@ -336,23 +337,21 @@ def run_build_model(raw: dict, run_dir) -> dict:
     run_dir = Path(run_dir)
     cfg = section_config(ModelConfig, raw, "model")
     pcfg = section_config(PromptConfig, raw, "prompt")
+    out = run_dir / "model"
+    if up_to_date(raw, run_dir, "build-model"):
+        return read_json(out / "negrec_model.json")
     sid_dir = run_dir / "tokenize" / "sid_tokenizer"
     if not sid_dir.exists():
         raise FileNotFoundError(f"{sid_dir}: missing; run `negrec tokenize` first")
-    out = run_dir / "model"
     built = {k: v for k, v in to_dict(cfg).items() if k != "peft"}  # peft shapes training, not the built model
-    key = config_hash({"model": built, "prompt": to_dict(pcfg), "sid": file_sha256(sid_dir / "sid_tables.safetensors")})
-    if stage_done(out, key):
-        print(f"[build-model] up to date: {out}")
-        return read_json(out / "negrec_model.json")
     t0 = time.time()
     sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir)
     items = Prepared.load(run_dir / "data").items
     templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
     model, hf_tok, info = build_policy(cfg, sid_tok, items, templates)
     info.update({"seconds": round(time.time() - t0, 1), "config": built})
-    save_policy(model, hf_tok, sid_tok, out, extra=info)
-    mark_done(out, key)
+    with stage_folder(raw, run_dir, "build-model") as tmp:
+        save_policy(model, hf_tok, sid_tok, tmp, extra=info)
     print(f"[build-model] {cfg.source} ({info['params'] / 1e6:.2f}M params), vocab {info['text_vocab']} text + "
           f"{info['sid_tokens_added']} SID tokens ({cfg.sid_init} init) -> {out}")
     return info

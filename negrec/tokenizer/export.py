@@ -129,12 +129,38 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
 
 
 def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
-    """Export run_dir/tokenize (+ run_dir/encode embeddings) for serving; optionally verify it."""
-    from negrec.config import section_config, to_dict
-    from negrec.encode import load_encoded
+    """Export run_dir/tokenize (+ run_dir/encode embeddings) for serving, unless done by the stage
+    contract; optionally verify it."""
+    from negrec.config import section_config
+    from negrec.contract import stage_dir, stage_folder, up_to_date
 
     cfg = section_config(ExportConfig, raw, "export")
     run_dir = Path(run_dir)
+    if out_dir:  # --out: the stage's folder for this call (its marker goes there)
+        raw = {**raw, "export": {**(raw.get("export") or {}), "out_dir": str(out_dir)}}
+        cfg = section_config(ExportConfig, raw, "export")
+    out = stage_dir(raw, run_dir, "export")
+    summary = {"out_dir": str(out)}
+    if up_to_date(raw, run_dir, "export"):
+        manifest = read_json(out / MANIFEST)
+    else:
+        with stage_folder(raw, run_dir, "export") as tmp:
+            manifest = _export(cfg, run_dir, tmp)
+        print(f"[export] {manifest['num_items']} items, {manifest['levels']} levels {manifest['codebook_sizes']}, "
+              f"{len(manifest['files'])} files -> {out}")
+    summary.update({"files": len(manifest["files"]), "num_items": manifest["num_items"]})
+    if (out / "item_id_map.parquet").exists():
+        summary["item_id_map"] = str(out / "item_id_map.parquet")
+    if verify:
+        summary["verify"] = verify_export(out)
+    return summary
+
+
+def _export(cfg: ExportConfig, run_dir: Path, out: Path) -> dict:
+    """Write the export of run_dir/tokenize and run_dir/encode into `out`; returns the manifest."""
+    from negrec.config import to_dict
+    from negrec.encode import load_encoded
+
     tdir = run_dir / "tokenize"
     for p in (tdir / "sid_tokenizer", tdir / "quantizer", tdir / "raw_codes.npy", tdir / "metrics.json"):
         if not p.exists():
@@ -146,21 +172,14 @@ def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
     if not np.array_equal(raw_table[:, 0], tok.item_ids) or not np.array_equal(item_ids, tok.item_ids):
         raise ValueError(f"{tdir}: item order differs between sid_tokenizer, raw_codes.npy and encode/; re-run tokenize")
     metrics = read_json(tdir / "metrics.json")
-    out = Path(out_dir or cfg.out_dir or run_dir / "export")
     source = {"run_dir": str(run_dir.resolve()), "tokenize_config": metrics.get("config"),
               "tokenize_metrics": {k: metrics.get(k) for k in ("recon_mse", "collision_rate", "unique_fraction",
                                                                 "items_needing_collision_handling")},
               "export_config": to_dict(cfg)}
     manifest = write_export(out, tok, quantizer, raw_table[:, 1:], emb, metrics.get("collision", "extra_level"), source, cfg)
-    print(f"[export] {manifest['num_items']} items, {manifest['levels']} levels {manifest['codebook_sizes']}, "
-          f"{len(manifest['files'])} files -> {out}")
-    summary = {"out_dir": str(out), "files": len(manifest["files"]), "num_items": manifest["num_items"]}
     id_map = run_dir / "data" / "id_map_items.parquet"  # the log's own item ids, where the run mapped them
     if id_map.exists():
         import shutil
 
         shutil.copyfile(id_map, out / "item_id_map.parquet")
-        summary["item_id_map"] = str(out / "item_id_map.parquet")
-    if verify:
-        summary["verify"] = verify_export(out)
-    return summary
+    return manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from negrec.config import section_config, to_dict
-from negrec.io import atomic_path, config_hash, file_sha256, mark_done, read_json, stage_done, write_json
+from negrec.io import read_json, write_json
 from negrec.rqvae.metrics import codebook_metrics, format_metrics
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 from negrec.rqvae.quantize import fit_quantizer, unique_sids
@@ -65,29 +65,28 @@ def run_tokenize(raw: dict, run_dir) -> dict:
     """Read run_dir/encode, write run_dir/tokenize/{sid_tokenizer/, quantizer/, raw_codes.npy, metrics.json}."""
     from negrec.encode import load_encoded
 
+    from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
+
     cfg = section_config(TokenizeConfig, raw, "tokenize")
     run_dir = Path(run_dir)
     out = run_dir / "tokenize"
-    item_ids, x, _ = load_encoded(run_dir)
-    key = config_hash({"tokenize": to_dict(cfg), "encode": file_sha256(run_dir / "encode" / "embeddings.npy")})
-    if stage_done(out, key):
-        print(f"[tokenize] up to date: {out}")
+    if up_to_date(raw, run_dir, "tokenize"):
         return read_json(out / "metrics.json")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_DONE").unlink(missing_ok=True)  # outputs are about to change: never leave a stale marker
+    item_ids, x, _ = load_encoded(run_dir)
+    work = work_dir(run_dir, "tokenize")  # the RQ-VAE checkpoint: outside the folder that is swapped
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    res = tokenize_items(cfg, item_ids, x, checkpoint=out / "checkpoint.pt", tb_dir=run_dir / "tb" / "tokenize",
-                         resume_key=key)
+    res = tokenize_items(cfg, item_ids, x, checkpoint=work / "checkpoint.pt", tb_dir=run_dir / "tb" / "tokenize",
+                         resume_key=fingerprint(raw, run_dir, "tokenize"))
     metrics = res.metrics
-    res.tokenizer.save_pretrained(out / "sid_tokenizer")
-    res.quantizer.save(out / "quantizer")
-    with atomic_path(out / "raw_codes.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate([item_ids[:, None], res.raw_codes], axis=1))
     metrics["seconds"] = round(time.time() - t0, 2)
     metrics["config"] = to_dict(cfg)
-    write_json(out / "metrics.json", metrics)
-    mark_done(out, key)
+    with stage_folder(raw, run_dir, "tokenize") as tmp:
+        res.tokenizer.save_pretrained(tmp / "sid_tokenizer")
+        res.quantizer.save(tmp / "quantizer")
+        with open(tmp / "raw_codes.npy", "wb") as f:
+            np.save(f, np.concatenate([item_ids[:, None], res.raw_codes], axis=1))
+        write_json(tmp / "metrics.json", metrics)
     print(f"[tokenize] {cfg.method} {cfg.levels}x{cfg.codebook_size}, collisions by {cfg.collision}: "
           f"{metrics['items_needing_collision_handling']} items needed it; final SID levels {metrics['final_codebook_sizes']}")
     print(format_metrics(metrics))

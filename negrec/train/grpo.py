@@ -8,7 +8,7 @@ its mean reward plateaus ("dynamic balance"); `progressive: false` runs plain GR
 stage's context for the same total number of steps.
 
 Design (resume-safe): one `SidGRPOTrainer` per stage. The driver `train_progressive_grpo` is a
-loop over three named steps: `ProgressStore` (`grpo/progress.json`, written atomically, records
+loop over three named steps: `ProgressStore` (`.work/grpo/progress.json`, written atomically, records
 the finished stages and the last *committed* checkpoint of the running stage; a checkpoint folder
 only counts once progress.json names it, so a kill during a save resumes from the previous one),
 `run_stage` (build the stage's trainer, train, save its final model with `negrec.io.atomic_dir`,
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from negrec.config import section_config, to_dict
-from negrec.io import atomic_dir, config_hash, mark_done, read_json, read_jsonl, stage_done, write_json, write_text
+from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
+from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       main_print, reports_to, stable_view)
+                                       main_print, reports_to, stable_view, train_or_take)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
@@ -335,7 +336,7 @@ def run_stage(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_
     main_print(f"[grpo] stage {i} {stage.name!r}: context_mix={stage.context_mix} "
                f"neg_window_days={stage.neg_window_days} beta={stage.beta} steps={budget}"
                + (f" (resuming from {resume.name})" if resume else ""))
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_or_take(trainer, str(resume) if resume else None)
     steps = trainer.state.global_step
     if stopper is not None and stopper.fired:  # the simulated kill: the checkpoint is committed
         return {"stopped_at": step_offset + steps}
@@ -555,13 +556,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     reward_cfg = section_config(RewardConfig, raw, "rewards")
     prompt_cfg = section_config(PromptConfig, raw, "prompt")
     name = "grpo_plain" if plain else "grpo"
+    stage = "grpo-plain" if plain else "grpo"  # the stage (negrec.stages)
     out_dir = run_dir / name
-    sft_dir = find_sft_policy(run_dir, cfg.policy)
-    h = config_hash({"grpo": hash_view(cfg), "rewards": to_dict(reward_cfg), "prompt": to_dict(prompt_cfg),
-                     "policy": policy_stamp(sft_dir), **({"peft": to_dict(peft)} if peft.enabled else {})})
-    if stage_done(out_dir, h) and (out_dir / "summary.json").exists():
-        main_print(f"[grpo] {out_dir} is up to date")
+    if up_to_date(raw, run_dir, stage):
         return read_json(out_dir / "summary.json")
+    sft_dir = find_sft_policy(run_dir, cfg.policy)
 
     from transformers import AutoTokenizer
 
@@ -572,18 +571,25 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     rows = training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed)
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
+    # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
+    work = work_dir(run_dir, stage)
     summary = train_progressive_grpo(
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
-        out_dir=out_dir, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps, run_key=h, peft=peft)
+        out_dir=work, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps,
+        run_key=fingerprint(raw, run_dir, stage), peft=peft)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
-                    "rewards": dict(zip(rewards.names, rewards.weights))})
+                    "rewards": dict(zip(rewards.names, rewards.weights)),
+                    "final_model": str(out_dir / "final"), "log": str(out_dir / "log.jsonl")})
     if is_main_process():
-        write_json(out_dir / "summary.json", summary)
-        mark_done(out_dir, h)
+        with stage_folder(raw, run_dir, stage) as tmp:
+            copy_tree(work / "final", tmp / "final")  # links: the work folder stays whole until the swap
+            if (work / "log.jsonl").exists():
+                shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
+            write_json(tmp / "summary.json", summary)
         _print_summary(summary)
     return summary
 

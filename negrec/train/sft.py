@@ -26,17 +26,16 @@ from pathlib import Path
 import torch
 
 from negrec.config import section_config, to_dict
-from negrec.io import config_hash, mark_done, read_json, stage_done, write_json
+from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
+from negrec.io import read_json, write_json
 from negrec.llm.evaluation import alignment_accuracy
 from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
-                                       is_main_process, main_print, reports_to, stable_view)
+                                       is_main_process, main_print, reports_to, train_or_take)
 
-# fields added after runs were made: left out of the stage hash while at these defaults
-_NEW_FIELDS = {"trainer": {}, "deepspeed": None, "align_weight": 0.0}
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
 
@@ -106,7 +105,7 @@ class SFTStageConfig:
 
 
 # ---- timeline training ------------------------------------------------------------------
-def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key: str, init: str, t0: float) -> dict:
+def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float) -> dict:
     """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
     from negrec.llm.prompts import CompactCodec
     from negrec.train.timeline import (example_windows, timeline_windows, train_timeline, training_log,
@@ -134,9 +133,11 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
                                                      cfg.item_repeats, cfg.seed), hf_tok, cfg.align_weight)
         main_print(f"[sft_next] + {len(aligned)} alignment examples ({sum(len(w) for w, _ in aligned)} tokens, "
                    f"tasks {cfg.tasks}, weight {cfg.align_weight})")
-    out.mkdir(parents=True, exist_ok=True)
+    work = work_dir(run_dir, "sft-next")  # the checkpoint: outside the folder that is swapped
+    work.mkdir(parents=True, exist_ok=True)
     fit = train_timeline(model, hf_tok, sid_tok, windows + aligned, val, builder, cfg, horizon,
-                         ckpt_path=out / "timeline_checkpoint.pt", resume_key=key, tb_dir=run_dir / "tb" / "sft_next")
+                         ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
+                         tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
                "alignment_examples": len(aligned),
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
@@ -147,10 +148,10 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, key
         _print_alignment(summary["alignment"])
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
-        save_policy(model, hf_tok, sid_tok, out / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
-        write_json(out / "summary.json", summary)
-        mark_done(out, key)
-        (out / "timeline_checkpoint.pt").unlink(missing_ok=True)
+        with stage_folder(raw, run_dir, "sft-next") as tmp:
+            save_policy(model, hf_tok, sid_tok, tmp / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
+            write_json(tmp / "summary.json", summary)
+        (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
     main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
                f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
@@ -252,7 +253,7 @@ def train_sft(model, hf_tok, examples: list[dict], cfg: SFTStageConfig, out_dir:
         main_print(f"[sft] resuming from {last}")
         if (Path(last) / TOKEN_ROWS_FILE).exists():
             load_token_rows(model, torch.load(Path(last) / TOKEN_ROWS_FILE))
-    trainer.train(resume_from_checkpoint=last)  # the TensorBoard callback closes (flushes) its writer at the end
+    train_or_take(trainer, last)  # the TensorBoard callback closes (flushes) its writer at the end
     return trainer
 
 
@@ -277,16 +278,9 @@ def _loss_curve(trainer) -> list[float]:
     return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
 
 
-def _done_marker(model_dir: Path) -> str:
-    """The config hash the stage that wrote `model_dir` recorded (so a rebuilt model invalidates SFT)."""
-    for marker in (model_dir / "_DONE", model_dir.parent / "_DONE"):
-        if marker.exists():
-            return marker.read_text().strip()
-    return ""
-
-
 def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
-    """Stage `sft --task align|next`: writes run_dir/sft_<task>/{checkpoints/, final/, summary.json}."""
+    """Stage `sft --task align|next`: writes run_dir/sft_<task>/{final/, summary.json}; Trainer
+    checkpoints go to run_dir/.work/sft-<task>/checkpoints (outside the folder that is swapped)."""
     from negrec.data import Prepared
 
     if task not in ("align", "next"):
@@ -302,16 +296,16 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     else:
         init = run_dir / "model"
     peft = section_config(ModelConfig, raw, "model").peft
-    key = config_hash({"sft": stable_view(cfg, _NEW_FIELDS), "prompt": to_dict(pcfg), "task": task, "init": str(init),
-                       "init_done": _done_marker(init), **({"peft": to_dict(peft)} if peft.enabled else {})})
-    if stage_done(out, key) and (out / "final" / "config.json").exists():
-        main_print(f"[sft_{task}] up to date: {out}")
+    name = f"sft-{task}"  # the stage (negrec.stages)
+    if up_to_date(raw, run_dir, name):
         return read_json(out / "summary.json")
     t0 = time.time()
     data = Prepared.load(run_dir / "data")
     tb_dir = run_dir / "tb" / f"sft_{task}"
+    # checkpoints in <run>/.work/sft-<task>/checkpoints: outside the folder that is swapped
+    work = work_dir(run_dir, name)
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
-    trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, out, tb_dir)
+    trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir)
     model, hf_tok, sid_tok = load_policy(init)
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
@@ -319,7 +313,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         main_print(f"[sft_{task}] PEFT {peft.mode}: {t['trainable_params']:,} of {t['all_params']:,} parameters train")
     builder = PromptBuilder(pcfg, sid_tok, data.items, hf_tok)
     if task == "next" and cfg.mode == "timeline":
-        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, key, str(init), t0)
+        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0)
     if task == "align":
         examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
     else:
@@ -330,7 +324,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         raise ValueError(f"sft_{task}: no training examples (check the items' titles / the train samples' F_H)")
     counts = dict(Counter(e["task"] for e in examples))
     main_print(f"[sft_{task}] {len(examples)} examples {counts} from {init}")
-    trainer = train_sft(model, hf_tok, examples, cfg, out, tb_dir=tb_dir, resume_key=key, trainer_args=trainer_args)
+    trainer = train_sft(model, hf_tok, examples, cfg, work, tb_dir=tb_dir, resume_key=fingerprint(raw, run_dir, name),
+                        trainer_args=trainer_args)
     model = trainer.model
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
@@ -345,9 +340,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
             info = {"stage": f"sft_{task}", "steps": summary["steps"], "base_model": str(init), "config": to_dict(cfg),
                     "data": {"examples": len(examples), **counts}, "metrics": _card_metrics(summary),
                     **({"peft": to_dict(peft)} if peft.enabled else {})}
-            save_policy(model, hf_tok, sid_tok, out / "final", extra=info)
-            write_json(out / "summary.json", summary)
-            mark_done(out, key)
+            with stage_folder(raw, run_dir, name) as tmp:
+                save_policy(model, hf_tok, sid_tok, tmp / "final", extra=info)
+                write_json(tmp / "summary.json", summary)
     _print_sft(task, summary, out)
     return summary
 

@@ -10,6 +10,7 @@
 - `main_print(...)`: print on rank 0 only (N ranks would print every line N times).
 - `full_weights(model)`: under DeepSpeed ZeRO-3 every rank enters it and each holds the whole
   weights inside (a save on rank 0 writes them, not its shard); elsewhere it does nothing.
+- `train_or_take(trainer, checkpoint)`: resume training, or take a checkpoint that ended it as it is.
 - `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
   while they hold their defaults, so adding a field does not invalidate finished stages.
 """
@@ -42,16 +43,17 @@ def main_print(*args, **kwargs) -> None:
 
 
 @contextlib.contextmanager
-def full_weights(model):
+def full_weights(model, writable: bool = False):
     """ZeRO-3 partitions every parameter over the ranks (`ds_id` marks one): gather them for the
-    block, read-only. A collective: every rank must enter. Without ZeRO-3 a no-op."""
+    block, read-only (`writable`: rank 0's values are partitioned back on exit). A collective:
+    every rank must enter. Without ZeRO-3 a no-op."""
     partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
     if not partitioned:
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0 if writable else None):
         yield
 
 
@@ -118,5 +120,28 @@ def stable_view(cfg, defaults: dict) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if not (k in defaults and v == defaults[k])}
 
 
-__all__ = ["is_main_process", "main_print", "full_weights", "check_trainer_overrides", "build_trainer_config", "reports_to", "default_bf16",
+def train_or_take(trainer, checkpoint: str | None) -> None:
+    """`trainer.train(resume_from_checkpoint=checkpoint)`, except when `checkpoint` is the run's
+    last one (its global step reached max_steps: a kill came after training, while the stage wrote
+    its outputs): then its weights and state are taken as they are, since transformers' loop would
+    run one step past max_steps before checking it."""
+    import json
+    from pathlib import Path
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else {}
+    # this run's max_steps; by epochs (-1): the checkpoint's (same resume key, so the same plan)
+    planned = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+    if planned > 0 and state.get("global_step", 0) >= planned:
+        from transformers import TrainerState
+
+        with full_weights(trainer.model, writable=True):  # ZeRO-3: load into the whole weights (every rank)
+            trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        trainer._load_callback_state()  # stateful callbacks (GRPO's stage rewards) as train() restores them
+        return
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+__all__ = ["is_main_process", "main_print", "full_weights", "train_or_take", "check_trainer_overrides",
+           "build_trainer_config", "reports_to", "default_bf16",
            "stable_view"]

@@ -28,8 +28,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def policy_run(tmp_path_factory) -> Path:
     """A tiny run whose sft_next policy is the built (untrained) model: predict only needs a policy."""
+    from negrec.config import load_config
+    from negrec.contract import mark_done
+
     run = prepare_tiny_run(tmp_path_factory.mktemp("predict") / "run")
     shutil.copytree(run / "model", run / "sft_next" / "final")
+    mark_done(load_config(str(CONFIG), tiny_overrides()), run, "sft-next")  # assembled by hand: marked as the stage would
     return run
 
 
@@ -55,6 +59,7 @@ def test_two_process_predict_equals_one_process(policy_run, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
+    assert (two / "eval" / "_DONE.predict").exists()  # rank 0 marked the stage done, after writing
     summary = json.loads((two / "eval" / "predict_summary.json").read_text())
     assert summary["sft_next"]["processes"] == 2 and proc.stdout.count("[predict] sft_next:") == 1
     want, got = pd.read_parquet(one / "eval" / "predictions.parquet"), pd.read_parquet(two / "eval" / "predictions.parquet")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from negrec.contract import mark_done
 from negrec.eval.run import history_lengths, negative_ratios, resolve_pairs, run_evaluate
 
 DAY = 86_400
@@ -42,6 +43,7 @@ def run_dir(tmp_path_factory):
                       "item_id": items.ravel()}).to_parquet(run / "eval" / "predictions" / f"{method}.parquet")
     raw = {"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7], "main_horizon": 7, "bootstrap": 300,
                                 "swing_top_n": 0}}}
+    mark_done(raw, run, "data")  # assembled by hand: marked as the stage would have
     result = run_evaluate(raw, run)
     return run, result
 
@@ -126,6 +128,7 @@ def test_report_md_shows_cis_pairs_and_slices(run_dir, tmp_path):
 
     run, _ = run_dir
     shutil.copytree(run / "eval", tmp_path / "eval")  # no data/: the report skips the example users
+    (tmp_path / "eval" / "_DONE.evaluate").unlink()  # its marker names the other run's data: outputs only
     run_report({"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7]}}}, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "## Paired comparisons" in md and "| grpo | popular_negatives | recall@10_h7 |" in md

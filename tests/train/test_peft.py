@@ -210,11 +210,14 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     ml100k_prepared.save(run / "data")
     model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
     save_policy(model, hf, sid, run / "model")
+    from negrec.contract import mark_done, work_dir
     from negrec.train.sft import run_sft
 
     raw = {"model": {"peft": {"mode": "lora", "r": 4}},
            "sft_align": {"max_steps": 2, "batch_size": 8, "max_items": 16, "eval_items": 0, "save_steps": 1,
                          "trainer": {"optim": "sgd"}}}
+    for stage in ("data", "build-model"):  # assembled by hand: marked as the stages would have
+        mark_done(raw, run, stage)
     s = run_sft(raw, run, task="align")
     final = run / "sft_align" / "final"
     assert s["steps"] == 2 and (final / "adapter" / "adapter_config.json").exists()
@@ -223,7 +226,7 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     assert "- data: examples " in card and f"train_loss {s['train_loss']}" in card  # fewer steps than logging_steps
     load_policy(final, device="cpu")
     # the trained SID rows are no adapter weight: each checkpoint carries them for resume
-    assert list((run / "sft_align" / "checkpoints").glob("checkpoint-*/negrec_token_rows.pt"))
+    assert list((work_dir(run, "sft-align") / "checkpoints").glob("checkpoint-*/negrec_token_rows.pt"))
 
 
 @pytest.mark.timeout(900)

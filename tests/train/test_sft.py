@@ -13,6 +13,7 @@ from negrec.llm.prompts import PromptBuilder, PromptConfig
 from negrec.tokenizer import SemanticIdTokenizer
 from negrec.llm.evaluation import alignment_accuracy
 from negrec.llm.prompts import alignment_examples, next_negative_examples
+from negrec.contract import mark_done
 from negrec.train.sft import SFTStageConfig, run_sft, train_sft
 
 N_ITEMS = 32
@@ -119,6 +120,8 @@ def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
     save_policy(model, hf, sid, run / "model")
     raw = {"sft_align": {"max_steps": 3, "batch_size": 8, "max_items": 16, "eval_items": 8, "save_steps": 2},
            "sft_next": {"max_steps": 2, "batch_size": 4, "max_samples": 10, "eval_items": 0}}
+    for stage in ("data", "build-model"):  # assembled by hand: marked as the stages would have
+        mark_done(raw, run, stage)
     s1 = run_sft(raw, run, task="align")
     assert (run / "sft_align" / "final" / "config.json").exists() and (run / "sft_align" / "final" / "sid_tokenizer").exists()
     assert s1["steps"] == 3 and s1["alignment"]["valid_sid_rate"] == 1.0

@@ -2,9 +2,11 @@
 DeepSpeed ZeRO-2 and ZeRO-3, on the tiny model and the embedded ML-100K.
 
 The ZeRO-2 SFT run and the ZeRO-3 GRPO run are killed (SIGKILL, every process) after their first
-checkpoint and run again: they resume from it (GRPO: the one grpo/progress.json committed). Every launch runs through `_rank_audit.py`, which records what
-each rank created, wrote, renamed or deleted in the run folder: rank 1 may only write inside
-Trainer checkpoints (DeepSpeed saves one optimizer shard and one RNG state per rank by design).
+checkpoint and run again: they resume from it (checkpoints live in `<run>/.work/<stage>/`, outside
+the stage folder that is swapped in at the end; GRPO: the one `.work/grpo/progress.json` committed).
+Every launch runs through `_rank_audit.py`, which records what each rank created, wrote, renamed or
+deleted in the run folder: rank 1 may only write inside Trainer checkpoints (DeepSpeed saves one
+optimizer shard and one RNG state per rank by design).
 
 DeepSpeed builds its CPU comm op on first start (about 1-2 min on 2 cores; cached in
 TORCH_EXTENSIONS_DIR), so this runs only with `-m deepspeed` (CI's own step).
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from negrec.contract import work_dir
 from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,15 +79,15 @@ def sft_checkpoint_written(run_dir: Path) -> int | None:
     """The step of a checkpoint SFT's resume would take (its trainer_state.json is whole), or None."""
     from negrec.train.sft import _readable_json as readable_json
 
-    done = [p for p in (run_dir / "sft_next" / "checkpoints").glob("checkpoint-*")
+    done = [p for p in (work_dir(run_dir, "sft-next") / "checkpoints").glob("checkpoint-*")
             if readable_json(p / "trainer_state.json")]
     return int(done[0].name.split("-")[1]) if done else None
 
 
 def grpo_checkpoint_committed(run_dir: Path) -> int | None:
-    """The stage step of the checkpoint grpo/progress.json names (GRPO resumes from it), or None."""
+    """The stage step of the checkpoint .work/grpo/progress.json names (GRPO resumes from it), or None."""
     try:
-        current = json.loads((run_dir / "grpo" / "progress.json").read_text()).get("current")
+        current = json.loads((work_dir(run_dir, "grpo") / "progress.json").read_text()).get("current")
     except (OSError, ValueError):
         return None
     return current["step"] if current else None
@@ -134,6 +137,7 @@ def _finite(xs) -> bool:
 
 
 def check_sft(run_dir: Path, stdout: str, audit: dict) -> dict:
+    assert (run_dir / "sft_next" / "_DONE").exists()  # the stage folder, swapped in whole by rank 0
     summary = json.loads((run_dir / "sft_next" / "summary.json").read_text())
     curve = summary["loss_curve"]
     assert summary["steps"] == SFT_STEPS and len(curve) == SFT_STEPS  # a resumed run keeps the log before the kill
@@ -156,6 +160,7 @@ def _assert_whole_model(final: Path, before: Path) -> None:
 
 
 def check_grpo(run_dir: Path, stdout: str, audit: dict, zero: int) -> None:
+    assert (run_dir / "grpo" / "_DONE").exists()
     summary = json.loads((run_dir / "grpo" / "summary.json").read_text())
     assert summary["total_steps"] == GRPO_STEPS
     assert [s["deepspeed_zero_stage"] for s in summary["stages"]] == [zero, zero]
@@ -177,7 +182,7 @@ def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
     # killed after the first checkpoint, then run again (it resumes): SFT under ZeRO-2, GRPO under ZeRO-3
     if zero == 2:
         killed_at = launch_and_kill(run_dir, sft, SFT, zero, tmp_path, sft_checkpoint_written)
-        assert killed_at < SFT_STEPS and not (run_dir / "sft_next" / "summary.json").exists()
+        assert killed_at < SFT_STEPS and not (run_dir / "sft_next").exists()  # the stage folder comes whole, at the end
     stdout, audit = launch(run_dir, sft, SFT, zero, tmp_path)
     if zero == 2:
         resumed = re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout)
@@ -186,7 +191,7 @@ def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
 
     if zero == 3:
         killed_at = launch_and_kill(run_dir, grpo, GRPO, zero, tmp_path, grpo_checkpoint_committed)
-        assert not (run_dir / "grpo" / "summary.json").exists()
+        assert not (run_dir / "grpo").exists()
     started = time.time()
     stdout, audit = launch(run_dir, grpo, GRPO, zero, tmp_path)
     if zero == 3:
@@ -205,4 +210,4 @@ def test_timeline_sft_refuses_a_launcher(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     builder = SimpleNamespace(cfg=SimpleNamespace(format="compact"))
     with pytest.raises(ValueError, match="timeline trains in one process"):
-        _run_timeline(None, None, None, builder, None, SFTStageConfig(mode="timeline"), tmp_path, "key", "init", 0.0)
+        _run_timeline(None, None, None, builder, None, SFTStageConfig(mode="timeline"), tmp_path, {}, "init", 0.0)

@@ -1,0 +1,248 @@
+"""The stage contract: one freshness rule and atomic stage folders, for every stage of
+`negrec.stages.STAGES` (the CLI, the pipeline and `negrec status` all decide through here).
+
+Freshness. A stage's fingerprint hashes its name, the config sections it reads (registry
+`sections`), the fingerprint of each input stage (registry `inputs`; None for an input that is not
+done) and, for raw inputs outside the run folder, the registry's `fingerprint` function (sizes,
+mtimes and content hashes). A stage is *done* when its marker holds that fingerprint and its key
+outputs exist. The marker is `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several stages
+write one folder (`eval/`: baselines, predict, evaluate; the run folder itself: report). It holds
+the fingerprint and its parts, so `negrec status` can say what changed.
+
+Atomic folders. `stage_folder` yields a temporary folder beside the stage's own; the stage writes
+its outputs there, the marker is written last and the folder is renamed into place, so a kill
+leaves either the old folder or the new one, never a mix. A stage sharing its folder writes
+each file atomically (`negrec.io.atomic_path`), drops its marker first and writes it last
+(`shared_stage_files`). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
+outside the swapped folder. Readers call `check_inputs`: an input stage's folder without a
+matching marker is refused, naming it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .config import ConfigError
+from .io import atomic_dir, config_hash, write_json
+from .runlock import launched_rank
+from .stages import STAGES, stage
+
+MARKER = "_DONE"
+WORK = ".work"  # <run>/.work/<stage>/: checkpoints of resumable stages, outside the swapped folder
+
+
+class StageNotReady(ConfigError):
+    """An input stage's folder is incomplete (no marker) or was made from another config or input."""
+
+
+# ---- where a stage lives ----
+def stage_dir(raw: dict, run_dir, name: str) -> Path:
+    """The folder stage `name` writes: `<run>/<folder>`; export's is `export.out_dir` when set."""
+    folder = stage(name).folder
+    if folder == "{export}":
+        export = raw.get("export") if isinstance(raw.get("export"), dict) else {}
+        return Path(export["out_dir"]) if export.get("out_dir") else Path(run_dir) / "export"
+    return Path(run_dir) / folder
+
+
+def _shared(name: str) -> bool:
+    folder = stage(name).folder
+    return folder == "." or sum(s.folder == folder for s in STAGES) > 1
+
+
+def marker_path(raw: dict, run_dir, name: str) -> Path:
+    return stage_dir(raw, run_dir, name) / (f"{MARKER}.{name}" if _shared(name) else MARKER)
+
+
+def output_paths(raw: dict, run_dir, name: str) -> list[Path]:
+    """The stage's key outputs (registry `outputs`, relative to its folder's parent: the run folder)."""
+    out = []
+    for rel in stage(name).outputs:
+        out.append(stage_dir(raw, run_dir, name) / rel.split("/", 1)[1] if rel.startswith("{export}/")
+                   else Path(run_dir) / rel)
+    return out
+
+
+def work_dir(run_dir, name: str) -> Path:
+    """Checkpoints and other resumable state of stage `name`, kept outside its swapped folder."""
+    return Path(run_dir) / WORK / name
+
+
+# ---- the one freshness rule ----
+def _raw_inputs(raw: dict, name: str):
+    spec = stage(name).fingerprint
+    if not spec:
+        return None
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)(raw)
+
+
+class _Rule:
+    """Fingerprints and states of one (config, run folder), each computed once per question."""
+
+    def __init__(self, raw: dict, run_dir):
+        self.raw, self.run_dir = raw, Path(run_dir)
+        self._parts: dict[str, dict] = {}
+
+    def parts(self, name: str) -> dict:
+        if name not in self._parts:
+            s = stage(name)
+            self._parts[name] = {
+                "stage": name,
+                "config": config_hash({sec: self.raw.get(sec) for sec in s.sections}),
+                "inputs": {i: (self.fingerprint(i) if self.done(i) else None) for i in s.inputs},
+                "raw": config_hash(_raw_inputs(self.raw, name)),
+            }
+        return self._parts[name]
+
+    def fingerprint(self, name: str) -> str:
+        return config_hash(self.parts(name))
+
+    def recorded(self, name: str) -> dict | None:
+        """The marker's content, or None when there is none (or it is unreadable)."""
+        try:
+            rec = json.loads(marker_path(self.raw, self.run_dir, name).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def done(self, name: str) -> bool:
+        return self.state(name)["state"] == "done"
+
+    def state(self, name: str) -> dict:
+        """{"state": done | stale | missing, "why": ...}."""
+        folder = stage_dir(self.raw, self.run_dir, name)
+        rec = self.recorded(name)
+        if rec is None:
+            if folder.exists() and not _shared(name):
+                return {"state": "missing", "why": f"{folder} has no {MARKER} (incomplete: killed or never finished)"}
+            work = work_dir(self.run_dir, name)
+            if work.exists() and any(work.iterdir()):
+                return {"state": "missing", "why": f"not finished (resumable state in {work})"}
+            return {"state": "missing", "why": "never ran"}
+        now = self.parts(name)
+        if rec.get("fingerprint") != self.fingerprint(name):
+            return {"state": "stale", "why": _what_changed(stage(name), rec.get("parts") or {}, now)}
+        absent = [p for p in output_paths(self.raw, self.run_dir, name) if not p.exists()]
+        if absent:
+            return {"state": "missing", "why": "no " + ", ".join(str(p) for p in absent[:2])}
+        return {"state": "done", "why": "fingerprint matches, outputs present"}
+
+
+def _what_changed(spec, old: dict, now: dict) -> str:
+    why = []
+    if old.get("config") != now["config"]:
+        why.append(f"its config ({', '.join(spec.sections)}) changed")
+    if old.get("raw") != now["raw"]:
+        why.append("its raw input files changed")
+    inputs = [i for i in spec.inputs if (old.get("inputs") or {}).get(i) != now["inputs"][i]]
+    if inputs:
+        why.append("input " + ", ".join(f"{i} ({'not done' if now['inputs'][i] is None else 'changed'})"
+                                        for i in inputs))
+    return "; ".join(why) or "made by another version of negrec"
+
+
+def fingerprint(raw: dict, run_dir, name: str) -> str:
+    return _Rule(raw, run_dir).fingerprint(name)
+
+
+def state(raw: dict, run_dir, name: str) -> dict:
+    return _Rule(raw, run_dir).state(name)
+
+
+def is_done(raw: dict, run_dir, name: str) -> bool:
+    return _Rule(raw, run_dir).done(name)
+
+
+def check_inputs(raw: dict, run_dir, name: str) -> None:
+    """Refuse to read an input stage whose folder exists without a marker matching the current
+    config and inputs (killed, unfinished, or made from another config): one line naming it. An
+    input that never ran, or whose marker matches but lacks a file, is left to the reader (it
+    names the file it needs and the command to run, or does without)."""
+    rule = _Rule(raw, run_dir)
+    for i in stage(name).inputs:
+        rec = rule.recorded(i)
+        if rec is None and (_shared(i) or not stage_dir(raw, run_dir, i).exists()):
+            continue
+        if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
+            continue
+        raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
+                            f"run `negrec {stage(i).command}` (or `negrec pipeline`) first")
+
+
+def up_to_date(raw: dict, run_dir, name: str) -> bool:
+    """The entry check of every stage: refuse unusable inputs, then True (printing so) when the
+    stage is done by the rule, so that it skips itself."""
+    check_inputs(raw, run_dir, name)
+    if is_done(raw, run_dir, name):
+        if launched_rank() == 0:  # under a launcher every rank checks, rank 0 says so
+            print(f"[{name}] up to date: {stage_dir(raw, run_dir, name)}")
+        return True
+    return False
+
+
+def _marker_record(rule: _Rule, name: str) -> dict:
+    return {"fingerprint": rule.fingerprint(name), "parts": rule.parts(name)}
+
+
+def mark_done(raw: dict, run_dir, name: str, folder: str | Path | None = None) -> None:
+    """Write stage `name`'s marker (into `folder` instead of its own folder: a staging folder)."""
+    record = _marker_record(_Rule(raw, run_dir), name)
+    path = marker_path(raw, run_dir, name)
+    write_json(Path(folder) / path.name if folder is not None else path, record)
+
+
+def clear(raw: dict, run_dir, name: str) -> None:
+    """Drop stage `name`'s marker: it is not done until it runs again (pipeline.force)."""
+    marker_path(raw, run_dir, name).unlink(missing_ok=True)
+
+
+# ---- atomic stage folders ----
+def _remove_leftovers(folder: Path, run_dir) -> None:
+    """Staging folders of a killed run beside `folder` (`.<name>.*`): garbage once we hold the
+    run folder's lock. Beside a folder outside the run folder (export.out_dir) nothing is ours to delete."""
+    if not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        return
+    for p in folder.parent.glob(f".{folder.name}.*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+@contextmanager
+def stage_folder(raw: dict, run_dir, name: str) -> Iterator[Path]:
+    """Yield an empty staging folder beside stage `name`'s own; when the block succeeds the
+    marker is written into it last and it replaces the stage's folder in one rename."""
+    record = _marker_record(_Rule(raw, run_dir), name)  # the inputs as they are now, before writing
+    folder = stage_dir(raw, run_dir, name)
+    _remove_leftovers(folder, run_dir)
+    with atomic_dir(folder) as tmp:
+        yield tmp
+        write_json(tmp / marker_path(raw, run_dir, name).name, record)
+
+
+@contextmanager
+def shared_stage_files(raw: dict, run_dir, name: str) -> Iterator[Path]:
+    """For a stage writing into a folder it shares (eval/, the run folder): yield that folder; the
+    stage's marker is dropped first and written last, each file being written atomically."""
+    record = _marker_record(_Rule(raw, run_dir), name)
+    marker = marker_path(raw, run_dir, name)
+    marker.unlink(missing_ok=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    yield marker.parent
+    write_json(marker, record)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """`src` into `dst` by hard links where the file system allows (a model folder costs no space),
+    else by copies; the source stays intact, so a kill before the swap loses nothing."""
+    def link(s, d):
+        try:
+            import os
+
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=link)

@@ -1,0 +1,204 @@
+"""The stage contract (`negrec.contract`) under interruption: each resumable stage (data, tokenize,
+sft, grpo) is killed with SIGKILL at named points (NEGREC_KILL_AT, `negrec.io.kill_point`), run
+again, and its stage folder must equal that of an uninterrupted run; readers refuse a folder
+without a matching marker. Tiny KuaiRand run (tests/test_pipeline.py's TINY); every stage runs in
+a child process, as a user's `negrec` command would."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negrec import contract
+from negrec.config import load_config
+from negrec.io import write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the child: `negrec ARGS`, with a kill point inside the Trainer's checkpoint write (after the
+# weights and the optimizer, before trainer_state.json: the torn checkpoint a kill leaves)
+DRIVER = """
+import os, sys
+if os.environ.get("NEGREC_KILL_AT", "").startswith("checkpoint"):
+    import transformers
+    from negrec.io import kill_point
+    save_rng = transformers.Trainer._save_rng_state
+    def _save_rng_state(self, output_dir):
+        kill_point("checkpoint")
+        return save_rng(self, output_dir)
+    transformers.Trainer._save_rng_state = _save_rng_state
+from negrec.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+# what each stage's test changes from the base run (tests/test_pipeline.py's TINY), and the CLI call
+STAGE_SETS = {
+    "data": ["data.max_users=50"],
+    "tokenize": ["tokenize.method=rqvae", "tokenize.epochs=4", "tokenize.save_every=1", "tokenize.hidden_dims=[32]",
+                 "tokenize.latent_dim=8"],
+    "sft-align": ["sft_align.save_steps=1", "sft_align.max_steps=3", "sft_align.eval_items=0"],
+    "grpo": ["grpo.save_steps=1",
+             "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 2, beta: 0.04},"
+             " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]"],
+}
+COMMAND = {"data": ["data", "prepare"], "tokenize": ["tokenize"], "sft-align": ["sft", "--task", "align"],
+           "grpo": ["grpo"]}
+
+# (stage, kill point): where the kill lands is named in the comment
+KILLS = [
+    ("data", "write:3"),            # items.parquet written in the staging folder, not yet renamed
+    ("data", "swap"),               # the old data/ moved aside, the new one not yet in place
+    ("tokenize", "write:2"),        # the first RQ-VAE checkpoint written, not yet renamed (.work/tokenize)
+    ("tokenize", "swap"),           # tokenize/ (the base run's RQ-KMeans one) moved aside, the new one not in place
+    ("sft-align", "checkpoint:2"),  # inside the checkpoint-2 write: torn, resume from checkpoint-1
+    ("sft-align", "swap:1"),        # final/ being put in place inside the staging folder
+    ("sft-align", "swap:2"),        # training done, sft_align/ not yet swapped in (resume = the final checkpoint)
+    ("grpo", "write:3"),            # progress.json committing checkpoint-1, not yet renamed
+    ("grpo", "checkpoint:2"),       # inside the stage-0 checkpoint-2 write
+    ("grpo", "swap:1"),             # stage 0's final model being put in place (.work/grpo/stage0_*/final)
+    ("grpo", "swap:3"),             # both GRPO stage models saved; grpo/ not yet swapped in
+]
+
+# JSON keys that hold timings or what one process did (RQ-VAE's train_steps: "in this call";
+# transformers' train_loss: the mean loss of the last train() call): equal runs differ there
+VOLATILE = ("seconds", "_per_s", "_per_second", "runtime", "time", "train_steps", "train_loss")
+
+
+@pytest.fixture(scope="module")
+def base_raw(kuairand_dir):
+    from tests.test_pipeline import TINY
+
+    return load_config(str(ROOT / "configs" / "kuairand.yaml"), [f"data.path={kuairand_dir}", *TINY])
+
+
+@pytest.fixture(scope="module")
+def base_run(base_raw, tmp_path_factory, one_thread):
+    """The tiny run through sft-next (what GRPO starts from), built once."""
+    from negrec.pipeline import run_pipeline
+
+    run = tmp_path_factory.mktemp("contract") / "base"
+    run_pipeline({**base_raw, "pipeline": {"stop_after": "sft-next", "skip": []}}, run)
+    return run
+
+
+def _run_copy(base: Path, dst: Path, raw: dict) -> Path:
+    shutil.copytree(base, dst, symlinks=True)
+    write_yaml(dst / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})  # what the CLI reads
+    return dst
+
+
+def _negrec(run: Path, args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NEGREC_THREADS": "1"}
+    env.pop("NEGREC_KILL_AT", None)
+    if kill_at:
+        env["NEGREC_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-c", DRIVER, *args, "--run-dir", str(run)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
+
+
+def _normalised(text: str, run: Path) -> str:
+    return text.replace(str(run.resolve()), "<run>").replace(str(run), "<run>")
+
+
+def _json_view(obj):
+    if isinstance(obj, dict):
+        return {k: _json_view(v) for k, v in obj.items() if not k.endswith(VOLATILE)}
+    if isinstance(obj, list):
+        return [_json_view(v) for v in obj]
+    return obj
+
+
+def _training_args(path: Path, run: Path) -> dict:
+    import torch
+
+    return json.loads(_normalised(torch.load(path, weights_only=False).to_json_string(), run))
+
+
+def _assert_same_folder(a: Path, run_a: Path, b: Path, run_b: Path) -> None:
+    """Every file of stage folder `a` equals its twin in `b`: parquet as frames, .npy as arrays,
+    JSON without timings, text with the run folder's path normalised, anything else byte for byte."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        fa, fb = a / rel, b / rel
+        if rel.suffix == ".parquet":
+            pd.testing.assert_frame_equal(pd.read_parquet(fa), pd.read_parquet(fb))
+        elif rel.suffix == ".npy":
+            assert np.array_equal(np.load(fa), np.load(fb)), rel
+        elif rel.suffix in (".json", ".jsonl") or rel.name.startswith(contract.MARKER):
+            ja = [json.loads(line) for line in _normalised(fa.read_text(), run_a).splitlines() if line.strip()] \
+                if rel.suffix == ".jsonl" else json.loads(_normalised(fa.read_text(), run_a))
+            jb = [json.loads(line) for line in _normalised(fb.read_text(), run_b).splitlines() if line.strip()] \
+                if rel.suffix == ".jsonl" else json.loads(_normalised(fb.read_text(), run_b))
+            assert _json_view(ja) == _json_view(jb), rel
+        elif rel.name == "training_args.bin":  # transformers' pickled arguments: they name the run folder
+            assert _training_args(fa, run_a) == _training_args(fb, run_b)
+        elif rel.suffix in (".md", ".txt"):
+            assert _normalised(fa.read_text(), run_a) == _normalised(fb.read_text(), run_b), rel
+        else:
+            assert fa.read_bytes() == fb.read_bytes(), rel
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base_run, base_raw, tmp_path_factory):
+    """stage -> (its raw config, the run folder after one uninterrupted `negrec <stage>`)."""
+    out = {}
+
+    def get(name):
+        if name not in out:
+            raw = _overridden(base_raw, STAGE_SETS[name])
+            run = _run_copy(base_run, tmp_path_factory.mktemp("straight") / name, raw)
+            proc = _negrec(run, COMMAND[name])
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            out[name] = (raw, run)
+        return out[name]
+
+    return get
+
+
+def _overridden(raw: dict, sets: list[str]) -> dict:
+    from negrec.config import apply_overrides
+
+    return apply_overrides(json.loads(json.dumps(raw)), sets)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name,point", KILLS, ids=[f"{n}@{p}" for n, p in KILLS])
+def test_killed_stage_reruns_to_the_uninterrupted_result(name, point, base_run, uninterrupted, tmp_path):
+    raw, straight = uninterrupted(name)
+    run = _run_copy(base_run, tmp_path / "run", raw)
+    killed = _negrec(run, COMMAND[name], kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, f"kill point {point} not reached: {killed.stderr[-2000:]}"
+    assert not contract.is_done(raw, run, name)  # never mistaken for finished
+    proc = _negrec(run, COMMAND[name])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert contract.is_done(raw, run, name)
+    folder = contract.stage_dir(raw, run, name)
+    _assert_same_folder(contract.stage_dir(raw, straight, name), straight, folder, run)
+    assert not list(folder.parent.glob(f".{folder.name}.*"))  # no staging folder left behind
+
+
+# ---- readers refuse a folder without a matching marker ----
+def test_readers_refuse_a_folder_without_a_matching_marker(base_run, base_raw, tmp_path, capsys):
+    from negrec.cli import main
+
+    run = _run_copy(base_run, tmp_path / "run", base_raw)
+    (run / "tokenize" / contract.MARKER).unlink()  # as a kill between writing and marking used to leave it
+    assert main(["build-model", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run / 'tokenize'}: tokenize is not done" in err and "no _DONE" in err
+
+    run2 = _run_copy(base_run, tmp_path / "run2", _overridden(base_raw, ["encode.svd_dim=8"]))
+    assert main(["tokenize", "--run-dir", str(run2)]) == 2  # encode/ was made from another encode config
+    err = capsys.readouterr().err.strip()
+    assert f"{run2 / 'encode'}: encode is not done (its config (encode) changed)" in err
+    states = contract.state(load_config(str(run2 / "config.yaml")), run2, "sft-next")
+    assert states["state"] == "stale" and "input" in states["why"]
