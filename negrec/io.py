@@ -163,7 +163,9 @@ def file_fingerprint(path: str | Path) -> dict:
 
 def inputs_fingerprint(spec: str | Path) -> dict:
     """`file_fingerprint` of every file a path names: the file, every file under a folder (hidden
-    ones left out), or every match of a glob; {path: "missing"} when it names nothing."""
+    ones left out), or every match of a glob; {path: "missing"} when it names nothing. Files are
+    named by their resolved path: one file reached through a symlink (a linked virtualenv holding
+    the embedded ML-100K, a linked data folder) is the same input from every process."""
     import glob
 
     spec = str(spec)
@@ -177,4 +179,4 @@ def inputs_fingerprint(spec: str | Path) -> dict:
         files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
     if not files:
         return {spec: "missing"}
-    return {str(f): file_fingerprint(f) for f in files}
+    return {str(f.resolve()): file_fingerprint(f) for f in files}
