@@ -43,6 +43,7 @@ GRPO = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.ma
         "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 4, beta: 0.04},"
         " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]"]
 GRPO_STEPS = 5
+SETS = [*SFT, *GRPO]  # every launch of a run: the settings of both stages
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,9 @@ def prepared_run(tmp_path_factory) -> Path:
 
 
 def _command(run_dir: Path, stage: list[str], sets: list[str], zero: int) -> list[str]:
-    section = "sft_next" if stage[0] == "sft" else "grpo"
-    sets = [*tiny_overrides(), *sets, f"{section}.deepspeed={ROOT / 'configs' / 'deepspeed' / f'zero{zero}.json'}"]
+    # one config for the whole run (the stage contract: GRPO refuses an sft_next made from another config)
+    deepspeed = ROOT / "configs" / "deepspeed" / f"zero{zero}.json"
+    sets = [*tiny_overrides(), *sets, f"sft_next.deepspeed={deepspeed}", f"grpo.deepspeed={deepspeed}"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", str(AUDIT),
             *stage, "--config", str(CONFIG), "--run-dir", str(run_dir), "--threads", "1",
             *[x for s in sets for x in ("--set", s)]]
@@ -181,19 +183,19 @@ def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
     sft, grpo = ["sft", "--task", "next"], ["grpo"]
     # killed after the first checkpoint, then run again (it resumes): SFT under ZeRO-2, GRPO under ZeRO-3
     if zero == 2:
-        killed_at = launch_and_kill(run_dir, sft, SFT, zero, tmp_path, sft_checkpoint_written)
+        killed_at = launch_and_kill(run_dir, sft, SETS, zero, tmp_path, sft_checkpoint_written)
         assert killed_at < SFT_STEPS and not (run_dir / "sft_next").exists()  # the stage folder comes whole, at the end
-    stdout, audit = launch(run_dir, sft, SFT, zero, tmp_path)
+    stdout, audit = launch(run_dir, sft, SETS, zero, tmp_path)
     if zero == 2:
         resumed = re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout)
         assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
     check_sft(run_dir, stdout, audit)
 
     if zero == 3:
-        killed_at = launch_and_kill(run_dir, grpo, GRPO, zero, tmp_path, grpo_checkpoint_committed)
+        killed_at = launch_and_kill(run_dir, grpo, SETS, zero, tmp_path, grpo_checkpoint_committed)
         assert not (run_dir / "grpo").exists()
     started = time.time()
-    stdout, audit = launch(run_dir, grpo, GRPO, zero, tmp_path)
+    stdout, audit = launch(run_dir, grpo, SETS, zero, tmp_path)
     if zero == 3:
         resumed = re.findall(r"\(resuming from checkpoint-(\d+)\)", stdout)
         assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
