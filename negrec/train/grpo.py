@@ -31,7 +31,7 @@ from negrec.config import section_config, to_dict
 from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       main_print, reports_to, stable_view, train_or_take)
+                                       main_print, ranks_meet, reports_to, stable_view, train_or_take)
 
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
@@ -591,6 +591,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
                 shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
             write_json(tmp / "summary.json", summary)
         _print_summary(summary)
+    ranks_meet()
     return summary
 
 

@@ -34,7 +34,7 @@ from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_ro
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
-                                       is_main_process, main_print, reports_to, train_or_take)
+                                       is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
@@ -343,6 +343,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
             with stage_folder(raw, run_dir, name) as tmp:
                 save_policy(model, hf_tok, sid_tok, tmp / "final", extra=info)
                 write_json(tmp / "summary.json", summary)
+    ranks_meet()
     _print_sft(task, summary, out)
     return summary
 

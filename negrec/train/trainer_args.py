@@ -10,6 +10,7 @@
 - `main_print(...)`: print on rank 0 only (N ranks would print every line N times).
 - `full_weights(model)`: under DeepSpeed ZeRO-3 every rank enters it and each holds the whole
   weights inside (a save on rank 0 writes them, not its shard); elsewhere it does nothing.
+- `ranks_meet()`: every rank waits for the others (under a launcher), e.g. until rank 0 has written.
 - `train_or_take(trainer, checkpoint)`: resume training, or take a checkpoint that ended it as it is.
 - `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
   while they hold their defaults, so adding a field does not invalidate finished stages.
@@ -40,6 +41,15 @@ def main_print(*args, **kwargs) -> None:
     """`print` on the main process only."""
     if is_main_process():
         print(*args, **kwargs)
+
+
+def ranks_meet() -> None:
+    """Under a launcher, a barrier of every rank (after rank 0's writes: the ranks leave together;
+    a rank exiting while rank 0 still wrote was seen to abort in DeepSpeed's CPU comm); else nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 @contextlib.contextmanager
@@ -142,6 +152,6 @@ def train_or_take(trainer, checkpoint: str | None) -> None:
     trainer.train(resume_from_checkpoint=checkpoint)
 
 
-__all__ = ["is_main_process", "main_print", "full_weights", "train_or_take", "check_trainer_overrides",
+__all__ = ["is_main_process", "main_print", "full_weights", "ranks_meet", "train_or_take", "check_trainer_overrides",
            "build_trainer_config", "reports_to", "default_bf16",
            "stable_view"]
