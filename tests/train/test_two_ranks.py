@@ -6,7 +6,8 @@ checkpoint and run again: they resume from it (checkpoints live in `<run>/.work/
 the stage folder that is swapped in at the end; GRPO: the one `.work/grpo/progress.json` committed).
 Every launch runs through `_rank_audit.py`, which records what each rank created, wrote, renamed or
 deleted in the run folder: rank 1 may only write inside Trainer checkpoints (DeepSpeed saves one
-optimizer shard and one RNG state per rank by design).
+optimizer shard and one RNG state per rank by design). A ZeRO-3 SFT killed after training, while
+rank 0 swaps its stage folder in, takes its final checkpoint as it is on the rerun.
 
 DeepSpeed builds its CPU comm op on first start (about 1-2 min on 2 cores; cached in
 TORCH_EXTENSIONS_DIR), so this runs only with `-m deepspeed` (CI's own step).
@@ -201,6 +202,23 @@ def test_sft_and_grpo_on_two_ranks(prepared_run, tmp_path, zero):
         assert len(resumed) == 1 and int(resumed[0]) >= killed_at, stdout[-2000:]
     check_grpo(run_dir, stdout, audit, zero)
     assert_one_writer_of_tensorboard(run_dir, started)
+
+
+@pytest.mark.deepspeed
+@pytest.mark.timeout(900)
+def test_zero3_sft_killed_after_training_takes_its_final_checkpoint(prepared_run, tmp_path):
+    """Killed while rank 0 swaps sft_next/ in (training done), the rerun takes the final checkpoint as
+    it is (`train_or_take`: ZeRO-3 loads it inside a writable `full_weights`) instead of training on."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run, run_dir)
+    sft = ["sft", "--task", "next"]
+    env = {**_env(run_dir, tmp_path), "NEGREC_KILL_AT": "swap:2"}  # 1: final/ in the staging folder, 2: sft_next/
+    killed = subprocess.run(_command(run_dir, sft, SETS, 3), env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0 and not (run_dir / "sft_next").exists(), killed.stderr[-3000:]
+    assert (work_dir(run_dir, "sft-next") / "checkpoints" / f"checkpoint-{SFT_STEPS}").exists()
+    stdout, audit = launch(run_dir, sft, SETS, 3, tmp_path)
+    assert re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout) == [str(SFT_STEPS)], stdout[-2000:]
+    check_sft(run_dir, stdout, audit)
 
 
 def test_timeline_sft_refuses_a_launcher(monkeypatch, tmp_path):
