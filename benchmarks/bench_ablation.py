@@ -1,12 +1,13 @@
 """What each part of negrec's recipe adds, on ML-100K test users (H = 7), with paired 95% CIs.
 
-Starts from a finished default run (`negrec pipeline --config configs/ml100k.yaml`, or the one this
-script runs when --base is missing) and trains one variant per row, each in its own run folder that
-shares the base run's data, item encodings, semantic IDs and base model:
+Starts from a base run (`configs/ml100k.yaml` with the 6-epoch timeline SFT it had before 12 epochs
+became the default: `BASE_SETS`; run once under runs/bench_ablation/base, then resumed) and trains
+one variant per row, each in its own run folder that shares the base run's data, item encodings,
+semantic IDs and base model:
 
 - sft_seed1, sft_seed2: the default timeline SFT under other seeds (batch order, dropout): the
   spread between reruns, which the bootstrap over users does not see;
-- sft_12_epochs: twice the default epochs (the validation curve was still rising at epoch 6);
+- sft_12_epochs: twice the base's epochs (its validation curve was still rising at epoch 6): today's default;
 - sft_no_feedback: the timeline SFT with every event's feedback token replaced by <|neu|>, so the
   model cannot tell negative from positive history (the context-discerning ablation);
 - sft_align_cotrain: the timeline SFT co-trained with the four item-level alignment tasks
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_ablation"
 SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
+# the base recipe: the default config as it was before 12 epochs became the default (sft_12_epochs)
+BASE_SETS = ["sft_next.epochs=6", "sft_next.patience=2"]
 
 # name -> (stage it retrains, the policy folder it yields, config overrides, reference rows compared)
 VARIANTS = {
@@ -59,26 +62,31 @@ def base_run(fresh: bool) -> Path:
     base = RUNS / "base"
     if fresh and RUNS.exists():
         shutil.rmtree(RUNS)
-    run_pipeline(load_config(str(CONFIG), []), base)
+    run_pipeline(load_config(str(CONFIG), BASE_SETS), base)
     return base
 
 
 def train_variant(name: str, base: Path) -> tuple[Path, dict]:
-    """Retrain one stage under the variant's overrides and predict with the policy it yields."""
+    """Retrain one stage under the variant's overrides and predict with the policy it yields.
+
+    The variant's folder starts as a copy of the base run's shared stages; the pipeline then redoes
+    whatever the overrides make stale (e.g. build-model for a prompt change) up to the variant's stage."""
     from negrec.config import load_config
     from negrec.eval import run_predict
-    from negrec.train import run_grpo, run_sft
+    from negrec.io import read_json
+    from negrec.pipeline import run_pipeline
 
     stage, policy, sets, _ = VARIANTS[name]
     run = RUNS / name
     for part in SHARED_STAGES + (("sft_next",) if stage == "grpo" else ()):
         if not (run / part).exists():
             shutil.copytree(base / part, run / part)
-    raw = load_config(str(CONFIG), [*sets, f"eval.policies=[{policy}]"])
+    raw = load_config(str(CONFIG), [*BASE_SETS, *sets, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
     t0 = time.time()
-    summary = run_sft(raw, run, task="next") if stage == "sft-next" else run_grpo(raw, run)
+    run_pipeline(raw, run)
     seconds = round(time.time() - t0, 1)
     run_predict(raw, run)
+    summary = read_json(run / policy / "summary.json")
     return run / "eval" / "predictions" / f"{policy}.parquet", {"train_seconds": seconds, **_summary_view(summary)}
 
 
@@ -113,7 +121,7 @@ def evaluate_all(base: Path, files: dict[str, Path]) -> list[dict]:
     for name, path in files.items():
         shutil.copy(path, ev / "eval" / "predictions" / f"{name}.parquet")
     pairs = [f"{name}:{ref}" for name in files for ref in VARIANTS[name][3]]
-    run_evaluate(load_config(str(CONFIG), [f"eval.pairs=[{','.join(pairs)}]"]), ev)
+    run_evaluate(load_config(str(CONFIG), [*BASE_SETS, f"eval.pairs=[{','.join(pairs)}]"]), ev)
     paired = json.loads((ev / "eval" / "paired.json").read_text())
     return [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}
             for p in paired if p["metric"] in METRICS and f"{p['a']}:{p['b']}" in pairs]
@@ -141,7 +149,7 @@ def main() -> None:
     for name, d in details.items():
         print(f"{name}: {json.dumps(d)}")
     save_result("bench_ablation_ml100k", {
-        "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]), "base_overrides": BASE_SETS,
         "variants": {n: {"stage": VARIANTS[n][0], "overrides": VARIANTS[n][2], **details[n]} for n in files},
         "table": rows, "paired": paired, "seconds": round(time.time() - t0, 1)})
 
