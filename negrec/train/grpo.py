@@ -33,6 +33,7 @@ from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
                                        main_print, ranks_meet, reports_to, stable_view, train_or_take)
 
+GRPO_ROWS = ("train", "sft_validation")
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
 
@@ -94,6 +95,10 @@ class ProgressiveGRPOConfig:
     logging_steps: int = 1
     save_steps: int = 10
     max_samples: int | None = None  # cap the training rows (smoke runs)
+    # which rows GRPO trains on. "train": the train split's cuts (their futures are events the
+    # timeline SFT with fit_until: test already fit); "sft_validation": the valid-split rows of the
+    # users whose validation picked the SFT epoch, the only futures before the test cut the SFT never saw
+    rows: str = "train"
     carry_over_steps: bool = True  # steps a stage leaves by advancing early go to the next stage
     # TRL pass-through: any trl.GRPOConfig field, set on top of the settings above (report_to:
     # [tensorboard, wandb], optim, push_to_hub, ...); unknown keys are refused with the nearest field.
@@ -102,6 +107,8 @@ class ProgressiveGRPOConfig:
 
     def __post_init__(self):
         check_trainer_overrides("trl:GRPOConfig", self.trainer, "grpo", GRPO_RESERVED)
+        if self.rows not in GRPO_ROWS:
+            raise ValueError(f"grpo.rows: {self.rows!r} is not one of {GRPO_ROWS}")
         if self.generation not in GENERATION_MODES:
             raise ValueError(f"grpo.generation: {self.generation!r} is not one of {GENERATION_MODES}")
         if not self.stages:
@@ -519,22 +526,39 @@ def policy_stamp(model_dir: Path) -> str:
     return config_hash([str(model_dir.resolve())] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
 
 
+def sft_validation_rows(raw: dict, prepared, horizon: int) -> list[dict]:
+    """The valid-split rows of the timeline SFT's validation users (as `validation_rows` picks them
+    from section sft_next) whose F_H is not empty, as plain dict rows."""
+    from negrec.train.sft import SFTStageConfig
+    from negrec.train.timeline import validation_rows
+
+    sft = section_config(SFTStageConfig, raw, "sft_next")
+    users = {r["user_id"] for r in validation_rows(prepared.samples["valid"], sft.horizon or prepared.main_horizon,
+                                                   sft.val_rows, sft.seed)}
+    valid = prepared.samples["valid"]
+    return _plain_rows(valid[valid["user_id"].isin(users)], horizon)
+
+
 def training_rows(prepared, horizon: int, max_samples: int | None = None, seed: int = 0) -> list[dict]:
     """Train-split samples whose future-negative set F_H is not empty, as plain dict rows."""
-    import numpy as np
-
-    df = prepared.samples["train"]
-    col = f"future_neg_h{horizon}"
-    if col not in df.columns:
-        raise KeyError(f"data/samples: train split lacks column {col!r} (data.horizons must include {horizon})")
-    df = df[df[col].map(len) > 0].reset_index(drop=True)
+    df = _plain_rows(prepared.samples["train"], horizon, frame=True)
     if max_samples is not None and len(df) > max_samples:
         df = df.sample(n=max_samples, random_state=seed).reset_index(drop=True)
-    rows = []
-    for rec in df.to_dict("records"):
-        rows.append({k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
-                     for k, v in rec.items()})
-    return rows
+    return _plain_rows(df, horizon)
+
+
+def _plain_rows(df, horizon: int, frame: bool = False):
+    """Rows of a sample table whose F_H is not empty: the frame, or plain dict rows."""
+    import numpy as np
+
+    col = f"future_neg_h{horizon}"
+    if col not in df.columns:
+        raise KeyError(f"data/samples: the sample table lacks column {col!r} (data.horizons must include {horizon})")
+    df = df[df[col].map(len) > 0].reset_index(drop=True)
+    if frame:
+        return df
+    return [{k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
+             for k, v in rec.items()} for rec in df.to_dict("records")]
 
 
 def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: bool = False) -> dict:
@@ -568,7 +592,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     sid_tok = _load_sid_tokenizer(run_dir, sft_dir)
     hf_tok = AutoTokenizer.from_pretrained(sft_dir)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
-    rows = training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed)
+    rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
+            else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped

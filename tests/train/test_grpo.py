@@ -118,6 +118,8 @@ def test_config_errors_are_clear():
         _cfg(num_generations=3)
     with pytest.raises(ValueError, match="generation"):
         _cfg(generation="greedy")
+    with pytest.raises(ValueError, match="grpo.rows"):
+        _cfg(rows="valid")
     with pytest.raises(ConfigError, match="unknown field"):
         from_dict(ProgressiveGRPOConfig, {"stagez": []}, "x.yaml: grpo")
     cfg = from_dict(ProgressiveGRPOConfig, {"stages": [{"name": "a", "max_steps": 2, "neg_window_days": None}]},
@@ -245,3 +247,19 @@ def test_grpo_args_pin_trl_settings(tmp_path, checkpointing):
     # The knob is honoured under transformers 5's new name too (the old one is only an alias).
     assert args.gradient_checkpointing is checkpointing
     assert getattr(args, "activation_checkpointing", checkpointing) is checkpointing
+
+
+def test_sft_validation_rows_are_the_sft_validation_users_held_out_rows(ml100k_prepared):
+    """grpo.rows: sft_validation trains on the valid-split rows of exactly the users whose
+    validation picked the SFT epoch (the SFT saw their events only up to those cuts)."""
+    from negrec.train.grpo import sft_validation_rows, training_rows
+    from negrec.train.timeline import validation_rows
+
+    raw = {"sft_next": {"val_rows": 30, "seed": 3}}
+    rows = sft_validation_rows(raw, ml100k_prepared, 7)
+    picked = {r["user_id"] for r in validation_rows(ml100k_prepared.samples["valid"], 7, 30, 3)}
+    assert rows and {r["user_id"] for r in rows} == picked
+    assert all(r["future_neg_h7"] and isinstance(r["future_neg_h7"], list) for r in rows)
+    valid_cuts = set(zip(ml100k_prepared.samples["valid"].user_id, ml100k_prepared.samples["valid"].cut_ts))
+    assert all((r["user_id"], r["cut_ts"]) in valid_cuts for r in rows)
+    assert len(training_rows(ml100k_prepared, 7, max_samples=5)) == 5
