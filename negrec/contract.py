@@ -14,13 +14,14 @@ its outputs there, the marker is written last and the folder is renamed into pla
 leaves either the old folder or the new one, never a mix. A stage sharing its folder writes
 each file atomically (`negrec.io.atomic_path`), drops its marker first and writes it last
 (`shared_stage_files`). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
-outside the swapped folder. Readers call `check_inputs`: an input stage's folder without a
+outside the swapped folder. Every stage starts with `up_to_date`: an input stage's folder without a
 matching marker is refused, naming it.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,12 +159,12 @@ def is_done(raw: dict, run_dir, name: str) -> bool:
     return _Rule(raw, run_dir).done(name)
 
 
-def check_inputs(raw: dict, run_dir, name: str) -> None:
+def _check_inputs(rule: _Rule, name: str) -> None:
     """Refuse to read an input stage whose folder exists without a marker matching the current
     config and inputs (killed, unfinished, or made from another config): one line naming it. An
     input that never ran, or whose marker matches but lacks a file, is left to the reader (it
     names the file it needs and the command to run, or does without)."""
-    rule = _Rule(raw, run_dir)
+    raw, run_dir = rule.raw, rule.run_dir
     for i in stage(name).inputs:
         rec = rule.recorded(i)
         if rec is None and (_shared(i) or not stage_dir(raw, run_dir, i).exists()):
@@ -177,8 +178,9 @@ def check_inputs(raw: dict, run_dir, name: str) -> None:
 def up_to_date(raw: dict, run_dir, name: str) -> bool:
     """The entry check of every stage: refuse unusable inputs, then True (printing so) when the
     stage is done by the rule, so that it skips itself."""
-    check_inputs(raw, run_dir, name)
-    if is_done(raw, run_dir, name):
+    rule = _Rule(raw, run_dir)  # one rule: the input fingerprints (raw-file hashes) computed once
+    _check_inputs(rule, name)
+    if rule.done(name):
         if launched_rank() == 0:  # under a launcher every rank checks, rank 0 says so
             print(f"[{name}] up to date: {stage_dir(raw, run_dir, name)}")
         return True
@@ -240,8 +242,6 @@ def copy_tree(src: Path, dst: Path) -> None:
     else by copies; the source stays intact, so a kill before the swap loses nothing."""
     def link(s, d):
         try:
-            import os
-
             os.link(s, d)
         except OSError:
             shutil.copy2(s, d)

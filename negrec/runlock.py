@@ -25,6 +25,11 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def launched_world() -> int:
+    """How many processes this launch runs (their WORLD_SIZE), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 class RunLocked(ConfigError):
     """Another process writes into this run folder."""
 

@@ -6,10 +6,11 @@ batches one process would run for those rows: the merged rankings equal the one-
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..runlock import launched_world
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Shard:
 
 def current_shard() -> Shard | None:
     """This process's shard under a launcher with more than one process; None in a plain run."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world() <= 1:
         return None
     import torch
     from accelerate import PartialState

@@ -31,7 +31,7 @@ from negrec.config import section_config, to_dict
 from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       main_print, ranks_meet, reports_to, stable_view, train_or_take)
+                                       main_print, ranks_meet, reports_to, train_or_take)
 
 GRPO_ROWS = ("train", "sft_validation")
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
@@ -43,8 +43,8 @@ def use_bf16(cfg) -> bool:
 
 
 def hash_view(cfg) -> dict:
-    """`cfg` as hashed into fingerprints: fields added later are left out at their defaults."""
-    view = stable_view(cfg, {"trainer": {}})
+    """`cfg` as hashed into the GRPO progress fingerprint, with bf16 resolved for this device."""
+    view = to_dict(cfg)
     view["bf16"] = use_bf16(cfg)
     return view
 
@@ -536,27 +536,29 @@ def sft_validation_rows(raw: dict, prepared, horizon: int) -> list[dict]:
     users = {r["user_id"] for r in validation_rows(prepared.samples["valid"], sft.horizon or prepared.main_horizon,
                                                    sft.val_rows, sft.seed)}
     valid = prepared.samples["valid"]
-    return _plain_rows(valid[valid["user_id"].isin(users)], horizon)
+    return _plain_rows(_with_targets(valid[valid["user_id"].isin(users)], horizon))
 
 
 def training_rows(prepared, horizon: int, max_samples: int | None = None, seed: int = 0) -> list[dict]:
     """Train-split samples whose future-negative set F_H is not empty, as plain dict rows."""
-    df = _plain_rows(prepared.samples["train"], horizon, frame=True)
+    df = _with_targets(prepared.samples["train"], horizon)
     if max_samples is not None and len(df) > max_samples:
         df = df.sample(n=max_samples, random_state=seed).reset_index(drop=True)
-    return _plain_rows(df, horizon)
+    return _plain_rows(df)
 
 
-def _plain_rows(df, horizon: int, frame: bool = False):
-    """Rows of a sample table whose F_H is not empty: the frame, or plain dict rows."""
-    import numpy as np
-
+def _with_targets(df, horizon: int):
+    """The rows of a sample table whose future-negative set F_H is not empty."""
     col = f"future_neg_h{horizon}"
     if col not in df.columns:
         raise KeyError(f"data/samples: the sample table lacks column {col!r} (data.horizons must include {horizon})")
-    df = df[df[col].map(len) > 0].reset_index(drop=True)
-    if frame:
-        return df
+    return df[df[col].map(len) > 0].reset_index(drop=True)
+
+
+def _plain_rows(df) -> list[dict]:
+    """A sample table as plain dict rows (lists and Python scalars, as TRL's dataset takes them)."""
+    import numpy as np
+
     return [{k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
              for k, v in rec.items()} for rec in df.to_dict("records")]
 

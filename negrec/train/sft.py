@@ -16,7 +16,6 @@ atomically to run_dir/sft_<task>/final.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
+from negrec.runlock import launched_world
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
                                        is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
@@ -113,7 +113,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
 
     if builder.cfg.format != "compact":
         raise ValueError("sft_next.mode: timeline trains on compact timelines; set prompt.format: compact")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would train the same model alone
+    if launched_world() > 1:  # every rank would train the same model alone
         raise ValueError("sft_next.mode: timeline trains in one process; run it without a launcher "
                          "(torchrun / accelerate launch), or use mode: prompt for several processes")
     out = run_dir / "sft_next"
@@ -212,8 +212,6 @@ def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = N
 def _prepare_checkpoints(ckpt_dir: Path, cfg: SFTStageConfig, resume_key: str | None) -> str | None:
     """The checkpoint to resume from, or None. Rank 0 alone clears checkpoints written for another
     key (or all, without `resume`) and records the key; the others wait for it, then look."""
-    from accelerate import PartialState
-
     key_file = ckpt_dir / "_resume_key"
     if is_main_process():
         if ckpt_dir.exists() and (not cfg.resume or (resume_key and (not key_file.exists() or key_file.read_text() != resume_key))):
@@ -221,9 +219,9 @@ def _prepare_checkpoints(ckpt_dir: Path, cfg: SFTStageConfig, resume_key: str | 
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume_key:
             key_file.write_text(resume_key)
-    PartialState().wait_for_everyone()
+    ranks_meet()
     last = last_complete_checkpoint(ckpt_dir) if cfg.resume and ckpt_dir.exists() else None
-    PartialState().wait_for_everyone()  # rank 0 may have removed a checkpoint cut short by a kill
+    ranks_meet()  # rank 0 may have removed a checkpoint cut short by a kill
     return last
 
 

@@ -12,7 +12,6 @@
   weights inside (a save on rank 0 writes them, not its shard); elsewhere it does nothing.
 - `ranks_meet()`: every rank waits for the others (under a launcher), e.g. until rank 0 has written.
 - `train_or_take(trainer, checkpoint)`: resume training, or take a checkpoint that ended it as it is.
-- `stable_view(cfg, defaults)`: a config as a dict for hashing, without the fields added later
   while they hold their defaults, so adding a field does not invalidate finished stages.
 """
 from __future__ import annotations
@@ -20,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import os
 
-from negrec.config import nearest, to_dict
+from negrec.config import nearest
+from negrec.runlock import launched_rank, launched_world
 
 
 def is_main_process() -> bool:
@@ -34,7 +33,7 @@ def is_main_process() -> bool:
             return dist.get_rank() == 0
     except ImportError:  # pragma: no cover
         pass
-    return int(os.environ.get("RANK", "0")) == 0
+    return launched_rank() == 0
 
 
 def main_print(*args, **kwargs) -> None:
@@ -46,7 +45,7 @@ def main_print(*args, **kwargs) -> None:
 def ranks_meet() -> None:
     """Under a launcher, a barrier of every rank (after rank 0's writes: the ranks leave together;
     a rank exiting while rank 0 still wrote was seen to abort in DeepSpeed's CPU comm); else nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world() > 1:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
@@ -125,11 +124,6 @@ def default_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def stable_view(cfg, defaults: dict) -> dict:
-    """`to_dict(cfg)` without the fields in `defaults` that still hold that value (hash stability)."""
-    return {k: v for k, v in to_dict(cfg).items() if not (k in defaults and v == defaults[k])}
-
-
 def train_or_take(trainer, checkpoint: str | None) -> None:
     """`trainer.train(resume_from_checkpoint=checkpoint)`, except when `checkpoint` is the run's
     last one (its global step reached max_steps: a kill came after training, while the stage wrote
@@ -153,5 +147,4 @@ def train_or_take(trainer, checkpoint: str | None) -> None:
 
 
 __all__ = ["is_main_process", "main_print", "full_weights", "ranks_meet", "train_or_take", "check_trainer_overrides",
-           "build_trainer_config", "reports_to", "default_bf16",
-           "stable_view"]
+           "build_trainer_config", "reports_to", "default_bf16"]
