@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_grpo_rows"
 VARIANTS = {  # name -> overrides of the default config (the base run is the default itself)
-    "train_lr2e-5": [],
-    "train_lr1e-4": ["grpo.learning_rate=0.0001"],
-    "heldout_lr2e-5": ["grpo.rows=sft_validation"],
-    "heldout_lr1e-4_seed0": ["grpo.rows=sft_validation", "grpo.learning_rate=0.0001"],
-    "heldout_lr1e-4_seed1": ["grpo.rows=sft_validation", "grpo.learning_rate=0.0001", "grpo.seed=1"],
+    "train_lr2e-5": ["grpo.select=last"],
+    "train_lr1e-4": ["grpo.select=last", "grpo.learning_rate=0.0001"],
+    "heldout_lr2e-5": ["grpo.select=last", "grpo.rows=sft_validation"],
+    "heldout_lr1e-4_seed0": ["grpo.select=last", "grpo.rows=sft_validation", "grpo.learning_rate=0.0001"],
+    "heldout_lr1e-4_seed1": ["grpo.select=last", "grpo.rows=sft_validation", "grpo.learning_rate=0.0001", "grpo.seed=1"],
 }
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 

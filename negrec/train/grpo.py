@@ -34,6 +34,7 @@ from negrec.train.trainer_args import (build_trainer_config, check_trainer_overr
                                        main_print, ranks_meet, reports_to, train_or_take)
 
 GRPO_ROWS = ("train", "sft_validation")
+GRPO_SELECT = ("validation", "last")
 GENERATION_MODES = ("sample", "beam")  # also in grpo_trainer (which imports TRL)
 GRPO_RESERVED = ("output_dir", "max_steps", "beta")  # trl.GRPOConfig fields negrec sets per stage
 
@@ -99,6 +100,11 @@ class ProgressiveGRPOConfig:
     # timeline SFT with fit_until: test already fit); "sft_validation": the valid-split rows of the
     # users whose validation picked the SFT epoch, the only futures before the test cut the SFT never saw
     rows: str = "train"
+    # which policy the stage ships. "validation": of the SFT start and each stage's end, the one with
+    # the best validation Recall@10 on the timeline SFT's validation users, a later one unless it is
+    # significantly worse (the rule sft_next picks its epoch by), so GRPO never ships a policy that
+    # validation shows worse than its start; "last": the last stage's, whatever its validation
+    select: str = "validation"
     carry_over_steps: bool = True  # steps a stage leaves by advancing early go to the next stage
     # TRL pass-through: any trl.GRPOConfig field, set on top of the settings above (report_to:
     # [tensorboard, wandb], optim, push_to_hub, ...); unknown keys are refused with the nearest field.
@@ -109,6 +115,11 @@ class ProgressiveGRPOConfig:
         check_trainer_overrides("trl:GRPOConfig", self.trainer, "grpo", GRPO_RESERVED)
         if self.rows not in GRPO_ROWS:
             raise ValueError(f"grpo.rows: {self.rows!r} is not one of {GRPO_ROWS}")
+        if self.select not in GRPO_SELECT:
+            raise ValueError(f"grpo.select: {self.select!r} is not one of {GRPO_SELECT}")
+        if self.select == "validation" and self.rows == "sft_validation":
+            raise ValueError("grpo.select: validation picks on the SFT validation users' rows, which "
+                             "grpo.rows: sft_validation trains on; set grpo.select: last")
         if self.generation not in GENERATION_MODES:
             raise ValueError(f"grpo.generation: {self.generation!r} is not one of {GENERATION_MODES}")
         if not self.stages:
@@ -242,6 +253,17 @@ class ProgressStore:
     def log(self) -> list[dict]:
         return read_jsonl(self.log_path)
 
+    def validated(self, key: str, model_dir: Path, validate: Callable[[Path], Sequence[float]]) -> list[float]:
+        """Per-user validation Recall@10 of the policy in `model_dir`, computed once: it is kept in
+        progress.json under `key` ("start" for the SFT policy, else the stage index), so a resumed
+        run does not score the same policy again."""
+        scores = self.progress.setdefault("validation", {})
+        if key not in scores:
+            scores[key] = [round(float(x), 6) for x in validate(model_dir)]
+            if is_main_process():
+                write_json(self.path, self.progress)
+        return scores[key]
+
 
 @dataclass
 class GRPORun:
@@ -261,6 +283,7 @@ class GRPORun:
     tb_dir: Path | None = None
     stop_after_steps: int | None = None
     peft: object = None  # negrec.llm.peft.PeftSettings (model.peft); None or mode none: full fine-tuning
+    validate: Callable[[Path], Sequence[float]] | None = None  # model folder -> per-user validation recall
 
 
 def _load_grpo_tokenizer(sft_dir: Path):
@@ -288,6 +311,7 @@ def train_progressive_grpo(
     stop_after_steps: int | None = None,
     run_key: str = "",
     peft=None,
+    validate: Callable[[Path], Sequence[float]] | None = None,
 ) -> dict:
     """Run the GRPO stages from the SFT policy in `sft_dir`; resume from `out_dir/progress.json`.
 
@@ -299,7 +323,10 @@ def train_progressive_grpo(
     stage's adapter, so the KL reference (the adapter-free model, as TRL does) stays the SFT policy.
     `stop_after_steps` stops (as a kill would, after committing a checkpoint) once that many global
     steps are done: used by the resume test and nothing else.
-    Returns a summary dict; the final model is in `out_dir/final`.
+    `validate(model_dir) -> per-user recalls` (main process only; None on the others) scores the SFT
+    start and each stage's end for `grpo.select: validation`; the summary's `kept` names the policy
+    to ship (`kept["model"]`), `out_dir/final` stays the last stage's.
+    Returns a summary dict; the last stage's model is in `out_dir/final`.
     """
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
     if is_main_process():
@@ -314,11 +341,13 @@ def train_progressive_grpo(
                                "L": completion_length, "key": run_key, **({"peft": to_dict(peft)} if peft else {})})
     run = GRPORun(cfg, sft_dir, out_dir, samples, build_prompt, reward_funcs, reward_weights, sid_constraint,
                   completion_length, _load_grpo_tokenizer(sft_dir), ProgressStore(out_dir, fingerprint),
-                  Path(tb_dir) if tb_dir else None, stop_after_steps, peft)
+                  Path(tb_dir) if tb_dir else None, stop_after_steps, peft,
+                  validate if cfg.select == "validation" else None)
     plan = stage_plan(cfg)
     summary = {"stages": [], "progressive": cfg.progressive, "generation": cfg.generation}
     t0 = time.time()
     carry, policy_dir = 0, sft_dir
+    candidates = [_validated(run, "start", "sft", 0, sft_dir)]
     for i, stage in enumerate(plan):
         budget = stage.max_steps + (carry if cfg.carry_over_steps else 0)
         record = run.store.finished(i)  # finished before a restart
@@ -329,7 +358,44 @@ def train_progressive_grpo(
         summary["stages"].append(record)
         carry = budget - record["steps"]
         policy_dir = out_dir / record["model"]
+        steps = sum(r["steps"] for r in summary["stages"])
+        candidates.append(_validated(run, str(i), record["name"], steps, policy_dir))
+    summary["kept"] = pick_policy(candidates) if run.validate else {"name": plan[-1].name, "model": str(out_dir / "final")}
+    summary["validation"] = [{k: c[k] for k in ("name", "step", "val_recall@10")} for c in candidates if c["recalls"]]
     return finalize(summary, run.store, out_dir, t0)
+
+
+def _validated(run: GRPORun, key: str, name: str, step: int, model_dir: Path) -> dict:
+    """A candidate policy for `pick_policy`: its per-user validation recalls (empty without `validate`)."""
+    recalls = run.store.validated(key, model_dir, run.validate) if run.validate else []
+    ranks_meet()  # the other ranks wait while the main process scores
+    if recalls and run.tb_dir and is_main_process():
+        from torch.utils.tensorboard import SummaryWriter
+
+        with contextlib.closing(SummaryWriter(str(run.tb_dir))) as tb:
+            tb.add_scalar("grpo/val_recall@10", sum(recalls) / len(recalls), step)
+    mean = round(sum(recalls) / len(recalls), 4) if recalls else None
+    if recalls:
+        main_print(f"[grpo] validation Recall@10 of {name} (step {step}): {mean:.4f} ({len(recalls)} users)")
+    return {"name": name, "step": step, "model": str(model_dir), "recalls": recalls, "val_recall@10": mean}
+
+
+def pick_policy(candidates: list[dict]) -> dict:
+    """The candidate to ship: the latest one that is not significantly below the best on validation
+    (`negrec.train.timeline.significantly_worse`, paired over the same users). Candidates come in
+    training order; each holds `name`, `step`, `model` and per-user `recalls`."""
+    import numpy as np
+
+    from negrec.train.timeline import significantly_worse
+
+    best, kept = None, None
+    for c in candidates:
+        recalls = np.asarray(c["recalls"], dtype=np.float64)
+        if best is None or recalls.mean() > best.mean():
+            best = recalls
+        if not significantly_worse(recalls, best):
+            kept = c
+    return {k: kept[k] for k in ("name", "step", "model", "val_recall@10")}
 
 
 def run_stage(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, policy_dir: Path, last: bool) -> dict:
@@ -600,12 +666,13 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
     work = work_dir(run_dir, stage)
+    validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
     summary = train_progressive_grpo(
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
         out_dir=work, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps,
-        run_key=fingerprint(raw, run_dir, stage), peft=peft)
+        run_key=fingerprint(raw, run_dir, stage), peft=peft, validate=validate if is_main_process() else None)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
@@ -613,13 +680,38 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
                     "final_model": str(out_dir / "final"), "log": str(out_dir / "log.jsonl")})
     if is_main_process():
         with stage_folder(raw, run_dir, stage) as tmp:
-            copy_tree(work / "final", tmp / "final")  # links: the work folder stays whole until the swap
+            # links: the work folder (and the SFT policy) stay whole until the swap
+            copy_tree(Path(summary["kept"]["model"]), tmp / "final")
             if (work / "log.jsonl").exists():
                 shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
             write_json(tmp / "summary.json", summary)
         _print_summary(summary)
     ranks_meet()
     return summary
+
+
+def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path], list[float]] | None:
+    """`model_dir -> per-user validation Recall@10` on the rows sft_next picks its epoch on (its
+    validation users' valid cuts, scored as it scores them); None when the log has no such rows."""
+    from negrec.train.sft import SFTStageConfig
+    from negrec.train.timeline import validation_recalls, validation_rows
+
+    sft = section_config(SFTStageConfig, raw, "sft_next")
+    horizon = sft.horizon or prepared.main_horizon
+    rows = validation_rows(prepared.samples["valid"], horizon, sft.val_rows, sft.seed)
+    if not rows:
+        main_print("[grpo] no validation rows (valid split without future negatives): the last stage is kept")
+        return None
+
+    def validate(model_dir: Path) -> list[float]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        return validation_recalls(model, hf_tok, sid_tok, builder, rows, horizon, num_beams=sft.val_beams).tolist()
+
+    return validate
 
 
 def _load_sid_tokenizer(run_dir: Path, sft_dir: Path):
@@ -641,4 +733,8 @@ def _print_summary(s: dict) -> None:
         print(f"  stage {st['index']} {st['name']:<12} steps {st['steps']:>4}/{st['budget']:<4} beta {st['beta']:<6} "
               f"mean reward (last) {st['mean_reward_last'] if st['mean_reward_last'] is None else round(st['mean_reward_last'], 4)}{early}")
     print(f"  reward first->last: {s['mean_reward_first']} -> {s['mean_reward_last']}; "
-          f"share of zero-std groups: {s['zero_std_share_mean']}; final model: {s['final_model']}")
+          f"share of zero-std groups: {s['zero_std_share_mean']}")
+    if s.get("validation"):
+        curve = ", ".join(f"{v['name']} {v['val_recall@10']:.4f}" for v in s["validation"])
+        print(f"  validation Recall@10: {curve}")
+    print(f"  kept: {s['kept']['name']} (step {s['kept'].get('step', s['total_steps'])}) -> {s['final_model']}")

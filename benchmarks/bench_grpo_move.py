@@ -1,0 +1,166 @@
+"""Does GRPO move the policy, and where does moving it take held-out recall? ML-100K, H = 7.
+
+Every variant re-runs GRPO from the SFT policy of the default run (learning rate, steps and
+rewards vary) and is paired with that SFT start on the same test users. Besides the paired
+differences it reports how far the policy moved: the final KL to the SFT reference, the share of
+each user's top-10 the SFT also has, and the distinct items over all users' top-10 lists; and the
+sampled groups' exact future-negative hit rate over training (the reward that matters).
+
+`grpo.select: last` everywhere but the `*_select` row, so each row shows what GRPO itself did;
+the `_select` row is the same run under the default `grpo.select: validation`.
+
+A sanity row first: GRPO with a reward it can learn (the SID's first code is one fixed code) from
+the same SFT policy, to show the machinery raises a learnable reward.
+
+    python benchmarks/bench_grpo_move.py [--variants NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "ml100k.yaml"
+RUNS = ROOT / "runs" / "bench_grpo_move"
+HIT = "rewards.weights={future_neg_hit: 1.0, validity: 1.0}"  # the exact hit alone (no CoNRec, no prefix credit)
+LAST = "grpo.select=last"
+
+
+def stages(steps: int) -> str:
+    """The default three progressive stages, `steps` each."""
+    return ("grpo.stages=[{name: neg_recent, context_mix: 0.0, neg_window_days: 3, max_steps: %d, beta: 0.04},"
+            "{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: %d, beta: 0.04},"
+            "{name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: %d, beta: 0.04}]") % (steps, steps, steps)
+
+
+BIG = ["grpo.learning_rate=0.0005", stages(32), "grpo.per_device_train_batch_size=64"]  # 96 steps x 8 prompts
+VARIANTS = {  # name -> overrides of the default config
+    "default": [LAST],
+    "hit_lr1e-4": [LAST, HIT, "grpo.learning_rate=0.0001"],
+    "hit_lr2e-4_48steps": [LAST, HIT, "grpo.learning_rate=0.0002", stages(16)],
+    "hit_lr5e-4_96steps": [LAST, HIT, *BIG],
+    "default_rewards_lr5e-4_96steps": [LAST, *BIG],
+    "hit_lr5e-4_96steps_select": [HIT, *BIG],
+}
+METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
+
+
+def top10_moves(run: Path) -> tuple[float, int]:
+    """(mean share of a user's GRPO top-10 that the SFT top-10 also holds, distinct items in GRPO top-10s)."""
+    import pandas as pd
+
+    lists = {}
+    for policy in ("grpo", "sft_next"):
+        df = pd.read_parquet(run / "eval" / "predictions" / f"{policy}.parquet")
+        lists[policy] = df[df["rank"] < 10].groupby("user_id")["item_id"].apply(set)
+    a, b = lists["grpo"], lists["sft_next"]
+    shared = [len(a[u] & b[u]) / max(len(a[u]), 1) for u in a.index if u in b.index]
+    return round(sum(shared) / len(shared), 3), len(set().union(*a.values))
+
+
+def by_eighths(values: list[float]) -> list[float]:
+    n = max(1, len(values) // 8)
+    return [round(sum(values[i:i + n]) / len(values[i:i + n]), 3) for i in range(0, len(values), n)]
+
+
+def run_variant(name: str, base: Path) -> dict:
+    from negrec.config import load_config
+    from negrec.io import read_json, read_jsonl
+    from negrec.pipeline import run_pipeline
+
+    run = RUNS / name
+    if not run.exists():
+        shutil.copytree(base, run, symlinks=True)
+    t0 = time.time()
+    run_pipeline(load_config(str(CONFIG), VARIANTS[name]), run)
+    summary = read_json(run / "grpo" / "summary.json")
+    log = read_jsonl(run / "grpo" / "log.jsonl")
+    paired = {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}
+              for p in json.loads((run / "eval" / "paired.json").read_text())
+              if p["a"] == "grpo" and p["b"] == "sft_next" and p["metric"] in METRICS}
+    shared, distinct = top10_moves(run)
+    return {"overrides": VARIANTS[name], "seconds": round(time.time() - t0, 1), "steps": summary["total_steps"],
+            "hit_rate_by_eighths": by_eighths([r.get("rewards/future_neg_hit/mean", 0.0) for r in log]),
+            "reward_by_eighths": by_eighths([r["reward"] for r in log]),
+            "kl_last_4_steps": round(sum(r["kl"] for r in log[-4:]) / 4, 4),
+            "top10_shared_with_sft": shared, "distinct_top10_items": distinct,
+            "kept": summary["kept"]["name"], "validation": summary.get("validation"), "grpo_minus_sft": paired}
+
+
+def learnable_reward_check(base: Path, steps: int = 30) -> dict:
+    """GRPO from the same SFT policy toward a reward it can learn: the SID's first code is the code
+    the SFT policy samples least often among the common ones (a few percent of samples at the start)."""
+    import numpy as np
+
+    from negrec.config import load_config, section_config
+    from negrec.data import Prepared
+    from negrec.io import read_jsonl
+    from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
+    from negrec.train.grpo import (GRPOStageConfig, ProgressiveGRPOConfig, _load_sid_tokenizer, train_progressive_grpo,
+                                   training_rows)
+    from transformers import AutoTokenizer
+
+    raw = load_config(str(CONFIG), [])
+    sft = base / "sft_next" / "final"
+    prepared = Prepared.load(base / "data")
+    sid_tok = _load_sid_tokenizer(base, sft)
+    hf_tok = AutoTokenizer.from_pretrained(sft)
+    builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, prepared.items, hf_tok)
+    row_of = {int(i): r for r, i in enumerate(sid_tok.item_ids)}
+    target = 5  # a level-1 code of the default tokenizer that the SFT policy rarely samples
+
+    def first_code(prompts=None, completions=None, **kwargs):
+        items = [sid_tok.item_for_tokens(c.strip()) for c in completions]
+        return [float(i is not None and sid_tok.codes[row_of[int(i)], 0] == target) for i in items]
+
+    cfg = ProgressiveGRPOConfig(stages=[GRPOStageConfig("plain", context_mix=1.0, neg_window_days=None,
+                                                        max_steps=steps, beta=0.04)],
+                                learning_rate=5e-4, num_generations=8, per_device_train_batch_size=32, save_steps=10_000)
+    out = RUNS / "learnable_reward"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    train_progressive_grpo(cfg, sft_dir=sft, samples=training_rows(prepared, 7, 2000, 0), build_prompt=builder.build,
+                           reward_funcs=[first_code], sid_constraint=SidConstraint(sid_tok, hf_tok),
+                           completion_length=sid_tok.levels + 1, out_dir=out)
+    rewards = [r["reward"] for r in read_jsonl(out / "log.jsonl")]
+    return {"reward": f"first SID code == {target}", "steps": steps, "learning_rate": 5e-4,
+            "seconds": round(time.time() - t0, 1),
+            "reward_by_5_steps": [round(float(np.mean(rewards[i:i + 5])), 3) for i in range(0, len(rewards), 5)]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    a = ap.parse_args()
+
+    from negrec.cli import set_threads
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    set_threads(None)
+    base = RUNS / "base"
+    run_pipeline(load_config(str(CONFIG), []), base)
+    learnable = learnable_reward_check(base)
+    print(f"learnable reward ({learnable['reward']}), mean per 5 steps: {learnable['reward_by_5_steps']}")
+    results = {name: run_variant(name, base) for name in a.variants}
+    rows = [{"variant": n, "steps": r["steps"], "KL": r["kl_last_4_steps"], "top-10 shared w/ SFT": r["top10_shared_with_sft"],
+             "distinct": r["distinct_top10_items"], "kept": r["kept"],
+             **{f"{m} diff [CI], p": "{diff:+.4f} [{lo:+.4f}, {hi:+.4f}], {p:.3g}".format(**r["grpo_minus_sft"][m])
+                for m in ("recall@10_h7", "recall@50_h7") if m in r["grpo_minus_sft"]}}
+            for n, r in results.items()]
+    print_table(rows, "GRPO - its SFT start on the same test users (H = 7; 95% CI, paired bootstrap p)")
+    for n, r in results.items():
+        print(f"{n}: sampled hit rate by eighths of training {r['hit_rate_by_eighths']}")
+    save_result("bench_grpo_move_ml100k", {"command": "python benchmarks/bench_grpo_move.py",
+                                           "learnable_reward": learnable, "variants": results})
+
+
+if __name__ == "__main__":
+    main()
