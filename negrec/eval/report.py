@@ -85,7 +85,13 @@ def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
     steps = [r.get("global_step", i + 1) for i, r in enumerate(rows)]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(steps, [r.get(key) for r in rows], marker=".", label=key)
+    values = np.asarray([r.get(key) for r in rows], dtype=float)
+    ax.plot(steps, values, marker=".", alpha=0.4, label=key)
+    w = min(8, len(values))  # one step's mean is a few prompts' noise: the trend is the moving mean
+    ax.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), label=f"{key}, mean of {w} steps")
+    hit = "rewards/future_neg_hit/mean"
+    if hit in rows[0]:
+        ax.plot(steps, [r.get(hit) for r in rows], alpha=0.6, label="exact future-negative hit rate")
     if "zero_std_share" in rows[0]:
         ax.plot(steps, [r.get("zero_std_share") for r in rows], alpha=0.6, label="share of zero-std groups")
     stages = [r.get("stage") for r in rows]
@@ -96,6 +102,18 @@ def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
     ax.set(xlabel="GRPO step", ylabel="mean reward", title=f"GRPO reward over steps (stage {stages[0]} first)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def grpo_selection_text(summary: dict) -> str:
+    """Which policy the GRPO stage shipped (`grpo.select`), with the validation curve it chose on."""
+    kept = summary.get("kept") or {}
+    curve = ", ".join(f"{v['name']} (step {v['step']}) {v['val_recall@10']:.4f}" for v in summary.get("validation") or [])
+    if not curve:
+        return f"GRPO shipped its last stage ({kept.get('name', '?')}); no validation selection.\n"
+    text = f"Validation Recall@10 of the SFT start and each GRPO stage: {curve}. Shipped: **{kept['name']}**"
+    if kept.get("name") == "sft":
+        text += " (no GRPO stage beat its SFT start on validation, so the `grpo` policy is the SFT policy)"
+    return text + ".\n"
 
 
 def plot_code_usage(tok_metrics: dict, path: Path) -> str | None:
@@ -245,6 +263,8 @@ def _report(raw: dict, run_dir: Path) -> dict:
         name = plot(read(src), plots / png) if src.exists() else None
         if name:
             parts.append(f"{title}(plots/{name})\n")
+    if (run_dir / "grpo" / "summary.json").exists():
+        parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
     pred_path = ev / "predictions.parquet"
     if (run_dir / "data" / "interactions.parquet").exists():
         prepared = Prepared.load(run_dir / "data")
