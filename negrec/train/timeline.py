@@ -220,10 +220,11 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "step": state["step"], "train_loss": round(float(np.mean(losses)), 4),
                                  "val_recall@10": round(recall, 4)})
-        print(f"[sft_next] epoch {state['epoch']}: loss {np.mean(losses):.3f}, validation Recall@10 {recall:.4f} "
-              f"({len(val_rows)} users)")
+        print(f"[timeline] epoch {state['epoch']}: loss {np.mean(losses):.3f}"
+              + (f", validation Recall@10 {recall:.4f} ({len(val_rows)} users)" if val_rows else ""))
         if writer:
-            writer.add_scalar("valid/recall@10", recall, state["step"])
+            if val_rows:
+                writer.add_scalar("valid/recall@10", recall, state["step"])
             writer.add_scalar("train/epoch_loss", float(np.mean(losses)), state["step"])
         _select_epoch(state, model, per_user)
         if ckpt_path is not None:

@@ -131,6 +131,26 @@ def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
     assert run_sft(raw, run, task="next")["steps"] == 2  # up to date: read back, not retrained
 
 
+def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_prepared, tmp_path):
+    """sft_align.mode: timeline (negrec's own token loop, not TRL) is a stage of its own: it writes
+    sft_align/final, and on 32 items title -> SID ends far above chance (1/32)."""
+    items, sid = subset
+    run = tmp_path / "run"
+    ml100k_prepared.save(run / "data")
+    torch.manual_seed(0)
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+    save_policy(model, hf, sid, run / "model")
+    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "epochs": 40, "learning_rate": 5e-3,
+                         "batch_size": 8, "max_items": 0, "eval_items": N_ITEMS, "patience": 100}}
+    for stage in ("data", "build-model"):
+        mark_done(raw, run, stage)
+    s = run_sft(raw, run, task="align")
+    assert s["mode"] == "timeline" and s["epochs_run"] == 40 and s["loss_curve"][-1] < 0.5 * s["loss_curve"][0]
+    assert (run / "sft_align" / "final" / "config.json").exists()
+    assert s["alignment"]["title_to_sid"] >= 0.5 > 10 * s["alignment"]["chance_title_to_sid"], s["alignment"]
+    assert s["alignment"]["choice_sid_likelihood"] >= 0.6, s["alignment"]
+
+
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
     """A kill while the Trainer writes checkpoint-6 leaves it without (or with a torn)
     trainer_state.json: resume takes checkpoint-4 and removes the torn folder."""
