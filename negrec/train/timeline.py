@@ -86,8 +86,12 @@ def training_log(data, fit_until: str, val_users) -> tuple:
 
 
 def _batches(windows, batch_size: int, rng: np.random.Generator):
-    """Batches of similar-length windows (little padding), in random order."""
-    order = np.argsort([len(ids) for ids, _ in windows], kind="stable")
+    """Batches of similar-length windows (little padding), in random order. Equal lengths are
+    ordered at random each epoch: with a stable sort the windows of one length (most timeline
+    windows are full) formed the same batches every epoch; alignment SFT ended at loss 0.97 that
+    way vs 0.40 with fresh batches (title -> SID 0.21 vs 0.74, 30 epochs)."""
+    lengths = np.asarray([len(ids) for ids, _ in windows])
+    order = np.lexsort((rng.random(len(windows)), lengths))
     groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     rng.shuffle(groups)
     return groups

@@ -162,3 +162,19 @@ def test_alignment_examples_join_the_timeline_loop_with_loss_on_the_answer_only(
         answer = hf(e["completion"], add_special_tokens=False)["input_ids"]
         assert ids.tolist() == [*prompt, *answer, hf.eos_token_id]
         assert w.tolist() == [0.0] * len(prompt) + [0.5] * (len(answer) + 1)
+
+
+def test_batches_of_equal_length_windows_change_between_epochs():
+    """Length-grouped batches must still be fresh each epoch: equal-length windows are ordered at
+    random, so the same windows do not meet in the same batch every epoch."""
+    import numpy as np
+
+    from negrec.train.timeline import _batches
+
+    windows = [(np.zeros(10 if i % 3 else 7, np.int64), None) for i in range(60)]
+    rng = np.random.default_rng(0)
+    epochs = [sorted(tuple(sorted(b.tolist())) for b in _batches(windows, 8, rng)) for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    for groups in epochs:  # still grouped by length, every window once
+        assert sorted(i for g in groups for i in g) == list(range(60))
+        assert all(len({len(windows[i][0]) for i in g}) <= 2 for g in groups)
