@@ -695,11 +695,9 @@ def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path],
         return None
 
     def validate(model_dir: Path) -> list[float]:
-        import torch
-        from transformers import AutoModelForCausalLM
+        from negrec.llm.model import load_policy
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        model = load_policy(model_dir)[0].eval()  # as `negrec predict` loads it (an unmerged adapter too)
         return validation_recalls(model, hf_tok, sid_tok, builder, rows, horizon, num_beams=sft.val_beams).tolist()
 
     return validate
