@@ -695,8 +695,14 @@ def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path],
         return None
 
     def validate(model_dir: Path) -> list[float]:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
         from negrec.llm.model import load_policy
 
+        # Under ZeRO-3 a stage's GRPOConfig makes every from_pretrained shard the weights over the
+        # ranks, a collective the other ranks (waiting in ranks_meet) never join: this copy loads
+        # whole on the main process. The next stage's GRPOConfig sets the config again before its model.
+        unset_hf_deepspeed_config()
         model = load_policy(model_dir)[0].eval()  # as `negrec predict` loads it (an unmerged adapter too)
         return validation_recalls(model, hf_tok, sid_tok, builder, rows, horizon, num_beams=sft.val_beams).tolist()
 
