@@ -42,3 +42,25 @@ def save_result(name: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\nwrote {path}")
     return path
+
+
+def rerun_from_base(base: Path, run: Path, config: Path, overrides: list[str]) -> float:
+    """Seconds to bring `run` (a copy of the `base` run folder, made once) up to date under `overrides`:
+    the pipeline re-runs only what the overrides make stale."""
+    import shutil
+
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    if not run.exists():
+        shutil.copytree(base, run, symlinks=True)
+    t0 = time.time()
+    run_pipeline(load_config(str(config), overrides), run)
+    return round(time.time() - t0, 1)
+
+
+def paired_rows(run: Path, a: str, b: str, metrics) -> dict:
+    """{metric: {diff, lo, hi, p}} of `a - b` in the run's eval/paired.json."""
+    return {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}
+            for p in json.loads((run / "eval" / "paired.json").read_text())
+            if p["a"] == a and p["b"] == b and p["metric"] in metrics}

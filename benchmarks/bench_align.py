@@ -36,8 +36,8 @@ METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 ALIGNMENT = ("title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood", "choice_sid_likelihood")
 
 
-def per_row(run: Path, base: Path, policy_file: Path):
-    """Per-row test metrics of one prediction file against the base run's targets."""
+def scorer(base: Path):
+    """`prediction file -> per-row test metrics` against the base run's targets (log and targets read once)."""
     import pandas as pd
 
     from negrec.data import Prepared
@@ -46,7 +46,7 @@ def per_row(run: Path, base: Path, policy_file: Path):
     mcfg = MetricsConfig(ks=[5, 10, 20, 50], horizons=[7], main_horizon=7, fhr_k=20)  # the default run's
     log = Prepared.load(base / "data").interactions
     targets = pd.read_parquet(base / "eval" / "targets.parquet")
-    return evaluate_predictions(pd.read_parquet(policy_file), targets, log, mcfg, per_row=True)["per_row"]
+    return lambda path: evaluate_predictions(pd.read_parquet(path), targets, log, mcfg, per_row=True)["per_row"]
 
 
 def paired(a, b) -> dict:
@@ -88,11 +88,12 @@ def main() -> None:
     set_threads(None)
     base = RUNS / "base"
     run_pipeline(load_config(str(CONFIG), []), base)
-    reference = per_row(base, base, base / "eval" / "predictions" / "sft_next.parquet")
+    per_row = scorer(base)
+    reference = per_row(base / "eval" / "predictions" / "sft_next.parquet")
     results = {}
     for name in VARIANTS:
         path, info = run_variant(name, base)
-        results[name] = {**info, "minus_default_sft": paired(per_row(RUNS / name, base, path), reference)}
+        results[name] = {**info, "minus_default_sft": paired(per_row(path), reference)}
     rows = [{"variant": n, "align s": r["align_seconds"],
              "after align: title->SID / 4-choice SID, text by likelihood": "{title_to_sid:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f}".format(**r["alignment_after_align_stage"]),
              "after timeline SFT": "{title_to_sid:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f}".format(**r["alignment_after_timeline_sft"]),

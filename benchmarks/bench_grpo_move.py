@@ -17,14 +17,13 @@ the same SFT policy, to show the machinery raises a learnable reward.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -71,22 +70,15 @@ def by_eighths(values: list[float]) -> list[float]:
 
 
 def run_variant(name: str, base: Path) -> dict:
-    from negrec.config import load_config
     from negrec.io import read_json, read_jsonl
-    from negrec.pipeline import run_pipeline
 
     run = RUNS / name
-    if not run.exists():
-        shutil.copytree(base, run, symlinks=True)
-    t0 = time.time()
-    run_pipeline(load_config(str(CONFIG), VARIANTS[name]), run)
+    seconds = rerun_from_base(base, run, CONFIG, VARIANTS[name])
     summary = read_json(run / "grpo" / "summary.json")
     log = read_jsonl(run / "grpo" / "log.jsonl")
-    paired = {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}
-              for p in json.loads((run / "eval" / "paired.json").read_text())
-              if p["a"] == "grpo" and p["b"] == "sft_next" and p["metric"] in METRICS}
+    paired = paired_rows(run, "grpo", "sft_next", METRICS)
     shared, distinct = top10_moves(run)
-    return {"overrides": VARIANTS[name], "seconds": round(time.time() - t0, 1), "steps": summary["total_steps"],
+    return {"overrides": VARIANTS[name], "seconds": seconds, "steps": summary["total_steps"],
             "hit_rate_by_eighths": by_eighths([r.get("rewards/future_neg_hit/mean", 0.0) for r in log]),
             "reward_by_eighths": by_eighths([r["reward"] for r in log]),
             "kl_last_4_steps": round(sum(r["kl"] for r in log[-4:]) / 4, 4),
@@ -131,7 +123,7 @@ def learnable_reward_check(base: Path, steps: int = 30) -> dict:
                            completion_length=sid_tok.levels + 1, out_dir=out)
     rewards = [r["reward"] for r in read_jsonl(out / "log.jsonl")]
     return {"reward": f"first SID code == {target}", "steps": steps, "learning_rate": 5e-4,
-            "seconds": round(time.time() - t0, 1),
+            "seconds": seconds,
             "reward_by_5_steps": [round(float(np.mean(rewards[i:i + 5])), 3) for i in range(0, len(rewards), 5)]}
 
 

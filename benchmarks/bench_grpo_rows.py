@@ -8,14 +8,11 @@ policy of the default ML-100K run and is paired with that SFT start on the same 
 """
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -32,21 +29,14 @@ METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 
 def run_variant(name: str, base: Path) -> dict:
     """GRPO (and what reads it) re-run under the variant's overrides in a copy of the base run."""
-    from negrec.config import load_config
     from negrec.io import read_json, read_jsonl
-    from negrec.pipeline import run_pipeline
 
     run = RUNS / name
-    if not run.exists():
-        shutil.copytree(base, run, symlinks=True)
-    t0 = time.time()
-    run_pipeline(load_config(str(CONFIG), VARIANTS[name]), run)
+    seconds = rerun_from_base(base, run, CONFIG, VARIANTS[name])
     summary = read_json(run / "grpo" / "summary.json")
     rewards = [r["reward"] for r in read_jsonl(run / "grpo" / "log.jsonl") if "reward" in r]
-    paired = {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}
-              for p in json.loads((run / "eval" / "paired.json").read_text())
-              if p["a"] == "grpo" and p["b"] == "sft_next" and p["metric"] in METRICS}
-    return {"overrides": VARIANTS[name], "seconds": round(time.time() - t0, 1), "train_rows": summary["train_rows"],
+    paired = paired_rows(run, "grpo", "sft_next", METRICS)
+    return {"overrides": VARIANTS[name], "seconds": seconds, "train_rows": summary["train_rows"],
             "reward_by_4_steps": [round(sum(rewards[i:i + 4]) / len(rewards[i:i + 4]), 3) for i in range(0, len(rewards), 4)],
             "grpo_minus_sft": paired}
 

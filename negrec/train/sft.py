@@ -150,10 +150,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
         _print_alignment(summary["alignment"])
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
-        with stage_folder(raw, run_dir, "sft-next") as tmp:
-            save_policy(model, hf_tok, sid_tok, tmp / "final", extra={"stage": "sft_next", "steps": fit["steps"]})
-            write_json(tmp / "summary.json", summary)
-        (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
+        _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary, work)
     curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
     main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
                f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
@@ -189,16 +186,22 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     if cfg.eval_items:
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
     summary["seconds"] = round(time.time() - t0, 1)
-    with stage_folder(raw, run_dir, "sft-align") as tmp:
-        save_policy(model, hf_tok, sid_tok, tmp / "final", extra={"stage": "sft_align", "steps": fit["steps"]})
-        write_json(tmp / "summary.json", summary)
-    (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
+    _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary, work)
     main_print(f"[sft_align] {fit['steps']} steps, {fit['epochs_run']} epochs, loss "
                f"{summary['loss_curve'][0]:.3f} -> {summary['loss_curve'][-1]:.3f}, {summary['seconds']}s -> "
                f"{run_dir / 'sft_align' / 'final'}")
     if "alignment" in summary:
         _print_alignment(summary["alignment"])
     return summary
+
+
+def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict, work: Path) -> None:
+    """A timeline-loop stage's folder (final/ and summary.json, swapped in whole); then its checkpoint goes."""
+    with stage_folder(raw, run_dir, stage) as tmp:
+        save_policy(model, hf_tok, sid_tok, tmp / "final",
+                    extra={"stage": stage.replace("-", "_"), "steps": summary["steps"]})
+        write_json(tmp / "summary.json", summary)
+    (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
 
 
 def _readable_json(path: Path) -> bool:
