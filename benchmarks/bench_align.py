@@ -1,16 +1,17 @@
-"""What item-level alignment teaches the tiny model, and what it does to next-negative recall. ML-100K, H = 7.
+"""What item-level alignment teaches the tiny model, and what it adds to next-negative recall. ML-100K, H = 7.
 
-From the default run (alignment off): each variant turns `sft-align` on (the timeline-loop stage of
-`configs/ml100k.yaml`: title -> SID and SID -> title, 3,200 steps), retrains the timeline SFT from
-its result, and is paired with the default SFT policy on the same test users. Reported: alignment
-accuracy after the alignment stage and after the timeline SFT (title -> SID, SID -> title, 4-choice
-lettered and by likelihood; chance 0.25), the stage's time, and the paired test differences.
+The default run (`configs/ml100k.yaml`) trains alignment: the `sft-align` stage (title -> SID and
+SID -> title in the timeline loop, 3,200 steps), then the timeline SFT with the same examples
+co-trained, `sft_next.align_per_batch` mixed into every batch. Each variant drops a part, retrains
+from the default run's base model and is paired with the default SFT policy on the same test users
+(default - variant: what the dropped part adds). Reported: alignment accuracy after the alignment
+stage and after the timeline SFT (title -> SID, SID -> title, 4-choice lettered and by likelihood;
+chance 0.25), the stage's time, and the paired test differences.
 
-- align_stage: alignment, then the timeline SFT from it;
-- align_stage_cotrain: the same, with the alignment tasks co-trained in the timeline SFT
-  (`sft_next.align_weight: 1`), so that it is not forgotten.
+- no_alignment: neither the stage nor the co-training (the timeline SFT from the base model);
+- no_cotraining: the stage, then the timeline SFT without the alignment examples (it forgets them).
 
-    python benchmarks/bench_align.py
+    python benchmarks/bench_align.py     # reuses runs/bench_align/base when it is there
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_align"
 ALIGN = ["pipeline.skip=[grpo-plain]", "eval.policies=[sft_next]", "pipeline.stop_after=sft-next"]
 VARIANTS = {
-    "align_stage": ALIGN,
-    "align_stage_cotrain": ALIGN + ["sft_next.align_weight=1.0", "sft_next.tasks=[text_to_sid,sid_to_text]"],
+    "no_alignment": ALIGN + ["pipeline.skip=[sft-align,grpo-plain]", "sft_next.align_weight=0"],
+    "no_cotraining": ALIGN + ["sft_next.align_weight=0"],
 }
 SHARED = ("data", "encode", "tokenize", "model")  # the base run's, never retrained
+REUSED = {"no_cotraining": ("sft_align",)}  # the base run's alignment stage, the same config
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 ALIGNMENT = ("title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood", "choice_sid_likelihood")
 
@@ -64,42 +66,53 @@ def run_variant(name: str, base: Path) -> tuple[Path, dict]:
     from negrec.pipeline import run_pipeline
 
     run = RUNS / name
-    for part in SHARED:
+    for part in SHARED + REUSED.get(name, ()):
         if not (run / part).exists():
             shutil.copytree(base / part, run / part)
     raw = load_config(str(CONFIG), VARIANTS[name])
     t0 = time.time()
     run_pipeline(raw, run)
     run_predict(raw, run)
-    align, sft = read_json(run / "sft_align" / "summary.json"), read_json(run / "sft_next" / "summary.json")
-    return run / "eval" / "predictions" / "sft_next.parquet", {
-        "overrides": VARIANTS[name], "seconds": round(time.time() - t0, 1), "align_seconds": align["seconds"],
-        "align_steps": align["steps"], "align_loss_curve": align["loss_curve"],
-        "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT},
-        "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT},
-        "val_recall@10_by_epoch": [h["val_recall@10"] for h in sft["history"]]}
+    sft = read_json(run / "sft_next" / "summary.json")
+    info = {"overrides": VARIANTS[name], "seconds": round(time.time() - t0, 1), **stage_info(run, sft)}
+    return run / "eval" / "predictions" / "sft_next.parquet", info
+
+
+def stage_info(run: Path, sft: dict) -> dict:
+    """The alignment stage's time and accuracy (when it ran) and the timeline SFT's."""
+    from negrec.io import read_json
+
+    out = {"sft_seconds": sft["seconds"], "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT},
+           "val_recall@10_by_epoch": [h["val_recall@10"] for h in sft["history"]]}
+    if (run / "sft_align" / "summary.json").exists():
+        align = read_json(run / "sft_align" / "summary.json")
+        out.update(align_seconds=align["seconds"], align_steps=align["steps"], align_loss_curve=align["loss_curve"],
+                   alignment_after_align_stage={k: align["alignment"][k] for k in ALIGNMENT})
+    return out
 
 
 def main() -> None:
     from negrec.cli import set_threads
     from negrec.config import load_config
+    from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
     set_threads(None)
     base = RUNS / "base"
-    run_pipeline(load_config(str(CONFIG), []), base)
+    run_pipeline(load_config(str(CONFIG), []), base)  # up to date when it is already there
     per_row = scorer(base)
     reference = per_row(base / "eval" / "predictions" / "sft_next.parquet")
-    results = {}
+    results = {"default": stage_info(base, read_json(base / "sft_next" / "summary.json"))}
     for name in VARIANTS:
         path, info = run_variant(name, base)
-        results[name] = {**info, "minus_default_sft": paired(per_row(path), reference)}
-    rows = [{"variant": n, "align s": r["align_seconds"],
-             "after align: title->SID / 4-choice SID, text by likelihood": "{title_to_sid:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f}".format(**r["alignment_after_align_stage"]),
-             "after timeline SFT": "{title_to_sid:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f}".format(**r["alignment_after_timeline_sft"]),
-             **{f"{m} diff [CI], p": "{diff:+.4f} [{lo:+.4f}, {hi:+.4f}], {p:.3g}".format(**r["minus_default_sft"][m])
-                for m in ("recall@10_h7", "fhr@20_h7", "recall@50_h7")}} for n, r in results.items()]
-    print_table(rows, "Alignment, then the timeline SFT - the default SFT (no alignment), same test users (95% CI, p)")
+        results[name] = {**info, "default_minus_variant": paired(reference, per_row(path))}
+    fmt = "{title_to_sid:.2f} / {sid_to_title:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f} / {choose_sid:.2f}"
+    rows = [{"variant": n, "align s": r.get("align_seconds", 0), "SFT s": r["sft_seconds"],
+             "after timeline SFT: title->SID / SID->title / 4-choice by likelihood / lettered": fmt.format(**r["alignment_after_timeline_sft"]),
+             **{f"default - variant {m} [CI], p": "{diff:+.4f} [{lo:+.4f}, {hi:+.4f}], {p:.3g}".format(**r["default_minus_variant"][m])
+                if "default_minus_variant" in r else "(reference)" for m in ("recall@10_h7", "fhr@20_h7", "recall@50_h7")}}
+            for n, r in results.items()]
+    print_table(rows, "Alignment in the default run, and what each part adds (default - variant, same test users, 95% CI, p)")
     save_result("bench_align_ml100k", {"command": "python benchmarks/bench_align.py", "variants": results})
 
 

@@ -26,7 +26,7 @@ TINY = [
     "baselines.methods=[random, popular_negatives, item_knn]",
     "eval.num_beams=10", "eval.k=10", "eval.max_users=20", "eval.metrics.ks=[5, 10]",
     "filter.k=5", "report.examples=2", "sft_next.val_rows=10",
-    "pipeline.skip=[]",  # the configs skip alignment on the tiny model; here every stage runs once
+    "pipeline.skip=[]",  # every stage runs once (the configs skip the plain-GRPO ablation)
 ]
 
 

@@ -80,6 +80,7 @@ class SFTStageConfig:
     # timeline: loss weight of the item-level alignment examples (`tasks`, `max_items`, `item_repeats`)
     # trained in the same loop as the timelines, MiniOneRec-style co-training; 0 = timelines only
     align_weight: float = 0.0
+    align_per_batch: int = 16    # timeline: alignment examples mixed into every batch of timeline windows
     val_rows: int = 300          # timeline: validation users scored after each epoch (0 = none: last epoch kept)
     val_beams: int = 20          # timeline: beam width of the validation search
     patience: int = 2            # timeline: epochs without a validation gain before stopping
@@ -137,7 +138,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                    f"tasks {cfg.tasks}, weight {cfg.align_weight})")
     work = work_dir(run_dir, "sft-next")  # the checkpoint: outside the folder that is swapped
     work.mkdir(parents=True, exist_ok=True)
-    fit = train_timeline(model, hf_tok, sid_tok, windows + aligned, val, builder, cfg, horizon,
+    fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned,
                          ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
                          tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,

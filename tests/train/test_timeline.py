@@ -178,3 +178,22 @@ def test_batches_of_equal_length_windows_change_between_epochs():
     for groups in epochs:  # still grouped by length, every window once
         assert sorted(i for g in groups for i in g) == list(range(60))
         assert all(len({len(windows[i][0]) for i in g}) <= 2 for g in groups)
+
+
+def test_co_trained_examples_ride_in_every_timeline_batch():
+    """Alignment examples co-trained with the timelines go into the timeline batches, `per_batch` in
+    each, all of them visited before any repeats; in batches of their own their loss weight was
+    cancelled by the loss normalisation and Adam's step size."""
+    import numpy as np
+
+    from negrec.train.timeline import _batches, _mix_in
+
+    windows = [(np.zeros(30, np.int64), None) for _ in range(40)]
+    rng = np.random.default_rng(0)
+    groups = _mix_in(_batches(windows, 8, rng), 40, 12, 3, rng)
+    assert len(groups) == 5  # the step count is the timeline's
+    extras = [i for g in groups for i in g if i >= 40]
+    assert all(sum(i >= 40 for i in g) == 3 for g in groups)
+    assert sorted(extras[:12]) == list(range(40, 52))  # every example before any repeat
+    assert sorted(i for g in groups for i in g if i < 40) == list(range(40))
+    assert _mix_in(groups, 40, 0, 3, rng) == groups
