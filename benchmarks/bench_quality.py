@@ -32,7 +32,7 @@ DATASETS = {
     # the README's default config, on the shared copy of the same ML-100K ratings
     # (with the plain-GRPO ablation, which the default run leaves out for time)
     "ml100k": (ROOT / "configs" / "ml100k.yaml", ["data.format=movielens", f"data.path={SHARED / 'ml-100k'}",
-                                                  "pipeline.skip=[sft-align]"]),
+                                                  "pipeline.skip=[]"]),
     "kuairand": (ROOT / "configs" / "kuairand.yaml", [f"data.path={SHARED / 'kuairand-27k-likehate'}"]),
 }
 SID_POLICIES = ("sft_align", "sft_next", "grpo_plain", "grpo")  # as `negrec.eval.run.POLICY_DIRS`: not baselines
