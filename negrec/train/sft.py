@@ -105,6 +105,8 @@ class SFTStageConfig:
             raise ValueError(f"sft tasks {bad} unknown; known: {list(ALIGN_TASKS)}")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
+        if self.align_weight > 0 and self.align_per_batch < 1:
+            raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
 
 
 # ---- timeline training ------------------------------------------------------------------

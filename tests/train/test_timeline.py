@@ -197,3 +197,9 @@ def test_co_trained_examples_ride_in_every_timeline_batch():
     assert sorted(extras[:12]) == list(range(40, 52))  # every example before any repeat
     assert sorted(i for g in groups for i in g if i < 40) == list(range(40))
     assert _mix_in(groups, 40, 0, 3, rng) == groups
+
+
+def test_co_training_with_no_examples_per_batch_is_refused():
+    with pytest.raises(ValueError, match="align_per_batch"):
+        SFTStageConfig(mode="timeline", align_weight=1.0, align_per_batch=0)
+    SFTStageConfig(mode="timeline", align_weight=0.0, align_per_batch=0)  # nothing co-trained: fine
