@@ -116,6 +116,16 @@ def grpo_selection_text(summary: dict) -> str:
     return text + ".\n"
 
 
+def alignment_text(alignment: dict) -> str:
+    """What the SFT policy knows of its items (`sft_next/summary.json`), beside chance."""
+    a = alignment
+    return ("## What the policy knows of its items\n\n"
+            f"On {a['n']} items after the next-negative SFT: title -> SID {a['title_to_sid']:.2f} "
+            f"(chance {a['chance_title_to_sid']:.4f}), SID -> title {a['sid_to_title']:.2f}, 4-choice by likelihood "
+            f"{a['choice_sid_likelihood']:.2f} (SID) / {a['choice_text_likelihood']:.2f} (text), lettered "
+            f"{a['choose_sid']:.2f} / {a['choose_text']:.2f} (chance {a['chance_choice']:.2f}).\n")
+
+
 def plot_code_usage(tok_metrics: dict, path: Path) -> str | None:
     levels = tok_metrics.get("levels")
     if not levels:
@@ -265,6 +275,9 @@ def _report(raw: dict, run_dir: Path) -> dict:
             parts.append(f"{title}(plots/{name})\n")
     if (run_dir / "grpo" / "summary.json").exists():
         parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
+    sft = read_json(run_dir / "sft_next" / "summary.json") if (run_dir / "sft_next" / "summary.json").exists() else {}
+    if sft.get("alignment"):
+        parts.append(alignment_text(sft["alignment"]))
     pred_path = ev / "predictions.parquet"
     if (run_dir / "data" / "interactions.parquet").exists():
         prepared = Prepared.load(run_dir / "data")

@@ -9,3 +9,12 @@ def test_report_says_which_policy_grpo_shipped():
     text = grpo_selection_text({"kept": {"name": "neg_pos"}, "validation": curve[::-1]})
     assert "Shipped: **neg_pos**" in text and "SFT policy" not in text
     assert "no validation selection" in grpo_selection_text({"kept": {"name": "plain"}})
+
+
+def test_report_says_what_the_policy_knows_of_its_items():
+    from negrec.eval.report import alignment_text
+
+    a = {"n": 200, "title_to_sid": 0.45, "chance_title_to_sid": 0.0006, "sid_to_title": 0.04, "choice_sid_likelihood": 0.975,
+         "choice_text_likelihood": 0.96, "choose_sid": 0.19, "choose_text": 0.265, "chance_choice": 0.25}
+    text = alignment_text(a)
+    assert "title -> SID 0.45 (chance 0.0006)" in text and "0.97 (SID) / 0.96 (text)" in text and "lettered 0.19 / 0.27" in text
