@@ -118,12 +118,10 @@ def grpo_selection_text(summary: dict) -> str:
 
 def alignment_text(alignment: dict) -> str:
     """What the SFT policy knows of its items (`sft_next/summary.json`), beside chance."""
-    a = alignment
-    return ("## What the policy knows of its items\n\n"
-            f"On {a['n']} items after the next-negative SFT: title -> SID {a['title_to_sid']:.2f} "
-            f"(chance {a['chance_title_to_sid']:.4f}), SID -> title {a['sid_to_title']:.2f}, 4-choice by likelihood "
-            f"{a['choice_sid_likelihood']:.2f} (SID) / {a['choice_text_likelihood']:.2f} (text), lettered "
-            f"{a['choose_sid']:.2f} / {a['choose_text']:.2f} (chance {a['chance_choice']:.2f}).\n")
+    from ..llm.evaluation import alignment_line
+
+    return (f"## What the policy knows of its items\n\nOn {alignment['n']} items after the next-negative SFT: "
+            f"{alignment_line(alignment)}.\n")
 
 
 def plot_code_usage(tok_metrics: dict, path: Path) -> str | None:

@@ -187,6 +187,14 @@ def _choice_accuracies(model, hf_tok, sid_tok, builder, labels: dict, chosen: li
     return {**lettered, "choice_text_likelihood": text_ll, "choice_sid_likelihood": sid_ll}
 
 
+def alignment_line(a: dict) -> str:
+    """`alignment_accuracy`'s result in one line, beside chance (the stage logs and report.md)."""
+    return (f"title -> SID {a['title_to_sid']:.2f} (chance {a['chance_title_to_sid']:.4f}), SID -> title "
+            f"{a['sid_to_title']:.2f}, 4-choice by likelihood {a['choice_sid_likelihood']:.2f} (SID) / "
+            f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f} "
+            f"(chance {a['chance_choice']:.2f})")
+
+
 def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: PromptBuilder | None = None,
                        prompt_cfg: PromptConfig | None = None, seed: int = 1, batch_size: int = 32) -> dict:
     """SID -> title (greedy, exact match), title -> SID (constrained beam, top-1 hit) and CoNRec 4-choice

@@ -27,7 +27,7 @@ import torch
 from negrec.config import section_config, to_dict
 from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import read_json, write_json
-from negrec.llm.evaluation import alignment_accuracy
+from negrec.llm.evaluation import alignment_accuracy, alignment_line
 from negrec.llm.model import ModelConfig, load_policy, save_policy
 from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
@@ -423,7 +423,4 @@ def _alignment_check(model, hf_tok, sid_tok, items, cfg: SFTStageConfig, builder
 
 
 def _print_alignment(a: dict) -> None:
-    main_print(f"  alignment on {a['n']} items: SID->title {a['sid_to_title']:.2f}, title->SID {a['title_to_sid']:.2f} "
-               f"(chance {a['chance_title_to_sid']:.4f}), 4-choice lettered text {a['choose_text']:.2f} / SID {a['choose_sid']:.2f}, "
-               f"by likelihood text {a['choice_text_likelihood']:.2f} / SID {a['choice_sid_likelihood']:.2f} (chance 0.25), "
-               f"valid SIDs {a['valid_sid_rate']:.0%}")
+    main_print(f"  alignment on {a['n']} items: {alignment_line(a)}, valid SIDs {a['valid_sid_rate']:.0%}")

@@ -99,8 +99,8 @@ def _batches(windows, batch_size: int, rng: np.random.Generator):
 def _mix_in(groups: list, first: int, n_extra: int, per_batch: int, rng: np.random.Generator) -> list:
     """Add `per_batch` of the extra examples (indices `first`..`first + n_extra - 1`, a fresh random
     order each epoch) to every batch. In batches of their own the short alignment examples took full
-    Adam steps and the weight-normalised loss cancelled their weight, so co-training overwrote the
-    timeline's SID embeddings (R@10 -0.028 at weight 0.1); mixed in, the weight sets their share."""
+    Adam steps and the weight-normalised loss cancelled their weight, so co-training cost recall at
+    any weight (R@10 -0.028 at weight 0.1); mixed in, the weight sets their share of each step."""
     if not n_extra or per_batch <= 0:
         return groups
     need = len(groups) * per_batch
