@@ -9,14 +9,17 @@ sampled groups' exact future-negative hit rate over training (the reward that ma
 `grpo.select: last` everywhere but the `*_select` row, so each row shows what GRPO itself did;
 the `_select` row is the same run under the default `grpo.select: validation`.
 
-A sanity row first: GRPO with a reward it can learn (the SID's first code is one fixed code) from
-the same SFT policy, to show the machinery raises a learnable reward.
+Sanity checks first, from the same SFT policy: GRPO with a reward it can learn (the SID's first
+code is one fixed code), to show the machinery raises a learnable reward; and the exact-hit reward
+on 16 fixed training prompts (sampled and beam groups), to show whether GRPO can raise the reward
+that matters where prompts repeat.
 
-    python benchmarks/bench_grpo_move.py [--variants NAME ...]
+    python benchmarks/bench_grpo_move.py [--variants NAME ...] [--checks-only]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -28,6 +31,7 @@ from _common import paired_rows, print_table, rerun_from_base, save_result  # no
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_grpo_move"
+RESULTS_JSON = ROOT / "benchmarks" / "results" / "bench_grpo_move_ml100k.json"
 HIT = "rewards.weights={future_neg_hit: 1.0, validity: 1.0}"  # the exact hit alone (no CoNRec, no prefix credit)
 LAST = "grpo.select=last"
 
@@ -86,25 +90,49 @@ def run_variant(name: str, base: Path) -> dict:
             "kept": summary["kept"]["name"], "validation": summary.get("validation"), "grpo_minus_sft": paired}
 
 
-def learnable_reward_check(base: Path, steps: int = 30) -> dict:
-    """GRPO from the same SFT policy toward a reward it can learn: the SID's first code is the code
-    the SFT policy samples least often among the common ones (a few percent of samples at the start)."""
-    import numpy as np
-
+def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward_weights=None, steps: int = 30,
+                   generation: str = "sample", prompts_per_step: int = 4) -> dict:
+    """GRPO (one plain stage, lr 5e-4, G = 8) from the base run's SFT policy on `rows`; the per-step log."""
     from negrec.config import load_config, section_config
     from negrec.data import Prepared
     from negrec.io import read_jsonl
     from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
-    from negrec.train.grpo import (GRPOStageConfig, ProgressiveGRPOConfig, _load_sid_tokenizer, train_progressive_grpo,
-                                   training_rows)
+    from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, _load_sid_tokenizer, train_progressive_grpo
     from transformers import AutoTokenizer
 
-    raw = load_config(str(CONFIG), [])
     sft = base / "sft_next" / "final"
     prepared = Prepared.load(base / "data")
     sid_tok = _load_sid_tokenizer(base, sft)
     hf_tok = AutoTokenizer.from_pretrained(sft)
-    builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, prepared.items, hf_tok)
+    builder = PromptBuilder(section_config(PromptConfig, load_config(str(CONFIG), []), "prompt"), sid_tok,
+                            prepared.items, hf_tok)
+    cfg = ProgressiveGRPOConfig(stages=[GRPOStageConfig("plain", context_mix=1.0, neg_window_days=None,
+                                                        max_steps=steps, beta=0.04)],
+                                learning_rate=5e-4, num_generations=8, per_device_train_batch_size=8 * prompts_per_step,
+                                save_steps=10_000, generation=generation, select="last")
+    out = RUNS / name
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    train_progressive_grpo(cfg, sft_dir=sft, samples=rows, build_prompt=builder.build, reward_funcs=reward_funcs,
+                           reward_weights=reward_weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
+                           completion_length=sid_tok.levels + 1, out_dir=out)
+    return {"seconds": round(time.time() - t0, 1), "steps": steps, "learning_rate": 5e-4, "generation": generation,
+            "prompts_per_step": prompts_per_step, "log": read_jsonl(out / "log.jsonl")}
+
+
+def by_5_steps(log: list[dict], key: str) -> list[float]:
+    import numpy as np
+
+    return [round(float(np.mean([r[key] for r in log[i:i + 5]])), 3) for i in range(0, len(log), 5)]
+
+
+def learnable_reward_check(base: Path, steps: int = 30) -> dict:
+    """GRPO from the same SFT policy toward a reward it can learn: the SID's first code is the code
+    the SFT policy samples least often among the common ones (a few percent of samples at the start)."""
+    from negrec.data import Prepared
+    from negrec.train.grpo import _load_sid_tokenizer, training_rows
+
+    sid_tok = _load_sid_tokenizer(base, base / "sft_next" / "final")
     row_of = {int(i): r for r, i in enumerate(sid_tok.item_ids)}
     target = 5  # a level-1 code of the default tokenizer that the SFT policy rarely samples
 
@@ -112,24 +140,38 @@ def learnable_reward_check(base: Path, steps: int = 30) -> dict:
         items = [sid_tok.item_for_tokens(c.strip()) for c in completions]
         return [float(i is not None and sid_tok.codes[row_of[int(i)], 0] == target) for i in items]
 
-    cfg = ProgressiveGRPOConfig(stages=[GRPOStageConfig("plain", context_mix=1.0, neg_window_days=None,
-                                                        max_steps=steps, beta=0.04)],
-                                learning_rate=5e-4, num_generations=8, per_device_train_batch_size=32, save_steps=10_000)
-    out = RUNS / "learnable_reward"
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.time()
-    train_progressive_grpo(cfg, sft_dir=sft, samples=training_rows(prepared, 7, 2000, 0), build_prompt=builder.build,
-                           reward_funcs=[first_code], sid_constraint=SidConstraint(sid_tok, hf_tok),
-                           completion_length=sid_tok.levels + 1, out_dir=out)
-    rewards = [r["reward"] for r in read_jsonl(out / "log.jsonl")]
-    return {"reward": f"first SID code == {target}", "steps": steps, "learning_rate": 5e-4,
-            "seconds": seconds,
-            "reward_by_5_steps": [round(float(np.mean(rewards[i:i + 5])), 3) for i in range(0, len(rewards), 5)]}
+    rows = training_rows(Prepared.load(base / "data"), 7, 2000, 0)
+    run = _grpo_from_sft(base, "learnable_reward", rows, [first_code], steps=steps)
+    return {"reward": f"first SID code == {target}", "steps": steps, "learning_rate": 5e-4, "seconds": run["seconds"],
+            "reward_by_5_steps": by_5_steps(run["log"], "reward")}
+
+
+def fixed_prompts_check(base: Path, generation: str, n_prompts: int = 16, steps: int = 40) -> dict:
+    """The exact-hit reward on a fixed set of `n_prompts` training prompts, each seen about
+    steps * 8 / n_prompts times: whether GRPO can raise the reward that matters where the prompts
+    repeat (memorisation). If it can, the flat curve on fresh prompts is a failure to generalise
+    across users, not a fault of the reward's plumbing (a prompt-blind reward could not show that)."""
+    from negrec.data import Prepared
+    from negrec.rewards import RewardConfig, build_rewards
+    from negrec.train.grpo import _load_sid_tokenizer, training_rows
+
+    sid_tok = _load_sid_tokenizer(base, base / "sft_next" / "final")
+    weights = {"future_neg_hit": 1.0, "validity": 1.0} | ({"rank_penalty": 1.0} if generation == "beam" else {})
+    rewards = build_rewards(RewardConfig(weights=weights), sid_tok)
+    rows = training_rows(Prepared.load(base / "data"), 7, n_prompts, 0) * 8
+    run = _grpo_from_sft(base, f"fixed_prompts_{generation}", rows, rewards.functions, rewards.weights,
+                         steps=steps, generation=generation, prompts_per_step=8)
+    return {"prompts": n_prompts, "rewards": weights, **{k: run[k] for k in ("steps", "learning_rate", "generation",
+                                                                           "prompts_per_step", "seconds")},
+            "hit_rate_by_5_steps": by_5_steps(run["log"], "rewards/future_neg_hit/mean"),
+            "kl_by_5_steps": by_5_steps(run["log"], "kl")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--checks-only", action="store_true",
+                    help="run only the sanity checks; keep the variant rows (and their date) of the JSON")
     a = ap.parse_args()
 
     from negrec.cli import set_threads
@@ -141,7 +183,14 @@ def main() -> None:
     run_pipeline(load_config(str(CONFIG), []), base)
     learnable = learnable_reward_check(base)
     print(f"learnable reward ({learnable['reward']}), mean per 5 steps: {learnable['reward_by_5_steps']}")
-    results = {name: run_variant(name, base) for name in a.variants}
+    fixed = {g: fixed_prompts_check(base, g) for g in ("sample", "beam")}
+    for g, r in fixed.items():
+        print(f"exact hit on {r['prompts']} fixed prompts ({g} groups), mean per 5 steps: {r['hit_rate_by_5_steps']}")
+    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    if a.checks_only:
+        results, variants_when = previous.get("variants", {}), previous.get("variants_when", previous.get("when"))
+    else:
+        results, variants_when = {name: run_variant(name, base) for name in a.variants}, time.strftime("%Y-%m-%d %H:%M:%S")
     rows = [{"variant": n, "steps": r["steps"], "KL": r["kl_last_4_steps"], "top-10 shared w/ SFT": r["top10_shared_with_sft"],
              "distinct": r["distinct_top10_items"], "kept": r["kept"],
              **{f"{m} diff [CI], p": "{diff:+.4f} [{lo:+.4f}, {hi:+.4f}], {p:.3g}".format(**r["grpo_minus_sft"][m])
@@ -151,7 +200,9 @@ def main() -> None:
     for n, r in results.items():
         print(f"{n}: sampled hit rate by eighths of training {r['hit_rate_by_eighths']}")
     save_result("bench_grpo_move_ml100k", {"command": "python benchmarks/bench_grpo_move.py",
-                                           "learnable_reward": learnable, "variants": results})
+                                           "learnable_reward": learnable,
+                                           "fixed_prompts": fixed, "variants_when": variants_when,
+                                           "variants": results})
 
 
 if __name__ == "__main__":
