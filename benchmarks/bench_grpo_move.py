@@ -19,11 +19,13 @@ that matters where prompts repeat.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
@@ -68,9 +70,13 @@ def top10_moves(run: Path) -> tuple[float, int]:
     return round(sum(shared) / len(shared), 3), len(set().union(*a.values))
 
 
+def chunk_means(values: list[float], size: int) -> list[float]:
+    """Mean of each run of `size` values (the last run may be shorter), rounded."""
+    return [round(sum(values[i:i + size]) / len(values[i:i + size]), 3) for i in range(0, len(values), size)]
+
+
 def by_eighths(values: list[float]) -> list[float]:
-    n = max(1, len(values) // 8)
-    return [round(sum(values[i:i + n]) / len(values[i:i + n]), 3) for i in range(0, len(values), n)]
+    return chunk_means(values, max(1, len(values) // 8))
 
 
 def run_variant(name: str, base: Path) -> dict:
@@ -90,14 +96,14 @@ def run_variant(name: str, base: Path) -> dict:
             "kept": summary["kept"]["name"], "validation": summary.get("validation"), "grpo_minus_sft": paired}
 
 
-def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward_weights=None, steps: int = 30,
-                   generation: str = "sample", prompts_per_step: int = 4) -> dict:
-    """GRPO (one plain stage, lr 5e-4, G = 8) from the base run's SFT policy on `rows`; the per-step log."""
+@functools.lru_cache(maxsize=None)
+def sft_start(base: Path) -> SimpleNamespace:
+    """The base run's SFT policy folder, prepared data, tokenizers and prompt builder, loaded once
+    for every sanity check."""
     from negrec.config import load_config, section_config
     from negrec.data import Prepared
-    from negrec.io import read_jsonl
-    from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
-    from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, _load_sid_tokenizer, train_progressive_grpo
+    from negrec.llm import PromptBuilder, PromptConfig
+    from negrec.train.grpo import _load_sid_tokenizer
     from transformers import AutoTokenizer
 
     sft = base / "sft_next" / "final"
@@ -106,6 +112,17 @@ def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward
     hf_tok = AutoTokenizer.from_pretrained(sft)
     builder = PromptBuilder(section_config(PromptConfig, load_config(str(CONFIG), []), "prompt"), sid_tok,
                             prepared.items, hf_tok)
+    return SimpleNamespace(sft=sft, prepared=prepared, sid_tok=sid_tok, hf_tok=hf_tok, builder=builder)
+
+
+def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward_weights=None, steps: int = 30,
+                   generation: str = "sample", prompts_per_step: int = 4) -> dict:
+    """GRPO (one plain stage, lr 5e-4, G = 8) from the base run's SFT policy on `rows`; the per-step log."""
+    from negrec.io import read_jsonl
+    from negrec.llm import SidConstraint
+    from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo
+
+    start = sft_start(base)
     cfg = ProgressiveGRPOConfig(stages=[GRPOStageConfig("plain", context_mix=1.0, neg_window_days=None,
                                                         max_steps=steps, beta=0.04)],
                                 learning_rate=5e-4, num_generations=8, per_device_train_batch_size=8 * prompts_per_step,
@@ -113,26 +130,25 @@ def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward
     out = RUNS / name
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    train_progressive_grpo(cfg, sft_dir=sft, samples=rows, build_prompt=builder.build, reward_funcs=reward_funcs,
-                           reward_weights=reward_weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
-                           completion_length=sid_tok.levels + 1, out_dir=out)
+    train_progressive_grpo(cfg, sft_dir=start.sft, samples=rows, build_prompt=start.builder.build,
+                           reward_funcs=reward_funcs, reward_weights=reward_weights,
+                           sid_constraint=SidConstraint(start.sid_tok, start.hf_tok),
+                           completion_length=start.sid_tok.levels + 1, out_dir=out)
     return {"seconds": round(time.time() - t0, 1), "steps": steps, "learning_rate": 5e-4, "generation": generation,
             "prompts_per_step": prompts_per_step, "log": read_jsonl(out / "log.jsonl")}
 
 
 def by_5_steps(log: list[dict], key: str) -> list[float]:
-    import numpy as np
-
-    return [round(float(np.mean([r[key] for r in log[i:i + 5]])), 3) for i in range(0, len(log), 5)]
+    return chunk_means([r[key] for r in log], 5)
 
 
 def learnable_reward_check(base: Path, steps: int = 30) -> dict:
     """GRPO from the same SFT policy toward a reward it can learn: the SID's first code is the code
     the SFT policy samples least often among the common ones (a few percent of samples at the start)."""
-    from negrec.data import Prepared
-    from negrec.train.grpo import _load_sid_tokenizer, training_rows
+    from negrec.train.grpo import training_rows
 
-    sid_tok = _load_sid_tokenizer(base, base / "sft_next" / "final")
+    start = sft_start(base)
+    sid_tok = start.sid_tok
     row_of = {int(i): r for r, i in enumerate(sid_tok.item_ids)}
     target = 5  # a level-1 code of the default tokenizer that the SFT policy rarely samples
 
@@ -140,7 +156,7 @@ def learnable_reward_check(base: Path, steps: int = 30) -> dict:
         items = [sid_tok.item_for_tokens(c.strip()) for c in completions]
         return [float(i is not None and sid_tok.codes[row_of[int(i)], 0] == target) for i in items]
 
-    rows = training_rows(Prepared.load(base / "data"), 7, 2000, 0)
+    rows = training_rows(start.prepared, 7, 2000, 0)
     run = _grpo_from_sft(base, "learnable_reward", rows, [first_code], steps=steps)
     return {"reward": f"first SID code == {target}", "steps": steps, "learning_rate": 5e-4, "seconds": run["seconds"],
             "reward_by_5_steps": by_5_steps(run["log"], "reward")}
@@ -151,14 +167,13 @@ def fixed_prompts_check(base: Path, generation: str, n_prompts: int = 16, steps:
     steps * 8 / n_prompts times: whether GRPO can raise the reward that matters where the prompts
     repeat (memorisation). If it can, the flat curve on fresh prompts is a failure to generalise
     across users, not a fault of the reward's plumbing (a prompt-blind reward could not show that)."""
-    from negrec.data import Prepared
     from negrec.rewards import RewardConfig, build_rewards
-    from negrec.train.grpo import _load_sid_tokenizer, training_rows
+    from negrec.train.grpo import training_rows
 
-    sid_tok = _load_sid_tokenizer(base, base / "sft_next" / "final")
+    start = sft_start(base)
     weights = {"future_neg_hit": 1.0, "validity": 1.0} | ({"rank_penalty": 1.0} if generation == "beam" else {})
-    rewards = build_rewards(RewardConfig(weights=weights), sid_tok)
-    rows = training_rows(Prepared.load(base / "data"), 7, n_prompts, 0) * 8
+    rewards = build_rewards(RewardConfig(weights=weights), start.sid_tok)
+    rows = training_rows(start.prepared, 7, n_prompts, 0) * 8
     run = _grpo_from_sft(base, f"fixed_prompts_{generation}", rows, rewards.functions, rewards.weights,
                          steps=steps, generation=generation, prompts_per_step=8)
     return {"prompts": n_prompts, "rewards": weights, **{k: run[k] for k in ("steps", "learning_rate", "generation",

@@ -222,12 +222,12 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             print(f"[sft_next] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    n_windows, extra = len(windows), list(extra or [])
-    windows = list(windows) + extra
+    timeline, extra = windows, list(extra or [])
+    n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
         model.train()
         losses = []
-        batches = _mix_in(_batches(windows[:n_windows], cfg.batch_size, rng), n_windows, len(extra),
+        batches = _mix_in(_batches(timeline, cfg.batch_size, rng), n_windows, len(extra),
                           cfg.align_per_batch, rng)
         bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch")
         for idx in bar:
