@@ -11,10 +11,16 @@ chance 0.25), the stage's time, and the paired test differences.
 - no_alignment: neither the stage nor the co-training (the timeline SFT from the base model);
 - no_cotraining: the stage, then the timeline SFT without the alignment examples (it forgets them).
 
-    python benchmarks/bench_align.py     # reuses runs/bench_align/base when it is there
+Why the default trains no lettered question (`--lettered`, the alignment stage only, no SFT): the
+stage with the two lettered 4-choice tasks added to its mix (`item_repeats: 4`, so each item is
+asked with 4 different distractor sets and the letters cannot be memorised), on the default 2-layer
+model and on a 4-layer one, beside the default stage's own accuracy.
+
+    python benchmarks/bench_align.py [--lettered]   # reuses runs/bench_align/base when it is there
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -22,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import RESULTS, print_table, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -32,6 +38,9 @@ VARIANTS = {
     "no_alignment": ALIGN + ["pipeline.skip=[sft-align,grpo-plain]", "sft_next.align_weight=0"],
     "no_cotraining": ALIGN + ["sft_next.align_weight=0"],
 }
+LETTERED_MIX = ["pipeline.stop_after=sft-align", "sft_align.item_repeats=4",
+                "sft_align.tasks=[text_to_sid,sid_to_text,choose_text,choose_sid]"]
+LETTERED = {"lettered_in_mix": LETTERED_MIX, "lettered_in_mix_4_layers": LETTERED_MIX + ["model.num_layers=4"]}
 SHARED = ("data", "encode", "tokenize", "model")  # the base run's, never retrained
 REUSED = {"no_cotraining": ("sft_align",)}  # the base run's alignment stage, the same config
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
@@ -78,6 +87,33 @@ def run_variant(name: str, base: Path) -> tuple[Path, dict]:
     return run / "eval" / "predictions" / "sft_next.parquet", info
 
 
+def run_lettered(name: str, base: Path) -> dict:
+    """The alignment stage alone under `LETTERED[name]` (a stale copied model is rebuilt)."""
+    from negrec.config import load_config
+    from negrec.io import read_json
+    from negrec.pipeline import run_pipeline
+
+    run = RUNS / name
+    for part in SHARED:
+        if not (run / part).exists():
+            shutil.copytree(base / part, run / part)
+    run_pipeline(load_config(str(CONFIG), LETTERED[name]), run)
+    return {"overrides": LETTERED[name], **align_info(read_json(run / "sft_align" / "summary.json"))}
+
+
+def align_info(align: dict) -> dict:
+    return {"align_seconds": align["seconds"], "align_steps": align["steps"], "align_loss_curve": align["loss_curve"],
+            "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT}}
+
+
+def lettered_table(results: dict) -> None:
+    fmt = "{title_to_sid:.2f} / {sid_to_title:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f} / {choose_sid:.2f}, {choose_text:.2f}"
+    print_table([{"variant": n, "align s": r["align_seconds"],
+                  "after the alignment stage: title->SID / SID->title / 4-choice by likelihood / lettered":
+                  fmt.format(**r["alignment_after_align_stage"])} for n, r in results.items()],
+                "The lettered 4-choice trained in the alignment stage (chance 0.25)")
+
+
 def stage_info(run: Path, sft: dict) -> dict:
     """The alignment stage's time and accuracy (when it ran) and the timeline SFT's."""
     from negrec.io import read_json
@@ -85,9 +121,7 @@ def stage_info(run: Path, sft: dict) -> dict:
     out = {"sft_seconds": sft["seconds"], "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT},
            "val_recall@10_by_epoch": [h["val_recall@10"] for h in sft["history"]]}
     if (run / "sft_align" / "summary.json").exists():
-        align = read_json(run / "sft_align" / "summary.json")
-        out.update(align_seconds=align["seconds"], align_steps=align["steps"], align_loss_curve=align["loss_curve"],
-                   alignment_after_align_stage={k: align["alignment"][k] for k in ALIGNMENT})
+        out.update(align_info(read_json(run / "sft_align" / "summary.json")))
     return out
 
 
@@ -97,8 +131,21 @@ def main() -> None:
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lettered", action="store_true", help="only the lettered rows; the JSON's other rows are kept")
+    a = ap.parse_args()
     set_threads(None)
     base = RUNS / "base"
+    previous = read_json(RESULTS / "bench_align_ml100k.json") if (RESULTS / "bench_align_ml100k.json").exists() else {}
+    if a.lettered:
+        run_pipeline(load_config(str(CONFIG), ["pipeline.stop_after=sft-align"]), base)
+        lettered = {"default": align_info(read_json(base / "sft_align" / "summary.json")),
+                    **{name: run_lettered(name, base) for name in LETTERED}}
+        lettered_table(lettered)
+        kept = {k: v for k, v in previous.items() if k in ("command", "variants")}
+        save_result("bench_align_ml100k", {**kept, "variants_when": previous.get("variants_when", previous.get("when")),
+                                           "lettered": lettered, "lettered_when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return
     run_pipeline(load_config(str(CONFIG), []), base)  # up to date when it is already there
     per_row = scorer(base)
     reference = per_row(base / "eval" / "predictions" / "sft_next.parquet")
@@ -113,7 +160,8 @@ def main() -> None:
                 if "default_minus_variant" in r else "(reference)" for m in ("recall@10_h7", "fhr@20_h7", "recall@50_h7")}}
             for n, r in results.items()]
     print_table(rows, "Alignment in the default run, and what each part adds (default - variant, same test users, 95% CI, p)")
-    save_result("bench_align_ml100k", {"command": "python benchmarks/bench_align.py", "variants": results})
+    save_result("bench_align_ml100k", {"command": "python benchmarks/bench_align.py", "variants": results,
+                                       **{k: previous[k] for k in ("lettered", "lettered_when") if k in previous}})
 
 
 if __name__ == "__main__":
