@@ -102,6 +102,7 @@ def run_lettered(name: str, base: Path) -> dict:
 
 
 def align_info(align: dict) -> dict:
+    """The alignment stage's time, loss curve and closing accuracy from its summary."""
     return {"align_seconds": align["seconds"], "align_steps": align["steps"], "align_loss_curve": align["loss_curve"],
             "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT}}
 
@@ -112,6 +113,21 @@ def lettered_table(results: dict) -> None:
                   "after the alignment stage: title->SID / SID->title / 4-choice by likelihood / lettered":
                   fmt.format(**r["alignment_after_align_stage"])} for n, r in results.items()],
                 "The lettered 4-choice trained in the alignment stage (chance 0.25)")
+
+
+def lettered_only(base: Path, previous: dict) -> None:
+    """`--lettered`: the base run's alignment stage and the `LETTERED` rows; the JSON's other rows are kept."""
+    from negrec.config import load_config
+    from negrec.io import read_json
+    from negrec.pipeline import run_pipeline
+
+    run_pipeline(load_config(str(CONFIG), ["pipeline.stop_after=sft-align"]), base)
+    lettered = {"default": align_info(read_json(base / "sft_align" / "summary.json")),
+                **{name: run_lettered(name, base) for name in LETTERED}}
+    lettered_table(lettered)
+    kept = {k: v for k, v in previous.items() if k in ("command", "variants")}
+    save_result("bench_align_ml100k", {**kept, "variants_when": previous.get("variants_when", previous.get("when")),
+                                       "lettered": lettered, "lettered_when": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def stage_info(run: Path, sft: dict) -> dict:
@@ -138,14 +154,7 @@ def main() -> None:
     base = RUNS / "base"
     previous = read_json(RESULTS / "bench_align_ml100k.json") if (RESULTS / "bench_align_ml100k.json").exists() else {}
     if a.lettered:
-        run_pipeline(load_config(str(CONFIG), ["pipeline.stop_after=sft-align"]), base)
-        lettered = {"default": align_info(read_json(base / "sft_align" / "summary.json")),
-                    **{name: run_lettered(name, base) for name in LETTERED}}
-        lettered_table(lettered)
-        kept = {k: v for k, v in previous.items() if k in ("command", "variants")}
-        save_result("bench_align_ml100k", {**kept, "variants_when": previous.get("variants_when", previous.get("when")),
-                                           "lettered": lettered, "lettered_when": time.strftime("%Y-%m-%d %H:%M:%S")})
-        return
+        return lettered_only(base, previous)
     run_pipeline(load_config(str(CONFIG), []), base)  # up to date when it is already there
     per_row = scorer(base)
     reference = per_row(base / "eval" / "predictions" / "sft_next.parquet")
