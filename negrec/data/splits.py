@@ -127,13 +127,13 @@ def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         valid_cut, before_valid = frac_cut(cfg.valid_frac, np.where(test_cut >= 0, before_test, 0), limit)
     valid_cut = np.where((before_valid >= cfg.min_context) & (test_cut >= 0) & (valid_cut < test_cut), valid_cut, -1)
     # what fitted models may see: before the first evaluation cut (train/valid) or the test cut
-    # (test). With global dates that bound holds for every user, evaluated or not.
+    # (test). With global dates that bound holds for every user, evaluated or not; with a global
+    # test date alone, each user's own valid cut bounds train/valid (validation futures stay unseen)
     never = np.full(n_users, TS_MAX)
-    if cfg.global_test_date:
-        test_limit = np.full(n_users, _date_ts(cfg.global_test_date))
-        train_limit = np.full(n_users, _date_ts(cfg.global_valid_date)) if cfg.global_valid_date else test_limit
+    test_limit = np.full(n_users, _date_ts(cfg.global_test_date)) if cfg.global_test_date else np.where(test_cut >= 0, test_cut, never)
+    if cfg.global_valid_date:
+        train_limit = np.full(n_users, _date_ts(cfg.global_valid_date))
     else:
-        test_limit = np.where(test_cut >= 0, test_cut, never)
         train_limit = np.where(valid_cut >= 0, valid_cut, test_limit)
     return pd.DataFrame({"user_id": users[starts].astype("int64"), "valid_cut": valid_cut.astype("int64"),
                          "test_cut": test_cut.astype("int64"), "train_limit": train_limit.astype("int64"),

@@ -124,7 +124,11 @@ class RandomItems(Baseline):
         self.seed = seed
 
     def score(self, samples):
-        return np.random.default_rng(self.seed + len(samples)).random((len(samples), len(self.item_ids)))
+        # one generator per (user, cut) row: its scores do not depend on the chunk it is scored in
+        cuts = samples["cut_ts"].to_numpy() if "cut_ts" in samples else np.zeros(len(samples), np.int64)
+        keys = zip(samples["user_id"].to_numpy(), cuts)
+        return np.stack([np.random.default_rng([self.seed, int(u) & 0xFFFFFFFF, int(c) & 0xFFFFFFFFFFFF]).random(len(self.item_ids))
+                         for u, c in keys]) if len(samples) else np.zeros((0, len(self.item_ids)))
 
 
 class PopularNegatives(Baseline):

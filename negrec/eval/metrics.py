@@ -344,8 +344,8 @@ def candidate_sets(log: pd.DataFrame, keys: pd.DataFrame, size: int = 20, contex
 
     The target is the item of the user's first negative event at or after the cut (ties on
     ts: the smaller item id). Its candidates are that item plus up to size - 1 other items the
-    user met on the same UTC day (at or after the cut) without negative feedback, not in the
-    context, the ones closest in time first. Rows without a negative or without another item
+    user met on the same UTC day (at or after the cut) with no negative feedback that day, not in
+    the context, the ones closest in time first. Rows without a negative or without another item
     that day get target -1 and an empty set (left out of the accuracy).
     """
     _require(log, ["user_id", "item_id", "ts", "feedback"], "log")
@@ -359,8 +359,12 @@ def candidate_sets(log: pd.DataFrame, keys: pd.DataFrame, size: int = 20, contex
     target[neg["row"].to_numpy()] = neg["item_id"].to_numpy()
     t_ts[neg["row"].to_numpy()] = neg["ts"].to_numpy()
     r = m["row"].to_numpy()
-    others = m[(target[r] >= 0) & (m["feedback"].to_numpy() >= 0) & (m["item_id"].to_numpy() != target[r])
-               & (m["ts"].to_numpy() // DAY == t_ts[r] // DAY)].copy()
+    that_day = (target[r] >= 0) & (m["ts"].to_numpy() // DAY == t_ts[r] // DAY)
+    others = m[that_day & (m["feedback"].to_numpy() >= 0) & (m["item_id"].to_numpy() != target[r])].copy()
+    # an item met without a negative but also disliked that day is no "not disliked" candidate
+    disliked = m[that_day & (m["feedback"].to_numpy() < 0)]
+    disliked = pd.MultiIndex.from_arrays([disliked["row"].to_numpy(), disliked["item_id"].to_numpy()])
+    others = others[~pd.MultiIndex.from_arrays([others["row"].to_numpy(), others["item_id"].to_numpy()]).isin(disliked)]
     if context is not None and len(others):
         others = others[~isin_rows(others["row"].to_numpy(), others["item_id"].to_numpy(), context)]
     others["gap"] = np.abs(others["ts"].to_numpy() - t_ts[others["row"].to_numpy()])

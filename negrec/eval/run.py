@@ -89,13 +89,18 @@ def rankings_to_frame(samples: pd.DataFrame, rankings: np.ndarray) -> pd.DataFra
                          "score": -np.tile(np.arange(k, dtype=float), n)[ok.ravel()]})
 
 
-def targets_frame(prepared, samples: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
+def targets_frame(prepared, samples: pd.DataFrame, horizons: list[int], split: str = "test") -> pd.DataFrame:
     """Each future negative of each (user, cut) row with its time: F_H for every H up to the
-    largest, and the very next negative even when it lies later (conventional next-negative Hit)."""
+    largest, and the very next negative even when it lies later (conventional next-negative Hit).
+    Validation rows' futures end at the user's test cut, as their sample columns do."""
     log = prepared.interactions
     neg = log[log["feedback"].to_numpy() < 0][["user_id", "item_id", "ts", "kind"]]
-    m = neg.merge(samples[["user_id", "cut_ts"]], on="user_id")
-    m = m[m["ts"].to_numpy() >= m["cut_ts"].to_numpy()].sort_values(["user_id", "cut_ts", "ts"])
+    rows = samples[["user_id", "cut_ts"]]
+    limit = (rows["user_id"].map(prepared.cuts.set_index("user_id")["test_cut"]).to_numpy() if split == "valid"
+             else np.full(len(rows), np.iinfo(np.int64).max))
+    m = neg.merge(rows.assign(limit=limit), on="user_id")
+    m = m[(m["ts"].to_numpy() >= m["cut_ts"].to_numpy()) & (m["ts"].to_numpy() < m["limit"].to_numpy())]
+    m = m.sort_values(["user_id", "cut_ts", "ts"])
     first = m.groupby(["user_id", "cut_ts"])["ts"].transform("min").to_numpy()
     within = m["ts"].to_numpy() < m["cut_ts"].to_numpy() + max(horizons) * DAY
     out = m[within | (m["ts"].to_numpy() == first)]
@@ -179,7 +184,7 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
     writes = shard is None or shard.is_main
     prepared, samples, cands = _eval_rows(run_dir, cfg)
     if writes:
-        write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons))
+        write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons, cfg.split))
     done = {}
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)

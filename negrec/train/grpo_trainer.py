@@ -113,7 +113,13 @@ class TRLPrivateHooks(GRPOTrainer):
     PRIVATE_METHODS = {
         "_generate_single_turn": (("self", "prompt_ids", "images", "multimodal_fields", "num_generations",
                                    "has_tool_images"), "_generate"),
+        "_generate_and_score_completions": (("self", "inputs"), "_prepare_inputs"),
     }
+
+    def _generate_and_score_completions(self, inputs):
+        # the rows being generated for, in prompt order: their dataset columns (context_items) reach generation
+        self.batch_rows = inputs
+        return super()._generate_and_score_completions(inputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         return self.generate_completions(prompt_ids, num_generations), None  # (completion ids, no logprobs)
@@ -127,7 +133,9 @@ class SidGRPOTrainer(TRLPrivateHooks):
 
     `generation="sample"`: each of the G rows of a group samples one SID (TRL's own path, plus
     the constraint's logits processor). `generation="beam"`: each group is one constrained beam
-    search with G beams, and its rows take the G best beams (MiniOneRec).
+    search with G beams, and its rows take the G best beams (MiniOneRec). Either way a row never
+    gets one of its own context items (dataset column `context_items`), as at inference, where
+    they are excluded too: rewards score them 0, and a group should not spend rollouts on them.
     """
 
     def __init__(self, *args, sid_constraint=None, generation: str = "sample", stage_callback=None,
@@ -208,7 +216,7 @@ class SidGRPOTrainer(TRLPrivateHooks):
         input_ids = pad(prompts, padding_value=self.text_tokenizer.pad_token_id, padding_side="left")
         attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
         prompt_len = input_ids.size(1)
-        processors = LogitsProcessorList([self.sid_constraint.logits_processor(prompt_len)])
+        exclude = self.context_of_rows(len(prompt_ids))
         with (
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator,
@@ -220,9 +228,10 @@ class SidGRPOTrainer(TRLPrivateHooks):
             self.distributed.summon_full_params(self.model_wrapped, recurse=False),
         ):
             if self.generation == "beam":
-                completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, processors,
+                completion_ids = self._beam_groups(unwrapped_model, input_ids, attention_mask, exclude,
                                                    num_generations)
             else:
+                processors = LogitsProcessorList([self.sid_constraint.logits_processor(prompt_len, exclude)])
                 with self._pinned(unwrapped_model, **self.sample_generation_settings) as config:
                     out = unwrapped_model.generate(input_ids=input_ids.to(device),
                                                    attention_mask=attention_mask.to(device),
@@ -230,7 +239,15 @@ class SidGRPOTrainer(TRLPrivateHooks):
                 completion_ids = out[:, prompt_len:]
         return self._cut_after_eos(completion_ids.cpu())
 
-    def _beam_groups(self, model, input_ids, attention_mask, processors, num_generations):
+    def context_of_rows(self, n_rows: int) -> list[list[int]] | None:
+        """Each row's context items (never generated, as at inference), or None when the dataset has
+        no `context_items` column (or rows arrived some other way)."""
+        rows = getattr(self, "batch_rows", None)
+        if not rows or len(rows) != n_rows or "context_items" not in rows[0]:
+            return None
+        return [[int(i) for i in (r["context_items"] or [])] for r in rows]
+
+    def _beam_groups(self, model, input_ids, attention_mask, exclude, num_generations):
         # Rows arrive as contiguous groups of G copies of one prompt; a group may straddle two
         # processes, so a row's rank in its group comes from its global position.
         n = input_ids.size(0)
@@ -239,6 +256,8 @@ class SidGRPOTrainer(TRLPrivateHooks):
         groups = sorted({p // num_generations for p in positions})
         first_row = {g: next(i for i, p in enumerate(positions) if p // num_generations == g) for g in groups}
         idx = torch.tensor([first_row[g] for g in groups])
+        group_exclude = None if exclude is None else [exclude[i] for i in idx.tolist()]
+        processors = LogitsProcessorList([self.sid_constraint.logits_processor(input_ids.size(1), group_exclude)])
         # eval groups may differ in size from the training ones
         settings = dict(self.beam_generation_settings, num_beams=num_generations,
                         num_return_sequences=num_generations)

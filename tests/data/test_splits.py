@@ -156,6 +156,19 @@ def test_global_date_cut(ml100k_dir):
         assert set(f) <= set(p.interactions[p.interactions.ts < valid_date].item_id)
 
 
+def test_global_test_date_alone_keeps_validation_futures_unseen():
+    """A global test date without a global valid date: each user's own valid cut bounds what models
+    fitted for validation see (train_limit), so the validation rows' futures are not trained on."""
+    from negrec.data.splits import compute_cuts
+
+    test_day = 20 * DAY
+    log = _toy_log([(u, 100 * u + k, DAY * (k + 1) + u, -1 if k % 3 == 0 else 1) for u in (1, 2) for k in range(25)])
+    cuts = compute_cuts(log, SplitConfig(global_test_date="1970-01-21", min_context=3)).set_index("user_id")
+    assert (cuts.test_cut == test_day).all() and (cuts.test_limit == test_day).all()
+    assert ((cuts.valid_cut > 0) & (cuts.valid_cut < test_day)).all()
+    assert (cuts.train_limit == cuts.valid_cut).all()
+
+
 def test_kuairand_horizons_grow(kuairand_prepared):
     st = data_stats(kuairand_prepared)
     assert st["test_users_nonempty_F1"] <= st["test_users_nonempty_F3"] <= st["test_users_nonempty_F7"]

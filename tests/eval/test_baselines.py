@@ -47,6 +47,18 @@ def test_baseline_beats_random_on_ml100k_valid(ml100k_prepared, make):
     assert _sums(rec, valid) > random
 
 
+def test_random_scores_are_per_row_not_per_chunk(ml100k_prepared):
+    """Each (user, cut) row gets its own scores, the same in any chunk: rows a chunk apart differ."""
+    valid = ml100k_prepared.samples["valid"].head(6).reset_index(drop=True)
+    whole = RandomItems(0).fit(ml100k_prepared, split="valid")
+    small = RandomItems(0).fit(ml100k_prepared, split="valid")
+    small.chunk = 2
+    assert np.array_equal(whole.recommend(valid, 20), small.recommend(valid, 20))
+    rec = small.recommend(valid, 20)
+    assert not np.array_equal(rec[0], rec[2]) and not np.array_equal(rec[1], rec[3])
+    assert not np.array_equal(rec, RandomItems(1).fit(ml100k_prepared, split="valid").recommend(valid, 20))
+
+
 def test_score_pairs_matches_dense_scores_and_unknown_items_score_minus_inf():
     log = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [10, 11, 10, 12, 10], "ts": [1, 2, 3, 4, 5],
                         "feedback": [-1, -1, -1, -1, 1]})

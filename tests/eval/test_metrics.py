@@ -125,6 +125,15 @@ def test_candidate_sets_and_accuracy_ties():
     assert acc[0] == pytest.approx(0.5)
 
 
+def test_an_item_also_disliked_that_day_is_no_candidate():
+    """Item 3 is met without a negative, then disliked the same day: it is neither a "not disliked"
+    candidate nor the target (the first negative, item 2)."""
+    log = pd.DataFrame({"user_id": [1] * 4, "item_id": [1, 2, 3, 3],
+                        "ts": [DAY + 10, DAY + 20, DAY + 30, DAY + 40], "feedback": [0, -1, 0, -1]})
+    target, cands = candidate_sets(log, pd.DataFrame({"user_id": [1], "cut_ts": [DAY]}), size=5)
+    assert target.tolist() == [2] and cands.to_lists() == [[1, 2]]
+
+
 def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="predictions: missing column"):
         evaluate_predictions(pd.DataFrame({"user_id": [1]}), pd.DataFrame({"user_id": [1]}))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from negrec.contract import mark_done
-from negrec.eval.run import history_lengths, negative_ratios, resolve_pairs, run_evaluate
+from negrec.eval.run import history_lengths, negative_ratios, resolve_pairs, run_evaluate, targets_frame
 
 DAY = 86_400
 CUT = 100 * DAY
@@ -110,6 +110,22 @@ def test_history_lengths_and_negative_ratios_match_a_direct_count():
     # an event at the cut is not before it; user 4 has none
     assert history_lengths(log, keys).tolist() == [1, 3, 1, 0]
     assert negative_ratios(log, keys).tolist() == pytest.approx([2 / 3, 2 / 3, 0.0, 0.0])
+
+
+def test_validation_targets_end_at_the_users_test_cut():
+    """A validation row's F_H and next negative stop at the user's test cut (as its sample columns do);
+    a test row's do not."""
+    from types import SimpleNamespace
+
+    log = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [7, 8, 9], "ts": [2 * DAY, 4 * DAY, 30 * DAY],
+                        "feedback": [-1, -1, -1], "kind": ["hated"] * 3})
+    data = SimpleNamespace(interactions=log, cuts=pd.DataFrame({"user_id": [1], "test_cut": [3 * DAY]}))
+    rows = pd.DataFrame({"user_id": [1], "cut_ts": [DAY]})
+    assert targets_frame(data, rows, [7], "valid")["item_id"].tolist() == [7]
+    assert targets_frame(data, rows, [7], "test")["item_id"].tolist() == [7, 8]
+    late = pd.DataFrame({"user_id": [1], "cut_ts": [5 * DAY]})  # nothing within 7 days: the next one, day 30
+    assert targets_frame(data, late, [7], "test")["item_id"].tolist() == [9]
+    assert targets_frame(data, pd.DataFrame({"user_id": [1], "cut_ts": [int(2.5 * DAY)]}), [7], "valid").empty
 
 
 def test_resolve_pairs_defaults_and_config():

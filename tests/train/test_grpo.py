@@ -94,6 +94,29 @@ def test_beam_groups_are_distinct_valid_sids(tiny, tmp_path):
     assert seen[0] != seen[1] and seen[2] != seen[3]
 
 
+@pytest.mark.parametrize("generation", ["sample", "beam"])
+def test_rollouts_never_produce_the_rows_context_items(tiny, tmp_path, generation):
+    """Each row's context covers all but 2 items of the catalogue: every completion of its group is one
+    of those 2 (the rewards get `context_items` by keyword, as the real ones do)."""
+    from _grpo_tiny import N_ITEMS
+
+    items = list(range(100, 100 + N_ITEMS))
+    samples = [{**r, "context_items": [i for i in items if i not in (items[k], items[-1 - k])]}
+               for k, r in enumerate(tiny_samples())]
+    got = []
+
+    def record(prompts, completions, context_items, **kwargs):
+        got.extend((tiny["sid"].item_for_tokens(c), set(ctx)) for c, ctx in zip(completions, context_items))
+        return [0.0] * len(completions)
+
+    cfg = _cfg(generation=generation, stages=[GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None,
+                                                              max_steps=2, beta=0.0)])
+    train_progressive_grpo(cfg, sft_dir=tiny["sft"], samples=samples, build_prompt=RecordingPrompts(tiny["sid"]),
+                           reward_funcs=[record], sid_constraint=tiny["constraint"], completion_length=LEVELS + 1,
+                           out_dir=tmp_path / "grpo")
+    assert len(got) == 8 and all(item is not None and item not in ctx for item, ctx in got), got
+
+
 def test_plain_grpo_runs_final_context_for_same_total_steps():
     cfg = _cfg(progressive=False)
     plan = stage_plan(cfg)
