@@ -130,7 +130,8 @@ def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     # (test). With global dates that bound holds for every user, evaluated or not; with a global
     # test date alone, each user's own valid cut bounds train/valid (validation futures stay unseen)
     never = np.full(n_users, TS_MAX)
-    test_limit = np.full(n_users, _date_ts(cfg.global_test_date)) if cfg.global_test_date else np.where(test_cut >= 0, test_cut, never)
+    test_limit = (np.full(n_users, _date_ts(cfg.global_test_date)) if cfg.global_test_date
+                  else np.where(test_cut >= 0, test_cut, never))
     if cfg.global_valid_date:
         train_limit = np.full(n_users, _date_ts(cfg.global_valid_date))
     else:

@@ -126,9 +126,10 @@ class RandomItems(Baseline):
     def score(self, samples):
         # one generator per (user, cut) row: its scores do not depend on the chunk it is scored in
         cuts = samples["cut_ts"].to_numpy() if "cut_ts" in samples else np.zeros(len(samples), np.int64)
-        keys = zip(samples["user_id"].to_numpy(), cuts)
-        return np.stack([np.random.default_rng([self.seed, int(u) & 0xFFFFFFFF, int(c) & 0xFFFFFFFFFFFF]).random(len(self.item_ids))
-                         for u, c in keys]) if len(samples) else np.zeros((0, len(self.item_ids)))
+        out = np.empty((len(samples), len(self.item_ids)))
+        for r, (u, c) in enumerate(zip(samples["user_id"].to_numpy(), cuts)):
+            out[r] = np.random.default_rng([self.seed, int(u) & 0xFFFFFFFF, int(c) & 0xFFFFFFFFFFFF]).random(out.shape[1])
+        return out
 
 
 class PopularNegatives(Baseline):

@@ -241,10 +241,13 @@ class SidGRPOTrainer(TRLPrivateHooks):
 
     def context_of_rows(self, n_rows: int) -> list[list[int]] | None:
         """Each row's context items (never generated, as at inference), or None when the dataset has
-        no `context_items` column (or rows arrived some other way)."""
+        no `context_items` column."""
         rows = getattr(self, "batch_rows", None)
-        if not rows or len(rows) != n_rows or "context_items" not in rows[0]:
+        if not rows or "context_items" not in rows[0]:
             return None
+        if len(rows) != n_rows:  # TRL no longer generates one completion per input row: port TRLPrivateHooks
+            raise RuntimeError(f"GRPO generates {n_rows} completions for {len(rows)} dataset rows; "
+                               "their context items cannot be matched to them")
         return [[int(i) for i in (r["context_items"] or [])] for r in rows]
 
     def _beam_groups(self, model, input_ids, attention_mask, exclude, num_generations):
