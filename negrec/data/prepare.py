@@ -269,6 +269,11 @@ def _widen(df: pd.DataFrame) -> pd.DataFrame:
                         copy=False)
 
 
+def fit_limit_column(split: str) -> str:
+    """The cuts column bounding what a model fitted for `split` may see (see `Prepared.fit_log`)."""
+    return {"train": "train_limit", "valid": "train_limit", "test": "test_limit"}[split]
+
+
 class Prepared:
     """The prepared data of one run: canonical log, items, cuts and samples per split."""
 
@@ -311,7 +316,7 @@ class Prepared:
     def fit_log(self, split: str = "train") -> pd.DataFrame:
         """What a model fitted for `split` may see: per user, events before that user's cut
         (valid cut for train/valid, test cut for test); users without a cut give all their events."""
-        col = {"train": "train_limit", "valid": "train_limit", "test": "test_limit"}[split]
+        col = fit_limit_column(split)
         log = self._log
         users = log["user_id"].to_numpy()
         starts = run_starts(users)

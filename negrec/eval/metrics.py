@@ -331,10 +331,15 @@ def train_log_stats(train_log: pd.DataFrame, row_users: pd.Series, cfg: MetricsC
     return user_negs, item_negs, swing
 
 
-def training_log(log: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
-    """Events before each evaluated user's (earliest) cut; users not evaluated keep all theirs."""
+def training_log(log: pd.DataFrame, keys: pd.DataFrame, other_limits: pd.Series | None = None) -> pd.DataFrame:
+    """Events before each evaluated user's (earliest) cut. Users not evaluated keep their events
+    before `other_limits[user]` (a run's own per-user fit limits, e.g. for an `eval.max_users`
+    sample), or all of them when no limit is known (an outside log)."""
     first_cut = keys.groupby("user_id")["cut_ts"].min()
-    cut = log["user_id"].map(first_cut).fillna(np.iinfo(np.int64).max).to_numpy()
+    cut = log["user_id"].map(first_cut)
+    if other_limits is not None:
+        cut = cut.fillna(log["user_id"].map(other_limits))
+    cut = cut.fillna(np.iinfo(np.int64).max).to_numpy()
     return log[log["ts"].to_numpy() < cut]
 
 

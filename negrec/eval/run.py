@@ -434,14 +434,26 @@ def run_evaluate(raw: dict, run_dir, predictions: str | None = None, targets: st
         return _evaluate(raw, run_dir, predictions, targets, log)
 
 
+def _run_fit_limits(run_dir: Path, split: str) -> pd.Series | None:
+    """user -> the run's fit limit for `split` (None when the run has no cuts table)."""
+    from ..data.prepare import fit_limit_column
+
+    path = run_dir / "data" / "cuts.parquet"
+    if not path.exists():
+        return None
+    return pd.read_parquet(path).set_index("user_id")[fit_limit_column(split)]
+
+
 def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     cfg = section_config(EvalConfig, raw, "eval")
+    log_given = bool(log)
     ev = run_dir / "eval"
     id_maps = load_id_maps(_log_path(run_dir, log).parent)  # an outside file names ids as the log did
     targets, log, sid_tok, files = _evaluate_inputs(run_dir, cfg, predictions, targets, log)
     keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
-    # fitted once for all methods, on events before each evaluated user's cut only
-    train_log = training_log(log, keys)
+    # fitted once for all methods, on events before each evaluated user's cut only (users outside
+    # the evaluated rows: before their own fit limit when the log is the run's own)
+    train_log = training_log(log, keys, _run_fit_limits(run_dir, cfg.split) if not log_given else None)
     swing = swing_from_log(train_log, alpha=cfg.metrics.swing_alpha, top_n=cfg.metrics.swing_top_n,
                            max_items_per_user=cfg.metrics.swing_max_items_per_user)
     h = cfg.metrics.main_horizon

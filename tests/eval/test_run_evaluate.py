@@ -128,6 +128,18 @@ def test_validation_targets_end_at_the_users_test_cut():
     assert targets_frame(data, pd.DataFrame({"user_id": [1], "cut_ts": [int(2.5 * DAY)]}), [7], "valid").empty
 
 
+def test_training_log_bounds_users_outside_the_evaluated_rows():
+    """User 1 is evaluated (cut at 10); user 2 is not (an eval.max_users sample left it out): its
+    events stop at the run's own fit limit when one is known, else all are kept (an outside log)."""
+    from negrec.eval.metrics import training_log
+
+    log = pd.DataFrame({"user_id": [1, 1, 2, 2, 2], "item_id": [5, 6, 7, 8, 9], "ts": [5, 15, 5, 12, 30],
+                        "feedback": -1})
+    keys = pd.DataFrame({"user_id": [1], "cut_ts": [10]})
+    assert training_log(log, keys)["item_id"].tolist() == [5, 7, 8, 9]
+    assert training_log(log, keys, pd.Series({1: 99, 2: 12}))["item_id"].tolist() == [5, 7]
+
+
 def test_resolve_pairs_defaults_and_config():
     metrics = {"random": {"recall@10_h7": 0.1}, "item_knn": {"recall@10_h7": 0.3}, "grpo": {}, "grpo_plain": {},
                "sft_next": {}}
