@@ -34,6 +34,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def load_result(name: str) -> dict:
+    """The committed `results/<name>.json` ({} when there is none): rows a partial rerun keeps."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def save_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),

@@ -21,14 +21,13 @@ model and on a 4-layer one, beside the default stage's own accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, print_table, save_result  # noqa: E402
+from _common import load_result, print_table, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -68,16 +67,22 @@ def paired(a, b) -> dict:
                 if k in ("diff", "lo", "hi", "p")} for m in METRICS}
 
 
+def seeded_run(name: str, base: Path, parts) -> Path:
+    """RUNS/name with the base run's `parts` copied in (once): the pipeline retrains only what is stale."""
+    run = RUNS / name
+    for part in parts:
+        if not (run / part).exists():
+            shutil.copytree(base / part, run / part)
+    return run
+
+
 def run_variant(name: str, base: Path) -> tuple[Path, dict]:
     from negrec.config import load_config
     from negrec.eval import run_predict
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
-    run = RUNS / name
-    for part in SHARED + REUSED.get(name, ()):
-        if not (run / part).exists():
-            shutil.copytree(base / part, run / part)
+    run = seeded_run(name, base, SHARED + REUSED.get(name, ()))
     raw = load_config(str(CONFIG), VARIANTS[name])
     t0 = time.time()
     run_pipeline(raw, run)
@@ -93,10 +98,7 @@ def run_lettered(name: str, base: Path) -> dict:
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
-    run = RUNS / name
-    for part in SHARED:
-        if not (run / part).exists():
-            shutil.copytree(base / part, run / part)
+    run = seeded_run(name, base, SHARED)
     run_pipeline(load_config(str(CONFIG), LETTERED[name]), run)
     return {"overrides": LETTERED[name], **align_info(read_json(run / "sft_align" / "summary.json"))}
 
@@ -152,7 +154,7 @@ def main() -> None:
     a = ap.parse_args()
     set_threads(None)
     base = RUNS / "base"
-    previous = read_json(RESULTS / "bench_align_ml100k.json") if (RESULTS / "bench_align_ml100k.json").exists() else {}
+    previous = load_result("bench_align_ml100k")
     if a.lettered:
         return lettered_only(base, previous)
     run_pipeline(load_config(str(CONFIG), []), base)  # up to date when it is already there

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import shutil
 import sys
 import time
@@ -28,12 +27,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
+from _common import load_result, paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_grpo_move"
-RESULTS_JSON = ROOT / "benchmarks" / "results" / "bench_grpo_move_ml100k.json"
 HIT = "rewards.weights={future_neg_hit: 1.0, validity: 1.0}"  # the exact hit alone (no CoNRec, no prefix credit)
 LAST = "grpo.select=last"
 
@@ -201,7 +199,7 @@ def main() -> None:
     fixed = {g: fixed_prompts_check(base, g) for g in ("sample", "beam")}
     for g, r in fixed.items():
         print(f"exact hit on {r['prompts']} fixed prompts ({g} groups), mean per 5 steps: {r['hit_rate_by_5_steps']}")
-    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    previous = load_result("bench_grpo_move_ml100k")
     if a.checks_only:
         results, variants_when = previous.get("variants", {}), previous.get("variants_when", previous.get("when"))
     else:

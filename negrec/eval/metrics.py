@@ -368,8 +368,8 @@ def candidate_sets(log: pd.DataFrame, keys: pd.DataFrame, size: int = 20, contex
     others = m[that_day & (m["feedback"].to_numpy() >= 0) & (m["item_id"].to_numpy() != target[r])].copy()
     # an item met without a negative but also disliked that day is no "not disliked" candidate
     disliked = m[that_day & (m["feedback"].to_numpy() < 0)]
-    disliked = pd.MultiIndex.from_arrays([disliked["row"].to_numpy(), disliked["item_id"].to_numpy()])
-    others = others[~pd.MultiIndex.from_arrays([others["row"].to_numpy(), others["item_id"].to_numpy()]).isin(disliked)]
+    disliked = ItemSets.from_pairs(disliked["row"].to_numpy(), disliked["item_id"].to_numpy(), len(keys))
+    others = others[~isin_rows(others["row"].to_numpy(), others["item_id"].to_numpy(), disliked)]
     if context is not None and len(others):
         others = others[~isin_rows(others["row"].to_numpy(), others["item_id"].to_numpy(), context)]
     others["gap"] = np.abs(others["ts"].to_numpy() - t_ts[others["row"].to_numpy()])

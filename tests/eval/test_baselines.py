@@ -47,16 +47,19 @@ def test_baseline_beats_random_on_ml100k_valid(ml100k_prepared, make):
     assert _sums(rec, valid) > random
 
 
-def test_random_scores_are_per_row_not_per_chunk(ml100k_prepared):
+def test_random_scores_are_per_row_not_per_chunk():
     """Each (user, cut) row gets its own scores, the same in any chunk: rows a chunk apart differ."""
-    valid = ml100k_prepared.samples["valid"].head(6).reset_index(drop=True)
-    whole = RandomItems(0).fit(ml100k_prepared, split="valid")
-    small = RandomItems(0).fit(ml100k_prepared, split="valid")
+    log = pd.DataFrame({"user_id": [1, 2], "item_id": [100, 101], "ts": [1, 2], "feedback": [-1, -1]})
+    items = np.arange(100, 160)
+    valid = pd.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "cut_ts": [10, 10, 20, 20, 30, 30],
+                          "context_items": [[]] * 6, "neg_items": [[]] * 6})
+    whole = RandomItems(0).fit(log, items=items)
+    small = RandomItems(0).fit(log, items=items)
     small.chunk = 2
     assert np.array_equal(whole.recommend(valid, 20), small.recommend(valid, 20))
     rec = small.recommend(valid, 20)
     assert not np.array_equal(rec[0], rec[2]) and not np.array_equal(rec[1], rec[3])
-    assert not np.array_equal(rec, RandomItems(1).fit(ml100k_prepared, split="valid").recommend(valid, 20))
+    assert not np.array_equal(rec, RandomItems(1).fit(log, items=items).recommend(valid, 20))
 
 
 def test_score_pairs_matches_dense_scores_and_unknown_items_score_minus_inf():
