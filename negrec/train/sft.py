@@ -83,6 +83,7 @@ class SFTStageConfig:
     align_per_batch: int = 16    # timeline: alignment examples mixed into every batch of timeline windows
     val_rows: int = 300          # timeline: validation users scored after each epoch (0 = none: last epoch kept)
     val_beams: int = 20          # timeline: beam width of the validation search
+    val_every: int = 1           # timeline: validate after every n-th epoch and the last
     patience: int = 2            # timeline: epochs without a validation gain before stopping
     # timeline: whose events train. "test": every user's events before their test cut, except the
     # validation users, whose timelines stop at their validation cut (their F_H stays unseen, so the
@@ -105,6 +106,8 @@ class SFTStageConfig:
             raise ValueError(f"sft tasks {bad} unknown; known: {list(ALIGN_TASKS)}")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
+        if self.val_every < 1:
+            raise ValueError("sft val_every must be at least 1")
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
 
@@ -154,7 +157,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
         _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary, work)
-    curve = " ".join(f"{h['val_recall@10']:.3f}" for h in fit["history"])
+    curve = " ".join(f"{h['epoch']}:{h['val_recall@10']:.3f}" for h in fit["history"] if "val_recall@10" in h)
     main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
                f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
     return summary

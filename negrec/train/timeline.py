@@ -10,9 +10,9 @@ condition, so at inference the prompt's final <|neg|> asks for the next item the
 Long timelines are cut into windows of `window_events` events, stepping back from the latest.
 
 Training runs for up to `epochs` passes over the windows (or `max_steps`), measures Recall@10 of
-constrained beam search on validation users after every epoch, and keeps the best epoch (early
-stop after `patience` epochs without gain). A checkpoint after each epoch lets a killed run
-resume. Learning curves go to TensorBoard and into the summary.
+constrained beam search on validation users after every `val_every`-th epoch and the last, and keeps
+the best validated epoch (early stop after `patience` validations without gain). A checkpoint after
+each epoch lets a killed run resume. Learning curves go to TensorBoard and into the summary.
 """
 from __future__ import annotations
 
@@ -246,19 +246,22 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
                 writer.add_scalar("train/loss", loss.item(), state["step"])
                 writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
         model.eval()
-        per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
-                    if val_rows else np.zeros(0))
-        recall = float(per_user.mean()) if val_rows else float("nan")
         state["epoch"] += 1
+        last = state["epoch"] >= n_epochs or state["step"] >= total
+        validate = bool(val_rows) and (state["epoch"] % cfg.val_every == 0 or last)
+        per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
+                    if validate else np.zeros(0))
+        recall = float(per_user.mean()) if validate else float("nan")
         state["history"].append({"epoch": state["epoch"], "step": state["step"], "train_loss": round(float(np.mean(losses)), 4),
-                                 "val_recall@10": round(recall, 4)})
+                                 **({"val_recall@10": round(recall, 4)} if validate else {})})
         print(f"[timeline] epoch {state['epoch']}: loss {np.mean(losses):.3f}"
-              + (f", validation Recall@10 {recall:.4f} ({len(val_rows)} users)" if val_rows else ""))
+              + (f", validation Recall@10 {recall:.4f} ({len(val_rows)} users)" if validate else ""))
         if writer:
-            if val_rows:
+            if validate:
                 writer.add_scalar("valid/recall@10", recall, state["step"])
             writer.add_scalar("train/epoch_loss", float(np.mean(losses)), state["step"])
-        _select_epoch(state, model, per_user)
+        if validate or not val_rows:  # with validation, only a validated epoch can be kept
+            _select_epoch(state, model, per_user)
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
                                          "sched": sched.state_dict(), "state": state})
@@ -275,7 +278,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
 def _select_epoch(state: dict, model, recalls: np.ndarray) -> None:
     """Keep this epoch's weights unless its validation recall is significantly below the best
     epoch's (`significantly_worse`): within noise the later epoch, which has seen more steps at a
-    lower learning rate, is kept. `patience` counts epochs in a row that are significantly worse."""
+    lower learning rate, is kept. `patience` counts validations in a row that are significantly worse."""
     recall = float(recalls.mean()) if len(recalls) else float("nan")
     if len(recalls) and recall > state["best"]:
         state.update(best=recall, best_epoch=state["epoch"], best_recalls=recalls)

@@ -3,6 +3,8 @@ token, and on a synthetic log with planted per-user dislike clusters the trained
 popularity (a policy that does not learn from the user's history cannot)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,3 +205,20 @@ def test_co_training_with_no_examples_per_batch_is_refused():
     with pytest.raises(ValueError, match="align_per_batch"):
         SFTStageConfig(mode="timeline", align_weight=1.0, align_per_batch=0)
     SFTStageConfig(mode="timeline", align_weight=0.0, align_per_batch=0)  # nothing co-trained: fine
+
+
+def test_validation_every_second_epoch_and_the_last(setup):
+    """`val_every: 2` over 3 epochs validates after epochs 2 and 3 only, and only a validated epoch
+    can be the one kept."""
+    model, hf, sid, builder, log = setup
+    model = copy.deepcopy(model)
+    codec = CompactCodec(sid, hf)
+    windows = timeline_windows(log[log.user_id <= 16], None, codec, 50, other_weight=1.0)
+    cfg = SFTStageConfig(mode="timeline", epochs=3, learning_rate=1e-3, batch_size=8, val_every=2, patience=5,
+                         resume=False)
+    fit = train_timeline(model, hf, sid, windows, sample_rows(log, [201, 202, 203, 204]), builder, cfg, horizon=7)
+    assert fit["epochs_run"] == 3
+    assert [("val_recall@10" in h) for h in fit["history"]] == [False, True, True]
+    assert fit["kept_epoch"] in (2, 3) and fit["best_epoch"] in (2, 3)
+    with pytest.raises(ValueError, match="val_every"):
+        SFTStageConfig(mode="timeline", val_every=0)
