@@ -92,27 +92,32 @@ def resolve_run_dir(raw: dict, args) -> Path:
     return Path(run.get("root", "runs")) / name
 
 
-def _busy_cores(window_s: float = 0.3) -> float | None:
-    """Cores kept busy by other processes over a short window, from /proc/stat (None elsewhere).
-    Called before a stage starts, so this process itself is idle during the window."""
+def _cpu_times() -> tuple[int, int]:
+    """(total, idle) CPU ticks since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals[:8]), idle  # guest time is already counted in user
+
+
+def _busy_cores(window_s: float = 0.2, windows: int = 3) -> float | None:
+    """Cores kept busy by other processes, from /proc/stat (None elsewhere): the least over a few
+    short windows, so a burst (a process exiting, the end of an install) does not count as a
+    competing job, which keeps every window busy. Called before a stage starts, so this process
+    itself is idle meanwhile. One 0.3 s window once made the default run pick one thread and take
+    twice as long."""
     import os
     import time
 
-    def sample():
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
-        return sum(vals[:8]), idle  # guest time is already counted in user
-
     try:
-        t0, i0 = sample()
-        time.sleep(window_s)
-        t1, i1 = sample()
+        marks = [_cpu_times()]
+        for _ in range(windows):
+            time.sleep(window_s)
+            marks.append(_cpu_times())
     except (OSError, ValueError, IndexError):
         return None
-    if t1 <= t0:
-        return None
-    return (1.0 - (i1 - i0) / (t1 - t0)) * (os.cpu_count() or 1)
+    busy = [1.0 - (i1 - i0) / (t1 - t0) for (t0, i0), (t1, i1) in zip(marks, marks[1:]) if t1 > t0]
+    return min(busy) * (os.cpu_count() or 1) if busy else None
 
 
 def _auto_threads() -> tuple[int, str]:

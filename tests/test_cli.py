@@ -150,11 +150,11 @@ def test_auto_threads_follow_other_load(monkeypatch):
     from negrec import cli
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: 0.1)
+    monkeypatch.setattr(cli, "_busy_cores", lambda: 0.1)
     assert cli._auto_threads()[0] == 2
-    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: 1.2)
+    monkeypatch.setattr(cli, "_busy_cores", lambda: 1.2)
     assert cli._auto_threads()[0] == 1
-    monkeypatch.setattr(cli, "_busy_cores", lambda window_s=0.3: None)
+    monkeypatch.setattr(cli, "_busy_cores", lambda: None)
     assert cli._auto_threads()[0] == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert cli._auto_threads()[0] == 0  # big machine: torch's own default
@@ -175,3 +175,28 @@ def test_busy_cores_measures_a_spinning_process():
         spin.kill()
     assert 0.0 <= idle <= os.cpu_count() + 0.01
     assert busy >= 0.7, busy  # the spinner keeps one core busy
+
+
+def test_a_burst_in_one_window_is_no_competing_job(monkeypatch):
+    """Busy cores are the least over the windows: a job that ran in the first window only (a
+    process exiting) leaves the CPU idle; one that runs through all of them does not."""
+    import os
+
+    from negrec import cli
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+
+    def ticks(per_window_idle):  # 40 ticks per window over 2 cores, `idle` of them idle
+        marks, total, idle = [(0, 0)], 0, 0
+        for i in per_window_idle:
+            total, idle = total + 40, idle + i
+            marks.append((total, idle))
+        return iter(marks)
+
+    burst = ticks([0, 40, 38])
+    monkeypatch.setattr(cli, "_cpu_times", lambda: next(burst))
+    assert cli._busy_cores() == pytest.approx(0.0)
+    steady = ticks([20, 21, 19])
+    monkeypatch.setattr(cli, "_cpu_times", lambda: next(steady))
+    assert cli._busy_cores() == pytest.approx(2 * (1 - 21 / 40))
