@@ -250,18 +250,10 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         last = state["epoch"] >= n_epochs or state["step"] >= total
         validate = bool(val_rows) and (state["epoch"] % cfg.val_every == 0 or last)
         per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
-                    if validate else np.zeros(0))
-        recall = float(per_user.mean()) if validate else float("nan")
-        state["history"].append({"epoch": state["epoch"], "step": state["step"], "train_loss": round(float(np.mean(losses)), 4),
-                                 **({"val_recall@10": round(recall, 4)} if validate else {})})
-        print(f"[timeline] epoch {state['epoch']}: loss {np.mean(losses):.3f}"
-              + (f", validation Recall@10 {recall:.4f} ({len(val_rows)} users)" if validate else ""))
-        if writer:
-            if validate:
-                writer.add_scalar("valid/recall@10", recall, state["step"])
-            writer.add_scalar("train/epoch_loss", float(np.mean(losses)), state["step"])
+                    if validate else None)
+        _log_epoch(state, losses, per_user, len(val_rows), writer)
         if validate or not val_rows:  # with validation, only a validated epoch can be kept
-            _select_epoch(state, model, per_user)
+            _select_epoch(state, model, per_user if validate else np.zeros(0))
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
                                          "sched": sched.state_dict(), "state": state})
@@ -273,6 +265,24 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             "kept_val_recall@10": round(state["kept_recall"], 4), "best_epoch": state["best_epoch"],
             "best_val_recall@10": round(state["best"], 4), "history": copy.deepcopy(state["history"]),
             "stopped_early": state["bad"] >= cfg.patience}
+
+
+def _log_epoch(state: dict, losses: list[float], recalls: np.ndarray | None, n_users: int, writer) -> None:
+    """The epoch's mean loss and, when it was validated, its validation Recall@10: into the
+    history, stdout and TensorBoard."""
+    loss = float(np.mean(losses))
+    entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": round(loss, 4)}
+    line = f"[timeline] epoch {state['epoch']}: loss {loss:.3f}"
+    if recalls is not None:
+        recall = float(recalls.mean())
+        entry["val_recall@10"] = round(recall, 4)
+        line += f", validation Recall@10 {recall:.4f} ({n_users} users)"
+        if writer:
+            writer.add_scalar("valid/recall@10", recall, state["step"])
+    state["history"].append(entry)
+    print(line)
+    if writer:
+        writer.add_scalar("train/epoch_loss", loss, state["step"])
 
 
 def _select_epoch(state: dict, model, recalls: np.ndarray) -> None:
