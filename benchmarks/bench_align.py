@@ -14,7 +14,9 @@ chance 0.25), the stage's time, and the paired test differences.
 Why the default trains no lettered question (`--lettered`, the alignment stage only, no SFT): the
 stage with the two lettered 4-choice tasks added to its mix (`item_repeats: 4`, so each item is
 asked with 4 different distractor sets and the letters cannot be memorised), on the default 2-layer
-model and on a 4-layer one, beside the default stage's own accuracy.
+model and on a 4-layer one, beside the default stage's own accuracy; and the SID question answered
+in two steps (`choose_sid_stepwise`: the first code, then the letter) in 2,000 more steps after the
+default stage, the time the 10-minute run cannot hold.
 
     python benchmarks/bench_align.py [--lettered]   # reuses runs/bench_align/base when it is there
 """
@@ -39,11 +41,17 @@ VARIANTS = {
 }
 LETTERED_MIX = ["pipeline.stop_after=sft-align", "sft_align.item_repeats=4",
                 "sft_align.tasks=[text_to_sid,sid_to_text,choose_text,choose_sid]"]
-LETTERED = {"lettered_in_mix": LETTERED_MIX, "lettered_in_mix_4_layers": LETTERED_MIX + ["model.num_layers=4"]}
+# the same question answered in two steps (first code, then letter), trained after the default stage
+STEPWISE_AFTER = ["pipeline.stop_after=sft-align", f"sft_align.init_from={RUNS / 'base' / 'sft_align' / 'final'}",
+                  "sft_align.tasks=[text_to_sid,sid_to_text,choose_sid_stepwise]", "sft_align.item_repeats=2",
+                  "sft_align.max_steps=2000", "sft_align.learning_rate=0.003", "sft_align.warmup_ratio=0.0"]
+LETTERED = {"lettered_in_mix": LETTERED_MIX, "lettered_in_mix_4_layers": LETTERED_MIX + ["model.num_layers=4"],
+            "stepwise_after_alignment": STEPWISE_AFTER}
 SHARED = ("data", "encode", "tokenize", "model")  # the base run's, never retrained
 REUSED = {"no_cotraining": ("sft_align",)}  # the base run's alignment stage, the same config
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
-ALIGNMENT = ("title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood", "choice_sid_likelihood")
+ALIGNMENT = ("title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood", "choice_sid_likelihood",
+             "choose_sid_stepwise")
 
 
 def scorer(base: Path):
@@ -106,14 +114,17 @@ def run_lettered(name: str, base: Path) -> dict:
 def align_info(align: dict) -> dict:
     """The alignment stage's time, loss curve and closing accuracy from its summary."""
     return {"align_seconds": align["seconds"], "align_steps": align["steps"], "align_loss_curve": align["loss_curve"],
-            "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT}}
+            "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT if k in align["alignment"]}}
 
 
 def lettered_table(results: dict) -> None:
     fmt = "{title_to_sid:.2f} / {sid_to_title:.2f} / {choice_sid_likelihood:.2f}, {choice_text_likelihood:.2f} / {choose_sid:.2f}, {choose_text:.2f}"
     print_table([{"variant": n, "align s": r["align_seconds"],
                   "after the alignment stage: title->SID / SID->title / 4-choice by likelihood / lettered":
-                  fmt.format(**r["alignment_after_align_stage"])} for n, r in results.items()],
+                  fmt.format(**r["alignment_after_align_stage"]),
+                  "code then letter": ("{:.2f}".format(r["alignment_after_align_stage"]["choose_sid_stepwise"])
+                                       if "choose_sid_stepwise" in r["alignment_after_align_stage"] else "-")}
+                 for n, r in results.items()],
                 "The lettered 4-choice trained in the alignment stage (chance 0.25)")
 
 

@@ -143,6 +143,20 @@ def choice_accuracy(model, hf_tok, builder, examples: list[dict], batch_size: in
     return correct / len(examples)
 
 
+@torch.no_grad()
+def stepwise_choice_accuracy(model, hf_tok, examples: list[dict], batch_size: int = 32) -> float:
+    """Share of stepwise 4-choice examples (`choose_sid_stepwise`) whose greedy answer, a code and
+    then a letter, gives the right letter."""
+    texts = greedy_texts(model, hf_tok, [e["prompt"] for e in examples], max_new_tokens=4, batch_size=batch_size)
+    return float(np.mean([stepwise_letter(t) == e["letter"] for t, e in zip(texts, examples)]))
+
+
+def stepwise_letter(text: str) -> str | None:
+    """The letter a stepwise answer ("<a_12> C") gives: the first standalone A-D after its last SID token."""
+    found = re.search(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])", text.split(">")[-1])
+    return found.group(1) if found else None
+
+
 def likelihood_choice_accuracy(model, hf_tok, prompts: list[str], candidates: list[list[str]], batch_size: int) -> float:
     """Share of questions whose first candidate (the right one) has the highest completion likelihood."""
     flat_p = [p for p, cands in zip(prompts, candidates) for _ in cands]
@@ -184,6 +198,10 @@ def _choice_accuracies(model, hf_tok, sid_tok, builder, labels: dict, chosen: li
     sid_ll = likelihood_choice_accuracy(
         model, hf_tok, [builder.wrap(ALIGN_INSTRUCTIONS["text_to_sid"].format(text=labels[i])) for i in chosen],
         [[sid_tok.tokens_for_item(j) for j in [i] + distractors[i]] for i in chosen], batch_size)
+    # last, so that the draws above (and the figures they gave before this question existed) stay the same
+    lettered["choose_sid_stepwise"] = stepwise_choice_accuracy(
+        model, hf_tok, [choice_example(builder, sid_tok, "choose_sid_stepwise", i, labels, pool, rng) for i in chosen],
+        batch_size)
     return {**lettered, "choice_text_likelihood": text_ll, "choice_sid_likelihood": sid_ll}
 
 
@@ -191,7 +209,8 @@ def alignment_line(a: dict) -> str:
     """`alignment_accuracy`'s result in one line, beside chance (the stage logs and report.md)."""
     return (f"title -> SID {a['title_to_sid']:.2f} (chance {a['chance_title_to_sid']:.4f}), SID -> title "
             f"{a['sid_to_title']:.2f}, 4-choice by likelihood {a['choice_sid_likelihood']:.2f} (SID) / "
-            f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f} "
+            f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f}"
+            + (f", code then letter {a['choose_sid_stepwise']:.2f}" if "choose_sid_stepwise" in a else "") + " "
             f"(chance {a['chance_choice']:.2f})")
 
 
@@ -213,6 +232,7 @@ def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: Pro
     choice = _choice_accuracies(model, hf_tok, sid_tok, builder, labels, chosen, pool, rng, batch_size)
     return {"n": len(chosen), "sid_to_title": gen["sid_to_title"], "title_to_sid": gen["title_to_sid"],
             "choose_text": choice["choose_text"], "choose_sid": choice["choose_sid"],
+            "choose_sid_stepwise": choice["choose_sid_stepwise"],
             "choice_text_likelihood": choice["choice_text_likelihood"],
             "choice_sid_likelihood": choice["choice_sid_likelihood"], "valid_sid_rate": gen["valid"],
             "chance_title_to_sid": 1.0 / len(sid_tok), "chance_choice": 0.25, "seconds": round(time.time() - t0, 1)}

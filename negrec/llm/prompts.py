@@ -42,7 +42,12 @@ ALIGN_INSTRUCTIONS = {
     "choose_text": "Item {sid}. Which description fits it?\n{options}\nAnswer with a letter.",
     "choose_sid": "Item: {text}\nWhich semantic ID is it?\n{options}\nAnswer with a letter.",
 }
-ALIGN_TASKS = tuple(ALIGN_INSTRUCTIONS)
+# choose_sid_stepwise asks choose_sid's question (the tiny model's BPE is trained on the instruction
+# texts, so a new one would change its vocabulary) and is answered in two steps: the first code of
+# the item's SID, then the letter. A small model cannot map the title to its SID and find that SID
+# among the options in one step; with the code written out, the letter is a lookup.
+ALIGN_TASKS = (*ALIGN_INSTRUCTIONS, "choose_sid_stepwise")
+CHOICE_TASKS = ("choose_text", "choose_sid", "choose_sid_stepwise")
 CHOICE_LETTERS = "ABCD"
 # Feedback tokens of the compact format (added to the LM's vocabulary by `build-model`).
 FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
@@ -242,10 +247,29 @@ def answer(builder: PromptBuilder, text: str) -> str:
     return text if builder.chat or text.startswith("<") else " " + text
 
 
+def first_code(sid_tok, item: int) -> str:
+    """The item's first SID token, e.g. <a_12>."""
+    return sid_tok.token(0, sid_tok.codes_for_item(item)[0])
+
+
+def _distractors(sid_tok, task: str, item: int, pool: list[int], rng: random.Random) -> list[int]:
+    """3 random other items; for the stepwise question, items whose first codes differ from the
+    item's and from each other (where the catalogue has 4 first codes), so the first code answers it."""
+    if task != "choose_sid_stepwise":
+        return rng.sample([i for i in pool if i != item], 3)
+    out, seen = [], {first_code(sid_tok, item)}
+    for j in rng.sample(pool, min(len(pool), 64)):
+        if j != item and first_code(sid_tok, j) not in seen:
+            out.append(j)
+            seen.add(first_code(sid_tok, j))
+            if len(out) == 3:
+                return out
+    return out + rng.sample([i for i in pool if i != item and i not in out], 3 - len(out))
+
+
 def choice_example(builder: PromptBuilder, sid_tok, task: str, item: int, labels: dict[int, str], pool: list[int], rng: random.Random) -> dict:
-    """One CoNRec 4-choice example: the item plus 3 random distractors, shuffled."""
-    others = rng.sample([i for i in pool if i != item], 3)
-    options = others + [item]
+    """One CoNRec 4-choice example: the item plus 3 distractors, shuffled (`CHOICE_TASKS`)."""
+    options = _distractors(sid_tok, task, item, pool, rng) + [item]
     rng.shuffle(options)
     letter = CHOICE_LETTERS[options.index(item)]
     if task == "choose_text":
@@ -254,7 +278,9 @@ def choice_example(builder: PromptBuilder, sid_tok, task: str, item: int, labels
     else:
         lines = "\n".join(f"{CHOICE_LETTERS[k]}) {sid_tok.tokens_for_item(o)}" for k, o in enumerate(options))
         prompt = ALIGN_INSTRUCTIONS["choose_sid"].format(text=labels[item], options=lines)
-    return {"prompt": builder.wrap(prompt), "completion": answer(builder, letter), "task": task, "item_id": item}
+    reply = f"{first_code(sid_tok, item)} {letter}" if task == "choose_sid_stepwise" else letter
+    return {"prompt": builder.wrap(prompt), "completion": answer(builder, reply), "task": task, "item_id": item,
+            "letter": letter}
 
 
 def aligned_item_ids(sid_tok, items, max_items: int = 0, rng: random.Random | int = 0) -> list[int]:
@@ -295,7 +321,7 @@ def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=ALIGN_TASKS
         for i in ids:
             out += _item_examples(builder, sid_tok, i, records[i], labels[i], tasks, feat_cols)
             if labels[i] and len(with_text) >= 4:
-                for task in ("choose_text", "choose_sid"):
+                for task in CHOICE_TASKS:
                     if task in tasks:
                         out.append(choice_example(builder, sid_tok, task, i, labels, with_text, rng))
         if "prefix_to_genre" in tasks and "genres" in items:

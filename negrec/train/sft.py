@@ -104,6 +104,9 @@ class SFTStageConfig:
         bad = sorted(set(self.tasks) - set(ALIGN_TASKS))
         if bad:
             raise ValueError(f"sft tasks {bad} unknown; known: {list(ALIGN_TASKS)}")
+        if {"choose_sid", "choose_sid_stepwise"} <= set(self.tasks):
+            raise ValueError("sft tasks choose_sid and choose_sid_stepwise ask the same question with different "
+                             "answers; train one of them")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
         if self.val_every < 1:

@@ -84,3 +84,57 @@ def test_chat_template_when_tokenizer_has_one(small_sid_tok, row):
     assert text.startswith("<|system|>") and text.endswith("<|assistant|>")
     plain = PromptBuilder(PromptConfig(use_chat_template=False), small_sid_tok, hf_tokenizer=hf).build(row)
     assert plain.endswith("Answer:")
+
+
+def test_stepwise_choice_answers_with_the_first_code_then_the_letter(small_sid_tok):
+    """`choose_sid_stepwise`: choose_sid's question, answered as the item's first code and then its
+    letter; the distractors' first codes differ from the item's and from each other, so the first
+    code is enough to find the option."""
+    from negrec.llm.prompts import ALIGN_INSTRUCTIONS, CHOICE_LETTERS, alignment_examples, first_code
+    from tests.llm.conftest import synthetic_items
+
+    sid = small_sid_tok
+    items = synthetic_items(sid)
+    builder = PromptBuilder(PromptConfig(), sid, items)
+    examples = alignment_examples(builder, sid, items, tasks=["choose_sid_stepwise"], seed=0)
+    assert len(examples) == len(items) and {e["task"] for e in examples} == {"choose_sid_stepwise"}
+    question = ALIGN_INSTRUCTIONS["choose_sid"].split("{options}")[-1]
+    for e in examples:
+        assert question.strip() in e["prompt"]
+        options = dict(line.split(") ", 1) for line in e["prompt"].splitlines() if line[:3] in {f"{L}) " for L in CHOICE_LETTERS})
+        assert sorted(options) == list(CHOICE_LETTERS)
+        assert len({sid.codes_for_item(sid.item_for_tokens(t))[0] for t in options.values()}) == 4
+        assert options[e["letter"]] == sid.tokens_for_item(e["item_id"])
+        assert e["completion"] == f"{first_code(sid, e['item_id'])} {e['letter']}"
+    assert len({e["letter"] for e in examples}) == 4
+
+
+def test_stepwise_choice_with_fewer_first_codes_than_options_still_asks_four():
+    from negrec.llm.prompts import alignment_examples
+    from negrec.tokenizer import SemanticIdTokenizer
+    from tests.llm.conftest import synthetic_items
+
+    ids = np.arange(1, 13)
+    codes = np.stack([ids % 2, ids // 2, np.zeros_like(ids)], 1)  # 2 first codes among 12 items
+    sid = SemanticIdTokenizer.from_codes(ids, codes, [2, 7, 1])
+    items = synthetic_items(sid)
+    examples = alignment_examples(PromptBuilder(PromptConfig(), sid, items), sid, items, tasks=["choose_sid_stepwise"], seed=0)
+    for e in examples:
+        options = [line for line in e["prompt"].splitlines() if line[:3] in ("A) ", "B) ", "C) ", "D) ")]
+        assert len(options) == 4 and len({o[3:] for o in options}) == 4
+
+
+def test_one_of_the_two_answers_to_the_sid_question():
+    from negrec.train.sft import SFTStageConfig
+
+    with pytest.raises(ValueError, match="same question"):
+        SFTStageConfig(tasks=["text_to_sid", "choose_sid", "choose_sid_stepwise"])
+    SFTStageConfig(tasks=["text_to_sid", "choose_sid_stepwise"])
+
+
+@pytest.mark.parametrize("text, letter", [("<a_3> C", "C"), ("<a_3>C", "C"), (" B", "B"), ("<a_3><b_1> A.", "A"),
+                                          ("<a_3><b_1><c_2>", None), ("<a_3> Drama", None), ("<a_3> AB", None)])
+def test_the_letter_of_a_stepwise_answer(text, letter):
+    from negrec.llm.evaluation import stepwise_letter
+
+    assert stepwise_letter(text) == letter
