@@ -94,7 +94,7 @@ def _summary_view(summary: dict) -> dict:
     """What the table shows of a stage's summary: validation curve, alignment, reward curve."""
     out = {}
     if "history" in summary:
-        out["val_recall@10_by_epoch"] = [h["val_recall@10"] for h in summary["history"]]
+        out["val_recall@10_by_epoch"] = [h.get("val_recall@10") for h in summary["history"]]  # None: not validated
     if "alignment" in summary:
         out["alignment"] = {k: summary["alignment"][k] for k in (
             "title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood",

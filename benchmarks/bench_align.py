@@ -51,7 +51,7 @@ SHARED = ("data", "encode", "tokenize", "model")  # the base run's, never retrai
 REUSED = {"no_cotraining": ("sft_align",)}  # the base run's alignment stage, the same config
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 ALIGNMENT = ("title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood", "choice_sid_likelihood",
-             "choose_sid_stepwise")
+             "choose_sid_stepwise", "stepwise_first_code")
 
 
 def scorer(base: Path):
@@ -122,10 +122,16 @@ def lettered_table(results: dict) -> None:
     print_table([{"variant": n, "align s": r["align_seconds"],
                   "after the alignment stage: title->SID / SID->title / 4-choice by likelihood / lettered":
                   fmt.format(**r["alignment_after_align_stage"]),
-                  "code then letter": ("{:.2f}".format(r["alignment_after_align_stage"]["choose_sid_stepwise"])
-                                       if "choose_sid_stepwise" in r["alignment_after_align_stage"] else "-")}
+                  "code then letter (first code right)": _stepwise_cell(r["alignment_after_align_stage"])}
                  for n, r in results.items()],
                 "The lettered 4-choice trained in the alignment stage (chance 0.25)")
+
+
+def _stepwise_cell(a: dict) -> str:
+    if "choose_sid_stepwise" not in a:
+        return "-"
+    return f"{a['choose_sid_stepwise']:.2f} ({a['stepwise_first_code']:.2f})" if "stepwise_first_code" in a else \
+        f"{a['choose_sid_stepwise']:.2f}"
 
 
 def lettered_only(base: Path, previous: dict) -> None:
@@ -147,8 +153,10 @@ def stage_info(run: Path, sft: dict) -> dict:
     """The alignment stage's time and accuracy (when it ran) and the timeline SFT's."""
     from negrec.io import read_json
 
-    out = {"sft_seconds": sft["seconds"], "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT},
-           "val_recall@10_by_epoch": [h["val_recall@10"] for h in sft["history"]]}
+    # an epoch the SFT did not validate (sft_next.val_every) reads None
+    out = {"sft_seconds": sft["seconds"],
+           "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT if k in sft["alignment"]},
+           "val_recall@10_by_epoch": [h.get("val_recall@10") for h in sft["history"]]}
     if (run / "sft_align" / "summary.json").exists():
         out.update(align_info(read_json(run / "sft_align" / "summary.json")))
     return out

@@ -144,11 +144,14 @@ def choice_accuracy(model, hf_tok, builder, examples: list[dict], batch_size: in
 
 
 @torch.no_grad()
-def stepwise_choice_accuracy(model, hf_tok, examples: list[dict], batch_size: int = 32) -> float:
-    """Share of stepwise 4-choice examples (`choose_sid_stepwise`) whose greedy answer, a code and
-    then a letter, gives the right letter."""
+def stepwise_choice_accuracy(model, hf_tok, examples: list[dict], batch_size: int = 32) -> dict:
+    """Stepwise 4-choice examples (`choose_sid_stepwise`), greedy answers (a code, then a letter):
+    `letter`, the share giving the right letter, and `first_code`, the share starting with the item's
+    first code, so that a wrong letter reads as not knowing the item or as not reading the options."""
     texts = greedy_texts(model, hf_tok, [e["prompt"] for e in examples], max_new_tokens=4, batch_size=batch_size)
-    return float(np.mean([stepwise_letter(t) == e["letter"] for t, e in zip(texts, examples)]))
+    codes = [e["completion"].split()[0] for e in examples]
+    return {"letter": float(np.mean([stepwise_letter(t) == e["letter"] for t, e in zip(texts, examples)])),
+            "first_code": float(np.mean([t.strip().startswith(c) for t, c in zip(texts, codes)]))}
 
 
 def stepwise_letter(text: str) -> str | None:
@@ -199,10 +202,11 @@ def _choice_accuracies(model, hf_tok, sid_tok, builder, labels: dict, chosen: li
         model, hf_tok, [builder.wrap(ALIGN_INSTRUCTIONS["text_to_sid"].format(text=labels[i])) for i in chosen],
         [[sid_tok.tokens_for_item(j) for j in [i] + distractors[i]] for i in chosen], batch_size)
     # last, so that the draws above (and the figures they gave before this question existed) stay the same
-    lettered["choose_sid_stepwise"] = stepwise_choice_accuracy(
+    stepwise = stepwise_choice_accuracy(
         model, hf_tok, [choice_example(builder, sid_tok, "choose_sid_stepwise", i, labels, pool, rng) for i in chosen],
         batch_size)
-    return {**lettered, "choice_text_likelihood": text_ll, "choice_sid_likelihood": sid_ll}
+    return {**lettered, "choose_sid_stepwise": stepwise["letter"], "stepwise_first_code": stepwise["first_code"],
+            "choice_text_likelihood": text_ll, "choice_sid_likelihood": sid_ll}
 
 
 def alignment_line(a: dict) -> str:
@@ -210,7 +214,8 @@ def alignment_line(a: dict) -> str:
     return (f"title -> SID {a['title_to_sid']:.2f} (chance {a['chance_title_to_sid']:.4f}), SID -> title "
             f"{a['sid_to_title']:.2f}, 4-choice by likelihood {a['choice_sid_likelihood']:.2f} (SID) / "
             f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f}"
-            + (f", code then letter {a['choose_sid_stepwise']:.2f}" if "choose_sid_stepwise" in a else "") + " "
+            + (f", code then letter {a['choose_sid_stepwise']:.2f} (first code right "
+               f"{a.get('stepwise_first_code', float('nan')):.2f})" if "choose_sid_stepwise" in a else "") + " "
             f"(chance {a['chance_choice']:.2f})")
 
 
@@ -232,7 +237,7 @@ def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: Pro
     choice = _choice_accuracies(model, hf_tok, sid_tok, builder, labels, chosen, pool, rng, batch_size)
     return {"n": len(chosen), "sid_to_title": gen["sid_to_title"], "title_to_sid": gen["title_to_sid"],
             "choose_text": choice["choose_text"], "choose_sid": choice["choose_sid"],
-            "choose_sid_stepwise": choice["choose_sid_stepwise"],
+            "choose_sid_stepwise": choice["choose_sid_stepwise"], "stepwise_first_code": choice["stepwise_first_code"],
             "choice_text_likelihood": choice["choice_text_likelihood"],
             "choice_sid_likelihood": choice["choice_sid_likelihood"], "valid_sid_rate": gen["valid"],
             "chance_title_to_sid": 1.0 / len(sid_tok), "chance_choice": 0.25, "seconds": round(time.time() - t0, 1)}
