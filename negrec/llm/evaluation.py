@@ -211,12 +211,13 @@ def _choice_accuracies(model, hf_tok, sid_tok, builder, labels: dict, chosen: li
 
 def alignment_line(a: dict) -> str:
     """`alignment_accuracy`'s result in one line, beside chance (the stage logs and report.md)."""
-    return (f"title -> SID {a['title_to_sid']:.2f} (chance {a['chance_title_to_sid']:.4f}), SID -> title "
+    line = (f"title -> SID {a['title_to_sid']:.2f} (chance {a['chance_title_to_sid']:.4f}), SID -> title "
             f"{a['sid_to_title']:.2f}, 4-choice by likelihood {a['choice_sid_likelihood']:.2f} (SID) / "
-            f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f}"
-            + (f", code then letter {a['choose_sid_stepwise']:.2f} (first code right "
-               f"{a.get('stepwise_first_code', float('nan')):.2f})" if "choose_sid_stepwise" in a else "") + " "
-            f"(chance {a['chance_choice']:.2f})")
+            f"{a['choice_text_likelihood']:.2f} (text), lettered {a['choose_sid']:.2f} / {a['choose_text']:.2f}")
+    if "choose_sid_stepwise" not in a:
+        return line + f" (chance {a['chance_choice']:.2f})"
+    code = f"; first code right {a['stepwise_first_code']:.2f}" if "stepwise_first_code" in a else ""
+    return line + f", code then letter {a['choose_sid_stepwise']:.2f} (chance {a['chance_choice']:.2f}{code})"
 
 
 def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: PromptBuilder | None = None,

@@ -18,3 +18,5 @@ def test_report_says_what_the_policy_knows_of_its_items():
          "choice_text_likelihood": 0.96, "choose_sid": 0.19, "choose_text": 0.265, "chance_choice": 0.25}
     text = alignment_text(a)
     assert "title -> SID 0.45 (chance 0.0006)" in text and "0.97 (SID) / 0.96 (text)" in text and "lettered 0.19 / 0.27" in text
+    stepwise = alignment_text({**a, "choose_sid_stepwise": 0.44, "stepwise_first_code": 0.7})
+    assert "code then letter 0.44 (chance 0.25; first code right 0.70)" in stepwise
