@@ -179,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(error_line(args.command, e), file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under a launcher, leave torch.distributed before the interpreter exits: a gloo group torn
+    down at exit aborted a rank now and then ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def error_line(command: str, e: BaseException) -> str:

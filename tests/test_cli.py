@@ -36,6 +36,27 @@ def test_bad_config_names_file_and_field(tmp_path, capsys):
     assert "bad.yaml: data" in err and "fromat" in err
 
 
+def test_a_command_leaves_the_process_group_it_ran_in(tmp_path, capsys):
+    """Under a launcher every command, failed or not, leaves torch.distributed before exit (a gloo
+    group left to the interpreter's teardown aborted a rank now and then)."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text("data:\n  fromat: movielens\n")
+        assert main(["data", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @dataclass
 class _Inner:
     k: int = 1
