@@ -149,7 +149,7 @@ def stepwise_choice_accuracy(model, hf_tok, examples: list[dict], batch_size: in
     `letter`, the share giving the right letter, and `first_code`, the share starting with the item's
     first code, so that a wrong letter reads as not knowing the item or as not reading the options."""
     texts = greedy_texts(model, hf_tok, [e["prompt"] for e in examples], max_new_tokens=4, batch_size=batch_size)
-    codes = [e["completion"].split()[0] for e in examples]
+    codes = [e["completion"].strip().split(">")[0] + ">" for e in examples]  # "<a_12> C" -> "<a_12>"
     return {"letter": float(np.mean([stepwise_letter(t) == e["letter"] for t, e in zip(texts, examples)])),
             "first_code": float(np.mean([t.strip().startswith(c) for t, c in zip(texts, codes)]))}
 
