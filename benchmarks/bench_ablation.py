@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_ablation"
 SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
-# the base recipe: the default config as it was before 12 epochs became the default (sft_12_epochs)
-BASE_SETS = ["sft_next.epochs=6", "sft_next.patience=2"]
+# the base recipe: the default config as it was before 12 epochs became the default (sft_12_epochs),
+# validated after every epoch as it was then (the default now validates every second one)
+BASE_SETS = ["sft_next.epochs=6", "sft_next.patience=2", "sft_next.val_every=1"]
 
 # name -> (stage it retrains, the policy folder it yields, config overrides, reference rows compared)
 VARIANTS = {

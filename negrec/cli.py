@@ -101,9 +101,9 @@ def _cpu_times() -> tuple[int, int]:
 
 
 def _busy_cores(window_s: float = 0.2, windows: int = 3) -> float | None:
-    """Cores kept busy by other processes, from /proc/stat (None elsewhere): the least over a few
-    short windows, so a burst (a process exiting, the end of an install) does not count as a
-    competing job, which keeps every window busy. Called before a stage starts, so this process
+    """Cores kept busy by other processes, from /proc/stat (None elsewhere): the median over a few
+    short windows, so neither a burst in one window (a process exiting, the end of an install) nor
+    a competing job's pause in one window decides. Called before a stage starts, so this process
     itself is idle meanwhile. One 0.3 s window once made the default run pick one thread and take
     twice as long."""
     import os
@@ -117,7 +117,7 @@ def _busy_cores(window_s: float = 0.2, windows: int = 3) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     busy = [1.0 - (i1 - i0) / (t1 - t0) for (t0, i0), (t1, i1) in zip(marks, marks[1:]) if t1 > t0]
-    return min(busy) * (os.cpu_count() or 1) if busy else None
+    return sorted(busy)[len(busy) // 2] * (os.cpu_count() or 1) if busy else None
 
 
 def _auto_threads() -> tuple[int, str]:
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     debug = getattr(args, "debug", False) or bool(os.environ.get("NEGREC_DEBUG"))
+    caller_group = _in_process_group()
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -180,15 +181,26 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(args.command, e), file=sys.stderr)
         return 2
     finally:
-        _leave_process_group()
+        if not caller_group:
+            _leave_process_group()
+
+
+def _in_process_group() -> bool:
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that does not
+    return dist is not None and dist.is_available() and dist.is_initialized()
 
 
 def _leave_process_group() -> None:
-    """Under a launcher, leave torch.distributed before the interpreter exits: a gloo group torn
-    down at exit aborted a rank now and then ("terminate called without an active exception")."""
-    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Under a launcher, leave the torch.distributed group the command joined before the interpreter
+    exits: a gloo group torn down at exit aborted a rank now and then ("terminate called without an
+    active exception"). accelerate's cached state goes too, so a later command in the same
+    process joins afresh."""
+    if not _in_process_group():
+        return
+    sys.modules["torch.distributed"].destroy_process_group()
+    state = sys.modules.get("accelerate.state")
+    if state is not None and hasattr(state.AcceleratorState, "_reset_state"):
+        state.AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def error_line(command: str, e: BaseException) -> str:

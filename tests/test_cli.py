@@ -36,22 +36,34 @@ def test_bad_config_names_file_and_field(tmp_path, capsys):
     assert "bad.yaml: data" in err and "fromat" in err
 
 
-def test_a_command_leaves_the_process_group_it_ran_in(tmp_path, capsys):
-    """Under a launcher every command, failed or not, leaves torch.distributed before exit (a gloo
-    group left to the interpreter's teardown aborted a rank now and then)."""
+def test_a_command_leaves_the_process_group_it_joined(monkeypatch, tmp_path):
+    """Under a launcher a command, failed or not, leaves the torch.distributed group it joined before
+    exit (a gloo group left to the interpreter's teardown aborted a rank now and then); a group
+    the caller made before calling it stays."""
     import socket
 
     import torch.distributed as dist
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from negrec import cli
+
+    def join_group():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+    def command_that_joins_then_fails(args):
+        join_group()
+        raise ValueError("bad input")
+
+    monkeypatch.setattr(cli, "_run", command_that_joins_then_fails)
     try:
-        cfg = tmp_path / "bad.yaml"
-        cfg.write_text("data:\n  fromat: movielens\n")
-        assert main(["data", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+        assert main(["data", "--run-dir", str(tmp_path / "r")]) == 2
         assert not dist.is_initialized()
+        join_group()  # the caller's own group
+        monkeypatch.setattr(cli, "_run", lambda args: 0)
+        assert main(["data", "--run-dir", str(tmp_path / "r")]) == 0
+        assert dist.is_initialized()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -199,8 +211,8 @@ def test_busy_cores_measures_a_spinning_process():
 
 
 def test_a_burst_in_one_window_is_no_competing_job(monkeypatch):
-    """Busy cores are the least over the windows: a job that ran in the first window only (a
-    process exiting) leaves the CPU idle; one that runs through all of them does not."""
+    """Busy cores are the median over the windows: a job that ran in the first window only (a
+    process exiting) leaves the CPU idle; one that runs through them, pausing in one, does not."""
     import os
 
     from negrec import cli
@@ -217,7 +229,10 @@ def test_a_burst_in_one_window_is_no_competing_job(monkeypatch):
 
     burst = ticks([0, 40, 38])
     monkeypatch.setattr(cli, "_cpu_times", lambda: next(burst))
-    assert cli._busy_cores() == pytest.approx(0.0)
+    assert cli._busy_cores() == pytest.approx(2 * (1 - 38 / 40))  # 0.1 core: idle
     steady = ticks([20, 21, 19])
     monkeypatch.setattr(cli, "_cpu_times", lambda: next(steady))
-    assert cli._busy_cores() == pytest.approx(2 * (1 - 21 / 40))
+    assert cli._busy_cores() == pytest.approx(1.0)
+    pausing = ticks([20, 40, 22])
+    monkeypatch.setattr(cli, "_cpu_times", lambda: next(pausing))
+    assert cli._busy_cores() == pytest.approx(2 * (1 - 22 / 40))

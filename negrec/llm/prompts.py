@@ -307,7 +307,7 @@ def _item_examples(builder: PromptBuilder, sid_tok, item: int, record: dict, lab
              "task": task, "item_id": item} for task, fields, target in asks]
 
 
-def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=ALIGN_TASKS, max_items: int = 0,
+def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=tuple(ALIGN_INSTRUCTIONS), max_items: int = 0,
                        repeats: int = 1, seed: int = 0) -> list[dict]:
     """Prompt/completion examples of the item-level alignment tasks."""
     rng = random.Random(seed)

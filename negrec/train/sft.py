@@ -81,10 +81,10 @@ class SFTStageConfig:
     # trained in the same loop as the timelines, MiniOneRec-style co-training; 0 = timelines only
     align_weight: float = 0.0
     align_per_batch: int = 16    # timeline: alignment examples mixed into every batch of timeline windows
-    val_rows: int = 300          # timeline: validation users scored after each epoch (0 = none: last epoch kept)
+    val_rows: int = 300          # timeline: validation users scored after a validated epoch (0 = none: last epoch kept)
     val_beams: int = 20          # timeline: beam width of the validation search
     val_every: int = 1           # timeline: validate after every n-th epoch and the last
-    patience: int = 2            # timeline: epochs without a validation gain before stopping
+    patience: int = 2            # timeline: validations in a row significantly below the best before stopping
     # timeline: whose events train. "test": every user's events before their test cut, except the
     # validation users, whose timelines stop at their validation cut (their F_H stays unseen, so the
     # epoch choice is clean); "valid": every user's events before their validation cut
@@ -161,7 +161,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
         _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary, work)
     curve = " ".join(f"{h['epoch']}:{h['val_recall@10']:.3f}" for h in fit["history"] if "val_recall@10" in h)
-    main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, validation Recall@10 by epoch: {curve}; "
+    curve = f"validation Recall@10 by epoch: {curve}" if curve else "no validation (val_rows: 0)"
+    main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, {curve}; "
                f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
     return summary
 

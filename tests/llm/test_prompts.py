@@ -124,6 +124,17 @@ def test_stepwise_choice_with_fewer_first_codes_than_options_still_asks_four():
         assert len(options) == 4 and len({o[3:] for o in options}) == 4
 
 
+def test_the_default_alignment_tasks_ask_the_sid_question_once(small_sid_tok):
+    """Called without `tasks`, the examples hold choose_sid and not its stepwise twin (the same
+    prompt with another answer)."""
+    from negrec.llm.prompts import alignment_examples
+    from tests.llm.conftest import synthetic_items
+
+    items = synthetic_items(small_sid_tok)
+    tasks = {e["task"] for e in alignment_examples(PromptBuilder(PromptConfig(), small_sid_tok, items), small_sid_tok, items)}
+    assert "choose_sid" in tasks and "choose_sid_stepwise" not in tasks
+
+
 def test_one_of_the_two_answers_to_the_sid_question():
     from negrec.train.sft import SFTStageConfig
 
