@@ -167,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     debug = getattr(args, "debug", False) or bool(os.environ.get("NEGREC_DEBUG"))
-    caller_group = _in_process_group()
+    caller_group, failed = _in_process_group(), True
     try:
-        return _run(args)
+        rc, failed = _run(args), False
+        return rc
     except KeyboardInterrupt:
         if debug:
             raise
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if not caller_group:
-            _leave_process_group()
+            _leave_process_group(failed)
 
 
 def _in_process_group() -> bool:
@@ -190,14 +191,18 @@ def _in_process_group() -> bool:
     return dist is not None and dist.is_available() and dist.is_initialized()
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(failed: bool = False) -> None:
     """Under a launcher, leave the torch.distributed group the command joined before the interpreter
     exits: a gloo group torn down at exit aborted a rank now and then ("terminate called without an
     active exception"). accelerate's cached state goes too, so a later command in the same
-    process joins afresh."""
+    process joins afresh. After a failure only a gloo group is left here: leaving an NCCL group
+    can wait on peers still inside a collective, and a failed rank must exit, not hang."""
     if not _in_process_group():
         return
-    sys.modules["torch.distributed"].destroy_process_group()
+    dist = sys.modules["torch.distributed"]
+    if failed and dist.get_backend() != "gloo":
+        return
+    dist.destroy_process_group()
     state = sys.modules.get("accelerate.state")
     if state is not None and hasattr(state.AcceleratorState, "_reset_state"):
         state.AcceleratorState._reset_state(reset_partial_state=True)

@@ -69,6 +69,23 @@ def test_a_command_leaves_the_process_group_it_joined(monkeypatch, tmp_path):
             dist.destroy_process_group()
 
 
+def test_a_failed_command_leaves_an_nccl_group_to_the_launcher(monkeypatch):
+    """After a failure a non-gloo group is not left here (an NCCL destroy can wait on peers that are
+    still in a collective); after success it is."""
+    import torch.distributed as dist
+
+    from negrec import cli
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a: calls.append("destroy"))
+    cli._leave_process_group(failed=True)
+    assert calls == []
+    cli._leave_process_group(failed=False)
+    assert calls == ["destroy"]
+
+
 @dataclass
 class _Inner:
     k: int = 1
