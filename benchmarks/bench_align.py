@@ -114,7 +114,12 @@ def run_lettered(name: str, base: Path) -> dict:
 def align_info(align: dict) -> dict:
     """The alignment stage's time, loss curve and closing accuracy from its summary."""
     return {"align_seconds": align["seconds"], "align_steps": align["steps"], "align_loss_curve": align["loss_curve"],
-            "alignment_after_align_stage": {k: align["alignment"][k] for k in ALIGNMENT if k in align["alignment"]}}
+            "alignment_after_align_stage": _alignment_view(align["alignment"])}
+
+
+def _alignment_view(a: dict) -> dict:
+    """The `ALIGNMENT` figures a stage's summary holds (older summaries lack the stepwise ones)."""
+    return {k: a[k] for k in ALIGNMENT if k in a}
 
 
 def lettered_table(results: dict) -> None:
@@ -155,7 +160,7 @@ def stage_info(run: Path, sft: dict) -> dict:
 
     # an epoch the SFT did not validate (sft_next.val_every) reads None
     out = {"sft_seconds": sft["seconds"],
-           "alignment_after_timeline_sft": {k: sft["alignment"][k] for k in ALIGNMENT if k in sft["alignment"]},
+           "alignment_after_timeline_sft": _alignment_view(sft["alignment"]),
            "val_recall@10_by_epoch": [h.get("val_recall@10") for h in sft["history"]]}
     if (run / "sft_align" / "summary.json").exists():
         out.update(align_info(read_json(run / "sft_align" / "summary.json")))

@@ -107,6 +107,7 @@ def _busy_cores(window_s: float = 0.2, windows: int = 3) -> float | None:
     itself is idle meanwhile. One 0.3 s window once made the default run pick one thread and take
     twice as long."""
     import os
+    import statistics
     import time
 
     try:
@@ -117,7 +118,7 @@ def _busy_cores(window_s: float = 0.2, windows: int = 3) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     busy = [1.0 - (i1 - i0) / (t1 - t0) for (t0, i0), (t1, i1) in zip(marks, marks[1:]) if t1 > t0]
-    return sorted(busy)[len(busy) // 2] * (os.cpu_count() or 1) if busy else None
+    return statistics.median(busy) * (os.cpu_count() or 1) if busy else None
 
 
 def _auto_threads() -> tuple[int, str]:

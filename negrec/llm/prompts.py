@@ -259,9 +259,10 @@ def _distractors(sid_tok, task: str, item: int, pool: list[int], rng: random.Ran
         return rng.sample([i for i in pool if i != item], 3)
     out, seen = [], {first_code(sid_tok, item)}
     for j in rng.sample(pool, min(len(pool), 64)):
-        if j != item and first_code(sid_tok, j) not in seen:
+        code = first_code(sid_tok, j)
+        if j != item and code not in seen:
             out.append(j)
-            seen.add(first_code(sid_tok, j))
+            seen.add(code)
             if len(out) == 3:
                 return out
     return out + rng.sample([i for i in pool if i != item and i not in out], 3 - len(out))

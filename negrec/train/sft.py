@@ -161,8 +161,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
         _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary, work)
     curve = " ".join(f"{h['epoch']}:{h['val_recall@10']:.3f}" for h in fit["history"] if "val_recall@10" in h)
-    curve = f"validation Recall@10 by epoch: {curve}" if curve else "no validation (val_rows: 0)"
-    main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, {curve}; "
+    validation = f"validation Recall@10 by epoch: {curve}" if curve else "no validation (val_rows: 0)"
+    main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, {validation}; "
                f"kept epoch {fit['kept_epoch']} (best {fit['best_epoch']}), {summary['seconds']}s -> {out / 'final'}")
     return summary
 
