@@ -21,7 +21,10 @@ import pandas as pd
 
 from .schema import DataError, field_name, locate
 
-_INT = re.compile(r"^[+-]?\d{1,18}$")
+# an integer as an int64 would print it: "007", "+7" and 19-digit or longer ids stay text, so that
+# two ids that differ as written never become one (and the id map gives back what the log said)
+_INT = re.compile(r"^-?(0|[1-9]\d{0,17})$")
+_DIGITS = re.compile(r"^[+-]?\d+$")
 _DENSE_SLACK = 1 << 22
 _EXACT_FLOAT = 2 ** 53
 
@@ -66,6 +69,12 @@ class IdMap:
         return cls(orig.to_numpy(object if orig.dtype.kind not in "iu" else np.int64))
 
 
+def canonical_ints(values: pd.Series) -> pd.Series:
+    """A text id column as int64 when every id is written as an int64 prints it, else as it is."""
+    text = values.astype(str).str.strip()
+    return text.astype(np.int64) if len(text) and text.str.match(_INT).all() else values
+
+
 def _where(origin, source: str):
     return lambda i: locate(origin, i, source)
 
@@ -91,6 +100,8 @@ def id_keys(values, origin, source: str, field: str) -> np.ndarray:
     text = s.astype(str).str.strip()
     if text.str.match(_INT).all():
         return text.astype(np.int64).to_numpy()
+    if text.str.match(_DIGITS).all():
+        return text.to_numpy(object)
     num = pd.to_numeric(text, errors="coerce")
     if num.notna().all():  # every id is a number, some not written as an integer: 196.5, 1e12
         return _float_keys(num.to_numpy("float64"), v, where, name)

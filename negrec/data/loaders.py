@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .arrays import narrow_int
+from .ids import canonical_ints
 from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, line_of, set_origin, source_column
 from .validate import check_values
 
@@ -52,20 +53,54 @@ def _require(path: Path) -> Path:
 
 
 _BLANK_SCAN_MAX = 256 << 20
+_OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
-def blank_lines(path: Path) -> list[int]:
-    """1-based numbers of the empty lines of a text file (pandas skips them, which would shift
-    every later line number in an error); files over 256 MiB are not scanned."""
-    if path.stat().st_size > _BLANK_SCAN_MAX:
+def _open_bytes(path: Path):
+    """The file opened for reading bytes, decompressed as pandas would (gzip, bz2, xz by suffix)."""
+    module = _OPENERS.get(path.suffix.lower())
+    return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
+
+
+def _file_bytes(path: Path, limit: int = -1) -> bytes | None:
+    """The file's (decompressed) bytes; None when there are more than `limit` (-1: no limit)."""
+    with _open_bytes(path) as f:
+        data = f.read(limit + 1 if limit >= 0 else -1)
+    return None if 0 <= limit < len(data) else data
+
+
+def blank_lines(data: bytes | None, sep: str = ",") -> list[int]:
+    """1-based numbers of the lines pandas skips, empty or only spaces and tabs that are not the
+    separator (skipping them would shift every later line number in an error); None: not scanned."""
+    if data is None:
         return []
-    data = path.read_bytes()
-    if b"\n\n" not in data and b"\n\r\n" not in data:
-        return []
-    out = []
-    for m in re.finditer(rb"\n(?=\r?\n)", data):
-        out.append(data.count(b"\n", 0, m.start() + 1) + 1)
+    space = "".join(c for c in " \t" if c not in sep).encode()
+    gap = rb"\n(?=[" + re.escape(space) + rb"]*\r?\n)" if space else rb"\n(?=\r?\n)"
+    return [data.count(b"\n", 0, m.start() + 1) + 1 for m in re.finditer(gap, data)]
+
+
+def continuation_lines(data: bytes, sep: str, encoding: str) -> list[int]:
+    """Lines inside quoted fields that span lines (each continues the row above it)."""
+    import csv
+    import io
+
+    out, line = [], 1
+    reader = csv.reader(io.StringIO(data.decode(encoding, errors="replace"), newline=""), delimiter=sep)
+    for _ in reader:
+        out.extend(range(line + 1, reader.line_num + 1))
+        line = reader.line_num + 1
     return out
+
+
+def _undecodable(path: Path, encoding: str) -> str:
+    """'line N: ...' of the first line that is not valid text in `encoding`."""
+    with _open_bytes(path) as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                return f"line {n}: not valid {encoding.removesuffix('-sig')} text (byte 0x{raw[e.start]:02x})"
+    return f"not valid {encoding.removesuffix('-sig')} text"
 
 
 def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0, encoding="utf-8",
@@ -77,7 +112,12 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     """
     path = _require(path)
     encoding = "utf-8-sig" if encoding == "utf-8" else encoding  # a byte-order mark is not part of the header
-    blanks = blank_lines(path)
+    data = _file_bytes(path, _BLANK_SCAN_MAX)  # None over 256 MiB: line numbers then ignore blank lines
+    blanks = blank_lines(data, sep)
+    # a quoted field may span lines: looked for when the lines outnumber what rows and blanks explain
+    quoted = data is not None and len(sep) == 1 and b'"' in data
+    n_lines = data.count(b"\n") + (not data.endswith(b"\n")) if quoted else 0
+    del data
     if names:
         with open(path, encoding=encoding, errors="replace") as f:
             first = f.readline().rstrip("\r\n")
@@ -92,7 +132,9 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
                          keep_default_na=False, index_col=False, on_bad_lines="error")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: empty file") from e
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: {_undecodable(path, encoding)}") from e
+    except (pd.errors.ParserError, ValueError) as e:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if m:
             raise DataError(f"{path}: line {m.group(2)}: expected {m.group(1)} fields separated by {sep!r}, "
@@ -101,6 +143,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (empty file?)")
     first_data_line = header_lines + 1 if names else 2
+    if quoted and n_lines > first_data_line - 1 + len(df) + len(blanks):
+        blanks = sorted(blanks + continuation_lines(_file_bytes(path), sep, encoding))
     if blanks:
         df.attrs["blank_lines"] = blanks
     missing = [c for c in required if c not in df.columns]
@@ -409,7 +453,10 @@ class GenericLogSpec:
     feature_columns: list = field(default_factory=list)
 
 
-def _read_any(path: Path, sep: str, required: tuple[str, ...] = ()) -> pd.DataFrame:
+def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table; text columns that are all numbers become numbers, except the `ids`
+    columns, which become integers only when every id is written as one prints (007 is not 7, a
+    20-digit id is no float): ids.encode_ids maps the rest as text."""
     path = _require(path)
     if path.suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
@@ -417,11 +464,22 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = ()) -> pd.DataFr
             raise DataError(f"{path}: no data rows (empty file?)")
         return df
     df = read_table(path, sep, None, required=required)
-    for col in df.columns:  # columns read as text: make the fully numeric ones numbers
-        num = pd.to_numeric(df[col], errors="coerce")
-        if not num.isna().any():
-            df[col] = num
+    for col in df.columns:
+        if col in ids:
+            df[col] = canonical_ints(df[col])
+        else:
+            num = pd.to_numeric(df[col], errors="coerce")
+            if not num.isna().any():
+                df[col] = num
     return df
+
+
+def check_mapping(path: Path, found, mapping: dict, key: str, where: str = "line 1: ") -> None:
+    """Refuse a file column mapped to a canonical name that another of the file's columns already has."""
+    for canon, src in mapping.items():
+        if src != canon and src in found and canon in found:
+            raise DataError(f"{path}: {where}column {src!r} is mapped to {canon!r} ({key}), and the file also has "
+                            f"a column {canon!r}; map {canon!r} to one of them in {key}")
 
 
 def _expr_names(expr: str, available) -> set[str]:
@@ -554,8 +612,9 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         it = pd.concat([pd.read_parquet(f) for f, _ in parquet_inputs(ipath)], ignore_index=True)
         csv, blanks = False, []
     else:
-        it = _read_any(ipath, spec.sep)
+        it = _read_any(ipath, spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),))
         csv, blanks = True, _blanks(it)
+    check_mapping(ipath, it.columns, spec.item_columns, "data.item_columns", "line 1: " if csv else "")
     it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
     if "item_id" not in it.columns:
         raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
@@ -566,13 +625,14 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
 
 
 def _load_generic_csv(spec: GenericLogSpec, path: Path, cols: dict) -> tuple[pd.DataFrame, list]:
-    raw = _read_any(path, spec.sep)
+    raw = _read_any(path, spec.sep, ids=(cols["user_id"], cols["item_id"]))
     first_line, blanks = 2, _blanks(raw)
     missing = [src for src in cols.values() if src not in raw.columns]
     if missing:
         hint = f" (wrong separator {spec.sep!r}?)" if len(raw.columns) == 1 else ""
         raise DataError(f"{path}: line 1: missing column(s) {missing} named in data.columns; "
                         f"found {list(raw.columns)}{hint}")
+    check_mapping(path, raw.columns, cols, "data.columns")
     df = raw.rename(columns={v: k for k, v in cols.items()})
     ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line, skipped=blanks)
     opts = {}
@@ -627,6 +687,7 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
     missing = [src for src in cols.values() if src not in names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing} named in data.columns; found {names}")
+    check_mapping(path, names, cols, "data.columns", "")
     n = pf.metadata.num_rows
     if n == 0:
         raise DataError(f"{path}: no data rows (empty file?)")
@@ -668,7 +729,12 @@ def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, 
             continue
         first = row + 1
         for c in ("user_id", "item_id"):
-            out[c][row:row + m] = _parquet_column(pf, g, canon_of[c], keys, m).to_numpy()
+            col = _parquet_column(pf, g, canon_of[c], keys, m)
+            if col.isna().any():  # a null would be cast into the int buffer as an id of its own
+                i = int(np.flatnonzero(col.isna().to_numpy())[0])
+                raise DataError(f"{path}: row {first + i}: field {canon_of[c]!r} is empty (every row needs an id)")
+            out[c][row:row + m] = col.to_numpy()
+            del col
         tcol = _parquet_column(pf, g, canon_of["ts"], keys, m)
         if spec.ts_unit == "auto" and tcol.dtype.kind in "iuf":
             out["ts"][row:row + m] = parse_ts(tcol, "s", path, canon_of["ts"], first, "row")  # unit settled below

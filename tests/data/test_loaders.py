@@ -84,6 +84,12 @@ def _generic_csv(tmp_path, log=None, columns=GEN_COLUMNS, sep=",", items=GEN_ITE
     return lambda: _prepare(DataConfig(format="generic", generic=spec))
 
 
+def _generic_csv_latin1(tmp_path, log):
+    run = _generic_csv(tmp_path, "x\n")
+    _write(tmp_path / "log.csv", log, "latin-1")
+    return run
+
+
 def _generic_parquet(tmp_path, frame=None, columns=GEN_COLUMNS, items=GEN_ITEMS, ts_unit="datetime", raw=None):
     path = tmp_path / "log.parquet"
     if raw is not None:
@@ -185,6 +191,16 @@ BROKEN = [
     ("generic-csv", "unknown item", lambda t: _generic_csv(
         t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,12,2024-01-02 10:00,5\n"), "log.csv", 3, "iid",
      "item_id) = 12 is not in the items table"),
+    ("generic-csv", "unparsable value", lambda t: _generic_csv(  # pandas skips a line of spaces: counted
+        t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n   \n2,11,2024-01-02 10:00,five\n"), "log.csv", 4, "stars", "five"),
+    ("generic-csv", "unparsable value", lambda t: _generic_csv(  # a quoted field over two lines: counted
+        t, 'uid,iid,when,stars,note\n1,10,2024-01-01 10:00,1,"two\nlines"\n2,11,2024-01-02 10:00,five,x\n'),
+     "log.csv", 4, "stars", "five"),
+    ("generic-csv", "unparsable value", lambda t: _generic_csv_latin1(
+        t, "uid,iid,when,stars,note\n1,10,2024-01-01 10:00,1,ok\n2,11,2024-01-02 10:00,5,café\n"), "log.csv", 3, None,
+     "not valid utf-8 text (byte 0xe9)"),
+    ("generic-csv", "missing column", lambda t: _generic_csv(  # a mapped column and one named as its target
+        t, "uid,iid,when,stars,user_id\n1,10,2024-01-01 10:00,1,9\n"), "log.csv", 1, "uid", "also has a column 'user_id'"),
     ("generic-csv", "empty file", lambda t: _generic_csv(t, ""), "log.csv", None, None, "empty file"),
     ("generic-csv", "wrong separator", lambda t: _generic_csv(t, "uid;iid;when;stars\n1;10;2024-01-01 10:00;1\n"),
      "log.csv", 1, "uid", "wrong separator ','"),
@@ -197,6 +213,8 @@ BROKEN = [
         t, _gen_frame(when=[1704103200.0, None, 1704103300.0]), ts_unit="s"), "log.parquet", 2, "when", "empty"),
     ("generic-parquet", "unparsable value", lambda t: _generic_parquet(t, _gen_frame(stars=["1", "5", "x"])),
      "log.parquet", 3, "stars", "'x'"),
+    ("generic-parquet", "unparsable value", lambda t: _generic_parquet(  # a null in an integer column is no id
+        t, _gen_frame(iid=pd.array([10, None, 11], dtype="Int64"))), "log.parquet", 2, "iid", "is empty"),
     ("generic-parquet", "unparsable value", lambda t: _generic_parquet(t, _gen_frame(uid=[1.0, None, 2.0])),
      "log.parquet", 2, "uid", "is empty"),
     ("generic-parquet", "unknown item", lambda t: _generic_parquet(t, _gen_frame(iid=[10, 11, 77])), "log.parquet", 3,
@@ -325,3 +343,31 @@ def test_movielens_csv_and_dat_good_files(tmp_path):
     _write(tmp_path / "dat" / "movies.dat", ML_DAT_MOVIES)
     inter, items = load_movielens_dat(tmp_path / "dat")
     assert inter.feedback.tolist() == [-1, 0] and inter.ts.tolist() == [978300760, 978300761]
+
+
+def test_ids_are_kept_as_written(tmp_path):
+    """007 and 7 are two users, 000010 is not item 10, and a 21-digit id is an id, not a float."""
+    big = "1" + "0" * 20
+    log = _write(tmp_path / "log.csv", f"uid,iid,when,stars\n007,000010,2024-01-01 10:00,1\n7,{big},2024-01-02 10:00,5\n"
+                                       f"7,000010,2024-01-03 10:00,2\n")
+    inter, items = load_generic(GenericLogSpec(path=str(log), columns=dict(GEN_COLUMNS), ts_unit="datetime"))
+    assert sorted(pd.unique(inter.user_id)) == ["007", "7"]
+    assert sorted(pd.unique(inter.item_id)) == ["000010", big]
+
+
+def test_a_blank_line_in_a_gzipped_log_is_counted(tmp_path):
+    import gzip
+
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gzip.compress(b"uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n\n2,11,2024-01-02 10:00,five\n"))
+    spec = GenericLogSpec(path=str(path), columns=dict(GEN_COLUMNS), ts_unit="datetime")
+    with pytest.raises(DataError, match=r"log\.csv\.gz: line 4: field 'stars': cannot parse 'five'"):
+        load_generic(spec)
+
+
+def test_blank_lines_are_the_lines_pandas_skips():
+    from negrec.data.loaders import blank_lines
+
+    assert blank_lines(b"a,b\n1,2\n \t\n3,4\n\n", ",") == [3, 5]
+    assert blank_lines(b"a\tb\n1\t2\n\t\n3\t4\n", "\t") == []  # a tab line is a row of empty fields there
+    assert blank_lines(None, ",") == []
