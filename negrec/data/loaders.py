@@ -616,6 +616,10 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         csv, blanks = True, _blanks(it)
     check_mapping(ipath, it.columns, spec.item_columns, "data.item_columns", "line 1: " if csv else "")
     it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
+    if "title" in it.columns:  # the text encoder reads `text`: an item without one is described by its title
+        title = it["title"].fillna("").astype(str)
+        text = it["text"].fillna("").astype(str) if "text" in it.columns else pd.Series("", index=it.index)
+        it["text"] = text.where(text.str.strip() != "", title)
     if "item_id" not in it.columns:
         raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
                         f"found {list(it.columns)}")

@@ -128,12 +128,16 @@ def fuse(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     """Row-normalise each part, scale by its weight, concatenate, normalise the whole vector."""
     blocks = [weights[name] * _l2_rows(x.astype(np.float32)) for name, x in parts.items() if weights.get(name, 0) > 0 and x.shape[1]]
     if not blocks:
-        raise ValueError("encode: no item vector part has a positive weight and data (text, collab, features)")
+        raise ValueError("encode: no item vector part has a positive weight and data: give the items text "
+                         "(an items table with a title or text column) or set encode.collab_weight above 0")
     return _l2_rows(np.concatenate(blocks, axis=1))
 
 
-def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> tuple[np.ndarray, dict]:
-    """Fused item vectors (rows in `items` order) and a meta dict describing the parts."""
+def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions=None) -> tuple[np.ndarray, dict]:
+    """Fused item vectors (rows in `items` order) and a meta dict describing the parts.
+    `interactions`: the fitting log, or a function that loads it (only called when it is needed).
+    Items with no text and no features get collaborative vectors alone, whatever `collab_weight` says:
+    a log without an items table still trains."""
     if "item_id" not in items.columns:
         raise KeyError("items: missing column 'item_id'")
     item_ids = items["item_id"].to_numpy(np.int64)
@@ -149,12 +153,7 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions: pd.DataFr
         else:
             print(f"[encode] items have no {cfg.text_field!r} text: text part skipped")
     if cfg.collab_weight > 0:
-        if interactions is None:
-            raise ValueError("encode.collab_weight > 0 needs interactions")
-        parts["collab"] = collaborative_vectors(interactions, item_ids, cfg.svd_dim, cfg.neutral_value, cfg.seed)
-        weights["collab"] = cfg.collab_weight
-        meta["parts"]["collab"] = {"dim": cfg.svd_dim, "split": cfg.collab_split, "n_interactions": len(interactions),
-                                   "items_without_interactions": int((np.abs(parts["collab"]).sum(1) == 0).sum())}
+        _add_collab(parts, weights, meta, cfg, item_ids, interactions, cfg.collab_weight)
     if cfg.features_weight > 0:
         feats, names = feature_vectors(items, cfg.feature_min_count)
         if feats.shape[1]:
@@ -162,9 +161,22 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions: pd.DataFr
             meta["parts"]["features"] = {"dim": feats.shape[1], "columns": sorted({n.split("=")[0] for n in names})}
         else:
             print("[encode] items have no feat_* columns: features part skipped")
+    if not parts and interactions is not None:
+        print("[encode] items have no text and no features: collaborative vectors only (encode.collab_weight 1.0)")
+        _add_collab(parts, weights, meta, cfg, item_ids, interactions, 1.0)
     emb = fuse(parts, weights)
     meta.update({"n_items": len(item_ids), "dim": emb.shape[1], "weights": weights})
     return emb, meta
+
+
+def _add_collab(parts: dict, weights: dict, meta: dict, cfg: EncodeConfig, item_ids, interactions, weight: float) -> None:
+    if interactions is None:
+        raise ValueError("encode.collab_weight > 0 needs interactions")
+    log = interactions() if callable(interactions) else interactions
+    parts["collab"] = collaborative_vectors(log, item_ids, cfg.svd_dim, cfg.neutral_value, cfg.seed)
+    weights["collab"] = weight
+    meta["parts"]["collab"] = {"dim": cfg.svd_dim, "split": cfg.collab_split, "n_interactions": len(log),
+                               "items_without_interactions": int((np.abs(parts["collab"]).sum(1) == 0).sum())}
 
 
 def run_encode(raw: dict, run_dir) -> dict:
@@ -180,8 +192,7 @@ def run_encode(raw: dict, run_dir) -> dict:
         return read_json(out / "meta.json")
     t0 = time.time()
     prep = Prepared.load(run_dir / "data")
-    interactions = prep.fit_log(cfg.collab_split) if cfg.collab_weight > 0 else None
-    emb, meta = encode_items(cfg, prep.items, interactions)
+    emb, meta = encode_items(cfg, prep.items, lambda: prep.fit_log(cfg.collab_split))
     meta.update({"config": to_dict(cfg), "seconds": round(time.time() - t0, 2)})
     with stage_folder(raw, run_dir, "encode") as tmp:
         for name, arr in (("embeddings.npy", emb), ("item_ids.npy", prep.items["item_id"].to_numpy(np.int64))):

@@ -255,7 +255,7 @@ def _report(raw: dict, run_dir: Path) -> dict:
     if (ev / "results_table.md").exists():
         parts.append(f"## Results (test users, H = {h} days)\n\n" + (ev / "results_table.md").read_text())
         parts.append("Recall@K = hits / min(K, |F_H|); Std R@K = hits / |F_H| (standard recall); MRR@K = 1 / rank "
-                     "of the first hit; FHR@20 = share of users with a top-20 item in F_H; "
+                     f"of the first hit; FHR@{mcfg.fhr_k} = share of users with a top-{mcfg.fhr_k} item in F_H; "
                      "NextNeg = the conventional next-negative target; LUF/LIF = long-tail users/items; "
                      "Coll = F_H widened by Swing co-negatives. [lo, hi] = 95% CI by a bootstrap over users "
                      "(all rows of a user resampled together).\n")

@@ -244,14 +244,14 @@ def _baselines(raw: dict, run_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------- evaluate
-TABLE_COLUMNS = [  # (metric key template, column title); {h} = main horizon
-    ("recall@10_h{h}", "Recall@10"), ("recall@50_h{h}", "Recall@50"), ("fhr@20_h{h}", "FHR@20"),
+TABLE_COLUMNS = [  # (metric key template, column title); {h} = main horizon, {fhr_k} = metrics.fhr_k
+    ("recall@10_h{h}", "Recall@10"), ("recall@50_h{h}", "Recall@50"), ("fhr@{fhr_k}_h{h}", "FHR@{fhr_k}"),
     ("ndcg@10_h{h}", "NDCG@10"), ("std_recall@10_h{h}", "Std R@10"), ("mrr@10_h{h}", "MRR@10"),
     ("next_hit@10", "NextNeg Hit@10"), ("coll_recall@10_h{h}", "Coll R@10"),
     ("prefix1_recall@10_h{h}", "SID-L1 R@10"), ("prefix2_recall@10_h{h}", "SID-L2 R@10"),
     ("lt_user/recall@10_h{h}", "LUF R@10"), ("lt_item/recall@10_h{h}", "LIF R@10"), ("candidate_acc", "Cand acc"),
 ]
-CI_TITLES = ("Recall@10", "Recall@50", "FHR@20", "NDCG@10")  # columns shown as "value [lo, hi]" (width: the rest plain)
+CI_KEYS = ("recall@10_h{h}", "recall@50_h{h}", "fhr@{fhr_k}_h{h}", "ndcg@10_h{h}")  # shown as "value [lo, hi]"
 PAIR_METRICS = ("recall@10", "fhr@{fhr_k}", "recall@50", "recall@5")  # compared in pairs, at the main horizon
 SLICE_METRICS = ("recall@10", "fhr@{fhr_k}")
 # fixed (quantile-free) slice bins, so slices mean the same on every dataset and run: [lo, hi)
@@ -263,26 +263,26 @@ SLICE_BINS = {
 }
 
 
-def results_table(metrics: dict[str, dict], h: int) -> pd.DataFrame:
+def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataFrame:
     rows = []
     for method, m in metrics.items():
         row = {"method": POLICY_LABELS.get(method, method)}
         for key, title in TABLE_COLUMNS:
-            v = m.get(key.format(h=h))
-            row[title] = np.nan if v is None else float(v)
+            v = m.get(key.format(h=h, fhr_k=fhr_k))
+            row[title.format(fhr_k=fhr_k)] = np.nan if v is None else float(v)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def results_table_ci(metrics: dict[str, dict], h: int) -> pd.DataFrame:
-    """The results table as text cells: the CI_TITLES columns as "value [lo, hi]" (95% CI over users)."""
+def results_table_ci(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataFrame:
+    """The results table as text cells: the CI_KEYS columns as "value [lo, hi]" (95% CI over users)."""
     rows = []
     for method, m in metrics.items():
         row = {"method": POLICY_LABELS.get(method, method)}
         for key, title in TABLE_COLUMNS:
-            k = key.format(h=h)
-            lo, hi = (m.get(f"{k}_lo"), m.get(f"{k}_hi")) if title in CI_TITLES else (None, None)
-            row[title] = format_ci(m.get(k), lo, hi)
+            k = key.format(h=h, fhr_k=fhr_k)
+            lo, hi = (m.get(f"{k}_lo"), m.get(f"{k}_hi")) if key in CI_KEYS else (None, None)
+            row[title.format(fhr_k=fhr_k)] = format_ci(m.get(k), lo, hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -475,7 +475,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
         rows[f.stem] = per_row[[k for k in keep if k in per_row]]  # only what pairs and slices need
     first = metrics[files[0].stem]
-    text = format_table(results_table_ci(metrics, h),
+    text = format_table(results_table_ci(metrics, h, cfg.metrics.fhr_k),
                         f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
                         f"({first.get(f'n_users_h{h}')} users) with a non-empty F_H ({cfg.split} split); "
                         f"[{cfg.metrics.ci_level:.0%} CI, bootstrap over users]")
@@ -485,7 +485,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         return {"metrics": metrics, "table": text}
     write_json(ev / "metrics.json", metrics)
     write_text(ev / "results_table.txt", text + "\n")
-    write_text(ev / "results_table.md", markdown_table(results_table_ci(metrics, h)) + "\n")
+    write_text(ev / "results_table.md", markdown_table(results_table_ci(metrics, h, cfg.metrics.fhr_k)) + "\n")
     paired_text = _write_comparisons(ev, rows, keys, log, train_log, metrics, cfg)
     print(text + "\n\n" + paired_text)
     return {"metrics": metrics, "table": text, "paired": paired_text}

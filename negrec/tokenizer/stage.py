@@ -1,6 +1,7 @@
 """`negrec tokenize`: quantize the encoded items into unique semantic IDs and save the SID tokenizer."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from negrec.io import read_json, write_json
 from negrec.rqvae.metrics import codebook_metrics, format_metrics
 from negrec.rqvae.numpy_quantizer import NumpyQuantizer
 from negrec.rqvae.quantize import fit_quantizer, unique_sids
-from negrec.tokenizer.config import TokenizeConfig
+from negrec.tokenizer.config import TokenizeConfig, auto_codebook_size
 from negrec.tokenizer.sid import SemanticIdTokenizer
 
 
@@ -24,9 +25,19 @@ class TokenizeResult:
     metrics: dict
 
 
+def sized_config(cfg: TokenizeConfig, n_items: int) -> TokenizeConfig:
+    """`cfg` with `codebook_size: 0` replaced by the size the catalogue calls for."""
+    if cfg.codebook_size:
+        return cfg
+    size = auto_codebook_size(n_items, cfg.levels)
+    print(f"[tokenize] codebook_size 0: {size} codes per level for {n_items} items")
+    return dataclasses.replace(cfg, codebook_size=size)
+
+
 def tokenize_items(cfg: TokenizeConfig, item_ids: np.ndarray, x: np.ndarray, checkpoint: Path | None = None,
                    tb_dir: Path | None = None, resume_key: str = "") -> TokenizeResult:
     """Fit the quantizer on item vectors `x` (rows = `item_ids`) and build the SID tokenizer."""
+    cfg = sized_config(cfg, len(item_ids))
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(item_ids):
         raise ValueError(f"item vectors must be (n_items, d); got {x.shape} for {len(item_ids)} items")
@@ -73,6 +84,7 @@ def run_tokenize(raw: dict, run_dir) -> dict:
     if up_to_date(raw, run_dir, "tokenize"):
         return read_json(out / "metrics.json")
     item_ids, x, _ = load_encoded(run_dir)
+    cfg = sized_config(cfg, len(item_ids))
     work = work_dir(run_dir, "tokenize")  # the RQ-VAE checkpoint: outside the folder that is swapped
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -300,7 +300,7 @@ def test_require_text_drop_is_counted(tmp_path):
     kept = "".join(f"{u},10,2024-01-{d:02d} 10:00,{1 + (u + d) % 5}\n" for u in (3, 4, 5) for d in range(1, 9))
     log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n1,11,2024-01-02 10:00,5\n"
                                        "2,11,2024-01-02 11:00,4\n2,12,2024-01-03 10:00,2\n" + kept)
-    items = _write(tmp_path / "items.csv", "iid,title,text\n10,Ten,a film\n11,Eleven,\n12,Twelve,  \n")
+    items = _write(tmp_path / "items.csv", "iid,title,text\n10,Ten,a film\n11,,\n12, ,  \n")  # neither title nor text
     spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
                           item_columns={"item_id": "iid", "title": "title", "text": "text"})
     p = prepare_data(DataConfig(format="generic", generic=spec, require_text=True, split=SplitConfig(cut_unit="event")))
@@ -371,3 +371,12 @@ def test_blank_lines_are_the_lines_pandas_skips():
     assert blank_lines(b"a,b\n1,2\n \t\n3,4\n\n", ",") == [3, 5]
     assert blank_lines(b"a\tb\n1\t2\n\t\n3\t4\n", "\t") == []  # a tab line is a row of empty fields there
     assert blank_lines(None, ",") == []
+
+
+def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
+    log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,11,2024-01-02 10:00,5\n")
+    items = _write(tmp_path / "items.csv", "iid,title,text\n10,Ten,\n11,Eleven,eleven's own text\n")
+    spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
+                          item_columns={"item_id": "iid", "title": "title", "text": "text"})
+    _, it = load_generic(spec)
+    assert it.set_index("item_id")["text"].to_dict() == {10: "Ten", 11: "eleven's own text"}

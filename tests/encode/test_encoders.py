@@ -65,3 +65,15 @@ def test_text_encoder_packaged_minilm_and_cache(tmp_path, monkeypatch):
     np.testing.assert_array_equal(encode_texts(texts, batch_size=2, cache_dir=str(tmp_path)), e)
     with pytest.raises(FileNotFoundError, match="text_model"):
         resolve_text_model(str(tmp_path / "nope"))
+
+
+def test_items_without_text_or_features_get_collaborative_vectors(capsys):
+    """A log without an items table: no text, no features, collab_weight 0 (the default) -> the
+    interactions alone describe the items, loaded only then; without interactions, a clear refusal."""
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["", "", ""], "text": ["", "", ""]})
+    inter = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 2, 3], "feedback": [-1, -1, 1]})
+    emb, meta = encode_items(EncodeConfig(text_weight=1.0, collab_weight=0.0, svd_dim=2), items, lambda: inter)
+    assert set(meta["parts"]) == {"collab"} and meta["weights"] == {"collab": 1.0} and emb.shape == (3, 2)
+    assert "collaborative vectors only" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="encode.collab_weight"):
+        encode_items(EncodeConfig(text_weight=1.0, collab_weight=0.0, svd_dim=2), items)

@@ -163,3 +163,15 @@ def test_report_md_shows_cis_pairs_and_slices(run_dir, tmp_path):
     assert "## By user slice" in md and "**fhr@20_h7**" in md
     assert re.search(r"\| \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\] \|", md)  # the results table's CI cells
     assert (tmp_path / "plots" / "recall_at_k.png").exists()
+
+
+def test_the_table_shows_fhr_at_the_configured_k(run_dir):
+    from negrec.eval.run import results_table, results_table_ci
+
+    run, _ = run_dir
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert "FHR@20" in results_table_ci(metrics, 7).columns
+    m = {"grpo": {"fhr@10_h7": 0.5, "fhr@10_h7_lo": 0.4, "fhr@10_h7_hi": 0.6, "fhr@20_h7": 0.9}}
+    table = results_table_ci(m, 7, fhr_k=10)
+    assert "FHR@20" not in table.columns and table["FHR@10"].iloc[0].startswith("0.5") and "[0.4" in table["FHR@10"].iloc[0]
+    assert results_table(m, 7, fhr_k=10)["FHR@10"].iloc[0] == 0.5

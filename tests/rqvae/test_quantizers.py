@@ -149,3 +149,17 @@ def test_config_rejects_unknown_method():
         section_config(TokenizeConfig, {"tokenize": {"method": "pq"}}, "tokenize")
     with pytest.raises(ConfigError, match="unknown field"):
         section_config(TokenizeConfig, {"_source": "x.yaml", "tokenize": {"codebook": 3}}, "tokenize")
+
+
+def test_codebook_size_0_is_sized_to_the_catalogue(capsys):
+    """120 items: 256 codes a level (the old default) would leave most codes unused and every item
+    colliding; the catalogue's own size (16 n)^(1/3) = 13 uses most of them."""
+    from negrec.tokenizer.config import auto_codebook_size
+
+    assert [auto_codebook_size(n, 3) for n in (1, 120, 1682, 10 ** 6, 10 ** 9)] == [4, 13, 30, 252, 256]
+    x, _ = _clustered(n=120)
+    res = tokenize_items(TokenizeConfig(method="rqkmeans", **{**SMALL, "codebook_size": 0}), np.arange(120), x)
+    assert res.tokenizer.codebook_sizes[:3] == [13, 13, 13] and "13 codes per level" in capsys.readouterr().out
+    assert res.metrics["levels"][0]["used"] >= 10
+    with pytest.raises(Exception, match="codebook_size"):
+        TokenizeConfig(codebook_size=1)
