@@ -23,7 +23,7 @@ from .schema import DataError, field_name, locate
 
 # an integer as an int64 would print it: "007", "+7" and 19-digit or longer ids stay text, so that
 # two ids that differ as written never become one (and the id map gives back what the log said)
-_INT = re.compile(r"^-?(0|[1-9]\d{0,17})$")
+_INT = re.compile(r"^(0|-?[1-9]\d{0,17})$")
 _DIGITS = re.compile(r"^[+-]?\d+$")
 _DENSE_SLACK = 1 << 22
 _EXACT_FLOAT = 2 ** 53
@@ -70,7 +70,10 @@ class IdMap:
 
 
 def canonical_ints(values: pd.Series) -> pd.Series:
-    """A text id column as int64 when every id is written as an int64 prints it, else as it is."""
+    """A text id column as int64 when every id is written as an int64 prints it, else as it is
+    (a column already numeric is returned as it is)."""
+    if values.dtype.kind in "iuf":
+        return values
     text = values.astype(str).str.strip()
     return text.astype(np.int64) if len(text) and text.str.match(_INT).all() else values
 

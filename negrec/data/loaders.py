@@ -54,17 +54,27 @@ def _require(path: Path) -> Path:
 
 _BLANK_SCAN_MAX = 256 << 20
 _OPENERS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+_UNSCANNED = {".zip", ".zst", ".tar", ".tgz"}  # compressions pandas reads that the line scans do not open
 
 
 def _open_bytes(path: Path):
-    """The file opened for reading bytes, decompressed as pandas would (gzip, bz2, xz by suffix)."""
+    """The file opened for reading bytes, decompressed as pandas would (gzip, bz2, xz by suffix);
+    None for the other compressions pandas infers (zip, zstd, tar)."""
+    if _UNSCANNED & {s.lower() for s in path.suffixes}:
+        return None
     module = _OPENERS.get(path.suffix.lower())
     return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
 
 
 def _file_bytes(path: Path, limit: int = -1) -> bytes | None:
-    """The file's (decompressed) bytes; None when there are more than `limit` (-1: no limit)."""
-    with _open_bytes(path) as f:
+    """The file's (decompressed) bytes; None when there are more than `limit` (-1: no limit) or the
+    file cannot be opened for a scan."""
+    if 0 <= limit < path.stat().st_size and path.suffix.lower() not in _OPENERS:
+        return None
+    f = _open_bytes(path)
+    if f is None:
+        return None
+    with f:
         data = f.read(limit + 1 if limit >= 0 else -1)
     return None if 0 <= limit < len(data) else data
 
@@ -76,25 +86,34 @@ def blank_lines(data: bytes | None, sep: str = ",") -> list[int]:
         return []
     space = "".join(c for c in " \t" if c not in sep).encode()
     gap = rb"\n(?=[" + re.escape(space) + rb"]*\r?\n)" if space else rb"\n(?=\r?\n)"
-    return [data.count(b"\n", 0, m.start() + 1) + 1 for m in re.finditer(gap, data)]
+    out, line, pos = [], 1, 0
+    for m in re.finditer(gap, data):  # a running count: one pass over the file, however many blanks
+        line += data.count(b"\n", pos, m.start() + 1)
+        pos = m.start() + 1
+        out.append(line)
+    return out
 
 
-def continuation_lines(data: bytes, sep: str, encoding: str) -> list[int]:
-    """Lines inside quoted fields that span lines (each continues the row above it)."""
+def continuation_lines(path: Path, sep: str, encoding: str) -> list[int]:
+    """Lines inside quoted fields that span lines (each continues the row above it), read as a stream."""
     import csv
     import io
 
     out, line = [], 1
-    reader = csv.reader(io.StringIO(data.decode(encoding, errors="replace"), newline=""), delimiter=sep)
-    for _ in reader:
-        out.extend(range(line + 1, reader.line_num + 1))
-        line = reader.line_num + 1
+    with io.TextIOWrapper(_open_bytes(path), encoding, errors="replace", newline="") as text:
+        reader = csv.reader(text, delimiter=sep)
+        for _ in reader:
+            out.extend(range(line + 1, reader.line_num + 1))
+            line = reader.line_num + 1
     return out
 
 
 def _undecodable(path: Path, encoding: str) -> str:
     """'line N: ...' of the first line that is not valid text in `encoding`."""
-    with _open_bytes(path) as f:
+    f = _open_bytes(path)
+    if f is None:
+        return f"not valid {encoding.removesuffix('-sig')} text"
+    with f:
         for n, raw in enumerate(f, 1):
             try:
                 raw.decode(encoding)
@@ -144,9 +163,9 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         raise DataError(f"{path}: no data rows (empty file?)")
     first_data_line = header_lines + 1 if names else 2
     if quoted and n_lines > first_data_line - 1 + len(df) + len(blanks):
-        blanks = sorted(blanks + continuation_lines(_file_bytes(path), sep, encoding))
+        blanks = sorted(set(blanks) | set(continuation_lines(path, sep, encoding)))  # a blank line in quotes: once
     if blanks:
-        df.attrs["blank_lines"] = blanks
+        df.attrs["skipped_lines"] = blanks
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)} "
@@ -250,7 +269,8 @@ def _with_origin(df: pd.DataFrame, path, first_line: int, fields: dict | None = 
 
 
 def _blanks(df: pd.DataFrame) -> list:
-    return df.attrs.get("blank_lines", [])
+    """Lines of the file that start no row (blank, or inside a quoted field): line numbers skip them."""
+    return df.attrs.get("skipped_lines", [])
 
 
 def _movie_items(item_id, title, genres: list[str]) -> pd.DataFrame:
@@ -365,12 +385,9 @@ def recbole_ml100k_path() -> Path:
 
 
 def _ids_as_read(values: pd.Series) -> np.ndarray:
-    """An id column read as text: numbers when every value is an integer literal, else the strings
+    """An id column read as text: integers when every id is written as one prints, else the strings
     (ids.encode_ids maps either, and names an empty or fractional id)."""
-    num = pd.to_numeric(values, errors="coerce")
-    if num.notna().all() and num.dtype.kind in "iu":
-        return num.to_numpy()
-    return values.to_numpy()
+    return canonical_ints(values).to_numpy()
 
 
 # ---------------------------------------------------------------- KuaiRand
@@ -477,7 +494,7 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[s
 def check_mapping(path: Path, found, mapping: dict, key: str, where: str = "line 1: ") -> None:
     """Refuse a file column mapped to a canonical name that another of the file's columns already has."""
     for canon, src in mapping.items():
-        if src != canon and src in found and canon in found:
+        if src != canon and src in found and canon in found and canon not in mapping.values():
             raise DataError(f"{path}: {where}column {src!r} is mapped to {canon!r} ({key}), and the file also has "
                             f"a column {canon!r}; map {canon!r} to one of them in {key}")
 

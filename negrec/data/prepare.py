@@ -39,7 +39,7 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     horizons: list[int] = field(default_factory=lambda: [1, 3, 7])
     main_horizon: int = 7
-    require_text: bool = False
+    require_text: bool = False  # drop items with neither text nor title (generic logs: a title stands in for text)
     drop_duplicates: bool = True
     # rows with the same user, item and second but different feedback: "error" refuses the log,
     # "negative" keeps the most negative of them (a dislike wins) and counts the others dropped

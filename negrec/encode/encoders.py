@@ -162,7 +162,8 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions=None) -> t
         else:
             print("[encode] items have no feat_* columns: features part skipped")
     if not parts and interactions is not None:
-        print("[encode] items have no text and no features: collaborative vectors only (encode.collab_weight 1.0)")
+        print("[encode] no text or feature vectors (none in the items, or weight 0): collaborative vectors only "
+              "(encode.collab_weight 1.0)")
         _add_collab(parts, weights, meta, cfg, item_ids, interactions, 1.0)
     emb = fuse(parts, weights)
     meta.update({"n_items": len(item_ids), "dim": emb.shape[1], "weights": weights})

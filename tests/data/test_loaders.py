@@ -1,6 +1,7 @@
 """Every loader on real files, and on broken files of each kind: the error names file, line, field."""
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -196,6 +197,9 @@ BROKEN = [
     ("generic-csv", "unparsable value", lambda t: _generic_csv(  # a quoted field over two lines: counted
         t, 'uid,iid,when,stars,note\n1,10,2024-01-01 10:00,1,"two\nlines"\n2,11,2024-01-02 10:00,five,x\n'),
      "log.csv", 4, "stars", "five"),
+    ("generic-csv", "unparsable value", lambda t: _generic_csv(  # a blank line inside quotes: counted once
+        t, 'uid,iid,when,stars,note\n1,10,2024-01-01 10:00,1,"x\n\ny"\n2,11,2024-01-02 10:00,five,z\n'),
+     "log.csv", 5, "stars", "five"),
     ("generic-csv", "unparsable value", lambda t: _generic_csv_latin1(
         t, "uid,iid,when,stars,note\n1,10,2024-01-01 10:00,1,ok\n2,11,2024-01-02 10:00,5,café\n"), "log.csv", 3, None,
      "not valid utf-8 text (byte 0xe9)"),
@@ -353,6 +357,10 @@ def test_ids_are_kept_as_written(tmp_path):
     inter, items = load_generic(GenericLogSpec(path=str(log), columns=dict(GEN_COLUMNS), ts_unit="datetime"))
     assert sorted(pd.unique(inter.user_id)) == ["007", "7"]
     assert sorted(pd.unique(inter.item_id)) == ["000010", big]
+    from negrec.data.ids import id_keys
+
+    assert id_keys(np.array(["0", "-0", "12"], object), None, "x", "user_id").tolist() == ["0", "-0", "12"]
+    assert id_keys(np.array(["0", "-12", "12"], object), None, "x", "user_id").tolist() == [0, -12, 12]
 
 
 def test_a_blank_line_in_a_gzipped_log_is_counted(tmp_path):
@@ -371,6 +379,12 @@ def test_blank_lines_are_the_lines_pandas_skips():
     assert blank_lines(b"a,b\n1,2\n \t\n3,4\n\n", ",") == [3, 5]
     assert blank_lines(b"a\tb\n1\t2\n\t\n3\t4\n", "\t") == []  # a tab line is a row of empty fields there
     assert blank_lines(None, ",") == []
+    import io
+
+    for sep in (",", "\t", ";"):  # what pandas skips: every line not a row is counted, no other
+        text = f"a{sep}b\n1{sep}2\n\n  \n3{sep}4\n\t\n5{sep}6\n \t \n"
+        rows = len(pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False))
+        assert 1 + rows + len(blank_lines(text.encode(), sep)) == text.count("\n"), sep
 
 
 def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
@@ -380,3 +394,12 @@ def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
                           item_columns={"item_id": "iid", "title": "title", "text": "text"})
     _, it = load_generic(spec)
     assert it.set_index("item_id")["text"].to_dict() == {10: "Ten", 11: "eleven's own text"}
+
+
+def test_swapped_item_columns_are_a_valid_mapping(tmp_path):
+    log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n")
+    items = _write(tmp_path / "items.csv", "iid,title,text\n10,a long text,Ten\n")
+    spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
+                          item_columns={"item_id": "iid", "title": "text", "text": "title"})
+    _, it = load_generic(spec)
+    assert it[["title", "text"]].values.tolist() == [["Ten", "a long text"]]
