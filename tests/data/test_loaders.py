@@ -387,19 +387,21 @@ def test_blank_lines_are_the_lines_pandas_skips():
         assert 1 + rows + len(blank_lines(text.encode(), sep)) == text.count("\n"), sep
 
 
-def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
+def _generic_items_table(tmp_path, items_csv: str, item_columns: dict) -> pd.DataFrame:
     log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,11,2024-01-02 10:00,5\n")
-    items = _write(tmp_path / "items.csv", "iid,title,text\n10,Ten,\n11,Eleven,eleven's own text\n")
+    items = _write(tmp_path / "items.csv", items_csv)
     spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
-                          item_columns={"item_id": "iid", "title": "title", "text": "text"})
-    _, it = load_generic(spec)
-    assert it.set_index("item_id")["text"].to_dict() == {10: "Ten", 11: "eleven's own text"}
+                          item_columns=item_columns)
+    return load_generic(spec)[1].set_index("item_id")
+
+
+def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
+    it = _generic_items_table(tmp_path, "iid,title,text\n10,Ten,\n11,Eleven,eleven's own text\n",
+                              {"item_id": "iid", "title": "title", "text": "text"})
+    assert it["text"].to_dict() == {10: "Ten", 11: "eleven's own text"}
 
 
 def test_swapped_item_columns_are_a_valid_mapping(tmp_path):
-    log = _write(tmp_path / "log.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n")
-    items = _write(tmp_path / "items.csv", "iid,title,text\n10,a long text,Ten\n")
-    spec = GenericLogSpec(path=str(log), items_path=str(items), columns=dict(GEN_COLUMNS), ts_unit="datetime",
-                          item_columns={"item_id": "iid", "title": "text", "text": "title"})
-    _, it = load_generic(spec)
-    assert it[["title", "text"]].values.tolist() == [["Ten", "a long text"]]
+    it = _generic_items_table(tmp_path, "iid,title,text\n10,a long text,Ten\n11,more,Eleven\n",
+                              {"item_id": "iid", "title": "text", "text": "title"})
+    assert it[["title", "text"]].values.tolist() == [["Ten", "a long text"], ["Eleven", "more"]]
