@@ -96,13 +96,14 @@ def id_keys(values, origin, source: str, field: str) -> np.ndarray:
     if v.dtype.kind == "f":
         return _float_keys(v, v, where, name)
     s = pd.Series(v, dtype=object)
-    blank = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    text = s.astype(str).str.strip()
+    blank = s.isna().to_numpy() | (text == "").to_numpy()
     if blank.any():
         i = int(np.flatnonzero(blank)[0])
         raise DataError(f"{where(i)}: field {name} is empty (every row needs an id)")
-    text = s.astype(str).str.strip()
-    if text.str.match(_INT).all():
-        return text.astype(np.int64).to_numpy()
+    ints = canonical_ints(text)
+    if ints.dtype.kind == "i":
+        return ints.to_numpy()
     if text.str.match(_DIGITS).all():
         return text.to_numpy(object)
     num = pd.to_numeric(text, errors="coerce")

@@ -66,17 +66,17 @@ def _open_bytes(path: Path):
     return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
 
 
-def _file_bytes(path: Path, limit: int = -1) -> bytes | None:
-    """The file's (decompressed) bytes; None when there are more than `limit` (-1: no limit) or the
-    file cannot be opened for a scan."""
-    if 0 <= limit < path.stat().st_size and path.suffix.lower() not in _OPENERS:
+def _scan_bytes(path: Path) -> bytes | None:
+    """The file's (decompressed) bytes for the line scans; None over 256 MiB or when the file cannot
+    be opened for a scan."""
+    if path.stat().st_size > _BLANK_SCAN_MAX and path.suffix.lower() not in _OPENERS:
         return None
     f = _open_bytes(path)
     if f is None:
         return None
     with f:
-        data = f.read(limit + 1 if limit >= 0 else -1)
-    return None if 0 <= limit < len(data) else data
+        data = f.read(_BLANK_SCAN_MAX + 1)
+    return None if len(data) > _BLANK_SCAN_MAX else data
 
 
 def blank_lines(data: bytes | None, sep: str = ",") -> list[int]:
@@ -110,16 +110,16 @@ def continuation_lines(path: Path, sep: str, encoding: str) -> list[int]:
 
 def _undecodable(path: Path, encoding: str) -> str:
     """'line N: ...' of the first line that is not valid text in `encoding`."""
-    f = _open_bytes(path)
+    what, f = f"not valid {encoding.removesuffix('-sig')} text", _open_bytes(path)
     if f is None:
-        return f"not valid {encoding.removesuffix('-sig')} text"
+        return what
     with f:
         for n, raw in enumerate(f, 1):
             try:
                 raw.decode(encoding)
             except UnicodeDecodeError as e:
-                return f"line {n}: not valid {encoding.removesuffix('-sig')} text (byte 0x{raw[e.start]:02x})"
-    return f"not valid {encoding.removesuffix('-sig')} text"
+                return f"line {n}: {what} (byte 0x{raw[e.start]:02x})"
+    return what
 
 
 def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0, encoding="utf-8",
@@ -131,7 +131,7 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     """
     path = _require(path)
     encoding = "utf-8-sig" if encoding == "utf-8" else encoding  # a byte-order mark is not part of the header
-    data = _file_bytes(path, _BLANK_SCAN_MAX)  # None over 256 MiB: line numbers then ignore blank lines
+    data = _scan_bytes(path)  # None over 256 MiB: line numbers then ignore blank lines
     blanks = blank_lines(data, sep)
     # a quoted field may span lines: looked for when the lines outnumber what rows and blanks explain
     quoted = data is not None and len(sep) == 1 and b'"' in data
