@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,10 @@ class SFTStageConfig:
     # trained in the same loop as the timelines, MiniOneRec-style co-training; 0 = timelines only
     align_weight: float = 0.0
     align_per_batch: int = 16    # timeline: alignment examples mixed into every batch of timeline windows
+    # align, timeline mode: later phases of the stage, trained in order after the first (the settings
+    # above), each {tasks, max_steps, learning_rate, item_repeats} with its own warm-up and cosine; a
+    # curriculum, e.g. the stepwise 4-choice alone until the lookup forms, then every task again
+    phases: list[dict] = field(default_factory=list)
     val_rows: int = 300          # timeline: validation users scored after a validated epoch (0 = none: last epoch kept)
     val_beams: int = 20          # timeline: beam width of the validation search
     val_every: int = 1           # timeline: validate after every n-th epoch and the last
@@ -101,18 +105,42 @@ class SFTStageConfig:
             raise ValueError(f"sft_next.fit_until must be valid or test, got {self.fit_until!r}")
         if self.mode not in ("prompt", "timeline"):
             raise ValueError(f"sft mode must be prompt or timeline, got {self.mode!r}")
-        bad = sorted(set(self.tasks) - set(ALIGN_TASKS))
-        if bad:
-            raise ValueError(f"sft tasks {bad} unknown; known: {list(ALIGN_TASKS)}")
-        if {"choose_sid", "choose_sid_stepwise"} <= set(self.tasks):
-            raise ValueError("sft tasks choose_sid and choose_sid_stepwise ask the same question with different "
-                             "answers; train one of them")
+        check_tasks(self.tasks, "sft tasks")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
         if self.val_every < 1:
             raise ValueError("sft val_every must be at least 1")
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
+        for k, phase in enumerate(self.phases, 2):
+            check_phase(phase, k)
+
+
+PHASE_KEYS = ("tasks", "max_steps", "learning_rate", "item_repeats")
+
+
+def check_phase(phase, k: int) -> None:
+    """One entry of `sft_align.phases`: known keys, known tasks, a positive step budget."""
+    where = f"sft_align.phases: phase {k}"
+    if not isinstance(phase, dict):
+        raise ValueError(f"{where} must be a mapping of {list(PHASE_KEYS)}, got {phase!r}")
+    if sorted(set(phase) - set(PHASE_KEYS)):
+        raise ValueError(f"{where}: unknown keys {sorted(set(phase) - set(PHASE_KEYS))}; known: {list(PHASE_KEYS)}")
+    if int(phase.get("max_steps", 0)) < 1:
+        raise ValueError(f"{where} needs max_steps of at least 1 (a budget in steps), got {phase.get('max_steps')!r}")
+    if not phase.get("tasks"):
+        raise ValueError(f"{where} needs tasks (a list of {list(ALIGN_TASKS)})")
+    check_tasks(phase["tasks"], f"{where}: tasks")
+
+
+def check_tasks(tasks, where: str) -> None:
+    """Alignment task names: known, and not both forms of the SID 4-choice."""
+    bad = sorted(set(tasks) - set(ALIGN_TASKS))
+    if bad:
+        raise ValueError(f"{where} {bad} unknown; known: {list(ALIGN_TASKS)}")
+    if {"choose_sid", "choose_sid_stepwise"} <= set(tasks):
+        raise ValueError(f"{where}: choose_sid and choose_sid_stepwise ask the same question with different "
+                         "answers; train one of them")
 
 
 # ---- timeline training ------------------------------------------------------------------
@@ -172,37 +200,61 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     """`sft --task align` in timeline mode: the item-level alignment examples trained in the timeline
     SFT's own token loop (`train_timeline`, loss on the answer only, no validation: the last epoch is
     kept) instead of TRL's SFTTrainer. On the tiny from-scratch model that is what makes alignment fast
-    enough to teach: 3,200 steps in 97 s took title -> SID from 0.00 to 0.75 (bench_align.py)."""
-    from negrec.train.timeline import example_windows, train_timeline
-
+    enough to teach: 3,200 steps in 97 s took title -> SID from 0.00 to 0.75 (bench_align.py).
+    `cfg.phases` train after the first phase, in order, each resumable from its own checkpoint."""
     if launched_world() > 1:
         raise ValueError("sft_align.mode: timeline trains in one process; run it without a launcher, "
                          "or use mode: prompt (TRL) for several processes")
-    examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
-    if not examples:
-        raise ValueError("sft_align: no alignment examples (the items need titles or text)")
-    windows = example_windows(examples, hf_tok)
-    counts = dict(Counter(e["task"] for e in examples))
-    main_print(f"[sft_align] timeline loop: {len(examples)} examples {counts}, "
-               f"{sum(len(w) for w, _ in windows)} tokens per epoch, from {init}")
     work = work_dir(run_dir, "sft-align")
     work.mkdir(parents=True, exist_ok=True)
-    fit = train_timeline(model, hf_tok, sid_tok, windows, [], builder, cfg, horizon=0,
-                         ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-align"),
-                         tb_dir=run_dir / "tb" / "sft_align")
-    summary = {"task": "align", "mode": "timeline", "examples": len(examples), "per_task": counts, "init_from": init,
-               "steps": fit["steps"], "epochs_run": fit["epochs_run"],
-               "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
+    main_print(f"[sft_align] from {init}")
+    first = {"tasks": cfg.tasks, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+             "item_repeats": cfg.item_repeats}
+    phases = [_align_phase(model, hf_tok, sid_tok, builder, data, replace(cfg, **phase), k, len(cfg.phases) + 1,
+                           work, fingerprint(raw, run_dir, "sft-align"), run_dir / "tb" / "sft_align")
+              for k, phase in enumerate([first, *cfg.phases])]
+    last = phases[-1]
+    summary = {"task": "align", "mode": "timeline", "examples": last["examples"], "per_task": last["per_task"],
+               "init_from": init, "steps": sum(p["steps"] for p in phases), "epochs_run": sum(p["epochs_run"] for p in phases),
+               "loss_curve": [x for p in phases for x in p["loss_curve"]], "config": to_dict(cfg)}
+    if len(phases) > 1:
+        summary["phases"] = phases
     if cfg.eval_items:
-        summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
+        summary["alignment"] = last.get("alignment") or _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
     summary["seconds"] = round(time.time() - t0, 1)
     _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary, work)
-    main_print(f"[sft_align] {fit['steps']} steps, {fit['epochs_run']} epochs, loss "
+    main_print(f"[sft_align] {summary['steps']} steps, {summary['epochs_run']} epochs, loss "
                f"{summary['loss_curve'][0]:.3f} -> {summary['loss_curve'][-1]:.3f}, {summary['seconds']}s -> "
                f"{run_dir / 'sft_align' / 'final'}")
     if "alignment" in summary:
         _print_alignment(summary["alignment"])
     return summary
+
+
+def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, work: Path, key: str, tb_dir: Path) -> dict:
+    """Phase k of the alignment loop: its tasks' examples (distractors drawn afresh per phase), trained
+    for its step budget; with more than one phase, what the model then knows is measured after each."""
+    from negrec.train.timeline import example_windows, train_timeline
+
+    examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed + k)
+    if not examples:
+        raise ValueError("sft_align: no alignment examples (the items need titles or text)")
+    windows = example_windows(examples, hf_tok)
+    counts = dict(Counter(e["task"] for e in examples))
+    name = "" if n == 1 else f"phase {k + 1}/{n}: "
+    main_print(f"[sft_align] {name}timeline loop: {len(examples)} examples {counts}, "
+               f"{sum(len(w) for w, _ in windows)} tokens per epoch")
+    suffix = "" if k == 0 else f"_{k + 1}"  # phase 1 keeps the one-phase stage's checkpoint name
+    fit = train_timeline(model, hf_tok, sid_tok, windows, [], builder, cfg, horizon=0,
+                         ckpt_path=work / f"timeline_checkpoint{suffix}.pt", resume_key=f"{key}{suffix}",
+                         tb_dir=tb_dir / f"phase{k + 1}" if k else tb_dir)
+    out = {"tasks": list(cfg.tasks), "examples": len(examples), "per_task": counts, "steps": fit["steps"],
+           "epochs_run": fit["epochs_run"], "learning_rate": cfg.learning_rate,
+           "loss_curve": [h["train_loss"] for h in fit["history"]]}
+    if n > 1 and cfg.eval_items:
+        out["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
+        main_print(f"  after {name[:-2]}: {alignment_line(out['alignment'])}")
+    return out
 
 
 def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict, work: Path) -> None:
@@ -211,7 +263,8 @@ def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_to
         save_policy(model, hf_tok, sid_tok, tmp / "final",
                     extra={"stage": stage.replace("-", "_"), "steps": summary["steps"]})
         write_json(tmp / "summary.json", summary)
-    (work / "timeline_checkpoint.pt").unlink(missing_ok=True)
+    for ckpt in work.glob("timeline_checkpoint*.pt"):
+        ckpt.unlink()
 
 
 def _readable_json(path: Path) -> bool:
@@ -348,6 +401,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         init = run_dir / "sft_align" / "final"
     else:
         init = run_dir / "model"
+    if cfg.phases and not (task == "align" and cfg.mode == "timeline"):
+        raise ValueError(f"sft_{task}.phases: only the alignment stage in mode: timeline trains in phases")
     peft = section_config(ModelConfig, raw, "model").peft
     name = f"sft-{task}"  # the stage (negrec.stages)
     if up_to_date(raw, run_dir, name):

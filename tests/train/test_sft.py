@@ -165,3 +165,49 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert last_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_prepared, tmp_path):
+    """sft_align.phases: a curriculum in the timeline loop. Each phase trains its own tasks for its
+    own step budget after the first, the summary keeps each phase's loss and alignment, the phase
+    checkpoints go with the stage's end, and a rerun reads the stage back."""
+    items, sid = subset
+    run = tmp_path / "run"
+    ml100k_prepared.save(run / "data")
+    torch.manual_seed(0)
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+    save_policy(model, hf, sid, run / "model")
+    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 6, "batch_size": 8,
+                         "eval_items": 8, "phases": [{"tasks": ["choose_sid_stepwise"], "max_steps": 4},
+                                                     {"tasks": ["sid_to_text", "text_to_sid"], "max_steps": 3,
+                                                      "learning_rate": 1e-3}]}}
+    for stage in ("data", "build-model"):
+        mark_done(raw, run, stage)
+    s = run_sft(raw, run, task="align")
+    assert s["steps"] == 13 and [p["steps"] for p in s["phases"]] == [6, 4, 3]
+    assert [p["tasks"] for p in s["phases"]] == [["text_to_sid"], ["choose_sid_stepwise"], ["sid_to_text", "text_to_sid"]]
+    assert s["phases"][1]["per_task"] == {"choose_sid_stepwise": N_ITEMS} and s["phases"][2]["learning_rate"] == 1e-3
+    assert all("title_to_sid" in p["alignment"] for p in s["phases"]) and s["alignment"] == s["phases"][-1]["alignment"]
+    assert len(s["loss_curve"]) == sum(len(p["loss_curve"]) for p in s["phases"])
+    assert not list((run / ".work").rglob("timeline_checkpoint*.pt"))
+    assert list((run / "tb" / "sft_align" / "phase2").glob("events.out.tfevents*"))
+    assert run_sft(raw, run, task="align")["steps"] == 13
+
+
+@pytest.mark.parametrize("phase, message", [
+    ({"tasks": ["text_to_sid"], "max_steps": 5, "epochs": 2}, "unknown keys"),
+    ({"tasks": ["text_to_sid"]}, "max_steps"),
+    ({"max_steps": 5}, "needs tasks"),
+    ({"tasks": ["text_to_title"], "max_steps": 5}, "unknown"),
+    ({"tasks": ["choose_sid", "choose_sid_stepwise"], "max_steps": 5}, "same question"),
+    ("choose_sid_stepwise", "mapping"),
+])
+def test_a_bad_alignment_phase_is_refused_naming_it(phase, message):
+    with pytest.raises(ValueError, match=f"phase 2.*{message}|{message}.*phase 2"):
+        SFTStageConfig(mode="timeline", phases=[phase])
+
+
+def test_phases_outside_the_alignment_loop_are_refused(tmp_path):
+    raw = {"sft_align": {"mode": "prompt", "phases": [{"tasks": ["text_to_sid"], "max_steps": 5}]}}
+    with pytest.raises(ValueError, match="only the alignment stage in mode: timeline"):
+        run_sft(raw, tmp_path, task="align")
