@@ -219,7 +219,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             sched.load_state_dict(saved["sched"])
             state = saved["state"]
             rng = np.random.default_rng(cfg.seed + state["epoch"])
-            print(f"[sft_next] resuming after epoch {state['epoch']} (step {state['step']})")
+            print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
     timeline, extra = windows, list(extra or [])

@@ -211,3 +211,46 @@ def test_phases_outside_the_alignment_loop_are_refused(tmp_path):
     raw = {"sft_align": {"mode": "prompt", "phases": [{"tasks": ["text_to_sid"], "max_steps": 5}]}}
     with pytest.raises(ValueError, match="only the alignment stage in mode: timeline"):
         run_sft(raw, tmp_path, task="align")
+
+
+def test_alignment_phases_resume_after_a_kill_as_if_never_stopped(subset, ml100k_prepared, tmp_path, monkeypatch,
+                                                                   capsys):
+    """A kill in phase 2 loses nothing: the rerun takes phase 1 from its checkpoint (not retrained)
+    and ends with the same weights as a run that was never stopped."""
+    import negrec.train.timeline as timeline
+    from negrec.llm.model import load_policy
+
+    items, sid = subset
+    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 5, "batch_size": 8,
+                         "eval_items": 0, "phases": [{"tasks": ["sid_to_text"], "max_steps": 4}]}}
+
+    def new_run(name):
+        run = tmp_path / name
+        ml100k_prepared.save(run / "data")
+        torch.manual_seed(0)
+        model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+        save_policy(model, hf, sid, run / "model")
+        for stage in ("data", "build-model"):
+            mark_done(raw, run, stage)
+        return run
+
+    whole = new_run("whole")
+    run_sft(raw, whole, task="align")
+    killed, real, calls = new_run("killed"), timeline.train_timeline, []
+
+    def dies_in_phase_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed in phase 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timeline, "train_timeline", dies_in_phase_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(raw, killed, task="align")
+    assert not (killed / "sft_align").exists() and list((killed / ".work").rglob("timeline_checkpoint.pt"))
+    monkeypatch.setattr(timeline, "train_timeline", real)
+    capsys.readouterr()
+    assert run_sft(raw, killed, task="align")["steps"] == 9
+    assert "[timeline] resuming after epoch" in capsys.readouterr().out
+    a, b = (load_policy(r / "sft_align" / "final")[0].state_dict() for r in (whole, killed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
