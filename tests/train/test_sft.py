@@ -131,19 +131,24 @@ def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
     assert run_sft(raw, run, task="next")["steps"] == 2  # up to date: read back, not retrained
 
 
-def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_prepared, tmp_path):
-    """sft_align.mode: timeline (negrec's own token loop, not TRL) is a stage of its own: it writes
-    sft_align/final, and on 32 items title -> SID ends far above chance (1/32)."""
+def new_align_run(run, raw: dict, subset, prepared):
+    """A run folder ready for `sft --task align`: the prepared data and a fresh tiny model (seed 0)."""
     items, sid = subset
-    run = tmp_path / "run"
-    ml100k_prepared.save(run / "data")
+    prepared.save(run / "data")
     torch.manual_seed(0)
     model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
     save_policy(model, hf, sid, run / "model")
-    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "epochs": 40, "learning_rate": 5e-3,
-                         "batch_size": 8, "max_items": 0, "eval_items": N_ITEMS, "patience": 100}}
     for stage in ("data", "build-model"):
         mark_done(raw, run, stage)
+    return run
+
+
+def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_prepared, tmp_path):
+    """sft_align.mode: timeline (negrec's own token loop, not TRL) is a stage of its own: it writes
+    sft_align/final, and on 32 items title -> SID ends far above chance (1/32)."""
+    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "epochs": 40, "learning_rate": 5e-3,
+                         "batch_size": 8, "max_items": 0, "eval_items": N_ITEMS, "patience": 100}}
+    run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
     s = run_sft(raw, run, task="align")
     assert s["mode"] == "timeline" and s["epochs_run"] == 40 and s["loss_curve"][-1] < 0.5 * s["loss_curve"][0]
     assert (run / "sft_align" / "final" / "config.json").exists()
@@ -171,18 +176,11 @@ def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_pre
     """sft_align.phases: a curriculum in the timeline loop. Each phase trains its own tasks for its
     own step budget after the first, the summary keeps each phase's loss and alignment, the phase
     checkpoints go with the stage's end, and a rerun reads the stage back."""
-    items, sid = subset
-    run = tmp_path / "run"
-    ml100k_prepared.save(run / "data")
-    torch.manual_seed(0)
-    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
-    save_policy(model, hf, sid, run / "model")
     raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 6, "batch_size": 8,
                          "eval_items": 8, "phases": [{"tasks": ["choose_sid_stepwise"], "max_steps": 4},
                                                      {"tasks": ["sid_to_text", "text_to_sid"], "max_steps": 3,
                                                       "learning_rate": 1e-3}]}}
-    for stage in ("data", "build-model"):
-        mark_done(raw, run, stage)
+    run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
     s = run_sft(raw, run, task="align")
     assert s["steps"] == 13 and [p["steps"] for p in s["phases"]] == [6, 4, 3]
     assert [p["tasks"] for p in s["phases"]] == [["text_to_sid"], ["choose_sid_stepwise"], ["sid_to_text", "text_to_sid"]]
@@ -220,23 +218,11 @@ def test_alignment_phases_resume_after_a_kill_as_if_never_stopped(subset, ml100k
     import negrec.train.timeline as timeline
     from negrec.llm.model import load_policy
 
-    items, sid = subset
     raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 5, "batch_size": 8,
                          "eval_items": 0, "phases": [{"tasks": ["sid_to_text"], "max_steps": 4}]}}
-
-    def new_run(name):
-        run = tmp_path / name
-        ml100k_prepared.save(run / "data")
-        torch.manual_seed(0)
-        model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
-        save_policy(model, hf, sid, run / "model")
-        for stage in ("data", "build-model"):
-            mark_done(raw, run, stage)
-        return run
-
-    whole = new_run("whole")
+    whole = new_align_run(tmp_path / "whole", raw, subset, ml100k_prepared)
     run_sft(raw, whole, task="align")
-    killed, real, calls = new_run("killed"), timeline.train_timeline, []
+    killed, real, calls = new_align_run(tmp_path / "killed", raw, subset, ml100k_prepared), timeline.train_timeline, []
 
     def dies_in_phase_2(*args, **kwargs):
         calls.append(1)
