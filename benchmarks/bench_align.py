@@ -1,7 +1,8 @@
 """What item-level alignment teaches the tiny model, and what it adds to next-negative recall. ML-100K, H = 7.
 
 The default run (`configs/ml100k.yaml`) trains alignment: the `sft-align` stage (title -> SID and
-SID -> title in the timeline loop, 3,200 steps), then the timeline SFT with the same examples
+SID -> title in the timeline loop, 3,200 steps, then the curriculum's phases: the stepwise SID
+question alone, then all three), then the timeline SFT with the same examples
 co-trained, `sft_next.align_per_batch` mixed into every batch. Each variant drops a part, retrains
 from the default run's base model and is paired with the default SFT policy on the same test users
 (default - variant: what the dropped part adds). Reported: alignment accuracy after the alignment
@@ -16,7 +17,7 @@ stage with the two lettered 4-choice tasks added to its mix (`item_repeats: 4`, 
 asked with 4 different distractor sets and the letters cannot be memorised), on the default 2-layer
 model and on a 4-layer one, beside the default stage's own accuracy; and the SID question answered
 in two steps (`choose_sid_stepwise`: the first code, then the letter) in 2,000 more steps after the
-default stage, the time the 10-minute run cannot hold.
+default stage. These variants train one phase (`sft_align.phases=[]`), as before the curriculum.
 
     python benchmarks/bench_align.py [--lettered]   # reuses runs/bench_align/base when it is there
 """
@@ -39,10 +40,10 @@ VARIANTS = {
     "no_alignment": ALIGN + ["pipeline.skip=[sft-align,grpo-plain]", "sft_next.align_weight=0"],
     "no_cotraining": ALIGN + ["sft_next.align_weight=0"],
 }
-LETTERED_MIX = ["pipeline.stop_after=sft-align", "sft_align.item_repeats=4",
+LETTERED_MIX = ["pipeline.stop_after=sft-align", "sft_align.phases=[]", "sft_align.item_repeats=4",
                 "sft_align.tasks=[text_to_sid,sid_to_text,choose_text,choose_sid]"]
 # the same question answered in two steps (first code, then letter), trained after the default stage
-STEPWISE_AFTER = ["pipeline.stop_after=sft-align", f"sft_align.init_from={RUNS / 'base' / 'sft_align' / 'final'}",
+STEPWISE_AFTER = ["pipeline.stop_after=sft-align", "sft_align.phases=[]", f"sft_align.init_from={RUNS / 'base' / 'sft_align' / 'final'}",
                   "sft_align.tasks=[text_to_sid,sid_to_text,choose_sid_stepwise]", "sft_align.item_repeats=2",
                   "sft_align.max_steps=2000", "sft_align.learning_rate=0.003", "sft_align.warmup_ratio=0.0"]
 LETTERED = {"lettered_in_mix": LETTERED_MIX, "lettered_in_mix_4_layers": LETTERED_MIX + ["model.num_layers=4"],

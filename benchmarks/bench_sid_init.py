@@ -50,7 +50,7 @@ def main() -> None:
         run.mkdir(parents=True)
         for part in ("data", "tokenize"):
             shutil.copytree(src / part, run / part)
-        raw = load_config(a.config, [*a.set, f"model.sid_init={init}", f"sft_align.max_steps={a.steps}",
+        raw = load_config(a.config, [*a.set, f"model.sid_init={init}", f"sft_align.max_steps={a.steps}", "sft_align.phases=[]",
                                      f"sft_align.max_items={a.max_items}",
                                      f"sft_align.eval_items={a.max_items or 200}"])
         run_build_model(raw, run)

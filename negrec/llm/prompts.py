@@ -309,11 +309,12 @@ def _item_examples(builder: PromptBuilder, sid_tok, item: int, record: dict, lab
 
 
 def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=tuple(ALIGN_INSTRUCTIONS), max_items: int = 0,
-                       repeats: int = 1, seed: int = 0) -> list[dict]:
-    """Prompt/completion examples of the item-level alignment tasks."""
+                       repeats: int = 1, seed: int = 0, item_seed: int | None = None) -> list[dict]:
+    """Prompt/completion examples of the item-level alignment tasks. `item_seed` draws the
+    `max_items` sample apart from the distractors and order (default: one draw from `seed`)."""
     rng = random.Random(seed)
     records = {int(r["item_id"]): r for r in items.to_dict("records") if int(r["item_id"]) in sid_tok}
-    ids = aligned_item_ids(sid_tok, items, max_items, rng)
+    ids = aligned_item_ids(sid_tok, items, max_items, rng if item_seed is None else item_seed)
     labels = {i: item_label(records[i]) for i in ids}
     with_text = [i for i in ids if labels[i]]
     feat_cols = sorted(c for c in items.columns if c.startswith("feat_"))

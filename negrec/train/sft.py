@@ -112,25 +112,36 @@ class SFTStageConfig:
             raise ValueError("sft val_every must be at least 1")
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
-        for k, phase in enumerate(self.phases, 2):
-            check_phase(phase, k)
+        self.phases = [checked_phase(phase, k) for k, phase in enumerate(self.phases, 2)]
 
 
-PHASE_KEYS = ("tasks", "max_steps", "learning_rate", "item_repeats")
+PHASE_KEYS = {"tasks": list, "max_steps": int, "learning_rate": float, "item_repeats": int}
 
 
-def check_phase(phase, k: int) -> None:
-    """One entry of `sft_align.phases`: known keys, known tasks, a positive step budget."""
+def checked_phase(phase, k: int) -> dict:
+    """One entry of `sft_align.phases` (phase k of the stage), its values typed as the stage's own
+    fields are (YAML reads 3e-3 as text): known keys, known tasks, a positive step budget."""
     where = f"sft_align.phases: phase {k}"
     if not isinstance(phase, dict):
         raise ValueError(f"{where} must be a mapping of {list(PHASE_KEYS)}, got {phase!r}")
-    if sorted(set(phase) - set(PHASE_KEYS)):
-        raise ValueError(f"{where}: unknown keys {sorted(set(phase) - set(PHASE_KEYS))}; known: {list(PHASE_KEYS)}")
-    if int(phase.get("max_steps", 0)) < 1:
-        raise ValueError(f"{where} needs max_steps of at least 1 (a budget in steps), got {phase.get('max_steps')!r}")
-    if not phase.get("tasks"):
-        raise ValueError(f"{where} needs tasks (a list of {list(ALIGN_TASKS)})")
+    unknown = sorted(set(phase) - set(PHASE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {list(PHASE_KEYS)}")
+    if not isinstance(phase.get("tasks"), list) or not phase["tasks"]:
+        raise ValueError(f"{where} needs tasks, a list of {list(ALIGN_TASKS)}; got {phase.get('tasks')!r}")
     check_tasks(phase["tasks"], f"{where}: tasks")
+    out = {}
+    for key, value in phase.items():
+        kind = PHASE_KEYS[key]
+        try:
+            out[key] = value if kind is list else kind(float(value)) if kind is float else kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}") from None
+        if kind is int and out[key] != float(value):
+            raise ValueError(f"{where}: {key} must be a whole number, got {value!r}")
+    if out.get("max_steps", 0) < 1:
+        raise ValueError(f"{where} needs max_steps of at least 1 (a budget in steps), got {phase.get('max_steps')!r}")
+    return out
 
 
 def check_tasks(tasks, where: str) -> None:
@@ -236,7 +247,10 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
     for its step budget; with more than one phase, what the model then knows is measured after each."""
     from negrec.train.timeline import example_windows, train_timeline
 
-    examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed + k)
+    # every phase teaches the same items (`max_items` drawn with the stage's seed, as the alignment
+    # check draws them); distractors and order are drawn afresh per phase
+    examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed + k,
+                                  item_seed=cfg.seed)
     if not examples:
         raise ValueError("sft_align: no alignment examples (the items need titles or text)")
     windows = example_windows(examples, hf_tok)
@@ -247,7 +261,7 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
     suffix = "" if k == 0 else f"_{k + 1}"  # phase 1 keeps the one-phase stage's checkpoint name
     fit = train_timeline(model, hf_tok, sid_tok, windows, [], builder, cfg, horizon=0,
                          ckpt_path=work / f"timeline_checkpoint{suffix}.pt", resume_key=f"{key}{suffix}",
-                         tb_dir=tb_dir / f"phase{k + 1}" if k else tb_dir)
+                         tb_dir=tb_dir / f"phase{k + 1}" if n > 1 else tb_dir)
     out = {"tasks": list(cfg.tasks), "examples": len(examples), "per_task": counts, "steps": fit["steps"],
            "epochs_run": fit["epochs_run"], "learning_rate": cfg.learning_rate,
            "loss_curve": [h["train_loss"] for h in fit["history"]]}

@@ -196,7 +196,8 @@ def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_pre
     ({"tasks": ["text_to_sid"], "max_steps": 5, "epochs": 2}, "unknown keys"),
     ({"tasks": ["text_to_sid"]}, "max_steps"),
     ({"max_steps": 5}, "needs tasks"),
-    ({"tasks": ["text_to_title"], "max_steps": 5}, "unknown"),
+    ({"tasks": "text_to_sid", "max_steps": 5}, "needs tasks, a list"),
+    ({"tasks": ["text_to_title"], "max_steps": 5}, r"\['text_to_title'\] unknown; known"),
     ({"tasks": ["choose_sid", "choose_sid_stepwise"], "max_steps": 5}, "same question"),
     ("choose_sid_stepwise", "mapping"),
 ])
@@ -213,30 +214,41 @@ def test_phases_outside_the_alignment_loop_are_refused(tmp_path):
 
 def test_alignment_phases_resume_after_a_kill_as_if_never_stopped(subset, ml100k_prepared, tmp_path, monkeypatch,
                                                                    capsys):
-    """A kill in phase 2 loses nothing: the rerun takes phase 1 from its checkpoint (not retrained)
-    and ends with the same weights as a run that was never stopped."""
+    """A kill in phase 2, after its first epoch's checkpoint, loses nothing: the rerun takes phase 1
+    from its checkpoint (not retrained), phase 2 from its first epoch, and trains every step once."""
     import negrec.train.timeline as timeline
-    from negrec.llm.model import load_policy
 
     raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 5, "batch_size": 8,
-                         "eval_items": 0, "phases": [{"tasks": ["sid_to_text"], "max_steps": 4}]}}
-    whole = new_align_run(tmp_path / "whole", raw, subset, ml100k_prepared)
-    run_sft(raw, whole, task="align")
-    killed, real, calls = new_align_run(tmp_path / "killed", raw, subset, ml100k_prepared), timeline.train_timeline, []
+                         "eval_items": 0, "phases": [{"tasks": ["sid_to_text"], "max_steps": 8}]}}
+    run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
+    real, saves = timeline._save_checkpoint, []
 
-    def dies_in_phase_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
+    def dies_after_phase_2_epoch_1(path, state):
+        real(path, state)
+        saves.append(path.name)
+        if path.name == "timeline_checkpoint_2.pt":
             raise KeyboardInterrupt("killed in phase 2")
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(timeline, "train_timeline", dies_in_phase_2)
+    monkeypatch.setattr(timeline, "_save_checkpoint", dies_after_phase_2_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        run_sft(raw, killed, task="align")
-    assert not (killed / "sft_align").exists() and list((killed / ".work").rglob("timeline_checkpoint.pt"))
-    monkeypatch.setattr(timeline, "train_timeline", real)
+        run_sft(raw, run, task="align")
+    assert saves == ["timeline_checkpoint.pt"] * 2 + ["timeline_checkpoint_2.pt"] and not (run / "sft_align").exists()
+    monkeypatch.setattr(timeline, "_save_checkpoint", real)
     capsys.readouterr()
-    assert run_sft(raw, killed, task="align")["steps"] == 9
-    assert "[timeline] resuming after epoch" in capsys.readouterr().out
-    a, b = (load_policy(r / "sft_align" / "final")[0].state_dict() for r in (whole, killed))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    s = run_sft(raw, run, task="align")
+    out = capsys.readouterr().out
+    assert "[timeline] resuming after epoch 2 (step 5)" in out and "[timeline] resuming after epoch 1 (step 4)" in out
+    assert s["steps"] == 13 and [p["steps"] for p in s["phases"]] == [5, 8]
+    assert [p["epochs_run"] for p in s["phases"]] == [2, 2]
+
+
+def test_alignment_phase_values_are_typed_as_the_stage_fields():
+    """YAML reads 3e-3 as text and a user may write 1500.0: each phase's values are typed as the
+    stage's own fields, and a fraction of a step is refused."""
+    cfg = SFTStageConfig(mode="timeline", phases=[{"tasks": ["text_to_sid"], "max_steps": "1500",
+                                                   "learning_rate": "3e-3", "item_repeats": 2.0}])
+    assert cfg.phases == [{"tasks": ["text_to_sid"], "max_steps": 1500, "learning_rate": 0.003, "item_repeats": 2}]
+    with pytest.raises(ValueError, match="phase 2: max_steps must be a whole number"):
+        SFTStageConfig(phases=[{"tasks": ["text_to_sid"], "max_steps": 10.5}])
+    with pytest.raises(ValueError, match="phase 2: learning_rate must be float"):
+        SFTStageConfig(phases=[{"tasks": ["text_to_sid"], "max_steps": 10, "learning_rate": "fast"}])
