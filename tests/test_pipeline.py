@@ -19,6 +19,7 @@ TINY = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
     "model.num_kv_heads=1",
     "sft_align.max_steps=3", "sft_align.max_items=100", "sft_align.eval_items=10",
+    "sft_align.phases=[]",  # one phase (ml100k.yaml's curriculum is tested in tests/train/test_sft.py)
     "sft_next.max_steps=3", "sft_next.max_samples=50", "sft_next.eval_items=0",
     "grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.max_samples=40",
     "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 1, beta: 0.04},"
