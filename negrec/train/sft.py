@@ -134,7 +134,7 @@ def checked_phase(phase, k: int) -> dict:
     for key, value in phase.items():
         kind = PHASE_KEYS[key]
         try:
-            out[key] = value if kind is list else kind(float(value)) if kind is float else kind(value)
+            out[key] = value if kind is list else kind(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: {key} must be {kind.__name__}, got {value!r}") from None
         if kind is int and out[key] != float(value):
@@ -221,9 +221,10 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     main_print(f"[sft_align] from {init}")
     first = {"tasks": cfg.tasks, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
              "item_repeats": cfg.item_repeats}
-    phases = [_align_phase(model, hf_tok, sid_tok, builder, data, replace(cfg, **phase), k, len(cfg.phases) + 1,
-                           work, fingerprint(raw, run_dir, "sft-align"), run_dir / "tb" / "sft_align")
-              for k, phase in enumerate([first, *cfg.phases])]
+    key, phases = fingerprint(raw, run_dir, "sft-align"), []
+    for k, phase in enumerate([first, *cfg.phases]):
+        phases.append(_align_phase(model, hf_tok, sid_tok, builder, data, replace(cfg, **phase), k,
+                                   len(cfg.phases) + 1, work, key, run_dir / "tb" / "sft_align"))
     last = phases[-1]
     summary = {"task": "align", "mode": "timeline", "examples": last["examples"], "per_task": last["per_task"],
                "init_from": init, "steps": sum(p["steps"] for p in phases), "epochs_run": sum(p["epochs_run"] for p in phases),
