@@ -120,6 +120,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def folder_sha256(path: str | Path) -> str:
+    """sha256 over every file of a folder, names and contents: equal for byte-identical copies."""
+    root, h = Path(path), hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\0".encode())
+    return h.hexdigest()
+
+
 def config_hash(obj: Any) -> str:
     """Stable hash of a config (used to decide whether a stage's outputs are up to date)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]

@@ -17,7 +17,7 @@ from ..config import section_config, to_dict
 from ..contract import shared_stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
-from ..io import read_json, write_json, write_parquet, write_text
+from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
@@ -185,13 +185,21 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
     prepared, samples, cands = _eval_rows(run_dir, cfg)
     if writes:
         write_parquet(out / "targets.parquet", targets_frame(prepared, samples, cfg.metrics.horizons, cfg.split))
-    done = {}
+    done, seen = {}, {}  # seen: policy folder digest -> the policy whose predictions it has
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
         if not (path / "config.json").exists():
             if writes:
                 print(f"[predict] {name}: no model at {path}, skipped")
             continue
+        digest = folder_sha256(path)
+        if digest in seen:  # e.g. GRPO's validation shipped its SFT start: the same files rank the same
+            if writes:
+                _reuse_predictions(out, seen[digest], name)
+                done[name] = {**done[seen[digest]], "seconds": 0.0, "same_policy_as": seen[digest]}
+                print(f"[predict] {name}: the same policy files as {seen[digest]}, its predictions reused")
+            continue
+        seen[digest] = name
         t0 = time.perf_counter()
         pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands, shard)
         if not writes:
@@ -210,6 +218,11 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
         done["main"] = main
     write_json(out / "predict_summary.json", done)
     return done
+
+
+def _reuse_predictions(out: Path, source: str, name: str) -> None:
+    for sub in ("predictions", "candidates"):
+        write_parquet(out / sub / f"{name}.parquet", pd.read_parquet(out / sub / f"{source}.parquet"))
 
 
 # ---------------------------------------------------------------- baselines

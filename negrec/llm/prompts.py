@@ -218,6 +218,10 @@ class CompactCodec:
     def tokens_per_event(self) -> int:
         return self.sid_tok.levels + 2
 
+    def target_ids(self) -> np.ndarray:
+        """Sorted ids of every token a timeline's loss can target: the SID tokens and EOS."""
+        return np.unique(np.r_[self.table.ravel(), self.eos_id])
+
     def fb_token(self, feedback: int) -> str:
         return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
 

@@ -121,25 +121,38 @@ def _collate(windows, idx, pad_id: int):
     return ids, attn, w
 
 
-def weighted_lm_loss(model, ids, attn, weights) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_lm_loss(model, ids, attn, weights, vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of weighted next-token cross-entropy, sum of weights), the LM head computed only where
-    a weight is set."""
+    a weight is set. `vocab` (sorted token ids holding every target): the softmax runs over those
+    rows of the LM head alone."""
     device = next(model.parameters()).device
     ids, attn, weights = ids.to(device), attn.to(device), weights.to(device)
     hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
     w = weights[:, 1:]
     sel = w > 0
-    logits = model.get_output_embeddings()(hidden[:, :-1][sel]).float()
-    ce = torch.nn.functional.cross_entropy(logits, ids[:, 1:][sel], reduction="none")
+    h, target = hidden[:, :-1][sel], ids[:, 1:][sel]
+    head = model.get_output_embeddings()
+    if vocab is None:
+        logits = head(h)
+    else:
+        vocab = vocab.to(device)
+        logits = (torch.nn.functional.linear(h, head.weight[vocab], None if head.bias is None else head.bias[vocab])
+                  if type(head) is torch.nn.Linear else head(h)[:, vocab])  # a wrapped head (LoRA): all rows, then ours
+        pos = torch.searchsorted(vocab, target).clamp(max=len(vocab) - 1)
+        if not torch.equal(vocab[pos], target):
+            raise ValueError("a loss target lies outside the restricted vocabulary (sft loss_vocab: sid)")
+        target = pos
+    ce = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
     return (ce * w[sel]).sum(), w[sel].sum()
 
 
-def batch_loss(model, windows, idx, pad_id: int, n_windows: int) -> torch.Tensor:
+def batch_loss(model, windows, idx, pad_id: int, n_windows: int, vocab: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean loss of one batch. The mixed-in examples (index >= `n_windows`, short) take a
-    forward pass of their own, so they are not padded to the timeline windows' width."""
+    forward pass of their own, so they are not padded to the timeline windows' width; `vocab`
+    restricts the timeline windows' softmax (the examples' answers hold text: they keep the full one)."""
     idx = np.asarray(idx)
-    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id))
-             for part in (idx[idx < n_windows], idx[idx >= n_windows]) if len(part)]
+    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id), vocab=v)
+             for part, v in ((idx[idx < n_windows], vocab), (idx[idx >= n_windows], None)) if len(part)]
     return sum(p[0] for p in parts) / sum(p[1] for p in parts)
 
 
@@ -194,9 +207,10 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
                    ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None,
-                   extra: list | None = None) -> dict:
+                   extra: list | None = None, vocab=None) -> dict:
     """Train on `windows`, select the epoch by validation Recall@10; the model ends at the best epoch.
-    `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch."""
+    `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch;
+    `vocab` (token ids) restricts the windows' softmax (`weighted_lm_loss`)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -222,6 +236,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
+    vocab = None if vocab is None else torch.as_tensor(np.asarray(vocab), dtype=torch.long)
     timeline, extra = windows, list(extra or [])
     n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
@@ -233,7 +248,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         for idx in bar:
             if state["step"] >= total:
                 break
-            loss = batch_loss(model, windows, idx, pad, n_windows)
+            loss = batch_loss(model, windows, idx, pad, n_windows, vocab)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests._tiny_run import CONFIG, ROOT, prepare_tiny_run, tiny_overrides
+from tests._tiny_run import CONFIG, ROOT, tiny_overrides
 
 # 20 users in batches of 3: 7 batches, shared 3 + 4 (uneven, and the last batch short)
 PREDICT = ["eval.policies=[sft_next]", "eval.max_users=20", "eval.batch_size=3"]
@@ -23,18 +23,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def policy_run(tmp_path_factory) -> Path:
-    """A tiny run whose sft_next policy is the built (untrained) model: predict only needs a policy."""
-    from negrec.config import load_config
-    from negrec.contract import mark_done
-
-    run = prepare_tiny_run(tmp_path_factory.mktemp("predict") / "run")
-    shutil.copytree(run / "model", run / "sft_next" / "final")
-    mark_done(load_config(str(CONFIG), tiny_overrides()), run, "sft-next")  # assembled by hand: marked as the stage would
-    return run
 
 
 @pytest.mark.timeout(600)

@@ -14,7 +14,7 @@ from negrec.llm.model import ModelConfig, build_policy
 from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig
 from negrec.train.sft import SFTStageConfig
 from negrec.train.timeline import example_windows, timeline_windows, train_timeline, validation_recall
-from tests.llm.conftest import random_sid_tokenizer, synthetic_items
+from tests.llm.conftest import synthetic_items
 
 N_CLUSTERS, N_USERS, N_EVENTS, N_CONTEXT = 4, 240, 36, 24
 
@@ -22,11 +22,12 @@ N_CLUSTERS, N_USERS, N_EVENTS, N_CONTEXT = 4, 240, 36, 24
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def planted_log(item_ids: np.ndarray, seed: int = 0) -> pd.DataFrame:
-    """Each user dislikes items of one cluster and likes items of the others; the most disliked
-    items overall come from every cluster, so popularity cannot tell users apart."""
+def planted_log(item_ids: np.ndarray, seed: int = 0, clusters: list | None = None) -> pd.DataFrame:
+    """Each user dislikes items of one cluster (random ones unless given) and likes items of the
+    others; the most disliked items overall come from every cluster, so popularity cannot tell users
+    apart."""
     rng = np.random.default_rng(seed)
-    clusters = np.array_split(rng.permutation(item_ids), N_CLUSTERS)
+    clusters = clusters if clusters is not None else np.array_split(rng.permutation(item_ids), N_CLUSTERS)
     rows = []
     for u in range(N_USERS):
         c = u % N_CLUSTERS
@@ -37,12 +38,23 @@ def planted_log(item_ids: np.ndarray, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "feedback"])
 
 
-def sample_rows(log: pd.DataFrame, users) -> list[dict]:
-    """One (user, cut) row per user: the first N_CONTEXT events are the context, F_7 the later negatives."""
+def clustered_sid_tokenizer(seed: int = 5):
+    """48 items whose first SID code is their planted cluster, as semantic IDs group similar items.
+    (With random SIDs the 2-layer model did not learn the clusters in 20 epochs: the item -> cluster
+    map has to be found from co-occurrence alone.)"""
+    from negrec.tokenizer import SemanticIdTokenizer
+
+    rng = np.random.default_rng(seed)
+    codes = np.array([(c, j // 4, j % 4) for c in range(N_CLUSTERS) for j in rng.permutation(16)[:48 // N_CLUSTERS]])
+    return SemanticIdTokenizer.from_codes(rng.choice(480, size=48, replace=False) + 1, codes, [N_CLUSTERS, 4, 4])
+
+
+def sample_rows(log: pd.DataFrame, users, n_context: int = N_CONTEXT) -> list[dict]:
+    """One (user, cut) row per user: the first `n_context` events are the context, F_7 the later negatives."""
     out = []
     for u in users:
         g = log[log.user_id == u]
-        ctx, fut = g.iloc[:N_CONTEXT], g.iloc[N_CONTEXT:]
+        ctx, fut = g.iloc[:n_context], g.iloc[n_context:]
         out.append({"user_id": u, "cut_ts": int(fut.ts.iloc[0]), "mixed_items": ctx.item_id.to_numpy(),
                     "mixed_feedback": ctx.feedback.to_numpy(), "mixed_ts": ctx.ts.to_numpy(),
                     "context_items": ctx.item_id.to_numpy(),
@@ -52,12 +64,13 @@ def sample_rows(log: pd.DataFrame, users) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def setup():
-    sid = random_sid_tokenizer(48, (6, 4, 4), seed=5)
+    sid = clustered_sid_tokenizer()
     items = synthetic_items(sid)
     cfg = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, bpe_vocab_size=300)
     model, hf, _ = build_policy(cfg, sid, items, [], device="cpu")
     builder = PromptBuilder(PromptConfig(format="compact", max_events=50), sid, items, hf)
-    return model, hf, sid, builder, planted_log(np.asarray(sid.item_ids))
+    ids, first = np.asarray(sid.item_ids), np.asarray(sid.codes)[:, 0]
+    return model, hf, sid, builder, planted_log(ids, clusters=[ids[first == c] for c in range(N_CLUSTERS)])
 
 
 def test_compact_prompt_tokenizes_as_the_training_windows(setup):
@@ -85,27 +98,37 @@ def test_negatives_only_and_ablation_prompts(setup):
 
 
 def test_timeline_policy_beats_popularity_on_planted_clusters(setup):
-    model, hf, sid, builder, log = setup
+    """The trained policy finds each user's dislike cluster from their history: far above popularity
+    and a random ranking, which cannot tell users apart. The log holds the dislikes alone: with the
+    users' 24 likes from the other clusters interleaved, the 2-layer model stayed at the random
+    level on this fixture (8-30 epochs, lr 3e-4 to 2e-2, 4x the users; 4 layers began to learn after
+    13 epochs), so that log could only show that popularity is worse than random."""
+    model, hf, sid, builder, full = setup
+    log, n_context = full[full.feedback < 0], 6
     train_users, test_users = np.arange(1, 201), np.arange(201, N_USERS + 1)
-    test_rows = sample_rows(log, test_users)
+    test_rows = sample_rows(log, test_users, n_context)
     held = {r["user_id"]: r["cut_ts"] for r in test_rows}
-    codec = CompactCodec(sid, hf)
-    windows = timeline_windows(log, held, codec, 50, other_weight=1.0)
+    windows = timeline_windows(log, held, CompactCodec(sid, hf), 50, other_weight=1.0)
     cfg = SFTStageConfig(mode="timeline", epochs=8, learning_rate=1e-2, batch_size=8, warmup_ratio=0.05, patience=8,
                          logging_steps=10, resume=False)
-    fit = train_timeline(model, hf, sid, windows, sample_rows(log, train_users[:24]), builder, cfg, horizon=7)
+    val_rows = sample_rows(log, train_users[:24], n_context)
+    untrained = validation_recall(model, hf, sid, builder, val_rows, 7, num_beams=20)
+    fit = train_timeline(model, hf, sid, windows, val_rows, builder, cfg, horizon=7)
     curve = [h["val_recall@10"] for h in fit["history"]]
-    assert fit["best_val_recall@10"] == max(curve) and max(curve) > curve[0]  # selection keeps the best epoch
+    assert fit["best_val_recall@10"] == max(curve)  # selection keeps the best epoch
+    assert max(curve) > untrained + 0.3, (untrained, curve)  # the curve moves
     policy = validation_recall(model, hf, sid, builder, test_rows, 7, num_beams=20)
-    # popularity: the items most disliked before the cuts, context removed
+    # popularity: the items most disliked before the cuts, context removed; random: the expected
+    # capped recall of 10 items drawn from those not in the context
     train = log[log.ts < log.user_id.map(held).fillna(np.inf)]
-    popular = train[train.feedback < 0].item_id.value_counts().index.to_numpy()
-    pop = []
+    popular = train.item_id.value_counts().index.to_numpy()
+    pop, rand = [], []
     for r in test_rows:
         top = [i for i in popular if i not in set(r["context_items"])][:10]
         f = set(r["future_neg_h7"].tolist())
         pop.append(len(f & set(top)) / max(1, min(10, len(f))))
-    assert policy > np.mean(pop) + 0.1, (policy, np.mean(pop), curve)
+        rand.append(10 / (len(sid.item_ids) - len(r["context_items"])) * len(f) / max(1, min(10, len(f))))
+    assert policy > max(np.mean(pop), np.mean(rand)) + 0.3, (policy, np.mean(pop), np.mean(rand), curve)
 
 
 def test_training_log_stops_each_user_at_the_right_cut(ml100k_prepared):
@@ -222,3 +245,40 @@ def test_validation_every_second_epoch_and_the_last(setup):
     assert fit["kept_epoch"] in (2, 3) and fit["best_epoch"] in (2, 3)
     with pytest.raises(ValueError, match="val_every"):
         SFTStageConfig(mode="timeline", val_every=0)
+
+
+def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
+    """`loss_vocab: sid`: the windows' softmax runs over the SID tokens and EOS alone (what every
+    target is, and all constrained decoding leaves); the mixed-in examples keep the full vocabulary."""
+    from negrec.train.timeline import _collate, batch_loss, weighted_lm_loss
+
+    model, hf, sid, _, log = setup
+    codec = CompactCodec(sid, hf)
+    vocab = codec.target_ids()
+    assert vocab.tolist() == sorted({*codec.table.ravel().tolist(), hf.eos_token_id})
+    windows = timeline_windows(log[log.user_id <= 3], None, codec, 8, 0.5)
+    ids, attn, w = _collate(windows, [0, 1, 2], hf.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        sel = w[:, 1:] > 0
+        sub = logits[sel][:, torch.as_tensor(vocab)]  # by hand: log-softmax over the vocab's columns
+        rows = torch.as_tensor([vocab.tolist().index(t) for t in ids[:, 1:][sel].tolist()])
+        want = -(torch.log_softmax(sub, -1)[torch.arange(len(rows)), rows] * w[:, 1:][sel]).sum()
+        got, total = weighted_lm_loss(model, ids, attn, w, vocab=torch.as_tensor(vocab))
+        full, _ = weighted_lm_loss(model, ids, attn, w)
+        assert torch.allclose(got, want, rtol=1e-5) and total == w[:, 1:][sel].sum()
+        assert got < full  # fewer tokens share the probability mass
+        example = example_windows([{"prompt": "Describe item x.\nAnswer:", "completion": " a long title"}], hf)
+        both = [*windows[:2], *example]
+        mixed = batch_loss(model, both, [0, 1, 2], hf.pad_token_id, 2, vocab=torch.as_tensor(vocab))
+        parts = [weighted_lm_loss(model, *_collate(both, [0, 1], hf.pad_token_id), vocab=torch.as_tensor(vocab)),
+                 weighted_lm_loss(model, *_collate(both, [2], hf.pad_token_id))]
+        assert torch.allclose(mixed, sum(p[0] for p in parts) / sum(p[1] for p in parts))
+        with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # a target never mapped silently
+            weighted_lm_loss(model, ids, attn, w, vocab=torch.as_tensor(vocab[vocab != hf.eos_token_id]))
+
+
+def test_loss_vocab_is_checked():
+    assert SFTStageConfig(loss_vocab="sid").loss_vocab == "sid"
+    with pytest.raises(ValueError, match="loss_vocab must be full or sid"):
+        SFTStageConfig(loss_vocab="sids")
