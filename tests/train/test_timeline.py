@@ -99,10 +99,11 @@ def test_negatives_only_and_ablation_prompts(setup):
 
 def test_timeline_policy_beats_popularity_on_planted_clusters(setup):
     """The trained policy finds each user's dislike cluster from their history: far above popularity
-    and a random ranking, which cannot tell users apart. The log holds the dislikes alone: with the
-    users' 24 likes from the other clusters interleaved, the 2-layer model stayed at the random
-    level on this fixture (8-30 epochs, lr 3e-4 to 2e-2, 4x the users; 4 layers began to learn after
-    13 epochs), so that log could only show that popularity is worse than random."""
+    and a random ranking, which cannot tell users apart. The log holds the dislikes alone (every
+    event shows the cluster): with the users' 24 likes from the other clusters interleaved,
+    the 2-layer model stayed at the random level for 8-30 epochs (lr 3e-4 to 2e-2, 4x the users) and
+    learnt only after about 1,000 steps (0.78 after 40 epochs at lr 3e-3): too slow for a test, and
+    with 8 epochs that log could only show that popularity is worse than random."""
     model, hf, sid, builder, full = setup
     log, n_context = full[full.feedback < 0], 6
     train_users, test_users = np.arange(1, 201), np.arange(201, N_USERS + 1)
