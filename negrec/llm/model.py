@@ -235,6 +235,29 @@ def add_feedback_tokens(model, hf_tok) -> int:
     return n
 
 
+def add_like_tokens(model, hf_tok, sid_tok) -> int:
+    """Add a like token per SID token (`negrec.llm.prompts.like_token`), each row a copy of its SID
+    token's: a liked item starts out as the item, and training tells the two apart."""
+    from tokenizers import AddedToken
+
+    from negrec.llm.prompts import like_token
+
+    vocab = hf_tok.get_vocab()
+    pairs = [(t, like_token(t)) for t in sid_tok.all_tokens() if like_token(t) not in vocab]
+    if not pairs:
+        return 0
+    n = hf_tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+                           for _, t in pairs])
+    model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
+    vocab = hf_tok.get_vocab()
+    src, dst = (torch.as_tensor([vocab[t] for t in ts]) for ts in zip(*pairs))
+    with torch.no_grad():
+        heads = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+        for weight in {w.data_ptr(): w for w in heads}.values():  # tied: one matrix
+            weight[dst.to(weight.device)] = weight[src.to(weight.device)]
+    return n
+
+
 # ---- save / load -------------------------------------------------------------------
 def save_policy(model, hf_tok, sid_tok, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write model + HF tokenizer + SID tokenizer (in `sid_tokenizer/`) atomically to `out_dir`.
@@ -301,8 +324,9 @@ def load_policy(path: str | Path, device=None, dtype: str = "auto"):
     return model, hf_tok, sid_tok
 
 
-def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None):
-    """(model, hf_tok, info): the configured LM with SID tokens added and initialised."""
+def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None, like_tokens: bool = False):
+    """(model, hf_tok, info): the configured LM with SID tokens added and initialised (and the
+    compact format's like tokens with `like_tokens`)."""
     texts = {int(i): item_label(r) for i, r in zip(items["item_id"], items.to_dict("records"))}
     if cfg.source == "tiny":
         corpus = list(texts.values()) + list(prompt_texts) + _genre_words(items)
@@ -314,7 +338,9 @@ def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (),
     n_text_vocab = len(hf_tok)
     n_added = add_sid_tokens(model, hf_tok, sid_tok, texts, cfg.sid_init, cfg.seed)
     n_feedback = add_feedback_tokens(model, hf_tok)
-    info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "feedback_tokens_added": n_feedback, "vocab": len(hf_tok),
+    n_like = add_like_tokens(model, hf_tok, sid_tok) if like_tokens else 0
+    info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "feedback_tokens_added": n_feedback,
+            "like_tokens_added": n_like, "vocab": len(hf_tok),
             "params": sum(p.numel() for p in model.parameters()), "sid_init": cfg.sid_init,
             "chat_template": bool(getattr(hf_tok, "chat_template", None))}
     return model, hf_tok, info
@@ -348,7 +374,7 @@ def run_build_model(raw: dict, run_dir) -> dict:
     sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir)
     items = Prepared.load(run_dir / "data").items
     templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
-    model, hf_tok, info = build_policy(cfg, sid_tok, items, templates)
+    model, hf_tok, info = build_policy(cfg, sid_tok, items, templates, like_tokens=pcfg.like_tokens)
     info.update({"seconds": round(time.time() - t0, 1), "config": built})
     with stage_folder(raw, run_dir, "build-model") as tmp:
         save_policy(model, hf_tok, sid_tok, tmp, extra=info)

@@ -51,6 +51,12 @@ CHOICE_TASKS = ("choose_text", "choose_sid", "choose_sid_stepwise")
 CHOICE_LETTERS = "ABCD"
 # Feedback tokens of the compact format (added to the LM's vocabulary by `build-model`).
 FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
+
+
+def like_token(sid_token: str) -> str:
+    """The token a non-negative event's SID is written with under `prompt.like_tokens` (<a_3> ->
+    <pa_3>): a user's dislikes then stand out in the history by their own tokens."""
+    return "<p" + sid_token[1:]
 PROMPT_FORMATS = ("verbose", "compact")
 
 
@@ -74,6 +80,10 @@ class PromptConfig:
     format: str = "verbose"      # verbose (words, segments, chat template) | compact (SID + feedback tokens)
     max_events: int = 100        # compact: events of the timeline shown (at context_mix = 1)
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
+    # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
+    # by build-model), so that picking the dislikes out of a history does not hinge on the feedback
+    # token before each SID
+    like_tokens: bool = False
 
     def __post_init__(self):
         if self.format not in PROMPT_FORMATS:
@@ -180,7 +190,7 @@ class PromptBuilder:
     def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
         """The compact prompt: each shown event as feedback token + SID + EOS, then the query token."""
         if self._codec is None:  # built once: it reads the whole SID table
-            self._codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens)
+            self._codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens, self.cfg.like_tokens)
         return self._codec.text(self.timeline_events(row, context_mix, neg_window_days))
 
     def template_texts(self) -> list[str]:
@@ -198,7 +208,7 @@ class CompactCodec:
     where it adds one), the events, and the query token <|neg|>. EOS after every SID is what
     constrained decoding scores after a complete SID, so training and decoding agree."""
 
-    def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True):
+    def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True, like_tokens: bool = False):
         if hf_tokenizer is None:
             raise ValueError("the compact prompt format needs the policy's HF tokenizer")
         vocab = hf_tokenizer.get_vocab()
@@ -206,12 +216,18 @@ class CompactCodec:
         if missing:
             raise ValueError(f"the tokenizer lacks the feedback tokens {missing}: rebuild the model with "
                              "`negrec build-model` (it adds them) to use prompt.format: compact")
+        if like_tokens and like_token(sid_tok.token(0, 0)) not in vocab:
+            raise ValueError("the tokenizer lacks the like tokens (<pa_0>, ...): rebuild the model with "
+                             "`negrec build-model` and prompt.like_tokens: true (it adds them)")
         self.sid_tok, self.tok = sid_tok, hf_tokenizer
-        self.feedback_tokens = feedback_tokens
+        self.feedback_tokens, self.like_tokens = feedback_tokens, like_tokens
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
         self.eos_id = hf_tokenizer.eos_token_id
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
         self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
+        # the non-negative events' SID tokens: their own with like_tokens, else the same
+        self.like_table = (np.vectorize(lambda t: vocab[like_token(hf_tokenizer.convert_ids_to_tokens(int(t)))])(self.table)
+                           if like_tokens else self.table)
         self.row_of_item = {int(i): r for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
 
     @property
@@ -220,19 +236,24 @@ class CompactCodec:
 
     def target_ids(self) -> np.ndarray:
         """Sorted ids of every token a timeline's loss can target: the SID tokens and EOS."""
-        return np.unique(np.r_[self.table.ravel(), self.eos_id])
+        return np.unique(np.r_[self.table.ravel(), self.like_table.ravel(), self.eos_id])
 
     def fb_token(self, feedback: int) -> str:
         return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
 
     def text(self, events: list[tuple[int, int]]) -> str:
         eos = self.tok.eos_token
-        body = "".join(f"{self.fb_token(f)}{self.sid_tok.tokens_for_item(i)}{eos}" for i, f in events)
+        body = "".join(f"{self.fb_token(f)}{self.sid_text(i, f)}{eos}" for i, f in events)
         return body + self.fb_token(-1)
+
+    def sid_text(self, item: int, feedback: int) -> str:
+        tokens = self.sid_tok.token_list(item)
+        return "".join(tokens if feedback < 0 or not self.like_tokens else map(like_token, tokens))
 
     def event_ids(self, item: int, feedback: int) -> list[int]:
         fb = self.fb_id[int(np.sign(feedback)) if self.feedback_tokens else 0]
-        return [fb, *self.table[self.row_of_item[int(item)]].tolist(), self.eos_id]
+        table = self.table if feedback < 0 else self.like_table
+        return [fb, *table[self.row_of_item[int(item)]].tolist(), self.eos_id]
 
 
 # ---- item-level alignment and next-negative examples (prompt/completion pairs for SFT) -------

@@ -176,7 +176,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                          "(torchrun / accelerate launch), or use mode: prompt for several processes")
     out = run_dir / "sft_next"
     horizon = cfg.horizon or data.main_horizon
-    codec = CompactCodec(sid_tok, hf_tok, builder.cfg.feedback_tokens)
+    codec = CompactCodec(sid_tok, hf_tok, builder.cfg.feedback_tokens, builder.cfg.like_tokens)
     val = validation_rows(data.samples["valid"], horizon, cfg.val_rows, cfg.seed)
     log, limit = training_log(data, cfg.fit_until, [r["user_id"] for r in val])
     windows = timeline_windows(log, limit, codec, cfg.window_events, cfg.other_weight)

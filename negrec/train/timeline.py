@@ -45,7 +45,8 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     rows = np.fromiter((codec.row_of_item[int(i)] for i in log["item_id"].to_numpy()), np.int64, len(log))
     fb = np.sign(log["feedback"].to_numpy()).astype(np.int64)
     fb_ids = np.array([codec.fb_id[int(f) if codec.feedback_tokens else 0] for f in (-1, 0, 1)])
-    tokens = np.concatenate([fb_ids[fb + 1][:, None], codec.table[rows], np.full((len(rows), 1), codec.eos_id)], 1)
+    sids = np.where((fb < 0)[:, None], codec.table[rows], codec.like_table[rows])
+    tokens = np.concatenate([fb_ids[fb + 1][:, None], sids, np.full((len(rows), 1), codec.eos_id)], 1)
     w = np.where(fb < 0, 1.0, other_weight)[:, None] * np.r_[0.0, np.ones(tokens.shape[1] - 1)][None]
     prefix = np.asarray(codec.prefix_ids, np.int64)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
