@@ -225,9 +225,11 @@ class CompactCodec:
         self.eos_id = hf_tokenizer.eos_token_id
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
         self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
-        # the non-negative events' SID tokens: their own with like_tokens, else the same
-        self.like_table = (np.vectorize(lambda t: vocab[like_token(hf_tokenizer.convert_ids_to_tokens(int(t)))])(self.table)
-                           if like_tokens else self.table)
+        self.like_table = self.table  # the non-negative events' SID tokens: their own with like_tokens
+        if like_tokens:
+            to_like = np.arange(max(vocab.values()) + 1)
+            to_like[[vocab[t] for t in sid_tok.all_tokens()]] = [vocab[like_token(t)] for t in sid_tok.all_tokens()]
+            self.like_table = to_like[self.table]
         self.row_of_item = {int(i): r for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
 
     @property

@@ -28,8 +28,8 @@ from negrec.config import section_config, to_dict
 from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import read_json, write_json
 from negrec.llm.evaluation import alignment_accuracy, alignment_line
-from negrec.llm.model import ModelConfig, load_policy, save_policy
-from negrec.llm.peft import apply_peft, load_token_rows, new_token_ids, token_rows, trainable_summary
+from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_policy, save_policy
+from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
                                 next_negative_examples)
 from negrec.runlock import launched_world
@@ -242,6 +242,7 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
         summary["phases"] = phases
     if cfg.eval_items:
         summary["alignment"] = last.get("alignment") or _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
+    summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
     summary["seconds"] = round(time.time() - t0, 1)
     _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary, work)
     main_print(f"[sft_align] {summary['steps']} steps, {summary['epochs_run']} epochs, loss "
@@ -279,6 +280,12 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
         out["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         main_print(f"  after {name[:-2]}: {alignment_line(out['alignment'])}")
     return out
+
+
+def _copy_like_rows(model, hf_tok, sid_tok) -> int:
+    """After alignment: the like tokens (`prompt.like_tokens`) take the SID tokens' aligned rows
+    (`copy_sid_rows_to_like_tokens`). Not under LoRA, whose embedding rows live in the adapter."""
+    return 0 if is_peft_model(model) else copy_sid_rows_to_like_tokens(model, hf_tok, sid_tok)
 
 
 def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict, work: Path) -> None:
@@ -461,11 +468,13 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     trainer = train_sft(model, hf_tok, examples, cfg, work, tb_dir=tb_dir, resume_key=fingerprint(raw, run_dir, name),
                         trainer_args=trainer_args)
     model = trainer.model
+    if task == "align":
+        summary_extra = {"like_rows_copied": _copy_like_rows(model, hf_tok, sid_tok)}
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
                "train_loss": next((round(float(h["train_loss"]), 4) for h in reversed(trainer.state.log_history)
                                    if "train_loss" in h), None),  # mean over the run, logged even when steps < logging_steps
-               "config": to_dict(cfg)}
+               "config": to_dict(cfg), **(summary_extra if task == "align" else {})}
     if cfg.eval_items:
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
     summary["seconds"] = round(time.time() - t0, 1)

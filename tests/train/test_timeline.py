@@ -88,6 +88,37 @@ def test_compact_prompt_tokenizes_as_the_training_windows(setup):
     assert np.allclose(per_event[:, 1:].max(1), np.where(ctx.feedback.to_numpy() < 0, 1.0, 0.5))
 
 
+def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
+    """`prompt.like_tokens`: build-model adds a like token per SID token (its rows copies of the SID
+    token's); the prompt, the event ids and the training windows write a non-negative event's SID
+    with them and a negative's with the SID tokens, so text and windows still agree token for token."""
+    from negrec.llm.prompts import like_token
+
+    _, _, sid, _, log = setup
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, bpe_vocab_size=300)
+    model, hf, info = build_policy(cfg, sid, synthetic_items(sid), [], device="cpu", like_tokens=True)
+    assert info["like_tokens_added"] == len(sid.all_tokens())
+    emb, vocab = model.get_input_embeddings().weight, hf.get_vocab()
+    for t in sid.all_tokens():
+        assert torch.equal(emb[vocab[like_token(t)]], emb[vocab[t]])
+    row = sample_rows(log, [1])[0]
+    codec = CompactCodec(sid, hf, like_tokens=True)
+    text = PromptBuilder(PromptConfig(format="compact", like_tokens=True), sid, None, hf).build(row)
+    item, fb = int(row["mixed_items"][0]), int(row["mixed_feedback"][0])
+    written = "".join(map(like_token, sid.token_list(item))) if fb >= 0 else sid.tokens_for_item(item)
+    assert text.startswith(codec.fb_token(fb) + written)
+    assert text.count("<pa_") == int((row["mixed_feedback"] >= 0).sum())
+    assert text.count("<a_") == int((row["mixed_feedback"] < 0).sum())
+    events = [codec.event_ids(i, f) for i, f in zip(row["mixed_items"], row["mixed_feedback"])]
+    ids = hf(text)["input_ids"]
+    assert ids == codec.prefix_ids + [t for e in events for t in e] + [codec.fb_id[-1]]
+    (window, _), = timeline_windows(log[log.user_id == 1].iloc[:N_CONTEXT], None, codec, 100, other_weight=0.5)
+    assert window.tolist() == ids[:-1]
+    assert set(codec.like_table.ravel().tolist()) <= set(codec.target_ids().tolist())
+    with pytest.raises(ValueError, match="lacks the like tokens"):  # a model built without them
+        CompactCodec(sid, setup[1], like_tokens=True)
+
+
 def test_negatives_only_and_ablation_prompts(setup):
     model, hf, sid, builder, log = setup
     row = sample_rows(log, [2])[0]
