@@ -468,13 +468,13 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     trainer = train_sft(model, hf_tok, examples, cfg, work, tb_dir=tb_dir, resume_key=fingerprint(raw, run_dir, name),
                         trainer_args=trainer_args)
     model = trainer.model
-    if task == "align":
-        summary_extra = {"like_rows_copied": _copy_like_rows(model, hf_tok, sid_tok)}
     summary = {"task": task, "examples": len(examples), "per_task": counts, "init_from": str(init),
                "steps": trainer.state.global_step, "loss_curve": _loss_curve(trainer),
                "train_loss": next((round(float(h["train_loss"]), 4) for h in reversed(trainer.state.log_history)
                                    if "train_loss" in h), None),  # mean over the run, logged even when steps < logging_steps
-               "config": to_dict(cfg), **(summary_extra if task == "align" else {})}
+               "config": to_dict(cfg)}
+    if task == "align" and not cfg.deepspeed:  # ZeRO-3 shards the rows: the like tokens keep their build-time copies
+        summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
     if cfg.eval_items:
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
     summary["seconds"] = round(time.time() - t0, 1)

@@ -252,3 +252,30 @@ def test_alignment_phase_values_are_typed_as_the_stage_fields():
         SFTStageConfig(phases=[{"tasks": ["text_to_sid"], "max_steps": 10.5}])
     with pytest.raises(ValueError, match="phase 2: learning_rate must be float"):
         SFTStageConfig(phases=[{"tasks": ["text_to_sid"], "max_steps": 10, "learning_rate": "fast"}])
+
+
+def test_like_tokens_take_the_aligned_sid_rows(tmp_path):
+    """`prompt.like_tokens`: build-model starts each like token as a copy of its SID token; alignment
+    trains the SID rows alone and ends by copying them over, so the SFT starts the like tokens from
+    what alignment taught."""
+    from negrec.config import load_config
+    from negrec.llm.model import load_policy
+    from negrec.llm.prompts import like_token
+    from negrec.pipeline import run_pipeline
+    from tests._tiny_run import CONFIG, tiny_overrides
+
+    run = tmp_path / "run"
+    over = [*tiny_overrides(), "prompt.like_tokens=true", "sft_align.max_steps=6", "sft_align.phases=[]",
+            "sft_align.eval_items=0"]
+    run_pipeline(load_config(str(CONFIG), [*over, "pipeline.stop_after=build-model"]), run)
+    summary = run_sft(load_config(str(CONFIG), over), run, "align")
+    built, hf, sid = load_policy(run / "model", device="cpu")
+    aligned, _, _ = load_policy(run / "sft_align" / "final", device="cpu")
+    assert summary["like_rows_copied"] == len(sid.all_tokens())
+    vocab = hf.get_vocab()
+    sid_ids = torch.as_tensor([vocab[t] for t in sid.all_tokens()])
+    like_ids = torch.as_tensor([vocab[like_token(t)] for t in sid.all_tokens()])
+    before, after = built.get_input_embeddings().weight, aligned.get_input_embeddings().weight
+    assert torch.equal(before[like_ids], before[sid_ids])                   # built as copies
+    assert not torch.allclose(after[sid_ids], before[sid_ids])              # alignment trained the SID rows
+    assert torch.equal(after[like_ids], after[sid_ids])                     # and the like tokens took them
