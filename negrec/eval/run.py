@@ -192,12 +192,13 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
             if writes:
                 print(f"[predict] {name}: no model at {path}, skipped")
             continue
-        digest = folder_sha256(path)
-        if digest in seen:  # e.g. GRPO's validation shipped its SFT start: the same files rank the same
-            if writes:
-                _reuse_predictions(out, seen[digest], name)
-                done[name] = {**done[seen[digest]], "seconds": 0.0, "same_policy_as": seen[digest]}
-                print(f"[predict] {name}: the same policy files as {seen[digest]}, its predictions reused")
+        # e.g. GRPO's validation shipped its SFT start: the same files rank the same. One process only:
+        # under a launcher every rank would hash the checkpoint, and ranks that disagreed would hang
+        digest = folder_sha256(path) if shard is None else name
+        if digest in seen:
+            _reuse_predictions(out, seen[digest], name)
+            done[name] = {"rows": len(samples), "seconds": 0.0, "processes": 1, "same_policy_as": seen[digest]}
+            print(f"[predict] {name}: the same policy files as {seen[digest]}, its predictions reused")
             continue
         seen[digest] = name
         t0 = time.perf_counter()

@@ -55,11 +55,12 @@ class PeftSettings:
 
 
 def new_token_ids(hf_tok, sid_tok) -> list[int]:
-    """Ids of the tokens negrec adds to the LM: every SID token and the compact format's feedback tokens."""
-    from negrec.llm.prompts import FEEDBACK_TOKENS
+    """Ids of the tokens negrec adds to the LM: every SID token, the compact format's feedback tokens
+    and, where the model has them, the like tokens."""
+    from negrec.llm.prompts import FEEDBACK_TOKENS, like_token
 
     vocab = hf_tok.get_vocab()
-    names = list(sid_tok.all_tokens()) + list(FEEDBACK_TOKENS.values())
+    names = list(sid_tok.all_tokens()) + list(FEEDBACK_TOKENS.values()) + [like_token(t) for t in sid_tok.all_tokens()]
     return sorted({vocab[t] for t in names if t in vocab})
 
 

@@ -9,6 +9,7 @@ Two formats (`prompt.format`):
   oldest first), ending with the query token `<|neg|>`: "the next item this user dislikes is".
   The next-negative trainer (`negrec.train.timeline`) learns from every event of such timelines
   at once, and `CompactCodec` builds the very same token ids the prompt strings tokenize to.
+  With `prompt.like_tokens` a non-negative event's SID is written with like tokens (`<pa_3>...`).
 
 Negative feedback is sparse and positive history long, so each has its own segment, budget
 and header, and every item carries its feedback kind ("hated", "skipped", "low rating",
@@ -53,11 +54,13 @@ CHOICE_LETTERS = "ABCD"
 FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
 
 
+PROMPT_FORMATS = ("verbose", "compact")
+
+
 def like_token(sid_token: str) -> str:
     """The token a non-negative event's SID is written with under `prompt.like_tokens` (<a_3> ->
     <pa_3>): a user's dislikes then stand out in the history by their own tokens."""
     return "<p" + sid_token[1:]
-PROMPT_FORMATS = ("verbose", "compact")
 
 
 @dataclass
@@ -90,6 +93,10 @@ class PromptConfig:
             raise ValueError(f"prompt.format: expected one of {PROMPT_FORMATS}, got {self.format!r}")
         if self.order not in ("neg_first", "pos_first"):
             raise ValueError(f"prompt.order: expected neg_first or pos_first, got {self.order!r}")
+        if self.like_tokens and (self.format != "compact" or not self.feedback_tokens):
+            # verbose prompts never use them; without feedback tokens they would leak the feedback
+            # into the context-discerning ablation
+            raise ValueError("prompt.like_tokens needs format: compact and feedback_tokens: true")
         for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events"):
             if getattr(self, name) < 0:
                 raise ValueError(f"prompt.{name} must be >= 0")
@@ -216,9 +223,10 @@ class CompactCodec:
         if missing:
             raise ValueError(f"the tokenizer lacks the feedback tokens {missing}: rebuild the model with "
                              "`negrec build-model` (it adds them) to use prompt.format: compact")
-        if like_tokens and like_token(sid_tok.token(0, 0)) not in vocab:
-            raise ValueError("the tokenizer lacks the like tokens (<pa_0>, ...): rebuild the model with "
-                             "`negrec build-model` and prompt.like_tokens: true (it adds them)")
+        lacking = [like_token(t) for t in sid_tok.all_tokens() if like_token(t) not in vocab] if like_tokens else []
+        if lacking:
+            raise ValueError(f"the tokenizer lacks {len(lacking)} like tokens ({', '.join(lacking[:3])}, ...): rebuild "
+                             "the model with `negrec build-model` and prompt.like_tokens: true (it adds them)")
         self.sid_tok, self.tok = sid_tok, hf_tokenizer
         self.feedback_tokens, self.like_tokens = feedback_tokens, like_tokens
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
@@ -237,7 +245,7 @@ class CompactCodec:
         return self.sid_tok.levels + 2
 
     def target_ids(self) -> np.ndarray:
-        """Sorted ids of every token a timeline's loss can target: the SID tokens and EOS."""
+        """Sorted ids of every token a timeline's loss can target: the SID tokens (and like tokens) and EOS."""
         return np.unique(np.r_[self.table.ravel(), self.like_table.ravel(), self.eos_id])
 
     def fb_token(self, feedback: int) -> str:

@@ -77,7 +77,7 @@ class SFTStageConfig:
     mode: str = "prompt"
     window_events: int = 100     # timeline: events per training window
     other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
-    # timeline: the softmax of the timeline windows' loss over "full" (the whole vocabulary) or "sid"
+    # sft_next, timeline: the softmax of the timeline windows' loss over "full" (the whole vocabulary) or "sid"
     # (the SID tokens and EOS: every target is one, and constrained decoding masks everything else).
     # "sid" skips the LM head's other rows: on a 150K-vocabulary LM most of its logits. On the tiny
     # default: SFT 186 s instead of 231 s, but test Recall@50 -0.027 [-0.048, -0.007] (R@10 a tie),
@@ -193,8 +193,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                    f"tasks {cfg.tasks}, weight {cfg.align_weight})")
     work = work_dir(run_dir, "sft-next")  # the checkpoint: outside the folder that is swapped
     work.mkdir(parents=True, exist_ok=True)
-    vocab = codec.target_ids() if cfg.loss_vocab == "sid" else None
-    fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned, vocab=vocab,
+    loss_ids = codec.target_ids() if cfg.loss_vocab == "sid" else None
+    fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned, loss_ids=loss_ids,
                          ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
                          tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
@@ -284,8 +284,10 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
 
 def _copy_like_rows(model, hf_tok, sid_tok) -> int:
     """After alignment: the like tokens (`prompt.like_tokens`) take the SID tokens' aligned rows
-    (`copy_sid_rows_to_like_tokens`). Not under LoRA, whose embedding rows live in the adapter."""
-    return 0 if is_peft_model(model) else copy_sid_rows_to_like_tokens(model, hf_tok, sid_tok)
+    (`copy_sid_rows_to_like_tokens`); under PEFT the token rows live in the base weights, under
+    ZeRO-3 they are gathered (a collective: every rank calls this)."""
+    with full_weights(model, writable=True):
+        return copy_sid_rows_to_like_tokens(model.get_base_model() if is_peft_model(model) else model, hf_tok, sid_tok)
 
 
 def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict, work: Path) -> None:
@@ -473,7 +475,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
                "train_loss": next((round(float(h["train_loss"]), 4) for h in reversed(trainer.state.log_history)
                                    if "train_loss" in h), None),  # mean over the run, logged even when steps < logging_steps
                "config": to_dict(cfg)}
-    if task == "align" and not cfg.deepspeed:  # ZeRO-3 shards the rows: the like tokens keep their build-time copies
+    if task == "align":
         summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
     if cfg.eval_items:
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)

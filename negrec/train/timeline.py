@@ -4,7 +4,8 @@ training sequence is a target, in one forward pass per window.
 A user's events before their cut (`training_log`: the test cut, or the validation cut for the users
 whose validation picks the epoch) become one token sequence in the
 compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token, the item's
-SID tokens and EOS. The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
+SID tokens (like tokens for a non-negative event under `prompt.like_tokens`) and EOS. The loss
+sits on the SID tokens (and EOS) of every event, weighted 1 for a
 negative event and `other_weight` for the others; the feedback token before each SID is the
 condition, so at inference the prompt's final <|neg|> asks for the next item the user dislikes.
 Long timelines are cut into windows of `window_events` events, stepping back from the latest.
@@ -122,9 +123,9 @@ def _collate(windows, idx, pad_id: int):
     return ids, attn, w
 
 
-def weighted_lm_loss(model, ids, attn, weights, vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_lm_loss(model, ids, attn, weights, loss_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of weighted next-token cross-entropy, sum of weights), the LM head computed only where
-    a weight is set. `vocab` (sorted token ids holding every target): the softmax runs over those
+    a weight is set. `loss_ids` (sorted token ids holding every target): the softmax runs over those
     rows of the LM head alone."""
     device = next(model.parameters()).device
     ids, attn, weights = ids.to(device), attn.to(device), weights.to(device)
@@ -133,27 +134,27 @@ def weighted_lm_loss(model, ids, attn, weights, vocab: torch.Tensor | None = Non
     sel = w > 0
     h, target = hidden[:, :-1][sel], ids[:, 1:][sel]
     head = model.get_output_embeddings()
-    if vocab is None:
+    if loss_ids is None:
         logits = head(h)
     else:
-        vocab = vocab.to(device)
-        logits = (torch.nn.functional.linear(h, head.weight[vocab], None if head.bias is None else head.bias[vocab])
-                  if type(head) is torch.nn.Linear else head(h)[:, vocab])  # a wrapped head (LoRA): all rows, then ours
-        pos = torch.searchsorted(vocab, target).clamp(max=len(vocab) - 1)
-        if not torch.equal(vocab[pos], target):
+        loss_ids = loss_ids.to(device)
+        logits = (torch.nn.functional.linear(h, head.weight[loss_ids], None if head.bias is None else head.bias[loss_ids])
+                  if type(head) is torch.nn.Linear else head(h)[:, loss_ids])  # a wrapped head (LoRA): all rows, then ours
+        pos = torch.searchsorted(loss_ids, target).clamp(max=len(loss_ids) - 1)
+        if not torch.equal(loss_ids[pos], target):
             raise ValueError("a loss target lies outside the restricted vocabulary (sft loss_vocab: sid)")
         target = pos
     ce = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
     return (ce * w[sel]).sum(), w[sel].sum()
 
 
-def batch_loss(model, windows, idx, pad_id: int, n_windows: int, vocab: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(model, windows, idx, pad_id: int, n_windows: int, loss_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean loss of one batch. The mixed-in examples (index >= `n_windows`, short) take a
-    forward pass of their own, so they are not padded to the timeline windows' width; `vocab`
+    forward pass of their own, so they are not padded to the timeline windows' width; `loss_ids`
     restricts the timeline windows' softmax (the examples' answers hold text: they keep the full one)."""
     idx = np.asarray(idx)
-    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id), vocab=v)
-             for part, v in ((idx[idx < n_windows], vocab), (idx[idx >= n_windows], None)) if len(part)]
+    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id), loss_ids=ids)
+             for part, ids in ((idx[idx < n_windows], loss_ids), (idx[idx >= n_windows], None)) if len(part)]
     return sum(p[0] for p in parts) / sum(p[1] for p in parts)
 
 
@@ -208,10 +209,10 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
                    ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None,
-                   extra: list | None = None, vocab=None) -> dict:
+                   extra: list | None = None, loss_ids: np.ndarray | None = None) -> dict:
     """Train on `windows`, select the epoch by validation Recall@10; the model ends at the best epoch.
     `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch;
-    `vocab` (token ids) restricts the windows' softmax (`weighted_lm_loss`)."""
+    `loss_ids` (token ids) restricts the windows' softmax (`weighted_lm_loss`)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -237,7 +238,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    vocab = None if vocab is None else torch.as_tensor(np.asarray(vocab), dtype=torch.long)
+    loss_ids = None if loss_ids is None else torch.as_tensor(np.asarray(loss_ids), dtype=torch.long)
     timeline, extra = windows, list(extra or [])
     n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
@@ -249,7 +250,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         for idx in bar:
             if state["step"] >= total:
                 break
-            loss = batch_loss(model, windows, idx, pad, n_windows, vocab)
+            loss = batch_loss(model, windows, idx, pad, n_windows, loss_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

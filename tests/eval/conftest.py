@@ -9,7 +9,7 @@ import pytest
 from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # read-only: the tests copy it
 def policy_run(tmp_path_factory) -> Path:
     """A tiny run whose sft_next policy is the built (untrained) model: predict only needs a policy."""
     from negrec.config import load_config

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_log(item_ids: np.ndarray, seed: int = 0, clusters: list | None = None) -> pd.DataFrame:
-    """Each user dislikes items of one cluster (random ones unless given) and likes items of the
-    others; the most disliked items overall come from every cluster, so popularity cannot tell users
-    apart."""
+    """Each user dislikes items of one cluster (random ones unless given) and likes 24 items of the
+    others, in random order; every cluster is disliked by as many users, so the most disliked items
+    overall cannot tell users apart."""
     rng = np.random.default_rng(seed)
     clusters = clusters if clusters is not None else np.array_split(rng.permutation(item_ids), N_CLUSTERS)
     rows = []
@@ -114,8 +114,14 @@ def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
     assert ids == codec.prefix_ids + [t for e in events for t in e] + [codec.fb_id[-1]]
     (window, _), = timeline_windows(log[log.user_id == 1].iloc[:N_CONTEXT], None, codec, 100, other_weight=0.5)
     assert window.tolist() == ids[:-1]
-    assert set(codec.like_table.ravel().tolist()) <= set(codec.target_ids().tolist())
-    with pytest.raises(ValueError, match="lacks the like tokens"):  # a model built without them
+    vocab = hf.get_vocab()  # the targets: every SID token an item uses, its like token, and EOS
+    used = {t for i in sid.item_ids for t in sid.token_list(int(i))}
+    want = {vocab[t] for t in used} | {vocab[like_token(t)] for t in used} | {hf.eos_token_id}
+    assert set(codec.target_ids().tolist()) == want
+    for bad in (dict(format="verbose"), dict(format="compact", feedback_tokens=False)):
+        with pytest.raises(ValueError, match="like_tokens needs format: compact and feedback_tokens: true"):
+            PromptConfig(like_tokens=True, **bad)
+    with pytest.raises(ValueError, match=r"lacks 12 like tokens \(<pa_0>"):  # a model built without them
         CompactCodec(sid, setup[1], like_tokens=True)
 
 
@@ -144,11 +150,11 @@ def test_timeline_policy_beats_popularity_on_planted_clusters(setup):
     cfg = SFTStageConfig(mode="timeline", epochs=8, learning_rate=1e-2, batch_size=8, warmup_ratio=0.05, patience=8,
                          logging_steps=10, resume=False)
     val_rows = sample_rows(log, train_users[:24], n_context)
-    untrained = validation_recall(model, hf, sid, builder, val_rows, 7, num_beams=20)
+    before = validation_recall(model, hf, sid, builder, val_rows, 7, num_beams=20)  # the fixture's model, untrained
     fit = train_timeline(model, hf, sid, windows, val_rows, builder, cfg, horizon=7)
     curve = [h["val_recall@10"] for h in fit["history"]]
     assert fit["best_val_recall@10"] == max(curve)  # selection keeps the best epoch
-    assert max(curve) > untrained + 0.3, (untrained, curve)  # the curve moves
+    assert max(curve) > before + 0.3, (before, curve)  # the curve moves
     policy = validation_recall(model, hf, sid, builder, test_rows, 7, num_beams=20)
     # popularity: the items most disliked before the cuts, context removed; random: the expected
     # capped recall of 10 items drawn from those not in the context
@@ -296,18 +302,18 @@ def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
         sub = logits[sel][:, torch.as_tensor(vocab)]  # by hand: log-softmax over the vocab's columns
         rows = torch.as_tensor([vocab.tolist().index(t) for t in ids[:, 1:][sel].tolist()])
         want = -(torch.log_softmax(sub, -1)[torch.arange(len(rows)), rows] * w[:, 1:][sel]).sum()
-        got, total = weighted_lm_loss(model, ids, attn, w, vocab=torch.as_tensor(vocab))
+        got, total = weighted_lm_loss(model, ids, attn, w, loss_ids=torch.as_tensor(vocab))
         full, _ = weighted_lm_loss(model, ids, attn, w)
         assert torch.allclose(got, want, rtol=1e-5) and total == w[:, 1:][sel].sum()
         assert got < full  # fewer tokens share the probability mass
         example = example_windows([{"prompt": "Describe item x.\nAnswer:", "completion": " a long title"}], hf)
         both = [*windows[:2], *example]
-        mixed = batch_loss(model, both, [0, 1, 2], hf.pad_token_id, 2, vocab=torch.as_tensor(vocab))
-        parts = [weighted_lm_loss(model, *_collate(both, [0, 1], hf.pad_token_id), vocab=torch.as_tensor(vocab)),
+        mixed = batch_loss(model, both, [0, 1, 2], hf.pad_token_id, 2, loss_ids=torch.as_tensor(vocab))
+        parts = [weighted_lm_loss(model, *_collate(both, [0, 1], hf.pad_token_id), loss_ids=torch.as_tensor(vocab)),
                  weighted_lm_loss(model, *_collate(both, [2], hf.pad_token_id))]
         assert torch.allclose(mixed, sum(p[0] for p in parts) / sum(p[1] for p in parts))
         with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # a target never mapped silently
-            weighted_lm_loss(model, ids, attn, w, vocab=torch.as_tensor(vocab[vocab != hf.eos_token_id]))
+            weighted_lm_loss(model, ids, attn, w, loss_ids=torch.as_tensor(vocab[vocab != hf.eos_token_id]))
 
 
 def test_loss_vocab_is_checked():
