@@ -212,18 +212,25 @@ def add_sid_tokens(model, hf_tok, sid_tok, item_texts: dict[int, str] | None = N
     return n_added
 
 
-def add_feedback_tokens(model, hf_tok) -> int:
-    """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>), randomly initialised."""
+def _add_plain_tokens(hf_tok, tokens: list[str]) -> list[str]:
+    """Add those of `tokens` the tokenizer lacks, as whole unnormalised tokens; returns them."""
     from tokenizers import AddedToken
 
+    vocab = hf_tok.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        hf_tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+                           for t in missing])
+    return missing
+
+
+def add_feedback_tokens(model, hf_tok) -> int:
+    """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>), randomly initialised."""
     from negrec.llm.prompts import FEEDBACK_TOKENS
 
-    vocab = hf_tok.get_vocab()
-    missing = [t for t in FEEDBACK_TOKENS.values() if t not in vocab]
+    missing = _add_plain_tokens(hf_tok, list(FEEDBACK_TOKENS.values()))
     if not missing:
         return 0
-    n = hf_tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
-                           for t in missing])
     emb = model.get_input_embeddings().weight
     std = float(emb.detach().float().std())
     model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
@@ -232,25 +239,20 @@ def add_feedback_tokens(model, hf_tok) -> int:
         ids = torch.as_tensor([hf_tok.get_vocab()[t] for t in missing])
         new = model.get_input_embeddings().weight
         new[ids] = (torch.randn(len(ids), new.shape[1], generator=gen) * std).to(new)
-    return n
+    return len(missing)
 
 
 def add_like_tokens(model, hf_tok, sid_tok) -> int:
     """Add a like token per SID token (`negrec.llm.prompts.like_token`), each row a copy of its SID
     token's (`copy_sid_rows_to_like_tokens`)."""
-    from tokenizers import AddedToken
-
     from negrec.llm.prompts import like_token
 
-    vocab = hf_tok.get_vocab()
-    missing = [like_token(t) for t in sid_tok.all_tokens() if like_token(t) not in vocab]
+    missing = _add_plain_tokens(hf_tok, [like_token(t) for t in sid_tok.all_tokens()])
     if not missing:
         return 0
-    n = hf_tok.add_tokens([AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
-                           for t in missing])
     model.resize_token_embeddings(len(hf_tok), mean_resizing=False)
     copy_sid_rows_to_like_tokens(model, hf_tok, sid_tok)
-    return n
+    return len(missing)
 
 
 def copy_sid_rows_to_like_tokens(model, hf_tok, sid_tok) -> int:

@@ -137,7 +137,6 @@ def weighted_lm_loss(model, ids, attn, weights, loss_ids: torch.Tensor | None = 
     if loss_ids is None:
         logits = head(h)
     else:
-        loss_ids = loss_ids.to(device)
         logits = (torch.nn.functional.linear(h, head.weight[loss_ids], None if head.bias is None else head.bias[loss_ids])
                   if type(head) is torch.nn.Linear else head(h)[:, loss_ids])  # a wrapped head (LoRA): all rows, then ours
         pos = torch.searchsorted(loss_ids, target).clamp(max=len(loss_ids) - 1)
@@ -238,7 +237,8 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    loss_ids = None if loss_ids is None else torch.as_tensor(np.asarray(loss_ids), dtype=torch.long)
+    loss_ids = None if loss_ids is None else torch.as_tensor(np.asarray(loss_ids), dtype=torch.long,
+                                                             device=next(model.parameters()).device)
     timeline, extra = windows, list(extra or [])
     n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
