@@ -15,7 +15,7 @@ def test_sid_tokens_are_single_tokens_and_embeddings_resized(tiny_policy):
 
 
 def test_text_mean_init_follows_item_content(small_sid_tok):
-    from conftest import synthetic_items
+    from tests.llm.conftest import synthetic_items
 
     items = synthetic_items(small_sid_tok)
     cfg = ModelConfig(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=64, bpe_vocab_size=300)
@@ -53,7 +53,7 @@ def test_save_and_load_round_trip(tiny_policy, tmp_path):
 
 
 def test_llama_arch_and_bad_config(small_sid_tok):
-    from conftest import synthetic_items
+    from tests.llm.conftest import synthetic_items
 
     cfg = ModelConfig(arch="llama", hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64, bpe_vocab_size=300, sid_init="random")
     model, hf, info = build_policy(cfg, small_sid_tok, synthetic_items(small_sid_tok), device="cpu")
@@ -66,7 +66,7 @@ def test_smollm2_policy_saves_reloads_and_trains(small_sid_tok, tmp_path, smollm
     """The pretrained path (GGUF dequantized by transformers): SID tokens added, saved as a plain HF
     folder, reloaded with the same logits, and fine-tunable (transformers tags GGUF models as
     quantized, which used to make save_pretrained and Trainer refuse them)."""
-    from conftest import synthetic_items
+    from tests.llm.conftest import synthetic_items
 
     cfg = ModelConfig(source="smollm2", sid_init="text_mean")
     model, hf, info = build_policy(cfg, small_sid_tok, synthetic_items(small_sid_tok), device="cpu")

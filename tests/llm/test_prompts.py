@@ -63,7 +63,7 @@ def test_neg_window_keeps_recent_negatives_only(small_sid_tok, row):
 
 
 def test_titles_order_and_plain_template(small_sid_tok, row):
-    from conftest import synthetic_items
+    from tests.llm.conftest import synthetic_items
 
     items = synthetic_items(small_sid_tok)
     cfg = PromptConfig(show_titles=True, title_words=2, order="pos_first")
