@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from negrec.llm.constrained import SidConstraint, constrained_beam_search
+from negrec.llm.peft import is_peft_model
 from negrec.llm.prompts import CompactCodec, PromptBuilder
 from negrec.rewards.matching import ItemSets, clean_rankings, hits
 
@@ -125,11 +126,12 @@ def _collate(windows, idx, pad_id: int):
 
 def weighted_lm_loss(model, ids, attn, weights, loss_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of weighted next-token cross-entropy, sum of weights), the LM head computed only where
-    a weight is set. `loss_ids` (sorted token ids holding every target): the softmax runs over those
-    rows of the LM head alone."""
+    a weight is set. `loss_ids` (sorted token ids holding every target, see `check_loss_targets`):
+    the softmax runs over those rows of the LM head alone."""
     device = next(model.parameters()).device
     ids, attn, weights = ids.to(device), attn.to(device), weights.to(device)
-    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
+    body = (model.get_base_model() if is_peft_model(model) else model).base_model  # the transformer, LoRA layers in it
+    hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state
     w = weights[:, 1:]
     sel = w > 0
     h, target = hidden[:, :-1][sel], ids[:, 1:][sel]
@@ -139,12 +141,20 @@ def weighted_lm_loss(model, ids, attn, weights, loss_ids: torch.Tensor | None = 
     else:
         logits = (torch.nn.functional.linear(h, head.weight[loss_ids], None if head.bias is None else head.bias[loss_ids])
                   if type(head) is torch.nn.Linear else head(h)[:, loss_ids])  # a wrapped head (LoRA): all rows, then ours
-        pos = torch.searchsorted(loss_ids, target).clamp(max=len(loss_ids) - 1)
-        if not torch.equal(loss_ids[pos], target):
-            raise ValueError("a loss target lies outside the restricted vocabulary (sft loss_vocab: sid)")
-        target = pos
+        # every target is in loss_ids (`check_loss_targets`, once per run, not a device sync per batch)
+        target = torch.searchsorted(loss_ids, target)
     ce = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
     return (ce * w[sel]).sum(), w[sel].sum()
+
+
+def check_loss_targets(windows, loss_ids: np.ndarray) -> None:
+    """Refuse windows with a weighted target outside `loss_ids`: `weighted_lm_loss` would map it
+    to a neighbouring id silently."""
+    targets = np.unique(np.concatenate([t[1:][w[1:] > 0] for t, w in windows] or [np.zeros(0, np.int64)]))
+    outside = np.setdiff1d(targets, loss_ids)
+    if len(outside):
+        raise ValueError(f"{len(outside)} loss target token(s) lie outside the restricted vocabulary "
+                         f"(sft loss_vocab: sid), e.g. id {int(outside[0])}")
 
 
 def batch_loss(model, windows, idx, pad_id: int, n_windows: int, loss_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,8 +247,9 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    loss_ids = None if loss_ids is None else torch.as_tensor(np.asarray(loss_ids), dtype=torch.long,
-                                                             device=next(model.parameters()).device)
+    if loss_ids is not None:
+        check_loss_targets(windows, np.asarray(loss_ids))
+        loss_ids = torch.as_tensor(np.asarray(loss_ids), dtype=torch.long, device=next(model.parameters()).device)
     timeline, extra = windows, list(extra or [])
     n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:

@@ -254,10 +254,11 @@ def test_alignment_phase_values_are_typed_as_the_stage_fields():
         SFTStageConfig(phases=[{"tasks": ["text_to_sid"], "max_steps": 10, "learning_rate": "fast"}])
 
 
-def test_like_tokens_take_the_aligned_sid_rows(tmp_path):
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_like_tokens_take_the_aligned_sid_rows(tmp_path, peft):
     """`prompt.like_tokens`: build-model starts each like token as a copy of its SID token; alignment
     trains the SID rows alone and ends by copying them over, so the SFT starts the like tokens from
-    what alignment taught."""
+    what alignment taught. Under LoRA the token rows live in the base weights (merged on save)."""
     from negrec.config import load_config
     from negrec.llm.model import load_policy
     from negrec.llm.prompts import like_token
@@ -266,7 +267,7 @@ def test_like_tokens_take_the_aligned_sid_rows(tmp_path):
 
     run = tmp_path / "run"
     over = [*tiny_overrides(), "prompt.like_tokens=true", "sft_align.max_steps=6", "sft_align.phases=[]",
-            "sft_align.eval_items=0"]
+            "sft_align.eval_items=0", f"model.peft.mode={peft}"]
     run_pipeline(load_config(str(CONFIG), [*over, "pipeline.stop_after=build-model"]), run)
     summary = run_sft(load_config(str(CONFIG), over), run, "align")
     built, hf, sid = load_policy(run / "model", device="cpu")

@@ -288,7 +288,7 @@ def test_validation_every_second_epoch_and_the_last(setup):
 def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
     """`loss_vocab: sid`: the windows' softmax runs over the SID tokens and EOS alone (what every
     target is, and all constrained decoding leaves); the mixed-in examples keep the full vocabulary."""
-    from negrec.train.timeline import _collate, batch_loss, weighted_lm_loss
+    from negrec.train.timeline import _collate, batch_loss, check_loss_targets, weighted_lm_loss
 
     model, hf, sid, _, log = setup
     codec = CompactCodec(sid, hf)
@@ -312,8 +312,9 @@ def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
         parts = [weighted_lm_loss(model, *_collate(both, [0, 1], hf.pad_token_id), loss_ids=torch.as_tensor(vocab)),
                  weighted_lm_loss(model, *_collate(both, [2], hf.pad_token_id))]
         assert torch.allclose(mixed, sum(p[0] for p in parts) / sum(p[1] for p in parts))
-        with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # a target never mapped silently
-            weighted_lm_loss(model, ids, attn, w, loss_ids=torch.as_tensor(vocab[vocab != hf.eos_token_id]))
+    check_loss_targets(windows, vocab)
+    with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # a target never mapped silently
+        check_loss_targets(windows, vocab[vocab != hf.eos_token_id])
 
 
 def test_loss_vocab_is_checked():
