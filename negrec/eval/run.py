@@ -35,7 +35,7 @@ class EvalConfig:
     context_mix: float = 1.0           # prompt context at inference: full mixed history
     batch_size: int = 8
     exclude_context: bool = True       # never predict an item the user already touched
-    max_users: int = 0                 # >0: evaluate a deterministic subset (quick runs)
+    max_users: int = 0                 # >0: evaluate a deterministic subset of users, all their rows (quick runs)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
     # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
@@ -56,10 +56,20 @@ POLICY_LABELS = {"sft_align": "SID LM, alignment SFT", "sft_next": "SID LM, SFT"
                  "grpo": "negrec (progressive GRPO)"}
 
 
+def policy_labels(run_dir: Path) -> dict[str, str]:
+    """The table's names for the policies: the `grpo` stage run with `grpo.progressive: false` is plain GRPO."""
+    summary = Path(run_dir) / "grpo" / "summary.json"
+    if summary.exists() and read_json(summary).get("progressive") is False:
+        return {**POLICY_LABELS, "grpo": "negrec (plain GRPO)"}
+    return POLICY_LABELS
+
+
 def _eval_samples(prepared, cfg: EvalConfig) -> pd.DataFrame:
     s = prepared.samples[cfg.split]
-    if cfg.max_users and len(s) > cfg.max_users:
-        s = s.sample(n=cfg.max_users, random_state=0).sort_values(["user_id", "cut_ts"])
+    users = pd.unique(s["user_id"])
+    if cfg.max_users and len(users) > cfg.max_users:  # whole users: every row (rolling cut) of each
+        keep = np.random.default_rng(0).choice(users, cfg.max_users, replace=False)
+        s = s[s["user_id"].isin(keep)].sort_values(["user_id", "cut_ts"])
     return s.reset_index(drop=True)
 
 
@@ -277,10 +287,10 @@ SLICE_BINS = {
 }
 
 
-def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataFrame:
+def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20, labels: dict | None = None) -> pd.DataFrame:
     rows = []
     for method, m in metrics.items():
-        row = {"method": POLICY_LABELS.get(method, method)}
+        row = {"method": (labels or POLICY_LABELS).get(method, method)}
         for key, title in TABLE_COLUMNS:
             v = m.get(key.format(h=h, fhr_k=fhr_k))
             row[title.format(fhr_k=fhr_k)] = np.nan if v is None else float(v)
@@ -288,11 +298,11 @@ def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def results_table_ci(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataFrame:
+def results_table_ci(metrics: dict[str, dict], h: int, fhr_k: int = 20, labels: dict | None = None) -> pd.DataFrame:
     """The results table as text cells: the CI_KEYS columns as "value [lo, hi]" (95% CI over users)."""
     rows = []
     for method, m in metrics.items():
-        row = {"method": POLICY_LABELS.get(method, method)}
+        row = {"method": (labels or POLICY_LABELS).get(method, method)}
         for key, title in TABLE_COLUMNS:
             k = key.format(h=h, fhr_k=fhr_k)
             lo, hi = (m.get(f"{k}_lo"), m.get(f"{k}_hi")) if key in CI_KEYS else (None, None)
@@ -489,7 +499,8 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
         rows[f.stem] = per_row[[k for k in keep if k in per_row]]  # only what pairs and slices need
     first = metrics[files[0].stem]
-    text = format_table(results_table_ci(metrics, h, cfg.metrics.fhr_k),
+    table = results_table_ci(metrics, h, cfg.metrics.fhr_k, policy_labels(run_dir))
+    text = format_table(table,
                         f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
                         f"({first.get(f'n_users_h{h}')} users) with a non-empty F_H ({cfg.split} split); "
                         f"[{cfg.metrics.ci_level:.0%} CI, bootstrap over users]")
@@ -499,7 +510,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         return {"metrics": metrics, "table": text}
     write_json(ev / "metrics.json", metrics)
     write_text(ev / "results_table.txt", text + "\n")
-    write_text(ev / "results_table.md", markdown_table(results_table_ci(metrics, h, cfg.metrics.fhr_k)) + "\n")
+    write_text(ev / "results_table.md", markdown_table(table) + "\n")
     paired_text = _write_comparisons(ev, rows, keys, log, train_log, metrics, cfg)
     print(text + "\n\n" + paired_text)
     return {"metrics": metrics, "table": text, "paired": paired_text}

@@ -69,14 +69,9 @@ def _tied(model) -> bool:
     return out is None or out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
-def peft_config(settings: PeftSettings, model=None, token_ids=(), for_grpo: bool = False):
+def peft_config(settings: PeftSettings):
     """The `peft.LoraConfig` for `settings` (None when PEFT is off or the mode needs no adapter)."""
-    if not settings.enabled:
-        return None
-    if settings.mode == "sid_embeddings_only":
-        if for_grpo:
-            raise ValueError("model.peft.mode: sid_embeddings_only trains no adapter, and GRPO keeps the token rows "
-                             "frozen (the KL reference must stay the SFT policy); use mode: lora for GRPO")
+    if not settings.enabled or settings.mode == "sid_embeddings_only":
         return None
     from peft import LoraConfig
 
@@ -155,6 +150,10 @@ def is_peft_model(model) -> bool:
 def trainable_summary(model) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
+    ids = getattr(model, "negrec_new_tokens", None)
+    if ids:  # `train_token_rows`: a gradient mask keeps every other row of the token matrices fixed
+        mats = [model.get_input_embeddings().weight] + ([] if _tied(model) else [model.get_output_embeddings().weight])
+        n_train -= sum((w.shape[0] - len(ids)) * w.shape[1] for w in mats if w.requires_grad)
     return {"trainable_params": n_train, "all_params": n_all}
 
 

@@ -283,6 +283,7 @@ class GRPORun:
     stop_after_steps: int | None = None
     peft: object = None  # negrec.llm.peft.PeftSettings (model.peft); None or mode none: full fine-tuning
     validate: Callable[[Path], Sequence[float]] | None = None  # model folder -> per-user validation recall
+    token_rows_only: bool = False  # model.peft.mode: sid_embeddings_only (the LLM frozen, the new token rows train)
 
 
 def _load_grpo_tokenizer(sft_dir: Path):
@@ -338,10 +339,13 @@ def train_progressive_grpo(
     peft = peft if peft is not None and peft.enabled else None
     fingerprint = config_hash({"grpo": hash_view(cfg), "sft": policy_stamp(sft_dir), "n": len(samples),
                                "L": completion_length, "key": run_key, **({"peft": to_dict(peft)} if peft else {})})
+    # sid_embeddings_only trains no adapter: the policy is fine-tuned with all but the new token rows
+    # frozen, and TRL's reference is the SFT policy as without PEFT
+    rows_only = peft is not None and peft.mode == "sid_embeddings_only"
     run = GRPORun(cfg, sft_dir, out_dir, samples, build_prompt, reward_funcs, reward_weights, sid_constraint,
                   completion_length, _load_grpo_tokenizer(sft_dir), ProgressStore(out_dir, fingerprint),
-                  Path(tb_dir) if tb_dir else None, stop_after_steps, peft,
-                  validate if cfg.select == "validation" else None)
+                  Path(tb_dir) if tb_dir else None, stop_after_steps, None if rows_only else peft,
+                  validate if cfg.select == "validation" else None, token_rows_only=rows_only)
     plan = stage_plan(cfg)
     summary = {"stages": [], "progressive": cfg.progressive, "generation": cfg.generation}
     t0 = time.time()
@@ -442,6 +446,11 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     # TRL builds the KL reference from config._name_or_path: point it at the SFT policy, so
     # every stage is anchored to SFT (not to the previous stage).
     model.config._name_or_path = str(run.sft_dir)
+    if run.token_rows_only:
+        from negrec.llm.peft import train_token_rows
+
+        model.requires_grad_(False)
+        train_token_rows(model, _new_token_ids(run))
     callback = StageCallback(stage_index=i, stage_name=stage.name, beta=stage.beta,
                              context_mix=stage.context_mix, neg_window_days=stage.neg_window_days,
                              step_offset=step_offset, log_path=str(run.store.log_path),
@@ -449,7 +458,7 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
                              plateau_window=stage.plateau_window if i < len(stage_plan(cfg)) - 1 else 0,
                              plateau_min_improvement=stage.plateau_min_improvement)
     stopper = StopAfterSteps(run.stop_after_steps - step_offset) if run.stop_after_steps is not None else None
-    extra = {"peft_config": _grpo_peft_config(run, model)} if run.peft else {}
+    extra = {"peft_config": _grpo_peft_config(run)} if run.peft else {}
     trainer = SidGRPOTrainer(
         model=model, reward_funcs=run.reward_funcs,
         args=args,
@@ -467,12 +476,19 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     return trainer, stopper
 
 
-def _grpo_peft_config(run: GRPORun, model):
-    from negrec.llm.peft import new_token_ids, peft_config
+def _new_token_ids(run: GRPORun) -> list[int]:
+    from negrec.llm.peft import new_token_ids
 
     sid_tok = getattr(run.sid_constraint, "sid_tok", None)
-    ids = new_token_ids(run.hf_tok, sid_tok) if sid_tok is not None else []
-    return peft_config(run.peft, model, ids, for_grpo=True)
+    return new_token_ids(run.hf_tok, sid_tok) if sid_tok is not None else []
+
+
+def _grpo_peft_config(run: GRPORun):
+    """LoRA: a fresh adapter per stage; the token rows stay frozen, so TRL's reference (the
+    adapters disabled) is the SFT policy."""
+    from negrec.llm.peft import peft_config
+
+    return peft_config(run.peft)
 
 
 def _tensorboard_callback(run: GRPORun):
@@ -483,6 +499,28 @@ def _tensorboard_callback(run: GRPORun):
     from transformers.integrations import TensorBoardCallback
 
     return TensorBoardCallback(SummaryWriter(log_dir=str(run.tb_dir / "trainer")))
+
+
+def merged_start(sft_dir: Path, out_dir: Path) -> Path:
+    """`sft_dir`, or for a policy saved with `model.peft.merge: false` (base weights + adapter/) its
+    merged copy in `out_dir` (written once per SFT policy, on the main process): GRPO trains a fresh
+    adapter on merged SFT weights, which are also its KL reference."""
+    from negrec.llm.model import load_policy, save_policy
+    from negrec.llm.peft import unmerged_adapter
+
+    adapter = unmerged_adapter(sft_dir)
+    if adapter is None:
+        return sft_dir
+    source = policy_stamp(sft_dir) + policy_stamp(adapter)
+    stamp = out_dir / "merged_from.txt"
+    if is_main_process() and not (stamp.exists() and stamp.read_text() == source):
+        model, hf_tok, sid_tok = load_policy(sft_dir, device="cpu")  # the adapter applied and merged
+        extra = read_json(sft_dir / "negrec_model.json") if (sft_dir / "negrec_model.json").exists() else None
+        save_policy(model, hf_tok, sid_tok, out_dir, extra={**(extra or {}), "merged_from": str(sft_dir)})
+        write_text(stamp, source)
+        main_print(f"[grpo] {sft_dir} holds an unmerged adapter: GRPO starts from its merged copy {out_dir}")
+    ranks_meet()
+    return out_dir
 
 
 def _check_policy_merged(sft_dir: Path) -> None:
@@ -643,7 +681,10 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     out_dir = run_dir / name
     if up_to_date(raw, run_dir, stage):
         return read_json(out_dir / "summary.json")
-    sft_dir = find_sft_policy(run_dir, cfg.policy)
+    policy = find_sft_policy(run_dir, cfg.policy)
+    # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
+    work = work_dir(run_dir, stage)
+    sft_dir = merged_start(policy, work / "sft_merged")
 
     from transformers import AutoTokenizer
 
@@ -655,8 +696,6 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
             else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
-    # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
-    work = work_dir(run_dir, stage)
     validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
     summary = train_progressive_grpo(
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
@@ -666,7 +705,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         run_key=fingerprint(raw, run_dir, stage), peft=peft, validate=validate if is_main_process() else None)
     if "stopped_at" in summary:
         return summary
-    summary.update({"policy": str(sft_dir), "train_rows": len(rows), "horizon": reward_cfg.horizon,
+    summary.update({"policy": str(policy), "train_rows": len(rows), "horizon": reward_cfg.horizon,
                     "rewards": dict(zip(rewards.names, rewards.weights)),
                     "final_model": str(out_dir / "final"), "log": str(out_dir / "log.jsonl")})
     if is_main_process():
@@ -729,6 +768,9 @@ def _print_summary(s: dict) -> None:
               f"mean reward (last) {st['mean_reward_last'] if st['mean_reward_last'] is None else round(st['mean_reward_last'], 4)}{early}")
     print(f"  reward first->last: {s['mean_reward_first']} -> {s['mean_reward_last']}; "
           f"share of zero-std groups: {s['zero_std_share_mean']}")
+    if (s["zero_std_share_mean"] or 0.0) >= 0.99:
+        print("  warning: (nearly) every group's completions scored alike, so GRPO had no gradient: a reward "
+              "that tells them apart (rewards.weights: sid_prefix, conrec), more num_generations, or sampling")
     if s.get("validation"):
         curve = ", ".join(f"{v['name']} {v['val_recall@10']:.4f}" for v in s["validation"])
         print(f"  validation Recall@10: {curve}")

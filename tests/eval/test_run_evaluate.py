@@ -175,3 +175,26 @@ def test_the_table_shows_fhr_at_the_configured_k(run_dir):
     table = results_table_ci(m, 7, fhr_k=10)
     assert "FHR@20" not in table.columns and table["FHR@10"].iloc[0].startswith("0.5") and "[0.4" in table["FHR@10"].iloc[0]
     assert results_table(m, 7, fhr_k=10)["FHR@10"].iloc[0] == 0.5
+
+
+def test_max_users_keeps_whole_users_with_all_their_rows():
+    """`eval.max_users` samples users, not rows: with rolling cuts every row of a kept user stays."""
+    from types import SimpleNamespace
+
+    from negrec.eval.run import EvalConfig, _eval_samples
+
+    rows = pd.DataFrame({"user_id": np.repeat(np.arange(10), 3), "cut_ts": np.tile([100, 200, 300], 10)})
+    prepared = SimpleNamespace(samples={"test": rows.sample(frac=1.0, random_state=1)})
+    s = _eval_samples(prepared, EvalConfig(max_users=4))
+    assert s["user_id"].nunique() == 4 and len(s) == 12
+    assert s.groupby("user_id")["cut_ts"].apply(list).map(lambda c: c == [100, 200, 300]).all()
+    assert len(_eval_samples(prepared, EvalConfig(max_users=0))) == 30
+
+
+def test_the_grpo_row_is_named_plain_grpo_when_it_ran_without_progression(tmp_path):
+    from negrec.eval.run import POLICY_LABELS, policy_labels
+
+    assert policy_labels(tmp_path)["grpo"] == POLICY_LABELS["grpo"] == "negrec (progressive GRPO)"
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"progressive": False}))
+    assert policy_labels(tmp_path)["grpo"] == "negrec (plain GRPO)"

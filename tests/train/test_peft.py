@@ -12,7 +12,7 @@ import torch
 
 from negrec.config import ConfigError, from_dict
 from negrec.llm.model import ModelConfig, build_policy, load_policy, save_policy
-from negrec.llm.peft import PeftSettings, apply_peft, new_token_ids
+from negrec.llm.peft import PeftSettings, apply_peft, new_token_ids, trainable_summary
 from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig, alignment_examples
 from negrec.train.sft import SFTStageConfig, train_sft
 from tests.llm.conftest import random_sid_tokenizer, synthetic_items
@@ -108,6 +108,7 @@ def test_sid_embeddings_only_leaves_the_llm_frozen_in_the_timeline_trainer(tmp_p
     new = new_token_ids(hf, sid)
     pm = apply_peft(model, PeftSettings(mode="sid_embeddings_only"), new)
     assert {n for n, p in pm.named_parameters() if p.requires_grad} == {"model.embed_tokens.weight"}
+    assert trainable_summary(pm)["trainable_params"] == len(new) * TINY["hidden_size"]  # the rows that train
     log = planted_log(np.asarray(sid.item_ids))
     log = log[log.user_id <= 8]
     builder = PromptBuilder(PromptConfig(format="compact", max_events=20), sid, items, hf)
@@ -168,6 +169,33 @@ def test_cli_refuses_an_unknown_trainer_field_before_the_run_starts(tmp_path, ca
     assert rc == 2 and err[-1].startswith("negrec grpo: error:"), err
     assert "'report_too' is not a field of GRPOConfig" in err[-1] and "did you mean 'report_to'" in err[-1]
     assert not run.exists()  # refused before the run folder is made
+
+
+def test_grpo_starts_an_unmerged_sft_policy_from_its_merged_copy(tmp_path):
+    """`model.peft.merge: false` saves SFT as base weights + adapter/; GRPO (which refuses such a
+    folder as its start) gets a merged copy with the same logits, written once."""
+    from negrec.llm.peft import unmerged_adapter
+    from negrec.train.grpo import merged_start
+
+    model, hf, sid, items = _policy()
+    new = new_token_ids(hf, sid)
+    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.as_tensor([[hf.bos_token_id] + new[:5]])
+    want = _logits(pm, ids)
+    save_policy(pm, hf, sid, tmp_path / "sft", extra={"stage": "sft_next"})
+    start = merged_start(tmp_path / "sft", tmp_path / "merged")
+    assert start == tmp_path / "merged" and unmerged_adapter(start) is None
+    loaded, _, loaded_sid = load_policy(start, device="cpu")
+    assert torch.allclose(_logits(loaded, ids), want, atol=1e-4)
+    assert loaded_sid.all_tokens() == sid.all_tokens()
+    written = (start / "model.safetensors").stat().st_mtime_ns
+    assert merged_start(tmp_path / "sft", tmp_path / "merged") == start
+    assert (start / "model.safetensors").stat().st_mtime_ns == written  # not rewritten
+    assert merged_start(start, tmp_path / "again") == start             # a merged policy is its own start
 
 
 def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
@@ -269,3 +297,39 @@ def test_lora_and_sid_rows_train_on_smollm2_and_reload_merged_and_unmerged(smoll
     for folder in ("unmerged", "merged"):
         loaded, _, _ = load_policy(tmp_path / folder, device="cpu")
         assert torch.allclose(_logits(loaded, ids), want, atol=1e-4), folder
+
+
+def test_grpo_with_sid_embeddings_only_trains_the_new_token_rows_alone(tmp_path):
+    """`model.peft.mode: sid_embeddings_only` under GRPO: no adapter; every weight but the new
+    (SID) token rows stays the SFT policy's."""
+    from _grpo_tiny import LEVELS, RecordingPrompts, make_constraint, tiny_hf_tokenizer, tiny_policy, \
+        tiny_samples, tiny_sid_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo
+
+    sid = tiny_sid_tokenizer()
+    hf = tiny_hf_tokenizer(sid)
+    sft = tiny_policy(tmp_path / "sft", hf)
+    stages = [GRPOStageConfig("a", context_mix=1.0, neg_window_days=None, max_steps=2, beta=0.1)]
+    cfg = ProgressiveGRPOConfig(stages=stages, num_generations=4, per_device_train_batch_size=8, learning_rate=5e-2,
+                                save_steps=100, logging_steps=1, seed=0)
+    out = tmp_path / "grpo"
+
+    def first_code_zero(prompts, completions, **kwargs):  # a reward that differs within every group
+        return [float(c.startswith("<a_0>")) for c in completions]
+
+    summary = train_progressive_grpo(
+        cfg, sft_dir=sft, samples=tiny_samples(), build_prompt=RecordingPrompts(sid), reward_funcs=[first_code_zero],
+        sid_constraint=make_constraint(sid, hf), completion_length=LEVELS + 1, out_dir=out,
+        peft=PeftSettings(mode="sid_embeddings_only"))
+    assert summary["total_steps"] == 2 and not (out / "final" / "adapter").exists()
+    after = dict(AutoModelForCausalLM.from_pretrained(out / "final").named_parameters())
+    before = dict(AutoModelForCausalLM.from_pretrained(sft).named_parameters())
+    new = torch.as_tensor(new_token_ids(hf, sid))
+    old = torch.as_tensor(sorted(set(range(len(hf))) - set(new.tolist())))
+    emb = "model.embed_tokens.weight"
+    assert [n for n in before if n != emb and not torch.equal(before[n], after[n])] == []  # the LLM frozen
+    assert torch.equal(before[emb][old], after[emb][old])                                  # the text rows too
+    assert not torch.equal(before[emb][new], after[emb][new])                              # the SID rows trained
+

@@ -280,3 +280,15 @@ def test_like_tokens_take_the_aligned_sid_rows(tmp_path, peft):
     assert torch.equal(before[like_ids], before[sid_ids])                   # built as copies
     assert not torch.allclose(after[sid_ids], before[sid_ids])              # alignment trained the SID rows
     assert torch.equal(after[like_ids], after[sid_ids])                     # and the like tokens took them
+
+
+def test_a_pretrained_lm_at_the_tiny_models_learning_rate_is_warned_about(capsys):
+    from negrec.train.sft import _warn_pretrained_rate
+
+    _warn_pretrained_rate("tiny", SFTStageConfig(learning_rate=5e-3), "align")
+    _warn_pretrained_rate("/models/Qwen2.5-0.5B", SFTStageConfig(learning_rate=1e-4), "next")
+    assert capsys.readouterr().out == ""
+    _warn_pretrained_rate("smollm2", SFTStageConfig(learning_rate=1e-4, phases=[{"tasks": ["text_to_sid"],
+                                                                                "max_steps": 5, "learning_rate": 3e-3}]), "align")
+    out = capsys.readouterr().out
+    assert "warning: learning rate 0.003" in out and "smollm2" in out
