@@ -265,7 +265,7 @@ def _report(raw: dict, run_dir: Path) -> dict:
         parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")
         parts.append(f"![Recall by H](plots/{plot_recall_by_horizon(metrics, sorted(mcfg.horizons), 10, plots / 'recall_by_horizon.png')})\n")
     for src, read, plot, png, title in (  # a section per stage output that exists and plots
-            (run_dir / "grpo" / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## Progressive GRPO\n\n![GRPO reward]"),
+            (run_dir / "grpo" / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"),
             (run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
             (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")):
         name = plot(read(src), plots / png) if src.exists() else None

@@ -12,8 +12,9 @@ gradient hook zeroes every other row. PEFT's own `trainable_token_indices` / `Tr
 wrap the LM head, and TRL 1.16's SFT and GRPO trainers compute log-probs from `lm_head.weight`
 directly (fused head): the wrapped head either fails (`.bias`) or its trained rows are ignored.
 Keep `weight_decay: 0` (negrec's default): decoupled weight decay would shrink the other rows too.
-Under GRPO the token rows stay frozen (LoRA only), so the adapter-free KL reference is exactly
-the SFT policy.
+Under GRPO with LoRA the token rows stay frozen, so the adapter-free KL reference is exactly the SFT
+policy; with `sid_embeddings_only` GRPO trains the token rows alone and TRL loads the SFT policy as
+a separate reference model. The row mask needs whole matrices: refused under ZeRO-3.
 
 A trained PEFT policy is saved by `negrec.llm.model.save_policy` as a normal policy folder with the
 adapter beside it in `adapter/` and `peft.json`; with `merge: true` (default) the top-level weights
@@ -65,8 +66,9 @@ def new_token_ids(hf_tok, sid_tok) -> list[int]:
 
 
 def _tied(model) -> bool:
-    out = model.get_output_embeddings()
-    return out is None or out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    # identity first: under ZeRO-3 both are empty local shards, whose data pointers say nothing
+    return out is None or out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr() != 0
 
 
 def peft_config(settings: PeftSettings):
@@ -84,6 +86,10 @@ def train_token_rows(model, token_ids: list[int]) -> None:
     """Let only the rows `token_ids` of the input embedding (and of an untied head) train."""
     import torch
 
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise ValueError("model.peft: training the new token rows alone (sid_embeddings_only, or lora with "
+                         "train_new_tokens) needs whole embedding matrices, and ZeRO-3 partitions them: use a "
+                         "ZeRO-2 DeepSpeed config, or mode: lora with train_new_tokens: false")
     weights = [model.get_input_embeddings().weight]
     if not _tied(model):
         weights.append(model.get_output_embeddings().weight)

@@ -281,7 +281,7 @@ class GRPORun:
     store: ProgressStore
     tb_dir: Path | None = None
     stop_after_steps: int | None = None
-    peft: object = None  # negrec.llm.peft.PeftSettings (model.peft); None or mode none: full fine-tuning
+    peft: object = None  # negrec.llm.peft.PeftSettings with mode lora; None: full fine-tuning (or token_rows_only)
     validate: Callable[[Path], Sequence[float]] | None = None  # model folder -> per-user validation recall
     token_rows_only: bool = False  # model.peft.mode: sid_embeddings_only (the LLM frozen, the new token rows train)
 
@@ -319,8 +319,10 @@ def train_progressive_grpo(
     `build_prompt(row, context_mix=..., neg_window_days=...) -> str` (PromptBuilder.build).
     `run_key`: a hash of what else shaped the run (rewards, prompts); progress made under another
     key is not resumed.
-    `peft` (model.peft): every stage trains a fresh adapter on the SFT policy, started from the previous
-    stage's adapter, so the KL reference (the adapter-free model, as TRL does) stays the SFT policy.
+    `peft` (model.peft): with LoRA every stage trains a fresh adapter on the SFT policy, started from the
+    previous stage's adapter, so the KL reference (the adapter-free model, as TRL does) stays the SFT
+    policy; with sid_embeddings_only every weight but the new token rows is frozen and TRL loads the SFT
+    policy as a second, reference model. `sft_dir` must be merged (see `merged_start`).
     `stop_after_steps` stops (as a kill would, after committing a checkpoint) once that many global
     steps are done: used by the resume test and nothing else.
     `validate(model_dir) -> per-user recalls` (main process only; None on the others) scores the SFT
@@ -432,6 +434,7 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    from negrec.llm.peft import peft_config
     from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
 
     cfg, samples = run.cfg, run.samples
@@ -449,8 +452,12 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     if run.token_rows_only:
         from negrec.llm.peft import train_token_rows
 
+        ids = _new_token_ids(run)
+        if not ids:
+            raise ValueError("model.peft.mode: sid_embeddings_only: no new token ids (the SID constraint has no "
+                             "SID tokenizer), so nothing would train")
         model.requires_grad_(False)
-        train_token_rows(model, _new_token_ids(run))
+        train_token_rows(model, ids)
     callback = StageCallback(stage_index=i, stage_name=stage.name, beta=stage.beta,
                              context_mix=stage.context_mix, neg_window_days=stage.neg_window_days,
                              step_offset=step_offset, log_path=str(run.store.log_path),
@@ -458,7 +465,8 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
                              plateau_window=stage.plateau_window if i < len(stage_plan(cfg)) - 1 else 0,
                              plateau_min_improvement=stage.plateau_min_improvement)
     stopper = StopAfterSteps(run.stop_after_steps - step_offset) if run.stop_after_steps is not None else None
-    extra = {"peft_config": _grpo_peft_config(run)} if run.peft else {}
+    # LoRA: a fresh adapter per stage; the token rows stay frozen, so TRL's reference (adapters disabled) is SFT
+    extra = {"peft_config": peft_config(run.peft)} if run.peft else {}
     trainer = SidGRPOTrainer(
         model=model, reward_funcs=run.reward_funcs,
         args=args,
@@ -481,14 +489,6 @@ def _new_token_ids(run: GRPORun) -> list[int]:
 
     sid_tok = getattr(run.sid_constraint, "sid_tok", None)
     return new_token_ids(run.hf_tok, sid_tok) if sid_tok is not None else []
-
-
-def _grpo_peft_config(run: GRPORun):
-    """LoRA: a fresh adapter per stage; the token rows stay frozen, so TRL's reference (the
-    adapters disabled) is the SFT policy."""
-    from negrec.llm.peft import peft_config
-
-    return peft_config(run.peft)
 
 
 def _tensorboard_callback(run: GRPORun):
@@ -514,9 +514,16 @@ def merged_start(sft_dir: Path, out_dir: Path) -> Path:
     source = policy_stamp(sft_dir) + policy_stamp(adapter)
     stamp = out_dir / "merged_from.txt"
     if is_main_process() and not (stamp.exists() and stamp.read_text() == source):
-        model, hf_tok, sid_tok = load_policy(sft_dir, device="cpu")  # the adapter applied and merged
-        extra = read_json(sft_dir / "negrec_model.json") if (sft_dir / "negrec_model.json").exists() else None
-        save_policy(model, hf_tok, sid_tok, out_dir, extra={**(extra or {}), "merged_from": str(sft_dir)})
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # a previous stage's ZeRO-3 config would make this load a collective
+        saved = read_json(sft_dir / "config.json")
+        dtype = str(saved.get("dtype") or saved.get("torch_dtype") or "float32")  # as saved, not fp32 on CPU
+        dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+        model, hf_tok, sid_tok = load_policy(sft_dir, device="cpu", dtype=dtype)  # the adapter applied and merged
+        info = read_json(sft_dir / "negrec_model.json") if (sft_dir / "negrec_model.json").exists() else {}
+        info = {k: v for k, v in info.items() if k != "peft"}  # no adapter here: the card must not claim one
+        save_policy(model, hf_tok, sid_tok, out_dir, extra={**info, "merged_from": str(sft_dir)})
         write_text(stamp, source)
         main_print(f"[grpo] {sft_dir} holds an unmerged adapter: GRPO starts from its merged copy {out_dir}")
     ranks_meet()
@@ -528,7 +535,7 @@ def _check_policy_merged(sft_dir: Path) -> None:
 
     if unmerged_adapter(sft_dir) is not None:
         raise ValueError(f"{sft_dir}: saved with model.peft.merge: false (base weights + adapter/); GRPO starts "
-                         "from a merged policy: rerun SFT with model.peft.merge: true")
+                         "from a merged policy: pass merged_start(sft_dir, <a folder>) (the grpo stage does)")
 
 
 def save_final(trainer, hf_tok, sft_dir: Path, final_dir: Path, peft=None, card: dict | None = None) -> None:
@@ -769,8 +776,9 @@ def _print_summary(s: dict) -> None:
     print(f"  reward first->last: {s['mean_reward_first']} -> {s['mean_reward_last']}; "
           f"share of zero-std groups: {s['zero_std_share_mean']}")
     if (s["zero_std_share_mean"] or 0.0) >= 0.99:
-        print("  warning: (nearly) every group's completions scored alike, so GRPO had no gradient: a reward "
-              "that tells them apart (rewards.weights: sid_prefix, conrec), more num_generations, or sampling")
+        print("  warning: (nearly) every group's completions scored alike, so GRPO had no reward signal (only the "
+              "KL term): a reward that tells them apart (rewards.weights: sid_prefix, conrec), more "
+              "num_generations, or sampling")
     if s.get("validation"):
         curve = ", ".join(f"{v['name']} {v['val_recall@10']:.4f}" for v in s["validation"])
         print(f"  validation Recall@10: {curve}")

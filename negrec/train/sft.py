@@ -417,11 +417,13 @@ def _loss_curve(trainer) -> list[float]:
     return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
 
 
-def _warn_pretrained_rate(source: str, cfg: SFTStageConfig, task: str) -> None:
+def _warn_pretrained_rate(model_cfg: ModelConfig, cfg: SFTStageConfig, task: str) -> None:
     """The shipped configs' rates (3e-3 to 5e-3) suit the tiny model trained from scratch; at them a
-    pretrained LM's loss rises (SmolLM2: 21 -> 38 in 3 steps), so say so before the stage runs."""
+    pretrained LM's loss rises (SmolLM2: 21 -> 38 in 3 steps), so say so before the stage runs
+    (not when only the new token rows train: sid_embeddings_only)."""
     rate = max([cfg.learning_rate] + [float(p.get("learning_rate", cfg.learning_rate)) for p in cfg.phases])
-    if source != "tiny" and rate > 1e-3:
+    source = model_cfg.source
+    if source != "tiny" and model_cfg.peft.mode != "sid_embeddings_only" and rate > 1e-3:
         main_print(f"[sft_{task}] warning: learning rate {rate:g} is for the tiny model trained from scratch; "
                    f"a pretrained LM ({source}) is usually fine-tuned at 1e-5 to 1e-4 "
                    f"(--set sft_{task}.learning_rate=..., and each of sft_{task}.phases)")
@@ -451,7 +453,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     name = f"sft-{task}"  # the stage (negrec.stages)
     if up_to_date(raw, run_dir, name):
         return read_json(out / "summary.json")
-    _warn_pretrained_rate(model_cfg.source, cfg, task)
+    _warn_pretrained_rate(model_cfg, cfg, task)
     t0 = time.time()
     data = Prepared.load(run_dir / "data")
     tb_dir = run_dir / "tb" / f"sft_{task}"

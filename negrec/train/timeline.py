@@ -150,6 +150,8 @@ def weighted_lm_loss(model, ids, attn, weights, loss_ids: torch.Tensor | None = 
 def check_loss_targets(windows, loss_ids: np.ndarray) -> None:
     """Refuse windows with a weighted target outside `loss_ids`: `weighted_lm_loss` would map it
     to a neighbouring id silently."""
+    if np.any(np.diff(loss_ids) <= 0):
+        raise ValueError("loss_ids must be sorted and unique (weighted_lm_loss maps targets by searchsorted)")
     targets = np.unique(np.concatenate([t[1:][w[1:] > 0] for t, w in windows] or [np.zeros(0, np.int64)]))
     outside = np.setdiff1d(targets, loss_ids)
     if len(outside):

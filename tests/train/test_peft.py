@@ -196,6 +196,19 @@ def test_grpo_starts_an_unmerged_sft_policy_from_its_merged_copy(tmp_path):
     assert merged_start(tmp_path / "sft", tmp_path / "merged") == start
     assert (start / "model.safetensors").stat().st_mtime_ns == written  # not rewritten
     assert merged_start(start, tmp_path / "again") == start             # a merged policy is its own start
+    import json
+
+    assert "peft" not in json.loads((start / "negrec_model.json").read_text())  # no adapter here to claim
+    model2, _, _, _ = _policy()
+    pm2 = apply_peft(model2, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
+    with torch.no_grad():
+        for n, p in pm2.named_parameters():
+            if "lora_" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    want2 = _logits(pm2, ids)
+    save_policy(pm2, hf, sid, tmp_path / "sft", extra={"stage": "sft_next"})  # SFT retrained: merged again
+    again, _, _ = load_policy(merged_start(tmp_path / "sft", tmp_path / "merged"), device="cpu")
+    assert torch.allclose(_logits(again, ids), want2, atol=1e-4) and not torch.allclose(want2, want, atol=1e-3)
 
 
 def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
@@ -333,3 +346,12 @@ def test_grpo_with_sid_embeddings_only_trains_the_new_token_rows_alone(tmp_path)
     assert torch.equal(before[emb][old], after[emb][old])                                  # the text rows too
     assert not torch.equal(before[emb][new], after[emb][new])                              # the SID rows trained
 
+
+def test_token_rows_alone_are_refused_under_zero3_partitioning():
+    """ZeRO-3 leaves each rank an empty shard of the embedding: the row mask cannot be built."""
+    from negrec.llm.peft import train_token_rows
+
+    model, hf, sid, _ = _policy()
+    model.get_input_embeddings().weight.ds_id = 0  # what deepspeed.zero.Init marks a partitioned parameter with
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        train_token_rows(model, new_token_ids(hf, sid))

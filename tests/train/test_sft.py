@@ -283,12 +283,16 @@ def test_like_tokens_take_the_aligned_sid_rows(tmp_path, peft):
 
 
 def test_a_pretrained_lm_at_the_tiny_models_learning_rate_is_warned_about(capsys):
+    from negrec.llm.model import ModelConfig
+    from negrec.llm.peft import PeftSettings
     from negrec.train.sft import _warn_pretrained_rate
 
-    _warn_pretrained_rate("tiny", SFTStageConfig(learning_rate=5e-3), "align")
-    _warn_pretrained_rate("/models/Qwen2.5-0.5B", SFTStageConfig(learning_rate=1e-4), "next")
+    _warn_pretrained_rate(ModelConfig(source="tiny"), SFTStageConfig(learning_rate=5e-3), "align")
+    _warn_pretrained_rate(ModelConfig(source="/models/Qwen2.5-0.5B"), SFTStageConfig(learning_rate=1e-4), "next")
+    rows_only = ModelConfig(source="smollm2", peft=PeftSettings(mode="sid_embeddings_only"))
+    _warn_pretrained_rate(rows_only, SFTStageConfig(learning_rate=5e-3), "next")  # only new rows train
     assert capsys.readouterr().out == ""
-    _warn_pretrained_rate("smollm2", SFTStageConfig(learning_rate=1e-4, phases=[{"tasks": ["text_to_sid"],
-                                                                                "max_steps": 5, "learning_rate": 3e-3}]), "align")
+    phases = [{"tasks": ["text_to_sid"], "max_steps": 5, "learning_rate": 3e-3}]
+    _warn_pretrained_rate(ModelConfig(source="smollm2"), SFTStageConfig(learning_rate=1e-4, phases=phases), "align")
     out = capsys.readouterr().out
     assert "warning: learning rate 0.003" in out and "smollm2" in out

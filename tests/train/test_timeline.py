@@ -290,7 +290,7 @@ def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
     target is, and all constrained decoding leaves); the mixed-in examples keep the full vocabulary."""
     from negrec.train.timeline import _collate, batch_loss, check_loss_targets, weighted_lm_loss
 
-    model, hf, sid, _, log = setup
+    model, hf, sid, builder, log = setup
     codec = CompactCodec(sid, hf)
     vocab = codec.target_ids()
     assert vocab.tolist() == sorted({*codec.table.ravel().tolist(), hf.eos_token_id})
@@ -315,6 +315,11 @@ def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
     check_loss_targets(windows, vocab)
     with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # a target never mapped silently
         check_loss_targets(windows, vocab[vocab != hf.eos_token_id])
+    with pytest.raises(ValueError, match="sorted and unique"):
+        check_loss_targets(windows, vocab[::-1])
+    cfg = SFTStageConfig(mode="timeline", max_steps=2, epochs=1, batch_size=2, resume=False, loss_vocab="sid")
+    with pytest.raises(ValueError, match="outside the restricted vocabulary"):  # train_timeline checks before a step
+        train_timeline(model, hf, sid, windows, [], builder, cfg, horizon=7, loss_ids=vocab[vocab != hf.eos_token_id])
 
 
 def test_loss_vocab_is_checked():
