@@ -79,15 +79,21 @@ def test_lora_trains_adapters_and_sid_rows_only_and_reloads_merged(tmp_path, tie
         assert not torch.allclose(merged.lm_head.weight.detach()[new], before["lm_head.weight"][new])
 
 
+def _perturbed_unmerged_lora(model, hf, sid, scale: float = 0.05):
+    """A LoRA policy saved with merge: false that looks trained without training: its LoRA weights perturbed."""
+    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new_token_ids(hf, sid))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.add_(scale * torch.randn_like(p))
+    return pm
+
+
 def test_unmerged_adapter_policy_loads_with_the_same_logits(tmp_path):
     model, hf, sid, items = _policy()
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     new = new_token_ids(hf, sid)
-    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
-    with torch.no_grad():  # a trained-looking adapter without training: perturb its LoRA weights
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05 * torch.randn_like(p))
+    pm = _perturbed_unmerged_lora(model, hf, sid)
     ids = torch.as_tensor([[hf.bos_token_id] + new[:5]])
     want = _logits(pm, ids)
     save_policy(pm, hf, sid, tmp_path / "final", extra={"stage": "sft_next"})
@@ -179,11 +185,7 @@ def test_grpo_starts_an_unmerged_sft_policy_from_its_merged_copy(tmp_path):
 
     model, hf, sid, items = _policy()
     new = new_token_ids(hf, sid)
-    pm = apply_peft(model, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n:
-                p.add_(0.05 * torch.randn_like(p))
+    pm = _perturbed_unmerged_lora(model, hf, sid)
     ids = torch.as_tensor([[hf.bos_token_id] + new[:5]])
     want = _logits(pm, ids)
     save_policy(pm, hf, sid, tmp_path / "sft", extra={"stage": "sft_next"})
@@ -199,12 +201,7 @@ def test_grpo_starts_an_unmerged_sft_policy_from_its_merged_copy(tmp_path):
     import json
 
     assert "peft" not in json.loads((start / "negrec_model.json").read_text())  # no adapter here to claim
-    model2, _, _, _ = _policy()
-    pm2 = apply_peft(model2, PeftSettings(mode="lora", r=4, alpha=8, dropout=0.0, merge=False), new)
-    with torch.no_grad():
-        for n, p in pm2.named_parameters():
-            if "lora_" in n:
-                p.add_(0.1 * torch.randn_like(p))
+    pm2 = _perturbed_unmerged_lora(_policy()[0], hf, sid, scale=0.1)
     want2 = _logits(pm2, ids)
     save_policy(pm2, hf, sid, tmp_path / "sft", extra={"stage": "sft_next"})  # SFT retrained: merged again
     again, _, _ = load_policy(merged_start(tmp_path / "sft", tmp_path / "merged"), device="cpu")
