@@ -82,6 +82,11 @@ def _where(origin, source: str):
     return lambda i: locate(origin, i, source)
 
 
+# the spellings of a missing value pandas and spreadsheets write (the tables are read with
+# keep_default_na=False, so none of them becomes NaN on its own)
+MISSING_WORDS = frozenset({"nan", "na", "n/a", "null", "none", "<na>", "nat", "#n/a"})
+
+
 def id_keys(values, origin, source: str, field: str) -> np.ndarray:
     """An id column as int64 keys, or str keys when any id is not an integer literal.
     Refuses empty ids, fractional ids and floats too large to be exact, naming file/line/field."""
@@ -101,6 +106,11 @@ def id_keys(values, origin, source: str, field: str) -> np.ndarray:
     if blank.any():
         i = int(np.flatnonzero(blank)[0])
         raise DataError(f"{where(i)}: field {name} is empty (every row needs an id)")
+    missing = text.str.lower().isin(MISSING_WORDS).to_numpy()  # what a CSV writer prints for a missing value
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{where(i)}: field {name}: id {text.iloc[i]!r} reads as a missing value, not an id "
+                        f"({int(missing.sum())} such rows)")
     ints = canonical_ints(text)
     if ints.dtype.kind == "i":
         return ints.to_numpy()

@@ -74,8 +74,11 @@ def _scan_bytes(path: Path) -> bytes | None:
     f = _open_bytes(path)
     if f is None:
         return None
-    with f:
-        data = f.read(_BLANK_SCAN_MAX + 1)
+    try:
+        with f:
+            data = f.read(_BLANK_SCAN_MAX + 1)
+    except (OSError, EOFError) as e:  # not gzip after all, truncated, ... (lzma's error is an OSError too)
+        raise DataError(f"{path}: cannot decompress ({e}); corrupt or truncated?") from e
     return None if len(data) > _BLANK_SCAN_MAX else data
 
 
@@ -146,13 +149,16 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
             raise DataError(f"{path}: line {header_lines + 1}: expected {len(names)} fields {names} separated by "
                             f"{sep!r}, found {found}{hint}")
     try:
-        df = pd.read_csv(path, sep=sep, header=None if names else 0, names=names, skiprows=header_lines if names else None,
+        df = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None if names else 0, names=names, skiprows=header_lines if names else None,
                          encoding=encoding, engine="c" if len(sep) == 1 else "python", dtype=str if names is None else None,
+                         # the python engine reads a longer separator as a regular expression: "||" is meant literally
                          keep_default_na=False, index_col=False, on_bad_lines="error")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: empty file") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: {_undecodable(path, encoding)}") from e
+    except (OSError, EOFError) as e:  # a corrupt or truncated .gz / .bz2 / .xz
+        raise DataError(f"{path}: cannot decompress ({e}); corrupt or truncated?") from e
     except (pd.errors.ParserError, ValueError) as e:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if m:
@@ -246,6 +252,9 @@ def _parse_dates(values: pd.Series, where) -> np.ndarray:
     with warnings.catch_warnings():  # "could not infer format": each value parsed on its own, as intended
         warnings.simplefilter("ignore", UserWarning)
         dt = pd.to_datetime(values, errors="coerce", utc=True)
+        if dt.isna().any():  # the format is inferred from the first value: ISO 8601 forms may mix (date, date time)
+            iso = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+            dt = iso if iso.isna().sum() < dt.isna().sum() else dt
     bad = dt.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -311,12 +320,27 @@ def load_movielens_csv(path, rule: RatingRule = RatingRule()):
                      _blanks(movies))
 
 
+def utf8_or_latin1(path: Path) -> str:
+    """GroupLens wrote its older files in latin-1 and later ones in UTF-8: UTF-8 when the whole file
+    decodes as UTF-8 (a latin-1 accent never does), else latin-1, so no title turns into mojibake."""
+    f = _open_bytes(_require(path))
+    if f is None:
+        return "latin-1"
+    with f:
+        try:
+            f.read().decode("utf-8")
+            return "utf-8"
+        except UnicodeDecodeError:
+            return "latin-1"
+
+
 def load_movielens_dat(path, rule: RatingRule = RatingRule()):
     """ml-1m, ml-10m: ratings.dat and movies.dat, '::'-separated."""
     path = Path(path)
     inter = read_table(path / "ratings.dat", "::", ["user_id", "item_id", "rating", "ts"],
                        numeric=("user_id", "item_id", "rating", "ts"), encoding="latin-1")
-    movies = read_table(path / "movies.dat", "::", ["item_id", "title", "genres"], numeric=("item_id",), encoding="latin-1")
+    movies = read_table(path / "movies.dat", "::", ["item_id", "title", "genres"], numeric=("item_id",),
+                        encoding=utf8_or_latin1(path / "movies.dat"))
     ts = parse_ts(inter.ts, "s", path / "ratings.dat", "ts", 1, skipped=_blanks(inter))
     return _with_origin(_from_ratings(inter.user_id, inter.item_id, ts, inter.rating, rule), path / "ratings.dat", 1,
                         blanks=_blanks(inter)), \
@@ -462,6 +486,7 @@ class GenericLogSpec:
     path: str = ""
     items_path: str = ""
     sep: str = ","
+    items_sep: str = ""  # the items table's separator when it differs from the log's ("": the same)
     columns: dict = field(default_factory=lambda: {"user_id": "user_id", "item_id": "item_id", "ts": "ts"})
     item_columns: dict = field(default_factory=lambda: {"item_id": "item_id", "title": "title", "text": "text"})
     ts_unit: str = "auto"  # s | ms | datetime | auto
@@ -484,9 +509,10 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[s
     for col in df.columns:
         if col in ids:
             df[col] = canonical_ints(df[col])
-        else:
+        else:  # a number in every cell that is not blank (a blank becomes NaN: no value, as in Parquet)
             num = pd.to_numeric(df[col], errors="coerce")
-            if not num.isna().any():
+            blank = df[col].str.strip() == ""
+            if (num.notna() | blank).all() and num.notna().any():
                 df[col] = num
     return df
 
@@ -551,12 +577,29 @@ def _feedback(df: pd.DataFrame, spec: "GenericLogSpec", path) -> np.ndarray:
     masks = {}
     for name, expr in (("negative_if", spec.negative_if), ("positive_if", spec.positive_if)):
         try:
-            masks[name] = np.asarray(df.eval(expr), dtype=bool) if expr else np.zeros(len(df), bool)
+            result = df.eval(expr) if expr else pd.Series(np.zeros(len(df), bool))
         except Exception as e:  # noqa: BLE001 - pandas raises many kinds here
             raise DataError(f"data.{name}: cannot evaluate {expr!r} on {path} (columns {list(df.columns)}): {e}") from e
-        if masks[name].shape != (len(df),):
-            raise DataError(f"data.{name}: {expr!r} on {path} does not give one true/false value per row")
+        masks[name] = _rule_mask(result, len(df), f"data.{name}: {expr!r} on {path}")
     return np.where(masks["negative_if"], NEGATIVE, np.where(masks["positive_if"], POSITIVE, NEUTRAL)).astype("int8")
+
+
+def _rule_mask(result, n: int, what: str) -> np.ndarray:
+    """A rule's value per row as true/false: booleans (a missing one false), or flags written 0/1 (a
+    missing one false); anything else (a rating, a text label) is refused, not cast: a bare `rating`
+    would make every rated row negative."""
+    r = pd.Series(result) if np.ndim(result) else None
+    if r is None or len(r) != n:
+        raise DataError(f"{what} does not give one true/false value per row")
+    if r.dtype == bool:
+        return r.to_numpy()
+    v = pd.to_numeric(r.astype(object).where(r.notna(), np.nan), errors="coerce").to_numpy("float64")
+    bad = ~(np.isnan(v) | (v == 0) | (v == 1)) | (np.isnan(v) & r.notna().to_numpy())
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{what} does not give true/false per row: data row {i + 1} gives {r.iloc[i]!r} "
+                        f"(write a comparison, e.g. `is_hate == 1` or `rating <= 2`)")
+    return v == 1
 
 
 OPTIONAL_FLOATS = ("rating", "play_time_s", "duration_s")
@@ -568,6 +611,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 def is_parquet_input(path) -> bool:
     """A Parquet file, a folder (of Parquet files, hive partitions included) or a glob."""
     p = str(path)
+    if Path(p).is_file():  # a file named log[2024].csv is that file, not a pattern
+        return Path(p).suffix in PARQUET_SUFFIXES
     return Path(p).suffix in PARQUET_SUFFIXES or Path(p).is_dir() or any(ch in p for ch in "*?[")
 
 
@@ -578,7 +623,7 @@ def parquet_inputs(path) -> list[tuple[Path, dict]]:
     from urllib.parse import unquote
 
     p = str(path)
-    if any(ch in p for ch in "*?["):
+    if any(ch in p for ch in "*?[") and not Path(p).exists():
         files, root = sorted(Path(f) for f in glob.glob(p, recursive=True) if Path(f).is_file()), None
     elif Path(p).is_dir():
         root = Path(p)
@@ -607,6 +652,11 @@ def load_generic(spec: GenericLogSpec):
             raise DataError(f"data.columns: mapping for {need!r} is missing")
     if not spec.path:
         raise DataError("data.generic.path: required for format 'generic' (or set data.path)")
+    if not spec.sep:
+        raise DataError("data.generic.sep: empty (in YAML and --set, quote a '|' separator: sep: \"|\")")
+    if spec.feature_columns and not spec.items_path:
+        raise DataError(f"data.generic.feature_columns {list(spec.feature_columns)}: item features come from the items "
+                        "table; set data.generic.items_path")
     if is_parquet_input(spec.path):
         inputs = parquet_inputs(spec.path)
         frames = [_load_generic_parquet(spec, f, cols, keys) for f, keys in inputs]
@@ -629,17 +679,24 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         it = pd.concat([pd.read_parquet(f) for f, _ in parquet_inputs(ipath)], ignore_index=True)
         csv, blanks = False, []
     else:
-        it = _read_any(ipath, spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),))
+        it = _read_any(ipath, spec.items_sep or spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),))
         csv, blanks = True, _blanks(it)
     check_mapping(ipath, it.columns, spec.item_columns, "data.item_columns", "line 1: " if csv else "")
+    named = [src for canon, src in spec.item_columns.items() if src != canon] + list(spec.feature_columns)
+    absent = [c for c in named if c not in it.columns]  # a typo would leave titles or features out silently
+    if absent:
+        hint = " (wrong separator? data.generic.items_sep)" if csv and len(it.columns) == 1 else ""
+        raise DataError(f"{ipath}: {'line 1: ' if csv else ''}missing column(s) {absent} named in "
+                        f"data.item_columns / data.feature_columns; found {list(it.columns)}{hint}")
     it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
     if "title" in it.columns:  # the text encoder reads `text`: an item without one is described by its title
         title = it["title"].fillna("").astype(str)
         text = it["text"].fillna("").astype(str) if "text" in it.columns else pd.Series("", index=it.index)
         it["text"] = text.where(text.str.strip() != "", title)
     if "item_id" not in it.columns:
+        hint = " (wrong separator? data.generic.items_sep)" if len(it.columns) == 1 else ""
         raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
-                        f"found {list(it.columns)}")
+                        f"found {list(it.columns)}{hint}")
     set_origin(it, [(ipath, 2 if csv else 1, len(it), "line" if csv else "row", blanks)],
                {"item_id": spec.item_columns.get("item_id", "item_id")})
     return it

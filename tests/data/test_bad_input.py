@@ -126,8 +126,39 @@ def _recbole(tmp, rows):
     return {"format": "recbole", "path": str(tmp / "toy"), "split": {"cut_unit": "event"}}
 
 
+def _gz(tmp, data: bytes):
+    """A generic log at log.csv.gz holding `data` (not gzip, or a truncated gzip stream)."""
+    (tmp / "log.csv.gz").write_bytes(data)
+    return {"format": "generic", "generic": {"path": str(tmp / "log.csv.gz"), "columns": dict(GEN_COLUMNS), "ts_unit": "s"},
+            "split": {"cut_unit": "event"}}
+
+
+def _gz_truncated(tmp):
+    import gzip
+
+    whole = gzip.compress(("uid,iid,when,stars\n" + "\n".join(_gen_rows()) + "\n").encode())
+    return _gz(tmp, whole[: len(whole) // 2])
+
+
+def _items_typo(tmp):
+    _write(tmp / "items.csv", "iid,name\n" + "".join(f"{10 + i},Movie {i}\n" for i in range(12)))
+    return _generic_csv(tmp, _gen_rows(), items_path=str(tmp / "items.csv"),
+                        item_columns={"item_id": "iid", "title": "movie_name"})
+
+
 # (id, make(tmp) -> (argv, env), substrings the single stderr line must hold: file, line, field, rule)
 DATA_CASES = [
+    ("id-missing-word", D(lambda t: _generic_csv(t, _gen_rows(), "NA,10,1704067201,3")),
+     ["log.csv", "line 3", "'uid'", "reads as a missing value"]),
+    ("rule-not-true-false", D(lambda t: _generic_csv(t, _gen_rows(), negative_if="rating")),
+     ["data.negative_if", "log.csv", "data row 1", "true/false"]),
+    ("gz-not-gzip", D(lambda t: _gz(t, ("uid,iid,when,stars\n" + "\n".join(_gen_rows()) + "\n").encode())),
+     ["log.csv.gz", "cannot decompress"]),
+    ("gz-truncated", D(_gz_truncated), ["log.csv.gz", "cannot decompress", "truncated"]),
+    ("sep-empty", D(lambda t: _generic_csv(t, _gen_rows(), sep="")), ["data.generic.sep", "empty"]),
+    ("features-without-items", D(lambda t: _generic_csv(t, _gen_rows(), feature_columns=["genre"])),
+     ["data.generic.feature_columns", "items_path"]),
+    ("item-column-typo", D(_items_typo), ["items.csv", "line 1", "'movie_name'", "data.item_columns"]),
     ("ts-int64-overflow", D(lambda t: _generic_csv(t, _gen_rows(), "1,10,9223372036854775808,1"),
                             ), ["log.csv", "line 3", "'when'", "int64 overflow"]),
     ("ts-before-1995", D(lambda t: _ml100k(t, _ml_rows(), f"1\t1\t3\t{-883612800}")),

@@ -1,0 +1,94 @@
+"""Logs that are valid but written unusually are read as meant (found by an audit of odd inputs):
+rule columns with blank cells, literal multi-character separators, a file name with brackets, ISO
+dates in mixed forms, flags written 0/1, UTF-8 MovieLens titles."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from negrec.data.loaders import GenericLogSpec, load_generic, load_movielens_dat
+from negrec.data.schema import NEGATIVE, POSITIVE, DataError
+
+DAY = 86_400
+TS24 = 1_704_067_200  # 2024-01-01
+COLS = {"user_id": "uid", "item_id": "iid", "ts": "when", "rating": "stars"}
+
+
+def _rows(n_users=4, n_items=6):
+    return [(u, 10 + i, TS24 + DAY * i + u, 1 + (u + i) % 5) for u in range(1, n_users + 1) for i in range(n_items)]
+
+
+def _csv(path, header, lines, sep=","):
+    path.write_text(sep.join(header) + "\n" + "\n".join(sep.join(str(x) for x in r) for r in lines) + "\n")
+    return path
+
+
+def _spec(path, **over):
+    return GenericLogSpec(**{"path": str(path), "columns": dict(COLS), "ts_unit": "s", **over})
+
+
+def test_a_blank_cell_leaves_a_flag_column_numeric(tmp_path):
+    """One empty `is_hate` cell used to keep the whole column text, so `is_hate == 1` matched nothing."""
+    rows = [(*r, int(r[3] == 3) if k != 4 else "") for k, r in enumerate(_rows())]
+    path = _csv(tmp_path / "log.csv", ["uid", "iid", "when", "stars", "is_hate"], rows)
+    out, _ = load_generic(_spec(path, negative_if="is_hate == 1", positive_if="rating >= 4",
+                                columns={**COLS, "is_hate": "is_hate"}))
+    want = sum(1 for k, r in enumerate(rows) if r[4] == 1)
+    assert want > 0 and int((out["feedback"] == NEGATIVE).sum()) == want
+
+
+def test_a_bare_flag_rule_reads_0_1_and_refuses_other_values(tmp_path):
+    frame = pd.DataFrame(_rows(), columns=["uid", "iid", "when", "stars"])
+    frame["hate"] = (frame["stars"] == 1).astype(float)
+    frame.loc[3, "hate"] = np.nan  # a missing flag is no dislike
+    frame.to_parquet(tmp_path / "log.parquet", index=False)
+    out, _ = load_generic(_spec(tmp_path / "log.parquet", negative_if="hate", columns={**COLS, "hate": "hate"}))
+    assert int((out["feedback"] == NEGATIVE).sum()) == int((frame["hate"] == 1).sum())
+    with pytest.raises(DataError, match=r"does not give true/false per row: data row 1 gives"):
+        load_generic(_spec(tmp_path / "log.parquet", negative_if="rating"))  # a rating is not a rule
+
+
+def test_a_multi_character_separator_is_literal(tmp_path):
+    path = _csv(tmp_path / "log.txt", ["uid", "iid", "when", "stars"], _rows(), sep="||")
+    out, _ = load_generic(_spec(path, sep="||"))
+    assert len(out) == len(_rows()) and int((out["feedback"] == POSITIVE).sum()) > 0
+
+
+def test_a_file_named_with_brackets_is_that_file(tmp_path):
+    path = _csv(tmp_path / "log[2024].csv", ["uid", "iid", "when", "stars"], _rows())
+    out, _ = load_generic(_spec(path))
+    assert len(out) == len(_rows())
+
+
+def test_iso_dates_in_mixed_forms(tmp_path):
+    rows = [(u, i, pd.Timestamp(ts, unit="s").strftime("%Y-%m-%d" if k % 2 else "%Y-%m-%d %H:%M:%S"), s)
+            for k, (u, i, ts, s) in enumerate(_rows())]
+    path = _csv(tmp_path / "log.csv", ["uid", "iid", "when", "stars"], rows)
+    out, _ = load_generic(_spec(path, ts_unit="auto"))
+    days = np.asarray(out["ts"]) // DAY
+    assert np.array_equal(days, np.asarray([ts for _, _, ts, _ in _rows()]) // DAY)
+
+
+def test_utf8_movielens_titles_are_not_mojibake(tmp_path):
+    (tmp_path / "ratings.dat").write_text("".join(f"{u}::{i}::{1 + (u + i) % 5}::{TS24 + i * DAY + u}\n"
+                                                  for u in range(1, 4) for i in range(1, 4)))
+    (tmp_path / "movies.dat").write_bytes("1::GoldenEye café (1995)::Action\n2::B (1995)::Drama\n3::C (1995)::Comedy\n"
+                                          .encode("utf-8"))
+    _, items = load_movielens_dat(tmp_path)
+    assert "GoldenEye café (1995)" in set(items["title"])
+    (tmp_path / "movies.dat").write_bytes("1::Café (1995)::Action\n2::B (1995)::Drama\n3::C (1995)::Comedy\n"
+                                          .encode("latin-1"))  # ml-1m's own encoding still works
+    _, items = load_movielens_dat(tmp_path)
+    assert "Café (1995)" in set(items["title"])
+
+
+def test_the_items_table_may_have_its_own_separator(tmp_path):
+    path = _csv(tmp_path / "log.csv", ["uid", "iid", "when", "stars"], _rows(), sep=";")
+    items = _csv(tmp_path / "items.csv", ["iid", "title"], [(10 + i, f"Movie {i}") for i in range(6)])
+    spec = _spec(path, sep=";", items_path=str(items), item_columns={"item_id": "iid", "title": "title"})
+    with pytest.raises(DataError, match="wrong separator"):
+        load_generic(spec)
+    spec.items_sep = ","
+    _, got = load_generic(spec)
+    assert set(got["title"]) == {f"Movie {i}" for i in range(6)}
