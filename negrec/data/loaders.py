@@ -495,10 +495,12 @@ class GenericLogSpec:
     feature_columns: list = field(default_factory=list)
 
 
-def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV or Parquet table; text columns that are all numbers become numbers, except the `ids`
-    columns, which become integers only when every id is written as one prints (007 is not 7, a
-    20-digit id is no float): ids.encode_ids maps the rest as text."""
+def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[str, ...] = (),
+              texts: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table; columns whose every non-blank cell is a number become numbers, except
+    the `texts` columns (a title "1984" stays text) and the `ids` columns, which become integers only
+    when every id is written as one prints (007 is not 7, a 20-digit id is no float): ids.encode_ids
+    maps the rest as text."""
     path = _require(path)
     if path.suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
@@ -509,7 +511,7 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[s
     for col in df.columns:
         if col in ids:
             df[col] = canonical_ints(df[col])
-        else:  # a number in every cell that is not blank (a blank becomes NaN: no value, as in Parquet)
+        elif col not in texts:  # a number in every cell that is not blank (a blank becomes NaN: no value, as in Parquet)
             num = pd.to_numeric(df[col], errors="coerce")
             blank = df[col].str.strip() == ""
             if (num.notna() | blank).all() and num.notna().any():
@@ -679,7 +681,8 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         it = pd.concat([pd.read_parquet(f) for f, _ in parquet_inputs(ipath)], ignore_index=True)
         csv, blanks = False, []
     else:
-        it = _read_any(ipath, spec.items_sep or spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),))
+        it = _read_any(ipath, spec.items_sep or spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),),
+                       texts=(spec.item_columns.get("title", "title"), spec.item_columns.get("text", "text")))
         csv, blanks = True, _blanks(it)
     check_mapping(ipath, it.columns, spec.item_columns, "data.item_columns", "line 1: " if csv else "")
     named = [src for canon, src in spec.item_columns.items() if src != canon] + list(spec.feature_columns)
