@@ -599,7 +599,8 @@ def _rule_mask(result, n: int, what: str) -> np.ndarray:
     bad = ~(np.isnan(v) | (v == 0) | (v == 1)) | (np.isnan(v) & r.notna().to_numpy())
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{what} does not give true/false per row: data row {i + 1} gives {r.iloc[i]!r} "
+        value = r.iloc[i].item() if isinstance(r.iloc[i], np.generic) else r.iloc[i]
+        raise DataError(f"{what} does not give true/false per row: data row {i + 1} gives {value!r} "
                         f"(write a comparison, e.g. `is_hate == 1` or `rating <= 2`)")
     return v == 1
 
