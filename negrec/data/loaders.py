@@ -149,9 +149,10 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
             raise DataError(f"{path}: line {header_lines + 1}: expected {len(names)} fields {names} separated by "
                             f"{sep!r}, found {found}{hint}")
     try:
-        df = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None if names else 0, names=names, skiprows=header_lines if names else None,
-                         encoding=encoding, engine="c" if len(sep) == 1 else "python", dtype=str if names is None else None,
-                         # the python engine reads a longer separator as a regular expression: "||" is meant literally
+        # the python engine reads a longer separator as a regular expression: "||" is meant literally
+        df = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None if names else 0, names=names,
+                         skiprows=header_lines if names else None, encoding=encoding,
+                         engine="c" if len(sep) == 1 else "python", dtype=str if names is None else None,
                          keep_default_na=False, index_col=False, on_bad_lines="error")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: empty file") from e

@@ -109,5 +109,5 @@ def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int,
         raise DataError(f"{source}: field 'user_id': {n_users} user(s) in the log; a test split needs at least 2")
     if n_test_users == 0:
         raise DataError(f"{source}: field 'user_id': no user of {n_users} has a test cut: each needs at least "
-                        f"data.split.min_context = {min_context} events before it (with cut_unit: day, on an "
-                        f"earlier day: a log of one or few days needs data.split.cut_unit: event)")
+                        f"data.split.min_context = {min_context} events before it (under cut_unit: day, on days "
+                        f"before the cut's: for a log of one or a few days set data.split.cut_unit: event)")
