@@ -245,7 +245,12 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             opt.load_state_dict(saved["opt"])
             sched.load_state_dict(saved["sched"])
             state = saved["state"]
-            rng = np.random.default_rng(cfg.seed + state["epoch"])
+            # the batch order and dropout go on as if never killed (a checkpoint from before: reseeded)
+            if "rng" in saved:
+                rng.bit_generator.state = saved["rng"]
+                torch.set_rng_state(saved["torch_rng"])
+            else:
+                rng = np.random.default_rng(cfg.seed + state["epoch"])
             print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
@@ -286,7 +291,8 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             _select_epoch(state, model, per_user if validate else np.zeros(0))
         if ckpt_path is not None:
             _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
-                                         "sched": sched.state_dict(), "state": state})
+                                         "sched": sched.state_dict(), "state": state,
+                                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
     if writer:
         writer.close()
     if state["best_state"] is not None:

@@ -326,3 +326,31 @@ def test_loss_vocab_is_checked():
     assert SFTStageConfig(loss_vocab="sid").loss_vocab == "sid"
     with pytest.raises(ValueError, match="loss_vocab must be full or sid"):
         SFTStageConfig(loss_vocab="sids")
+
+
+def test_a_killed_timeline_run_resumes_to_the_same_weights(setup, tmp_path, monkeypatch):
+    """Killed after its first epoch's checkpoint, the rerun goes on with the same batch order: the
+    weights equal the uninterrupted run's (the checkpoint holds the random state)."""
+    import negrec.train.timeline as tl
+
+    model, hf, sid, builder, log = setup
+    windows = timeline_windows(log[log.user_id <= 12], None, CompactCodec(sid, hf), 8, 0.5)
+    cfg = SFTStageConfig(mode="timeline", epochs=3, learning_rate=1e-2, batch_size=4, resume=True)
+    whole = copy.deepcopy(model)
+    train_timeline(whole, hf, sid, windows, [], builder, cfg, 7, ckpt_path=tmp_path / "a.pt", resume_key="k")
+    save = tl._save_checkpoint
+
+    def killed_after_first(path, state):
+        save(path, state)
+        raise KeyboardInterrupt
+
+    killed = copy.deepcopy(model)
+    monkeypatch.setattr(tl, "_save_checkpoint", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_timeline(killed, hf, sid, windows, [], builder, cfg, 7, ckpt_path=tmp_path / "b.pt", resume_key="k")
+    monkeypatch.setattr(tl, "_save_checkpoint", save)
+    resumed = copy.deepcopy(model)  # a fresh process: the model as built, the rest from the checkpoint
+    train_timeline(resumed, hf, sid, windows, [], builder, cfg, 7, ckpt_path=tmp_path / "b.pt", resume_key="k")
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], model.state_dict()[k]) for k in a)  # and it trained
