@@ -151,6 +151,31 @@ def test_export_codebook_verify_runs_without_torch(small_sid_run, tmp_path, thre
     assert (out / "manifest.json").exists() and (out / "README.txt").exists()
 
 
+def test_export_never_replaces_a_folder_that_is_not_an_export(small_sid_run, tmp_path):
+    """--out replaces its folder whole: a user's folder, or one holding the run, is refused, untouched;
+    the export's README names where it lives, not its staging folder."""
+    from negrec.tokenizer import run_export
+
+    import shutil
+
+    run = tmp_path / "outer" / "run"
+    shutil.copytree(small_sid_run, run)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for target in (mine, run, run.parent):
+        with pytest.raises(ValueError, match="export out_dir"):
+            run_export(raw, run, out_dir=target)
+    assert (mine / "notes.txt").read_text() == "keep" and (run / "tokenize").exists()
+    out = tmp_path / "serving"
+    run_export(raw, run, out_dir=out)
+    assert str(out) in (out / "README.txt").read_text()
+    for marker in out.glob("_DONE*"):
+        marker.unlink()
+    assert run_export(raw, run, out_dir=out, verify=True)["verify"]["mismatches"] == 0  # an export is rewritten
+
+
 def test_export_codebook_error_is_one_line_without_torch(tmp_path, cli_without_torch):
     proc = cli_without_torch("export-codebook", "--verify", "--run-dir", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "run `negrec tokenize` first" in proc.stderr

@@ -67,8 +67,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuantizer, raw_codes: np.ndarray,
-                 embeddings: np.ndarray | None, collision: str, source: dict, cfg: ExportConfig = ExportConfig()) -> dict:
-    """Write the export folder atomically; returns the manifest."""
+                 embeddings: np.ndarray | None, collision: str, source: dict, cfg: ExportConfig = ExportConfig(),
+                 final_dir: Path | None = None) -> dict:
+    """Write the export folder atomically; returns the manifest. `final_dir`: where the folder will
+    live when `out_dir` is a staging folder (its README names that path)."""
     import pandas as pd
     from safetensors.numpy import save_file
 
@@ -94,7 +96,7 @@ def write_export(out_dir: Path, tok: SemanticIdTokenizer, quantizer: NumpyQuanti
         if embeddings is not None and cfg.include_embeddings:
             _save_npy(tmp / "item_embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
         tok.save_pretrained(tmp / "sid_tokenizer")
-        (tmp / "README.txt").write_text(USAGE.format(path=out_dir, input_dim=quantizer.input_dim))
+        (tmp / "README.txt").write_text(USAGE.format(path=final_dir or out_dir, input_dim=quantizer.input_dim))
         files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": "negrec-sid-export/1",
@@ -144,8 +146,9 @@ def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
     if up_to_date(raw, run_dir, "export"):
         manifest = read_json(out / MANIFEST)
     else:
+        check_export_target(out, run_dir)
         with stage_folder(raw, run_dir, "export") as tmp:
-            manifest = _export(cfg, run_dir, tmp)
+            manifest = _export(cfg, run_dir, tmp, final_dir=out)
         print(f"[export] {manifest['num_items']} items, {manifest['levels']} levels {manifest['codebook_sizes']}, "
               f"{len(manifest['files'])} files -> {out}")
     summary.update({"files": len(manifest["files"]), "num_items": manifest["num_items"]})
@@ -156,7 +159,19 @@ def run_export(raw: dict, run_dir, out_dir=None, verify: bool = False) -> dict:
     return summary
 
 
-def _export(cfg: ExportConfig, run_dir: Path, out: Path) -> dict:
+def check_export_target(out: Path, run_dir: Path) -> None:
+    """The export replaces its folder whole: refuse one that holds the run folder, or that exists
+    with other content than a negrec export (`--out ~/models` must not delete ~/models)."""
+    out, run = Path(out).resolve(), Path(run_dir).resolve()
+    if run == out or out in run.parents:
+        raise ValueError(f"export out_dir {out}: holds the run folder {run}, which the export would replace; "
+                         "choose a folder of its own")
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists()):
+        raise ValueError(f"export out_dir {out}: exists and is not a negrec export (no {MANIFEST}); the export "
+                         "replaces its folder whole: choose a new or empty folder")
+
+
+def _export(cfg: ExportConfig, run_dir: Path, out: Path, final_dir: Path | None = None) -> dict:
     """Write the export of run_dir/tokenize and run_dir/encode into `out`; returns the manifest."""
     from negrec.config import to_dict
     from negrec.encode import load_encoded
@@ -176,7 +191,8 @@ def _export(cfg: ExportConfig, run_dir: Path, out: Path) -> dict:
               "tokenize_metrics": {k: metrics.get(k) for k in ("recon_mse", "collision_rate", "unique_fraction",
                                                                 "items_needing_collision_handling")},
               "export_config": to_dict(cfg)}
-    manifest = write_export(out, tok, quantizer, raw_table[:, 1:], emb, metrics.get("collision", "extra_level"), source, cfg)
+    manifest = write_export(out, tok, quantizer, raw_table[:, 1:], emb, metrics.get("collision", "extra_level"), source, cfg,
+                            final_dir=final_dir)
     id_map = run_dir / "data" / "id_map_items.parquet"  # the log's own item ids, where the run mapped them
     if id_map.exists():
         import shutil
