@@ -231,11 +231,26 @@ def _prepare_run_dir(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 
 
+# one-shot options: kept in the saved config, every later run would repeat them (rerun, stop early)
+ONE_SHOT = ("pipeline.force", "pipeline.stop_after")
+
+
 def _write_config(run_dir: Path, raw: dict) -> None:
-    """The resolved config beside the outputs: written only once every section passed validation
-    and the run folder's lock is held."""
+    """The config beside the outputs, as the user set it: the horizons filled in from `data` and the
+    one-shot options left out (a later `--set data.main_horizon=3` must reach every section). Written
+    only once every section passed validation and the run folder's lock is held."""
+    import copy
+
+    saved = copy.deepcopy({k: v for k, v in raw.items() if not k.startswith("_")})
+    for dotted in [*raw.get("_filled", []), *ONE_SHOT]:
+        *parents, key = dotted.split(".")
+        node = saved
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     try:
-        write_yaml(run_dir / "config.yaml", {k: v for k, v in raw.items() if not k.startswith("_")})
+        write_yaml(run_dir / "config.yaml", saved)
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 
@@ -292,6 +307,8 @@ def _run(args) -> int:
     command = COMMANDS[args.command]
     fn = getattr(importlib.import_module(command.module), command.func)
     if read_only(args, raw, run_dir):
+        if run_dir.exists() and not run_dir.is_dir():  # the same refusal a writing command gives
+            raise ConfigError(f"{run_dir}: the run folder (--run-dir or run.root/run.name) is a file, not a folder")
         if args.command == "data":
             _print_data_stats(run_dir)
         else:

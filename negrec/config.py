@@ -220,7 +220,7 @@ def resolve_horizons(raw: dict) -> list[str]:
     src = raw.get("_source", "<config>")
     data = section_config(DataConfig, raw, "data")
     hs, main = list(data.horizons), data.main_horizon
-    notes = []
+    notes, filled = [], raw.setdefault("_filled", [])  # what the run folder's config.yaml leaves out
     for path, key, fill in HORIZON_KEYS:
         node = _node(raw, path, create=fill)
         if node is None:
@@ -229,6 +229,7 @@ def resolve_horizons(raw: dict) -> list[str]:
         if value in (None, 0):
             if fill:
                 node[key] = main
+                filled.append(f"{path}.{key}")
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value not in hs:
             raise ConfigError(f"{src}: {path}.{key}: {value!r} is not one of data.horizons {hs} "
@@ -239,6 +240,7 @@ def resolve_horizons(raw: dict) -> list[str]:
     given = metrics.get("horizons")
     if given is None:
         metrics["horizons"] = hs
+        filled.append("eval.metrics.horizons")
     elif not isinstance(given, list) or not set(given) <= set(hs) or metrics["main_horizon"] not in given:
         raise ConfigError(f"{src}: eval.metrics.horizons: {given!r} must be a subset of data.horizons {hs} "
                           f"holding eval.metrics.main_horizon {metrics['main_horizon']}")

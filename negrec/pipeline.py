@@ -99,7 +99,7 @@ def run_status(raw: dict, run_dir) -> dict:
     """`negrec status`: print `stage_states` as a table; writes nothing."""
     states = stage_states(raw, run_dir)
     width = max(len(n) for n in states)
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run_dir}" + ("" if Path(run_dir).exists() else " (does not exist: nothing has run there)"))
     for name, st in states.items():
         print(f"  {name:<{width}}  {st['state']:<7}  {st['why']}")
     return states

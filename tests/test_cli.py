@@ -278,3 +278,31 @@ def test_a_burst_in_one_window_is_no_competing_job(monkeypatch):
     pausing = ticks([20, 40, 22])
     monkeypatch.setattr(cli, "_cpu_times", lambda: next(pausing))
     assert cli._busy_cores() == pytest.approx(2 * (1 - 22 / 40))
+
+
+def test_the_saved_config_is_what_the_user_set(tmp_path):
+    """config.yaml leaves out what the run filled in (horizons from data) and the one-shot options
+    (pipeline.force, stop_after): rerun with --set data.main_horizon=3, every section follows it,
+    and a later run neither re-forces nor stops early."""
+    from negrec.cli import _write_config
+    from negrec.config import check_config, load_config
+
+    raw = load_config("configs/ml100k.yaml", ["pipeline.force=[report]", "pipeline.stop_after=data"])
+    check_config(raw)
+    assert raw["rewards"]["horizon"] == 7 and raw["eval"]["metrics"]["main_horizon"] == 7
+    _write_config(tmp_path, raw)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "horizon" not in (saved.get("rewards") or {})
+    assert not {"main_horizon", "horizons"} & set((saved.get("eval") or {}).get("metrics") or {})
+    assert saved["pipeline"] == {"skip": ["grpo-plain"]}
+    again = load_config(str(tmp_path / "config.yaml"), ["data.main_horizon=3"])
+    check_config(again)
+    assert again["rewards"]["horizon"] == 3 and again["eval"]["metrics"]["main_horizon"] == 3
+
+
+def test_status_of_a_file_or_a_missing_folder(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert main(["status", "--config", "configs/ml100k.yaml", "--run-dir", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["status", "--config", "configs/ml100k.yaml", "--run-dir", str(tmp_path / "typo")]) == 0
+    assert "does not exist" in capsys.readouterr().out
