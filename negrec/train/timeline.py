@@ -218,6 +218,25 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint whole
 
 
+def _resume(saved: dict, key: str, model, opt, sched, state: dict, rng, seed: int):
+    """(state, rng) after loading a checkpoint written under `key` into model, optimizer and
+    schedule; (state, rng) unchanged for another key. The batch order and dropout go on as if
+    never killed (a checkpoint from before they were saved: reseeded per epoch)."""
+    if saved.get("key") != key:
+        return state, rng
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    state = saved["state"]
+    if "rng" in saved:
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+    else:
+        rng = np.random.default_rng(seed + state["epoch"])
+    print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
+    return state, rng
+
+
 def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
                    ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None,
                    extra: list | None = None, loss_ids: np.ndarray | None = None) -> dict:
@@ -239,19 +258,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     state = {"epoch": 0, "step": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0,
              "best_recalls": None, "kept_epoch": 0, "kept_recall": -1.0}
     if ckpt_path is not None and ckpt_path.exists() and cfg.resume:
-        saved = torch.load(ckpt_path, weights_only=False)
-        if saved.get("key") == resume_key:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
-            state = saved["state"]
-            # the batch order and dropout go on as if never killed (a checkpoint from before: reseeded)
-            if "rng" in saved:
-                rng.bit_generator.state = saved["rng"]
-                torch.set_rng_state(saved["torch_rng"])
-            else:
-                rng = np.random.default_rng(cfg.seed + state["epoch"])
-            print(f"[timeline] resuming after epoch {state['epoch']} (step {state['step']})")
+        state, rng = _resume(torch.load(ckpt_path, weights_only=False), resume_key, model, opt, sched, state, rng, cfg.seed)
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
     if loss_ids is not None:
