@@ -9,7 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .config import ConfigError, check_config, load_config
+from .config import ConfigError, as_set, check_config, load_config
 from .io import write_yaml
 from .runlock import launched_rank, run_lock
 from .stages import commands
@@ -239,18 +239,8 @@ def _write_config(run_dir: Path, raw: dict) -> None:
     """The config beside the outputs, as the user set it: the horizons filled in from `data` and the
     one-shot options left out (a later `--set data.main_horizon=3` must reach every section). Written
     only once every section passed validation and the run folder's lock is held."""
-    import copy
-
-    saved = copy.deepcopy({k: v for k, v in raw.items() if not k.startswith("_")})
-    for dotted in [*raw.get("_filled", []), *ONE_SHOT]:
-        *parents, key = dotted.split(".")
-        node = saved
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(key, None)
     try:
-        write_yaml(run_dir / "config.yaml", saved)
+        write_yaml(run_dir / "config.yaml", as_set(raw, ONE_SHOT))
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from e
 

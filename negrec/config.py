@@ -198,6 +198,20 @@ HORIZON_KEYS = (("sft_align", "horizon", False), ("sft_next", "horizon", False),
                 ("eval.metrics", "main_horizon", True))
 
 
+def as_set(raw: dict, leave_out=()) -> dict:
+    """A copy of `raw` as the user set it: no `_` keys, no horizon `resolve_horizons` filled in, and
+    none of the dotted keys `leave_out`."""
+    import copy
+
+    out = copy.deepcopy({k: v for k, v in raw.items() if not str(k).startswith("_")})
+    for dotted in [*raw.get("_filled", []), *leave_out]:
+        parent, _, key = dotted.rpartition(".")
+        node = _node(out, parent, create=False)
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return out
+
+
 def _node(raw: dict, path: str, create: bool) -> dict | None:
     node = raw
     for part in path.split("."):

@@ -66,6 +66,10 @@ def _open_bytes(path: Path):
     return open(path, "rb") if module is None else importlib.import_module(module).open(path, "rb")
 
 
+def _undecompressable(path: Path, e: Exception) -> DataError:
+    return DataError(f"{path}: cannot decompress ({e}); corrupt or truncated?")
+
+
 def _scan_bytes(path: Path) -> bytes | None:
     """The file's (decompressed) bytes for the line scans; None over 256 MiB or when the file cannot
     be opened for a scan."""
@@ -78,7 +82,7 @@ def _scan_bytes(path: Path) -> bytes | None:
         with f:
             data = f.read(_BLANK_SCAN_MAX + 1)
     except (OSError, EOFError) as e:  # not gzip after all, truncated, ... (lzma's error is an OSError too)
-        raise DataError(f"{path}: cannot decompress ({e}); corrupt or truncated?") from e
+        raise _undecompressable(path, e) from e
     return None if len(data) > _BLANK_SCAN_MAX else data
 
 
@@ -159,7 +163,7 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: {_undecodable(path, encoding)}") from e
     except (OSError, EOFError) as e:  # a corrupt or truncated .gz / .bz2 / .xz
-        raise DataError(f"{path}: cannot decompress ({e}); corrupt or truncated?") from e
+        raise _undecompressable(path, e) from e
     except (pd.errors.ParserError, ValueError) as e:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if m:

@@ -287,10 +287,10 @@ SLICE_BINS = {
 }
 
 
-def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20, labels: dict | None = None) -> pd.DataFrame:
+def results_table(metrics: dict[str, dict], h: int, fhr_k: int = 20) -> pd.DataFrame:
     rows = []
     for method, m in metrics.items():
-        row = {"method": (labels or POLICY_LABELS).get(method, method)}
+        row = {"method": POLICY_LABELS.get(method, method)}
         for key, title in TABLE_COLUMNS:
             v = m.get(key.format(h=h, fhr_k=fhr_k))
             row[title.format(fhr_k=fhr_k)] = np.nan if v is None else float(v)
