@@ -5,15 +5,18 @@ Freshness. A stage's fingerprint hashes its name, the config sections it reads (
 `sections`), the fingerprint of each input stage (registry `inputs`; None for an input that is not
 done) and, for raw inputs outside the run folder, the registry's `fingerprint` function (sizes,
 mtimes and content hashes). A stage is *done* when its marker holds that fingerprint and its key
-outputs exist. The marker is `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several stages
-write one folder (`eval/`: baselines, predict, evaluate; the run folder itself: report). It holds
-the fingerprint and its parts, so `negrec status` can say what changed.
+outputs exist whole. The marker is `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several
+stages write one folder (`eval/`: baselines, predict, evaluate; the run folder itself: report). It
+holds the fingerprint and its parts, so `negrec status` can say what changed, and the size of every
+file the stage wrote, so that a truncated, replaced or deleted output is not taken for done (and
+`negrec evaluate` scores the predictions files this run's stages wrote, not every file it finds).
 
 Atomic folders. `stage_folder` yields a temporary folder beside the stage's own; the stage writes
 its outputs there, the marker is written last and the folder is renamed into place, so a kill
 leaves either the old folder or the new one, never a mix. A stage sharing its folder writes
-each file atomically (`negrec.io.atomic_path`), drops its marker first and writes it last
-(`shared_stage_files`). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
+each file atomically (`negrec.io.atomic_path`), drops its marker first and writes it last, and
+marks itself running meanwhile (`_RUNNING.<stage>`: a killed run reads as interrupted, and its
+half-written files are refused to the stages that read them) (`shared_stage_files`). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
 outside the swapped folder. Every stage starts with `up_to_date`: an input stage's folder without a
 matching marker is refused, naming it.
 """
@@ -28,11 +31,12 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import ConfigError
-from .io import atomic_dir, config_hash, write_json
+from .io import atomic_dir, config_hash, recording_writes, write_json
 from .runlock import launched_rank
 from .stages import STAGES, stage
 
 MARKER = "_DONE"
+RUNNING = "_RUNNING"  # <folder>/_RUNNING.<stage>: a stage sharing its folder has started, not finished
 WORK = ".work"  # <run>/.work/<stage>/: checkpoints of resumable stages, outside the swapped folder
 
 
@@ -57,6 +61,10 @@ def _shared(name: str) -> bool:
 
 def marker_path(raw: dict, run_dir, name: str) -> Path:
     return stage_dir(raw, run_dir, name) / (f"{MARKER}.{name}" if _shared(name) else MARKER)
+
+
+def running_path(raw: dict, run_dir, name: str) -> Path:
+    return stage_dir(raw, run_dir, name) / f"{RUNNING}.{name}"
 
 
 def output_paths(raw: dict, run_dir, name: str) -> list[Path]:
@@ -121,6 +129,9 @@ class _Rule:
         if rec is None:
             if folder.exists() and not _shared(name):
                 return {"state": "missing", "why": f"{folder} has no {MARKER} (incomplete: killed or never finished)"}
+            if running_path(self.raw, self.run_dir, name).exists():
+                return {"state": "missing", "why": f"started, not finished (running now, or killed): its files "
+                                                   f"in {folder} may be half-written"}
             work = work_dir(self.run_dir, name)
             if work.exists() and any(work.iterdir()):
                 return {"state": "missing", "why": f"not finished (resumable state in {work})"}
@@ -131,7 +142,42 @@ class _Rule:
         absent = [p for p in output_paths(self.raw, self.run_dir, name) if not p.exists()]
         if absent:
             return {"state": "missing", "why": "no " + ", ".join(str(p) for p in absent[:2])}
+        damaged = _damaged(folder, rec.get("files") or {})
+        if damaged:
+            return {"state": "missing", "why": damaged}
         return {"state": "done", "why": "fingerprint matches, outputs present"}
+
+
+def _file_sizes(folder: Path, paths) -> dict[str, int]:
+    """{path relative to `folder`: size} of the files a stage wrote there, markers left out."""
+    root = folder.resolve()
+    out = {}
+    for p in map(Path, paths):
+        q = p.resolve()
+        if q.is_file() and q.is_relative_to(root) and not p.name.startswith((MARKER, RUNNING)):
+            out[q.relative_to(root).as_posix()] = q.stat().st_size
+    return dict(sorted(out.items()))
+
+
+def _damaged(folder: Path, files: dict[str, int]) -> str | None:
+    """Why the files a marker records are not as the stage wrote them (None when they are)."""
+    for rel, size in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{path} is gone (the stage wrote it)"
+        if path.stat().st_size != size:
+            return f"{path} is {path.stat().st_size} bytes, the stage wrote {size} (truncated or replaced?)"
+    return None
+
+
+def stage_files(raw: dict, run_dir, name: str) -> list[Path] | None:
+    """The files stage `name` wrote, as its marker records them (None: no marker, or one written
+    before markers recorded files)."""
+    rec = _Rule(raw, run_dir).recorded(name)
+    if rec is None or not isinstance(rec.get("files"), dict):
+        return None
+    folder = stage_dir(raw, run_dir, name)
+    return [folder / rel for rel in rec["files"]]
 
 
 def _what_changed(spec, old: dict, now: dict) -> str:
@@ -167,12 +213,13 @@ def _check_inputs(rule: _Rule, name: str) -> None:
     raw, run_dir = rule.raw, rule.run_dir
     for i in stage(name).inputs:
         rec = rule.recorded(i)
-        if rec is None and (_shared(i) or not stage_dir(raw, run_dir, i).exists()):
+        if rec is None and (_shared(i) and not running_path(raw, run_dir, i).exists()
+                            or not stage_dir(raw, run_dir, i).exists()):
             continue
         if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
             continue
         raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
-                            f"run `negrec {stage(i).command}` (or `negrec pipeline`) first")
+                            f"run `negrec {stage(i).command_line}` (or `negrec pipeline`) first")
 
 
 def up_to_date(raw: dict, run_dir, name: str) -> bool:
@@ -189,6 +236,10 @@ def up_to_date(raw: dict, run_dir, name: str) -> bool:
 
 def _marker_record(rule: _Rule, name: str) -> dict:
     return {"fingerprint": rule.fingerprint(name), "parts": rule.parts(name)}
+
+
+def _with_files(record: dict, folder: Path, paths) -> dict:
+    return {**record, "files": _file_sizes(folder, paths)}
 
 
 def mark_done(raw: dict, run_dir, name: str, folder: str | Path | None = None) -> None:
@@ -222,19 +273,24 @@ def stage_folder(raw: dict, run_dir, name: str) -> Iterator[Path]:
     _remove_leftovers(folder, run_dir)
     with atomic_dir(folder) as tmp:
         yield tmp
-        write_json(tmp / marker_path(raw, run_dir, name).name, record)
+        write_json(tmp / marker_path(raw, run_dir, name).name, _with_files(record, tmp, tmp.rglob("*")))
 
 
 @contextmanager
 def shared_stage_files(raw: dict, run_dir, name: str) -> Iterator[Path]:
     """For a stage writing into a folder it shares (eval/, the run folder): yield that folder; the
-    stage's marker is dropped first and written last, each file being written atomically."""
+    stage's marker is dropped first and written last, naming the files the stage wrote (each
+    atomically, `negrec.io.atomic_path`); `_RUNNING.<stage>` stands meanwhile, so a kill or an
+    error in between leaves the stage interrupted, not "never ran"."""
     record = _marker_record(_Rule(raw, run_dir), name)
-    marker = marker_path(raw, run_dir, name)
+    marker, running = marker_path(raw, run_dir, name), running_path(raw, run_dir, name)
     marker.unlink(missing_ok=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    yield marker.parent
-    write_json(marker, record)
+    write_json(running, {"stage": name, "pid": os.getpid()})
+    with recording_writes() as written:
+        yield marker.parent
+    write_json(marker, _with_files(record, marker.parent, written))
+    running.unlink(missing_ok=True)
 
 
 def copy_tree(src: Path, dst: Path) -> None:

@@ -12,6 +12,21 @@ from typing import Any, Iterator
 import yaml
 
 
+_recorders: list[list[Path]] = []  # open `recording_writes` blocks
+
+
+@contextmanager
+def recording_writes() -> Iterator[list[Path]]:
+    """Collect the paths `atomic_path` puts in place inside the block: a stage that shares its
+    folder with others names the files it wrote (see `negrec.contract.shared_stage_files`)."""
+    paths: list[Path] = []
+    _recorders.append(paths)
+    try:
+        yield paths
+    finally:
+        _recorders.remove(paths)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
@@ -24,6 +39,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         kill_point("write")  # the new content complete, not yet in place
         os.replace(tmp, path)
+        for paths in _recorders:
+            paths.append(path)
     finally:
         if tmp.exists():
             tmp.unlink()

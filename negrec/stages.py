@@ -27,6 +27,12 @@ class Stage:
     folder: str = ""            # the folder it writes, relative to the run folder ("{export}": export.out_dir,
                                 # ".": the run folder); shared by several stages -> marker _DONE.<name>
 
+    @property
+    def command_line(self) -> str:
+        """The CLI call that runs this stage alone (`sft --task next`, `grpo --plain`)."""
+        flags = [f"--{k}" if v is True else f"--{k} {v}" for k, v in self.kwargs.items() if v is not False]
+        return " ".join([self.command, *flags])
+
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data", "negrec.data", "run_prepare",

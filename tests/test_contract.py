@@ -144,6 +144,8 @@ def _assert_same_folder(a: Path, run_a: Path, b: Path, run_b: Path) -> None:
                 if rel.suffix == ".jsonl" else json.loads(_normalised(fa.read_text(), run_a))
             jb = [json.loads(line) for line in _normalised(fb.read_text(), run_b).splitlines() if line.strip()] \
                 if rel.suffix == ".jsonl" else json.loads(_normalised(fb.read_text(), run_b))
+            if rel.name.startswith(contract.MARKER):  # the files it records, not their sizes (timings vary)
+                ja, jb = ({**j, "files": sorted(j.get("files", {}))} for j in (ja, jb))
             assert _json_view(ja) == _json_view(jb), rel
         elif rel.name == "training_args.bin":  # transformers' pickled arguments: they name the run folder
             assert _training_args(fa, run_a) == _training_args(fb, run_b)
@@ -208,3 +210,50 @@ def test_readers_refuse_a_folder_without_a_matching_marker(base_run, base_raw, t
     assert f"{run2 / 'encode'}: encode is not done (its config (encode) changed)" in err
     states = contract.state(load_config(str(run2 / "config.yaml")), run2, "sft-next")
     assert states["state"] == "stale" and "input" in states["why"]
+
+
+# ---- markers record the files a stage wrote ----
+def test_a_truncated_or_deleted_output_is_not_done(tmp_path):
+    """A stage is done only while the files it wrote are as it wrote them: a truncated file (a copy
+    cut short, a full disk) or a deleted one makes it not done, naming the file; its own folder
+    and a folder it shares alike."""
+    from negrec.io import write_parquet
+
+    raw, run = {"data": {"format": "movielens"}}, tmp_path / "run"
+    with contract.stage_folder(raw, run, "data") as tmp:
+        (tmp / "weights.bin").write_bytes(b"x" * 1000)
+        for path in contract.output_paths(raw, run, "data"):
+            (tmp / path.name).write_text("{}")
+    raw_eval = {"eval": {}}
+    with contract.shared_stage_files(raw_eval, run, "baselines"):
+        write_parquet(run / "eval" / "predictions" / "random.parquet", pd.DataFrame({"a": np.arange(100)}))
+        (run / "eval" / "baselines_summary.json").write_text("{}")  # not atomic: not recorded, checked by name
+    for raw_, name in ((raw, "data"), (raw_eval, "baselines")):
+        assert contract.state(raw_, run, name)["state"] == "done", contract.state(raw_, run, name)
+    with open(run / "data" / "weights.bin", "r+b") as f:
+        f.truncate(10)
+    st = contract.state(raw, run, "data")
+    assert st["state"] == "missing" and "weights.bin is 10 bytes, the stage wrote 1000" in st["why"]
+    (run / "eval" / "predictions" / "random.parquet").unlink()
+    st = contract.state(raw_eval, run, "baselines")
+    assert st["state"] == "missing" and "random.parquet is gone" in st["why"]
+    assert contract.stage_files(raw_eval, run, "baselines") == [run / "eval" / "predictions" / "random.parquet"]
+
+
+def test_an_interrupted_shared_stage_reads_as_interrupted_and_is_refused(tmp_path):
+    """A stage sharing its folder (predict, in eval/) killed or failing halfway has no marker, as one
+    that never ran; it reads as started-not-finished and the stages reading it refuse its files."""
+    raw, run = {"eval": {}}, tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with contract.shared_stage_files(raw, run, "predict"):
+            (run / "eval" / "targets.parquet").write_bytes(b"half")
+            raise RuntimeError("killed")
+    st = contract.state(raw, run, "predict")
+    assert st["state"] == "missing" and "started, not finished" in st["why"]
+    with pytest.raises(contract.StageNotReady, match="predict is not done"):
+        contract.up_to_date(raw, run, "evaluate")
+    with contract.shared_stage_files(raw, run, "predict"):  # a rerun that finishes
+        pd.DataFrame({"a": [1]}).to_parquet(run / "eval" / "targets.parquet")
+        (run / "eval" / "predict_summary.json").write_text("{}")
+    assert not contract.running_path(raw, run, "predict").exists()
+    assert contract.state(raw, run, "predict")["state"] == "done"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,23 @@ def test_cli_and_pipeline_read_the_registry():
     for path in (ROOT / "negrec").rglob("*.py"):
         if path.name != "stages.py":
             assert not re.search(r'"negrec\.[a-z_.]+",\s*"run_', path.read_text()), path
+
+
+def test_a_refusal_names_the_command_that_runs_the_stage(tmp_path):
+    """A stale input is refused with the call that reruns that stage alone: `sft` alone runs the
+    alignment stage and `grpo` alone the progressive one."""
+    from negrec import contract
+
+    raw = {"data": {}, "grpo": {"learning_rate": 1e-4}}
+    for name in ("sft-next", "grpo-plain"):
+        folder = contract.stage_dir(raw, tmp_path, name)
+        folder.mkdir(parents=True)
+        (folder / contract.MARKER).write_text('{"fingerprint": "from another config"}')
+    with pytest.raises(contract.StageNotReady, match=r"run `negrec sft --task next` \(or"):
+        contract.up_to_date(raw, tmp_path, "grpo")
+    shutil.rmtree(tmp_path / "sft_next")  # predict reads it first
+    with pytest.raises(contract.StageNotReady, match=r"run `negrec grpo --plain` \(or"):
+        contract.up_to_date(raw, tmp_path, "predict")
 
 
 # ---- a tiny generic log ----

@@ -172,6 +172,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         raise DataError(f"{path}: cannot parse ({e}); is the separator {sep!r} right?") from e
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (empty file?)")
+    if names is None:
+        _refuse_repeated_header(path, sep, encoding)
     first_data_line = header_lines + 1 if names else 2
     if quoted and n_lines > first_data_line - 1 + len(df) + len(blanks):
         blanks = sorted(set(blanks) | set(continuation_lines(path, sep, encoding)))  # a blank line in quotes: once
@@ -201,14 +203,22 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     return df
 
 
-TS_UNITS = ("s", "ms", "datetime", "auto")
+TS_UNITS = ("s", "ms", "us", "datetime", "auto")
+PER_SECOND = {"s": 1, "ms": 1000, "us": 1_000_000}
+
+
+def auto_unit(median: float) -> str:
+    """The unit of numeric timestamps from their median (2001-2286 in seconds is 1e9-1e10; 1995 in
+    microseconds is 7.9e14)."""
+    return "us" if median > 1e14 else "ms" if median > 1e11 else "s"
 
 
 def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line",
-             skipped=()) -> np.ndarray:
-    """UTC seconds (int64) from numbers (s or ms) or date strings; names the first value that does
-    not parse or overflows int64 (`label` "row" for Parquet, whose rows are counted from 1).
-    `auto`: numbers when most values are numbers (milliseconds when their median is above 1e11),
+             skipped=(), fmt: str = "") -> np.ndarray:
+    """UTC seconds (int64) from numbers (s or ms) or date strings (in strftime format `fmt` when
+    given); names the first value that does not parse or overflows int64 (`label` "row" for
+    Parquet, whose rows are counted from 1).
+    `auto`: numbers when most values are numbers (unit by their median, `auto_unit`),
     else dates. Plausible range and mixed units: `validate.check_timestamps`."""
     def where(i):
         return f"{path}: {label} {line_of(first_line, i, skipped)}: field {field!r}"
@@ -216,12 +226,12 @@ def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, la
     if unit not in TS_UNITS:
         raise DataError(f"data.generic.ts_unit: {unit!r} is not one of {'|'.join(TS_UNITS)}")
     if values.dtype.kind == "M" or unit == "datetime":
-        return _parse_dates(values, where)
+        return _parse_dates(values, where, fmt, path)
     num = values
     if values.dtype.kind not in "iufb":
         num = pd.to_numeric(values, errors="coerce")
         if unit == "auto" and num.isna().sum() * 2 > len(values):
-            return _parse_dates(values, where)  # mostly not numbers: dates
+            return _parse_dates(values, where, fmt, path)  # mostly not numbers: dates
     bad = num.isna().to_numpy() if num.dtype.kind == "f" else np.zeros(len(num), bool)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -229,14 +239,15 @@ def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, la
         if pd.isna(raw) or str(raw).strip() == "":
             raise DataError(f"{where(i)}: empty timestamp")
         others = " (the other values are numbers)" if unit == "auto" else ""
-        what = {"s": "seconds", "ms": "milliseconds"}.get(unit, "a number")
+        what = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}.get(unit, "a number")
         raise DataError(f"{where(i)}: cannot parse timestamp {raw!r} as {what}{others}")
     v = num.to_numpy()
-    ms = unit == "ms" or (unit == "auto" and len(v) > 0 and float(np.median(v)) > 1e11)
-    return _seconds(v, ms, where)
+    if unit == "auto":
+        unit = auto_unit(float(np.median(v))) if len(v) else "s"
+    return _seconds(v, PER_SECOND[unit], where)
 
 
-def _seconds(v: np.ndarray, ms: bool, where) -> np.ndarray:
+def _seconds(v: np.ndarray, per_second: int, where) -> np.ndarray:
     """int64 seconds; a value beyond int64 is refused, not wrapped around."""
     if v.dtype.kind == "f":
         over = ~(np.abs(v) < 9.2e18)
@@ -248,24 +259,44 @@ def _seconds(v: np.ndarray, ms: bool, where) -> np.ndarray:
         i = int(np.flatnonzero(over)[0])
         raise DataError(f"{where(i)}: timestamp {v[i].item()!r} does not fit a 64-bit integer (int64 overflow)")
     out = np.floor(v).astype(np.int64) if v.dtype.kind == "f" else v.astype(np.int64, copy=False)
-    return out // 1000 if ms else out
+    return out // per_second if per_second > 1 else out
 
 
-def _parse_dates(values: pd.Series, where) -> np.ndarray:
+def _parse_dates(values: pd.Series, where, fmt: str = "", path=None) -> np.ndarray:
     import warnings
 
-    with warnings.catch_warnings():  # "could not infer format": each value parsed on its own, as intended
-        warnings.simplefilter("ignore", UserWarning)
-        dt = pd.to_datetime(values, errors="coerce", utc=True)
-        if dt.isna().any():  # the format is inferred from the first value: ISO 8601 forms may mix (date, date time)
-            iso = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-            dt = iso if iso.isna().sum() < dt.isna().sum() else dt
+    if fmt and values.dtype.kind != "M":
+        dt = pd.to_datetime(values, errors="coerce", utc=True, format=fmt)
+    else:
+        _warn_day_month(values, path)
+        with warnings.catch_warnings():  # "could not infer format": each value parsed on its own, as intended
+            warnings.simplefilter("ignore", UserWarning)
+            dt = pd.to_datetime(values, errors="coerce", utc=True)
+            if dt.isna().any():  # the format is inferred from the first value: ISO 8601 forms may mix (date, date time)
+                iso = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+                dt = iso if iso.isna().sum() < dt.isna().sum() else dt
     bad = dt.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}")
+        hint = f" with data.generic.ts_format {fmt!r}" if fmt and values.dtype.kind != "M" else ""
+        raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}{hint}")
     # pandas' datetime resolution varies (ns, us): go through a Timedelta, not raw int64
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy("int64")
+
+
+def _warn_day_month(values: pd.Series, path) -> None:
+    """Dates written nn/nn/yyyy whose first two numbers are all 12 or less read as month/day, and
+    nothing in them says otherwise: say so once, with the setting that reads them as day/month."""
+    if values.dtype.kind == "M" or not len(values):
+        return
+    parts = values.astype(str).str.extract(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")
+    if parts[0].isna().any():
+        return
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    if first.max() <= 12 and second.max() <= 12 and (first != second).any():
+        print(f"[data] warning: {path}: every date reads both as month/day and day/month (e.g. "
+              f"{values.iloc[int(np.flatnonzero((first != second).to_numpy())[0])]!r}); read as month/day. "
+              "If they are day/month, set data.generic.ts_format (e.g. '%d/%m/%Y %H:%M:%S')")
 
 
 def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
@@ -275,6 +306,20 @@ def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
     return pd.DataFrame({"user_id": np.asarray(user), "item_id": np.asarray(item),
                          "ts": np.asarray(ts, "int64"), "feedback": fb.astype("int8"),
                          "source": source_column(np.zeros(len(fb), bool)), "rating": rating})
+
+
+def _refuse_repeated_header(path: Path, sep: str, encoding: str) -> None:
+    """A header naming a column twice is ambiguous: pandas would rename the second (`rating.1`) and
+    the config's name would pick the first silently."""
+    header = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None, nrows=1, dtype=str,
+                         encoding=encoding, engine="c" if len(sep) == 1 else "python",
+                         keep_default_na=False).iloc[0].str.strip().tolist()
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in seen:
+            raise DataError(f"{path}: line 1: column {name!r} is named twice (fields {seen[name] + 1} and {i + 1}); "
+                            "rename one")
+        seen[name] = i
 
 
 def _with_origin(df: pd.DataFrame, path, first_line: int, fields: dict | None = None, blanks=()) -> pd.DataFrame:
@@ -421,6 +466,26 @@ def _ids_as_read(values: pd.Series) -> np.ndarray:
 
 # ---------------------------------------------------------------- KuaiRand
 KUAIRAND_LOG_FIELDS = ("user_id", "video_id", "time_ms", "play_time_ms", "duration_ms")
+KUAIRAND_FLAGS = ("is_hate", "is_like", "is_follow", "is_forward", "long_view", "label")
+
+
+def _same_flags(files: list[Path]) -> None:
+    """Refuse raw logs (no `label`) that carry different feedback flags: in a file without
+    `is_like` every like would count as a neutral exposure."""
+    have = {}
+    for f in files:
+        try:
+            header = pd.read_csv(f, sep="\t" if f.suffix == ".tsv" else ",", nrows=0, encoding="utf-8-sig").columns
+        except (ValueError, OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError):
+            continue  # read_table names what is wrong with it
+        flags = {c.strip() for c in header} & set(KUAIRAND_FLAGS)
+        if "label" not in flags:  # the like/hate subset: its label alone says like or hate
+            have[f] = flags
+    for f, flags in have.items():
+        for g, other in have.items():
+            if other - flags:
+                raise DataError(f"{f}: line 1: no field {sorted(other - flags)[0]!r}, which {g.name} has: "
+                                "every KuaiRand file must carry the same feedback flags")
 
 
 def load_kuairand(path, duration_buckets: int = 8):
@@ -434,6 +499,7 @@ def load_kuairand(path, duration_buckets: int = 8):
     files = sorted(path.glob("log_*.csv")) + sorted(path.glob("*.tsv")) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no KuaiRand log (log_standard_*.csv, log_random_*.csv or *.tsv) found")
+    _same_flags(files)
     frames, blank_of = [], []
     for f in files:
         sep = "\t" if f.suffix == ".tsv" else ","
@@ -442,7 +508,7 @@ def load_kuairand(path, duration_buckets: int = 8):
         blank_of.append(blanks)
         has_label = "label" in df.columns
         flags = {}
-        for col in ("is_hate", "is_like", "is_follow", "is_forward", "long_view", "label"):
+        for col in KUAIRAND_FLAGS:
             if col in df.columns:
                 v = pd.to_numeric(df[col], errors="coerce")
                 if v.isna().any():
@@ -494,7 +560,8 @@ class GenericLogSpec:
     items_sep: str = ""  # the items table's separator when it differs from the log's ("": the same)
     columns: dict = field(default_factory=lambda: {"user_id": "user_id", "item_id": "item_id", "ts": "ts"})
     item_columns: dict = field(default_factory=lambda: {"item_id": "item_id", "title": "title", "text": "text"})
-    ts_unit: str = "auto"  # s | ms | datetime | auto
+    ts_unit: str = "auto"  # s | ms | us | datetime | auto
+    ts_format: str = ""    # strftime format of date strings, e.g. "%d/%m/%Y %H:%M" (default: inferred)
     negative_if: str = "rating <= 2"
     positive_if: str = "rating >= 4"
     feature_columns: list = field(default_factory=list)
@@ -721,7 +788,7 @@ def _load_generic_csv(spec: GenericLogSpec, path: Path, cols: dict) -> tuple[pd.
                         f"found {list(raw.columns)}{hint}")
     check_mapping(path, raw.columns, cols, "data.columns")
     df = raw.rename(columns={v: k for k, v in cols.items()})
-    ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line, skipped=blanks)
+    ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line, skipped=blanks, fmt=spec.ts_format)
     opts = {}
     for opt in OPTIONAL_FLOATS:  # parsed before the rules, which may read them (e.g. `rating <= 2`)
         if opt in df.columns:
@@ -793,8 +860,9 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
     numeric_ts = _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names)
     if spec.ts_unit == "auto" and numeric_ts and n:
         sample = out["ts"][:: max(1, n // 100_000)]
-        if np.median(sample) > 1e11:  # milliseconds
-            np.floor_divide(out["ts"], 1000, out=out["ts"])
+        per_second = PER_SECOND[auto_unit(float(np.median(sample)))]
+        if per_second > 1:
+            np.floor_divide(out["ts"], per_second, out=out["ts"])
     for c in ("user_id", "item_id", "ts"):
         if out[c].dtype.kind == "i":
             out[c] = narrow_int(out[c])
@@ -827,7 +895,7 @@ def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, 
             out["ts"][row:row + m] = parse_ts(tcol, "s", path, canon_of["ts"], first, "row")  # unit settled below
         else:
             numeric_ts = False
-            out["ts"][row:row + m] = parse_ts(tcol, spec.ts_unit, path, canon_of["ts"], first, "row")
+            out["ts"][row:row + m] = parse_ts(tcol, spec.ts_unit, path, canon_of["ts"], first, "row", fmt=spec.ts_format)
         del tcol
         parsed = {}
         for o in opts:  # parsed before the rules, which may read them (e.g. `rating <= 2`)

@@ -51,7 +51,9 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
         x = int(v[i])
         rule = f"before {_date(lo)}" if x < lo else f"after {_date(hi)} (now + 1 year)"
         hint = ""
-        if lo <= x * 1000 <= hi:
+        if n_bad == len(ts) and lo <= x / 1000 <= hi:
+            hint = "; every timestamp is 1000 times too large: set data.generic.ts_unit to the next finer unit (ms, us)?"
+        elif lo <= x * 1000 <= hi:
             hint = "; a value in seconds among milliseconds (mixed units)?"
         elif lo <= x / 1000 <= hi:
             hint = "; a value in milliseconds among seconds (mixed units)?"

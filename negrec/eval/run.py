@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
-from ..contract import shared_stage_files, stage_folder, up_to_date
+from ..contract import shared_stage_files, stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
@@ -473,7 +473,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     log_given = bool(log)
     ev = run_dir / "eval"
     id_maps = load_id_maps(_log_path(run_dir, log).parent)  # an outside file names ids as the log did
-    targets, log, sid_tok, files = _evaluate_inputs(run_dir, cfg, predictions, targets, log)
+    targets, log, sid_tok, files = _evaluate_inputs(raw, run_dir, cfg, predictions, targets, log)
     keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
     # fitted once for all methods, on events before each evaluated user's cut only (users outside
     # the evaluated rows: before their own fit limit when the log is the run's own)
@@ -520,7 +520,7 @@ def _log_path(run_dir: Path, log) -> Path:
     return Path(log) if log else run_dir / "data" / "interactions.parquet"
 
 
-def _evaluate_inputs(run_dir: Path, cfg: "EvalConfig", predictions, targets, log):
+def _evaluate_inputs(raw: dict, run_dir: Path, cfg: "EvalConfig", predictions, targets, log):
     """(targets, log, sid tokenizer or None, predictions files: baselines first, then the SID policies)."""
     from ..tokenizer import SemanticIdTokenizer
 
@@ -540,12 +540,34 @@ def _evaluate_inputs(run_dir: Path, cfg: "EvalConfig", predictions, targets, log
         if not files[0].exists():
             raise FileNotFoundError(f"{files[0]}: no such predictions file")
     else:
-        files = sorted((ev / "predictions").glob("*.parquet"))
+        files = _run_predictions(raw, run_dir)
     if not files:
         raise FileNotFoundError(f"{ev / 'predictions'}: no predictions; run `negrec predict` / `negrec baselines`")
     order = {n: i for i, n in enumerate(POLICY_DIRS)}
     files.sort(key=lambda f: (f.stem in order, order.get(f.stem, 0), f.stem))
     return targets, log, sid_tok, files
+
+
+def _run_predictions(raw: dict, run_dir: Path) -> list[Path]:
+    """The predictions files this run's baselines and predict stages wrote, as their markers record
+    them: a file another config left (a method since dropped) is not scored, a deleted one is
+    refused. Markers from before they recorded files: every file in eval/predictions/."""
+    folder = run_dir / "eval" / "predictions"
+    found = sorted(folder.glob("*.parquet"))
+    made = {s: stage_files(raw, run_dir, s) for s in ("baselines", "predict")}
+    if all(v is None for v in made.values()):
+        return found
+    files = []
+    for name, paths in made.items():
+        for path in paths or []:
+            if path.parent == folder and path.suffix == ".parquet":
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: missing (`negrec {name}` wrote it); run `negrec {name}` again")
+                files.append(path)
+    for path in sorted(set(found) - set(files)):
+        print(f"[evaluate] {path}: not written by this run's baselines or predict stage (a method the config "
+              f"no longer names?): not scored")
+    return files
 
 
 # ---------------------------------------------------------------- filter

@@ -147,7 +147,26 @@ def _items_typo(tmp):
 
 
 # (id, make(tmp) -> (argv, env), substrings the single stderr line must hold: file, line, field, rule)
+def _repeated_header(tmp):
+    cfg = _generic_csv(tmp, [r + ",1" for r in _gen_rows()])
+    text = (tmp / "log.csv").read_text().split("\n", 1)
+    _write(tmp / "log.csv", "uid,iid,when,stars,stars\n" + text[1])
+    return cfg
+
+
+def _kuai_flags_differ(tmp):
+    header = "user_id\tvideo_id\ttime_ms\tplay_time_ms\tduration_ms\tis_hate"
+    rows = [f"{u}\t{100 + i}\t{(TS24 + DAY * (i % 9) + u) * 1000}\t5000\t20000\t{int(i == 3)}"
+            for u in range(1, 7) for i in range(12)]
+    for name, head, tail in (("log_a.csv", header + ",is_like", ",1"), ("log_b.csv", header, "")):
+        _write(tmp / "kr" / name, head.replace("\t", ",") + "\n" + "\n".join(r.replace("\t", ",") + tail
+                                                                            for r in rows) + "\n")
+    return {"format": "kuairand", "path": str(tmp / "kr"), "split": {"cut_unit": "event"}}
+
+
 DATA_CASES = [
+    ("kuairand-files-differ-in-flags", D(_kuai_flags_differ), ["log_b.csv", "line 1", "'is_like'", "log_a.csv"]),
+    ("header-repeats-a-name", D(_repeated_header), ["log.csv", "line 1", "'stars'", "named twice", "fields 4 and 5"]),
     ("id-missing-word", D(lambda t: _generic_csv(t, _gen_rows(), "NA,10,1704067201,3")),
      ["log.csv", "line 3", "'uid'", "reads as a missing value"]),
     ("rule-not-true-false", D(lambda t: _generic_csv(t, _gen_rows(), negative_if="rating")),

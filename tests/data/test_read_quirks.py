@@ -92,3 +92,31 @@ def test_the_items_table_may_have_its_own_separator(tmp_path):
     spec.items_sep = ","
     _, got = load_generic(spec)
     assert set(got["title"]) == {str(1984 + i) for i in range(6)}  # titles that are numbers stay text
+
+
+def test_day_month_dates_read_with_ts_format_and_warned_without(tmp_path, capsys):
+    """dd/mm/yyyy dates whose days are all <= 12 read as mm/dd unless `ts_format` says otherwise;
+    without it the loader says the dates are ambiguous."""
+    days = pd.date_range("2024-01-01", periods=12, freq="D")  # 01/01 .. 12/01: every day <= 12
+    rows = [(u, 10 + i, d.strftime("%d/%m/%Y 10:00"), 1 + (u + i) % 5) for u in range(1, 4) for i, d in enumerate(days)]
+    path = _csv(tmp_path / "log.csv", ["uid", "iid", "when", "stars"], rows)
+    out, _ = load_generic(_spec(path, ts_unit="datetime", ts_format="%d/%m/%Y %H:%M"))
+    want = [int(pd.Timestamp(f"{d.date()} 10:00", tz="UTC").timestamp()) for d in days]
+    assert sorted(set(out["ts"].tolist())) == want
+    capsys.readouterr()
+    guessed, _ = load_generic(_spec(path, ts_unit="datetime"))
+    assert sorted(set(guessed["ts"].tolist())) != want  # read as month/day: the silent misread the warning names
+    assert "reads both as month/day and day/month" in capsys.readouterr().out
+    with pytest.raises(DataError, match=r"cannot parse timestamp .* with data.generic.ts_format '%Y-%m-%d'"):
+        load_generic(_spec(path, ts_unit="datetime", ts_format="%Y-%m-%d"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_microsecond_timestamps_read_as_microseconds(tmp_path, fmt):
+    rows = [(u, i, (t - TS24 % DAY) * 1_000_000 + 123, r) for u, i, t, r in _rows()]
+    frame = pd.DataFrame(rows, columns=["uid", "iid", "when", "stars"])
+    path = tmp_path / f"log.{fmt}"
+    frame.to_parquet(path, index=False) if fmt == "parquet" else frame.to_csv(path, index=False)
+    for unit in ("auto", "us"):
+        out, _ = load_generic(_spec(path, ts_unit=unit))
+        assert sorted(out["ts"].tolist()) == sorted(t - TS24 % DAY for _, _, t, _ in _rows())

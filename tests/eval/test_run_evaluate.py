@@ -198,3 +198,44 @@ def test_the_grpo_row_is_named_plain_grpo_when_it_ran_without_progression(tmp_pa
     (tmp_path / "grpo").mkdir()
     (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"progressive": False}))
     assert policy_labels(tmp_path)["grpo"] == "negrec (plain GRPO)"
+
+
+def _stage_writes(raw, run, stage, methods):
+    """Write `methods`' predictions as stage `stage` would (the fixture's files, rewritten)."""
+    from negrec.contract import shared_stage_files
+    from negrec.io import write_json, write_parquet
+
+    with shared_stage_files(raw, run, stage):
+        for m in methods:
+            write_parquet(run / "eval" / "predictions" / f"{m}.parquet",
+                          pd.read_parquet(run / "eval" / "predictions" / f"{m}.parquet"))
+        write_json(run / "eval" / f"{stage}_summary.json", {m: {} for m in methods})
+
+
+def test_evaluate_scores_what_the_stages_wrote_and_refuses_a_deleted_file(run_dir, tmp_path, capsys):
+    """A predictions file no stage of this run wrote (a method the config dropped) is not scored; a
+    file a stage wrote and someone deleted is refused in one line, not left out of the table."""
+    import shutil
+
+    from negrec.cli import main
+    from negrec.contract import state
+    from negrec.io import write_yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run)
+    raw = {"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7], "main_horizon": 7, "bootstrap": 50,
+                                "swing_top_n": 0}}}
+    write_yaml(run / "config.yaml", raw)
+    _stage_writes(raw, run, "baselines", ["random", "popular_negatives"])
+    _stage_writes(raw, run, "predict", ["grpo"])  # sft_next: left by an older config
+    capsys.readouterr()
+    metrics = run_evaluate(raw, run)["metrics"]
+    assert set(metrics) == {"random", "popular_negatives", "grpo"}
+    assert "sft_next.parquet: not written by this run's baselines or predict stage" in capsys.readouterr().out
+
+    (run / "eval" / "predictions" / "popular_negatives.parquet").unlink()
+    assert state(raw, run, "baselines")["state"] == "missing"
+    assert "popular_negatives.parquet is gone" in state(raw, run, "baselines")["why"]
+    assert main(["evaluate", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "popular_negatives.parquet: missing (`negrec baselines` wrote it)" in err[0]
