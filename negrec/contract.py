@@ -13,10 +13,11 @@ file the stage wrote, so that a truncated, replaced or deleted output is not tak
 
 Atomic folders. `stage_folder` yields a temporary folder beside the stage's own; the stage writes
 its outputs there, the marker is written last and the folder is renamed into place, so a kill
-leaves either the old folder or the new one, never a mix. A stage sharing its folder writes
-each file atomically (`negrec.io.atomic_path`), drops its marker first and writes it last, and
-marks itself running meanwhile (`_RUNNING.<stage>`: a killed run reads as interrupted, and its
-half-written files are refused to the stages that read them) (`shared_stage_files`). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
+leaves either the old folder or the new one, never a mix (`_finish_swap` puts one in place after
+a kill between the two renames). A stage sharing its folder (`shared_stage_files`) writes each file
+atomically (`negrec.io.atomic_path`), drops its marker first and writes it last, and marks itself
+running meanwhile (`_RUNNING.<stage>`: killed, it reads as interrupted, and the stages reading it
+refuse its half-written files). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
 outside the swapped folder. Every stage starts with `up_to_date`: an input stage's folder without a
 matching marker is refused, naming it.
 """
@@ -32,7 +33,7 @@ from typing import Iterator
 
 from .config import ConfigError
 from .io import atomic_dir, config_hash, recording_writes, write_json
-from .runlock import launched_rank
+from .runlock import launched_rank, launched_world
 from .stages import STAGES, stage
 
 MARKER = "_DONE"
@@ -225,6 +226,8 @@ def _check_inputs(rule: _Rule, name: str) -> None:
 def up_to_date(raw: dict, run_dir, name: str) -> bool:
     """The entry check of every stage: refuse unusable inputs, then True (printing so) when the
     stage is done by the rule, so that it skips itself."""
+    if launched_world() == 1:  # under a launcher every rank checks here: no rank may rename alone
+        _finish_swap(raw, run_dir, name)
     rule = _Rule(raw, run_dir)  # one rule: the input fingerprints (raw-file hashes) computed once
     _check_inputs(rule, name)
     if rule.done(name):
@@ -264,6 +267,21 @@ def _remove_leftovers(folder: Path, run_dir) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _finish_swap(raw: dict, run_dir, name: str) -> None:
+    """A kill between the two renames of `negrec.io.atomic_dir` leaves the stage without its folder:
+    the finished new one (its marker written) or else the old one (`.<name>.old`) is put in place."""
+    folder = stage_dir(raw, run_dir, name)
+    if _shared(name) or folder.exists() or not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        return
+    old = folder.with_name(f".{folder.name}.old")
+    staged = sorted((p for p in folder.parent.glob(f".{folder.name}.*")
+                     if p != old and (p / marker_path(raw, run_dir, name).name).is_file()),
+                    key=lambda p: p.stat().st_mtime_ns)
+    if staged or old.is_dir():
+        os.replace(staged[-1] if staged else old, folder)
+        _remove_leftovers(folder, run_dir)
+
+
 @contextmanager
 def stage_folder(raw: dict, run_dir, name: str) -> Iterator[Path]:
     """Yield an empty staging folder beside stage `name`'s own; when the block succeeds the
@@ -286,6 +304,8 @@ def shared_stage_files(raw: dict, run_dir, name: str) -> Iterator[Path]:
     marker, running = marker_path(raw, run_dir, name), running_path(raw, run_dir, name)
     marker.unlink(missing_ok=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
+    for torn in [*marker.parent.glob(".*.tmp"), *marker.parent.glob("*/.*.tmp")]:  # writes a kill cut short
+        torn.unlink(missing_ok=True)
     write_json(running, {"stage": name, "pid": os.getpid()})
     with recording_writes() as written:
         yield marker.parent

@@ -68,6 +68,10 @@ KILLS = [
     ("grpo", "swap:3"),             # both GRPO stage models saved; grpo/ not yet swapped in
 ]
 
+# kills after the new stage folder was finished, before it was renamed into place: the rerun puts
+# it in place instead of running the stage again
+FINISHED = {("data", "swap"), ("tokenize", "swap"), ("sft-align", "swap:2"), ("grpo", "swap:3")}
+
 # JSON keys that hold timings or what one process did (RQ-VAE's train_steps: "in this call";
 # transformers' train_loss: the mean loss of the last train() call): equal runs differ there
 VOLATILE = ("seconds", "_per_s", "_per_second", "runtime", "time", "train_steps", "train_loss")
@@ -189,6 +193,7 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(name, point, base_run, 
     proc = _negrec(run, COMMAND[name])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert contract.is_done(raw, run, name)
+    assert (f"[{name}] up to date" in proc.stdout) == ((name, point) in FINISHED), proc.stdout[-2000:]
     folder = contract.stage_dir(raw, run, name)
     _assert_same_folder(contract.stage_dir(raw, straight, name), straight, folder, run)
     assert not list(folder.parent.glob(f".{folder.name}.*"))  # no staging folder left behind
@@ -247,6 +252,8 @@ def test_an_interrupted_shared_stage_reads_as_interrupted_and_is_refused(tmp_pat
     with pytest.raises(RuntimeError):
         with contract.shared_stage_files(raw, run, "predict"):
             (run / "eval" / "targets.parquet").write_bytes(b"half")
+            (run / "eval" / "predictions").mkdir()
+            (run / "eval" / "predictions" / ".grpo.parquet.x1.tmp").write_bytes(b"torn")  # an atomic write cut short
             raise RuntimeError("killed")
     st = contract.state(raw, run, "predict")
     assert st["state"] == "missing" and "started, not finished" in st["why"]
@@ -256,4 +263,5 @@ def test_an_interrupted_shared_stage_reads_as_interrupted_and_is_refused(tmp_pat
         pd.DataFrame({"a": [1]}).to_parquet(run / "eval" / "targets.parquet")
         (run / "eval" / "predict_summary.json").write_text("{}")
     assert not contract.running_path(raw, run, "predict").exists()
+    assert not (run / "eval" / "predictions" / ".grpo.parquet.x1.tmp").exists()
     assert contract.state(raw, run, "predict")["state"] == "done"
