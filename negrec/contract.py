@@ -128,6 +128,9 @@ class _Rule:
         folder = stage_dir(self.raw, self.run_dir, name)
         rec = self.recorded(name)
         if rec is None:
+            if not _shared(name) and not folder.exists() and _staged(self.raw, self.run_dir, name):
+                return {"state": "missing", "why": "killed while its finished folder was being renamed into place; "
+                                                   "the next command reading it puts it there"}
             if folder.exists() and not _shared(name):
                 return {"state": "missing", "why": f"{folder} has no {MARKER} (incomplete: killed or never finished)"}
             if running_path(self.raw, self.run_dir, name).exists():
@@ -151,12 +154,10 @@ class _Rule:
 
 def _file_sizes(folder: Path, paths) -> dict[str, int]:
     """{path relative to `folder`: size} of the files a stage wrote there, markers left out."""
-    root = folder.resolve()
     out = {}
-    for p in map(Path, paths):
-        q = p.resolve()
-        if q.is_file() and q.is_relative_to(root) and not p.name.startswith((MARKER, RUNNING)):
-            out[q.relative_to(root).as_posix()] = q.stat().st_size
+    for p in map(Path, paths):  # all written below `folder` as given (a linked subfolder is kept)
+        if p.is_relative_to(folder) and p.is_file() and not p.name.startswith((MARKER, RUNNING)):
+            out[p.relative_to(folder).as_posix()] = p.stat().st_size
     return dict(sorted(out.items()))
 
 
@@ -171,12 +172,17 @@ def _damaged(folder: Path, files: dict[str, int]) -> str | None:
     return None
 
 
-def stage_files(raw: dict, run_dir, name: str) -> list[Path] | None:
-    """The files stage `name` wrote, as its marker records them (None: no marker, or one written
-    before markers recorded files)."""
+UNRECORDED = "unrecorded"  # `stage_files` of a marker written before markers recorded files
+
+
+def stage_files(raw: dict, run_dir, name: str) -> list[Path] | str | None:
+    """The files stage `name` wrote, as its marker records them; None without a marker, UNRECORDED
+    for a marker from before markers recorded files."""
     rec = _Rule(raw, run_dir).recorded(name)
-    if rec is None or not isinstance(rec.get("files"), dict):
+    if rec is None:
         return None
+    if not isinstance(rec.get("files"), dict):
+        return UNRECORDED
     folder = stage_dir(raw, run_dir, name)
     return [folder / rel for rel in rec["files"]]
 
@@ -227,7 +233,8 @@ def up_to_date(raw: dict, run_dir, name: str) -> bool:
     """The entry check of every stage: refuse unusable inputs, then True (printing so) when the
     stage is done by the rule, so that it skips itself."""
     if launched_world() == 1:  # under a launcher every rank checks here: no rank may rename alone
-        _finish_swap(raw, run_dir, name)
+        for n in (*stage(name).inputs, name):
+            _finish_swap(raw, run_dir, n)
     rule = _Rule(raw, run_dir)  # one rule: the input fingerprints (raw-file hashes) computed once
     _check_inputs(rule, name)
     if rule.done(name):
@@ -267,16 +274,22 @@ def _remove_leftovers(folder: Path, run_dir) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _staged(raw: dict, run_dir, name: str) -> list[Path]:
+    """Finished staging folders of stage `name` (its marker written), oldest first."""
+    folder = stage_dir(raw, run_dir, name)
+    old = folder.with_name(f".{folder.name}.old")
+    return sorted((p for p in folder.parent.glob(f".{folder.name}.*")
+                   if p != old and (p / marker_path(raw, run_dir, name).name).is_file()),
+                  key=lambda p: p.stat().st_mtime_ns)
+
+
 def _finish_swap(raw: dict, run_dir, name: str) -> None:
     """A kill between the two renames of `negrec.io.atomic_dir` leaves the stage without its folder:
     the finished new one (its marker written) or else the old one (`.<name>.old`) is put in place."""
     folder = stage_dir(raw, run_dir, name)
     if _shared(name) or folder.exists() or not folder.resolve().is_relative_to(Path(run_dir).resolve()):
         return
-    old = folder.with_name(f".{folder.name}.old")
-    staged = sorted((p for p in folder.parent.glob(f".{folder.name}.*")
-                     if p != old and (p / marker_path(raw, run_dir, name).name).is_file()),
-                    key=lambda p: p.stat().st_mtime_ns)
+    old, staged = folder.with_name(f".{folder.name}.old"), _staged(raw, run_dir, name)
     if staged or old.is_dir():
         os.replace(staged[-1] if staged else old, folder)
         _remove_leftovers(folder, run_dir)

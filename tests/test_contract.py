@@ -265,3 +265,18 @@ def test_an_interrupted_shared_stage_reads_as_interrupted_and_is_refused(tmp_pat
     assert not contract.running_path(raw, run, "predict").exists()
     assert not (run / "eval" / "predictions" / ".grpo.parquet.x1.tmp").exists()
     assert contract.state(raw, run, "predict")["state"] == "done"
+
+
+def test_a_folder_killed_mid_swap_is_put_in_place_by_the_next_reader(tmp_path):
+    """Killed after its new folder was finished, before the rename that puts it in place: status
+    says so, and the next command that reads the stage (not only the stage itself) renames it in."""
+    raw, run = {"data": {"format": "movielens"}}, tmp_path / "run"
+    with contract.stage_folder(raw, run, "data") as tmp:
+        for path in contract.output_paths(raw, run, "data"):
+            (tmp / path.name).write_text("{}")
+    (run / "data").rename(run / ".data.k1ll3d")  # as io.atomic_dir leaves it at its `swap` kill point
+    st = contract.state(raw, run, "data")
+    assert st["state"] == "missing" and "being renamed into place" in st["why"]
+    assert not contract.up_to_date(raw, run, "encode")  # encode itself has not run; data was not refused
+    assert contract.state(raw, run, "data")["state"] == "done"
+    assert not list(run.glob(".data.*"))

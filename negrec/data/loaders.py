@@ -203,14 +203,14 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     return df
 
 
-TS_UNITS = ("s", "ms", "us", "datetime", "auto")
-PER_SECOND = {"s": 1, "ms": 1000, "us": 1_000_000}
+TS_UNITS = ("s", "ms", "us", "ns", "datetime", "auto")
+PER_SECOND = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def auto_unit(median: float) -> str:
     """The unit of numeric timestamps from their median (2001-2286 in seconds is 1e9-1e10; 1995 in
-    microseconds is 7.9e14)."""
-    return "us" if median > 1e14 else "ms" if median > 1e11 else "s"
+    microseconds is 7.9e14, in nanoseconds 7.9e17)."""
+    return "ns" if median > 1e17 else "us" if median > 1e14 else "ms" if median > 1e11 else "s"
 
 
 def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line",
@@ -239,7 +239,7 @@ def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, la
         if pd.isna(raw) or str(raw).strip() == "":
             raise DataError(f"{where(i)}: empty timestamp")
         others = " (the other values are numbers)" if unit == "auto" else ""
-        what = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}.get(unit, "a number")
+        what = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}.get(unit, "a number")
         raise DataError(f"{where(i)}: cannot parse timestamp {raw!r} as {what}{others}")
     v = num.to_numpy()
     if unit == "auto":
@@ -279,24 +279,34 @@ def _parse_dates(values: pd.Series, where, fmt: str = "", path=None) -> np.ndarr
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         hint = f" with data.generic.ts_format {fmt!r}" if fmt and values.dtype.kind != "M" else ""
+        if not fmt and re.match(DAY_MONTH, str(values.iloc[i])):
+            hint = " (day/month? set data.generic.ts_format, e.g. '%d/%m/%Y %H:%M:%S')"
         raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}{hint}")
     # pandas' datetime resolution varies (ns, us): go through a Timedelta, not raw int64
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy("int64")
 
 
+DAY_MONTH = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"  # nn/nn/yyyy: month/day or day/month
+_warned_day_month: set[str] = set()
+
+
 def _warn_day_month(values: pd.Series, path) -> None:
     """Dates written nn/nn/yyyy whose first two numbers are all 12 or less read as month/day, and
-    nothing in them says otherwise: say so once, with the setting that reads them as day/month."""
-    if values.dtype.kind == "M" or not len(values):
+    nothing in them says otherwise: say so (once per file), with the setting that reads them as
+    day/month. Other date forms cost one match of the first value."""
+    if values.dtype.kind == "M" or not len(values) or str(path) in _warned_day_month \
+            or not re.match(DAY_MONTH, str(values.iloc[0])):
         return
-    parts = values.astype(str).str.extract(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")
+    parts = values.astype(str).str.extract(DAY_MONTH)
     if parts[0].isna().any():
         return
     first, second = parts[0].astype(int), parts[1].astype(int)
     if first.max() <= 12 and second.max() <= 12 and (first != second).any():
-        print(f"[data] warning: {path}: every date reads both as month/day and day/month (e.g. "
-              f"{values.iloc[int(np.flatnonzero((first != second).to_numpy())[0])]!r}); read as month/day. "
-              "If they are day/month, set data.generic.ts_format (e.g. '%d/%m/%Y %H:%M:%S')")
+        _warned_day_month.add(str(path))
+        print(f"[data] warning: {path}: dates such as "
+              f"{values.iloc[int(np.flatnonzero((first != second).to_numpy())[0])]!r} read both as month/day and "
+              "day/month; read as month/day. If they are day/month, set data.generic.ts_format "
+              "(e.g. '%d/%m/%Y %H:%M:%S')")
 
 
 def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
@@ -313,9 +323,11 @@ def _refuse_repeated_header(path: Path, sep: str, encoding: str) -> None:
     the config's name would pick the first silently."""
     header = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None, nrows=1, dtype=str,
                          encoding=encoding, engine="c" if len(sep) == 1 else "python",
-                         keep_default_na=False).iloc[0].str.strip().tolist()
+                         keep_default_na=False).iloc[0].tolist()
     seen: dict[str, int] = {}
     for i, name in enumerate(header):
+        if name.strip() == "":  # trailing separators (spreadsheet exports): unnamed, unused columns
+            continue
         if name in seen:
             raise DataError(f"{path}: line 1: column {name!r} is named twice (fields {seen[name] + 1} and {i + 1}); "
                             "rename one")
@@ -560,7 +572,7 @@ class GenericLogSpec:
     items_sep: str = ""  # the items table's separator when it differs from the log's ("": the same)
     columns: dict = field(default_factory=lambda: {"user_id": "user_id", "item_id": "item_id", "ts": "ts"})
     item_columns: dict = field(default_factory=lambda: {"item_id": "item_id", "title": "title", "text": "text"})
-    ts_unit: str = "auto"  # s | ms | us | datetime | auto
+    ts_unit: str = "auto"  # s | ms | us | ns | datetime | auto
     ts_format: str = ""    # strftime format of date strings, e.g. "%d/%m/%Y %H:%M" (default: inferred)
     negative_if: str = "rating <= 2"
     positive_if: str = "rating >= 4"

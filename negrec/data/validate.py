@@ -52,7 +52,7 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
         rule = f"before {_date(lo)}" if x < lo else f"after {_date(hi)} (now + 1 year)"
         hint = ""
         if n_bad == len(ts) and lo <= x / 1000 <= hi:
-            hint = "; every timestamp is 1000 times too large: set data.generic.ts_unit to the next finer unit (ms, us)?"
+            hint = "; every timestamp is 1000 times too large: a finer unit (ms, us, ns: data.generic.ts_unit)?"
         elif lo <= x * 1000 <= hi:
             hint = "; a value in seconds among milliseconds (mixed units)?"
         elif lo <= x / 1000 <= hi:

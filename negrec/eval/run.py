@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
-from ..contract import shared_stage_files, stage_files, stage_folder, up_to_date
+from ..contract import UNRECORDED, shared_stage_files, stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
@@ -551,19 +551,22 @@ def _evaluate_inputs(raw: dict, run_dir: Path, cfg: "EvalConfig", predictions, t
 def _run_predictions(raw: dict, run_dir: Path) -> list[Path]:
     """The predictions files this run's baselines and predict stages wrote, as their markers record
     them: a file another config left (a method since dropped) is not scored, a deleted one is
-    refused. Markers from before they recorded files: every file in eval/predictions/."""
+    refused. A marker from before markers recorded files claims the files no other marker names;
+    with no such record at all (a folder assembled by hand), every file in eval/predictions/."""
     folder = run_dir / "eval" / "predictions"
     found = sorted(folder.glob("*.parquet"))
     made = {s: stage_files(raw, run_dir, s) for s in ("baselines", "predict")}
-    if all(v is None for v in made.values()):
+    if all(v is None or v == UNRECORDED for v in made.values()):
         return found
     files = []
     for name, paths in made.items():
-        for path in paths or []:
+        for path in paths if isinstance(paths, list) else []:
             if path.parent == folder and path.suffix == ".parquet":
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: missing (`negrec {name}` wrote it); run `negrec {name}` again")
                 files.append(path)
+    if UNRECORDED in made.values():
+        files += [f for f in found if f not in files]
     for path in sorted(set(found) - set(files)):
         print(f"[evaluate] {path}: not written by this run's baselines or predict stage (a method the config "
               f"no longer names?): not scored")

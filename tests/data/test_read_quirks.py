@@ -106,9 +106,21 @@ def test_day_month_dates_read_with_ts_format_and_warned_without(tmp_path, capsys
     capsys.readouterr()
     guessed, _ = load_generic(_spec(path, ts_unit="datetime"))
     assert sorted(set(guessed["ts"].tolist())) != want  # read as month/day: the silent misread the warning names
-    assert "reads both as month/day and day/month" in capsys.readouterr().out
+    assert "read both as month/day and day/month" in capsys.readouterr().out
     with pytest.raises(DataError, match=r"cannot parse timestamp .* with data.generic.ts_format '%Y-%m-%d'"):
         load_generic(_spec(path, ts_unit="datetime", ts_format="%Y-%m-%d"))
+    later = rows + [(9, 10, "25/01/2024 10:00", 1)]  # a day above 12 after month/day was inferred
+    path = _csv(tmp_path / "log2.csv", ["uid", "iid", "when", "stars"], later)
+    with pytest.raises(DataError, match=r"'25/01/2024 10:00' \(day/month\? set data.generic.ts_format"):
+        load_generic(_spec(path, ts_unit="datetime"))
+
+
+def test_trailing_separators_in_the_header_are_unnamed_columns(tmp_path):
+    """A spreadsheet export's trailing separators give empty header names: not a name repeated."""
+    path = tmp_path / "log.csv"
+    path.write_text("uid,iid,when,stars,,\n" + "\n".join(",".join(map(str, r)) + ",," for r in _rows()) + "\n")
+    out, _ = load_generic(_spec(path))
+    assert len(out) == len(_rows())
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

@@ -233,6 +233,15 @@ def test_evaluate_scores_what_the_stages_wrote_and_refuses_a_deleted_file(run_di
     assert set(metrics) == {"random", "popular_negatives", "grpo"}
     assert "sft_next.parquet: not written by this run's baselines or predict stage" in capsys.readouterr().out
 
+    # a baselines marker from before markers recorded files (an upgraded run folder): its files
+    # are those no other marker names, the stray one included (nothing tells them apart)
+    marker = run / "eval" / "_DONE.baselines"
+    recorded = json.loads(marker.read_text())
+    marker.write_text(json.dumps({k: v for k, v in recorded.items() if k != "files"}))
+    (run / "eval" / "_DONE.evaluate").unlink()  # evaluate again
+    assert set(run_evaluate(raw, run)["metrics"]) == {"random", "popular_negatives", "grpo", "sft_next"}
+    marker.write_text(json.dumps(recorded))
+
     (run / "eval" / "predictions" / "popular_negatives.parquet").unlink()
     assert state(raw, run, "baselines")["state"] == "missing"
     assert "popular_negatives.parquet is gone" in state(raw, run, "baselines")["why"]
