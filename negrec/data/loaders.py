@@ -214,10 +214,11 @@ def auto_unit(median: float) -> str:
 
 
 def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line",
-             skipped=(), fmt: str = "") -> np.ndarray:
+             skipped=(), fmt: str = "", fmt_guessed: bool = False) -> np.ndarray:
     """UTC seconds (int64) from numbers (s or ms) or date strings (in strftime format `fmt` when
-    given); names the first value that does not parse or overflows int64 (`label` "row" for
-    Parquet, whose rows are counted from 1).
+    given; `fmt_guessed`: a format taken from the file's first dates, see `guess_date_format`);
+    names the first value that does not parse or overflows int64 (`label` "row" for Parquet,
+    whose rows are counted from 1).
     `auto`: numbers when most values are numbers (unit by their median, `auto_unit`),
     else dates. Plausible range and mixed units: `validate.check_timestamps`."""
     def where(i):
@@ -225,13 +226,16 @@ def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, la
 
     if unit not in TS_UNITS:
         raise DataError(f"data.generic.ts_unit: {unit!r} is not one of {'|'.join(TS_UNITS)}")
+    if unit == "datetime" and values.dtype.kind in "iuf":
+        raise DataError(f"{where(0)}: data.generic.ts_unit is datetime but the timestamps are numbers; "
+                        f"set it to auto (or {'|'.join(PER_SECOND)})")
     if values.dtype.kind == "M" or unit == "datetime":
-        return _parse_dates(values, where, fmt, path)
+        return _parse_dates(values, where, fmt, path, fmt_guessed)
     num = values
     if values.dtype.kind not in "iufb":
         num = pd.to_numeric(values, errors="coerce")
         if unit == "auto" and num.isna().sum() * 2 > len(values):
-            return _parse_dates(values, where, fmt, path)  # mostly not numbers: dates
+            return _parse_dates(values, where, fmt, path, fmt_guessed)  # mostly not numbers: dates
     bad = num.isna().to_numpy() if num.dtype.kind == "f" else np.zeros(len(num), bool)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -262,11 +266,28 @@ def _seconds(v: np.ndarray, per_second: int, where) -> np.ndarray:
     return out // per_second if per_second > 1 else out
 
 
-def _parse_dates(values: pd.Series, where, fmt: str = "", path=None) -> np.ndarray:
+def guess_date_format(values: pd.Series) -> str:
+    """The strftime format of the first date, as pandas infers it ("ISO8601" for ISO 8601 forms,
+    whose mixes it reads; "" when it cannot tell): a file read in parts (Parquet row groups, hive
+    files) reads every part in it, as a CSV column is read whole."""
+    from pandas.tseries.api import guess_datetime_format
+
+    text = values.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    guess = guess_datetime_format(text.iloc[0]) if len(text) else None
+    return "" if guess is None else "ISO8601" if guess.startswith("%Y-%m-%d") else guess
+
+
+def _parse_dates(values: pd.Series, where, fmt: str = "", path=None, fmt_guessed: bool = False) -> np.ndarray:
     import warnings
 
     if fmt and values.dtype.kind != "M":
-        dt = pd.to_datetime(values, errors="coerce", utc=True, format=fmt)
+        if fmt_guessed:
+            _warn_day_month(values, path)
+        try:
+            dt = pd.to_datetime(values, errors="coerce", utc=True, format=fmt)
+        except ValueError as e:  # a bad directive
+            raise DataError(f"{path}: data.generic.ts_format {fmt!r}: {e}") from e
     else:
         _warn_day_month(values, path)
         with warnings.catch_warnings():  # "could not infer format": each value parsed on its own, as intended
@@ -279,14 +300,17 @@ def _parse_dates(values: pd.Series, where, fmt: str = "", path=None) -> np.ndarr
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         hint = f" with data.generic.ts_format {fmt!r}" if fmt and values.dtype.kind != "M" else ""
-        if not fmt and re.match(DAY_MONTH, str(values.iloc[i])):
-            hint = " (day/month? set data.generic.ts_format, e.g. '%d/%m/%Y %H:%M:%S')"
+        if fmt_guessed:
+            hint = f" as {fmt!r}, the format of the file's first dates"
+        day_month = re.match(DAY_MONTH, str(values.iloc[i]))
+        if (not fmt or fmt_guessed) and day_month:
+            hint += f" (day/month? set data.generic.ts_format, e.g. {_day_month_format(day_month)!r})"
         raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}{hint}")
     # pandas' datetime resolution varies (ns, us): go through a Timedelta, not raw int64
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy("int64")
 
 
-DAY_MONTH = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b"  # nn/nn/yyyy: month/day or day/month
+DAY_MONTH = r"^\s*(\d{1,2})([/.-])(\d{1,2})[/.-]\d{2,4}\b"  # nn/nn/yyyy: month/day or day/month
 _warned_day_month: set[str] = set()
 
 
@@ -300,13 +324,22 @@ def _warn_day_month(values: pd.Series, path) -> None:
     parts = values.astype(str).str.extract(DAY_MONTH)
     if parts[0].isna().any():
         return
-    first, second = parts[0].astype(int), parts[1].astype(int)
+    first, second = parts[0].astype(int), parts[2].astype(int)
     if first.max() <= 12 and second.max() <= 12 and (first != second).any():
         _warned_day_month.add(str(path))
-        print(f"[data] warning: {path}: dates such as "
-              f"{values.iloc[int(np.flatnonzero((first != second).to_numpy())[0])]!r} read both as month/day and "
-              "day/month; read as month/day. If they are day/month, set data.generic.ts_format "
-              "(e.g. '%d/%m/%Y %H:%M:%S')")
+        example = str(values.iloc[int(np.flatnonzero((first != second).to_numpy())[0])])
+        print(f"[data] warning: {path}: dates such as {example!r} read both as month/day and day/month; read "
+              f"as month/day. If they are day/month, set data.generic.ts_format (e.g. "
+              f"{_day_month_format(re.match(DAY_MONTH, example))!r})")
+
+
+def _day_month_format(match: re.Match) -> str:
+    """The day/month strftime format of a date that DAY_MONTH matched, with its separator."""
+    sep = match.group(2)
+    rest = match.string[match.end():].strip()
+    clock = {2: " %H", 5: " %H:%M", 8: " %H:%M:%S"}.get(len(rest), " %H:%M:%S" if rest else "")
+    year = "%Y" if len(re.split(r"[/.-]", match.group(0).strip())[-1]) == 4 else "%y"
+    return f"%d{sep}%m{sep}{year}{clock}"
 
 
 def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
@@ -324,12 +357,16 @@ def _refuse_repeated_header(path: Path, sep: str, encoding: str) -> None:
     header = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None, nrows=1, dtype=str,
                          encoding=encoding, engine="c" if len(sep) == 1 else "python",
                          keep_default_na=False).iloc[0].tolist()
+    _refuse_repeated_names(path, header, "line 1: ")
+
+
+def _refuse_repeated_names(path, names, where: str) -> None:
     seen: dict[str, int] = {}
-    for i, name in enumerate(header):
-        if name.strip() == "":  # trailing separators (spreadsheet exports): unnamed, unused columns
+    for i, name in enumerate(names):
+        if str(name).strip() == "":  # trailing separators (spreadsheet exports): unnamed, unused columns
             continue
         if name in seen:
-            raise DataError(f"{path}: line 1: column {name!r} is named twice (fields {seen[name] + 1} and {i + 1}); "
+            raise DataError(f"{path}: {where}column {name!r} is named twice (fields {seen[name] + 1} and {i + 1}); "
                             "rename one")
         seen[name] = i
 
@@ -516,6 +553,7 @@ def load_kuairand(path, duration_buckets: int = 8):
     for f in files:
         sep = "\t" if f.suffix == ".tsv" else ","
         df = read_table(f, sep, None, required=KUAIRAND_LOG_FIELDS, numeric=("play_time_ms", "duration_ms"))
+        df.columns = [c.strip() for c in df.columns]  # " is_like" is the flag (`_same_flags` reads it so)
         blanks = _blanks(df)
         blank_of.append(blanks)
         has_label = "label" in df.columns
@@ -587,6 +625,13 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[s
     maps the rest as text."""
     path = _require(path)
     if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, ValueError):
+            names = []  # not a readable Parquet file: read_parquet below says so
+        _refuse_repeated_names(path, names, "")
         df = pd.read_parquet(path)
         if len(df) == 0:
             raise DataError(f"{path}: no data rows (empty file?)")
@@ -746,7 +791,8 @@ def load_generic(spec: GenericLogSpec):
                         "table; set data.generic.items_path")
     if is_parquet_input(spec.path):
         inputs = parquet_inputs(spec.path)
-        frames = [_load_generic_parquet(spec, f, cols, keys) for f, keys in inputs]
+        dates = {"fmt": spec.ts_format, "guessed": False}  # one date format for every file
+        frames = [_load_generic_parquet(spec, f, cols, keys, dates) for f, keys in inputs]
         out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         parts = [(f, 1, len(fr), "row") for (f, _), fr in zip(inputs, frames)]
     else:
@@ -837,10 +883,12 @@ def _id_buffer(pf, name: str, keys: dict, n: int) -> np.ndarray:
     return np.empty(n, np.float64 if pa.types.is_floating(t) else object)
 
 
-def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: dict | None = None) -> pd.DataFrame:
+def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: dict | None = None,
+                          dates: dict | None = None) -> pd.DataFrame:
     """Parquet, read one row group at a time into narrow preallocated columns (int32 ids where they
     fit, float32 play / duration / rating): only the columns the mapping and the rules name.
-    `keys`: hive partition values of this file (columns too)."""
+    `keys`: hive partition values of this file (columns too). `dates`: {"fmt", "guessed"}, the date
+    format every row group and file is read in (the setting's, else the first dates')."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -849,6 +897,7 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
         pf = pq.ParquetFile(path, pre_buffer=False)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on a broken file
         raise DataError(f"{path}: cannot read as Parquet ({e})") from e
+    _refuse_repeated_names(path, pf.schema_arrow.names, "")
     names = pf.schema_arrow.names + [k for k in keys if k not in pf.schema_arrow.names]
     missing = [src for src in cols.values() if src not in names]
     if missing:
@@ -869,7 +918,8 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
            "ts": np.empty(n, ts_dtype), "feedback": np.empty(n, np.int8)}
     for o in opts:
         out[o] = np.empty(n, np.float32)
-    numeric_ts = _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names)
+    dates = dates if dates is not None else {"fmt": spec.ts_format, "guessed": False}
+    numeric_ts = _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names, dates)
     if spec.ts_unit == "auto" and numeric_ts and n:
         sample = out["ts"][:: max(1, n // 100_000)]
         per_second = PER_SECOND[auto_unit(float(np.median(sample)))]
@@ -883,7 +933,7 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
     return pd.DataFrame({c: out[c] for c in order}, copy=False)
 
 
-def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names) -> bool:
+def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, names, dates) -> bool:
     """Fill `out` one row group at a time; True when every timestamp was numeric (unit settled later)."""
     import pyarrow as pa
 
@@ -907,7 +957,10 @@ def _read_row_groups(pf, path, spec, keys, out, opts, used, canon_of, to_canon, 
             out["ts"][row:row + m] = parse_ts(tcol, "s", path, canon_of["ts"], first, "row")  # unit settled below
         else:
             numeric_ts = False
-            out["ts"][row:row + m] = parse_ts(tcol, spec.ts_unit, path, canon_of["ts"], first, "row", fmt=spec.ts_format)
+            if not dates["fmt"] and tcol.dtype.kind in "OSU":
+                dates.update(fmt=guess_date_format(tcol), guessed=True)
+            out["ts"][row:row + m] = parse_ts(tcol, spec.ts_unit, path, canon_of["ts"], first, "row",
+                                              fmt=dates["fmt"], fmt_guessed=dates["guessed"])
         del tcol
         parsed = {}
         for o in opts:  # parsed before the rules, which may read them (e.g. `rating <= 2`)

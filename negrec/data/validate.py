@@ -50,15 +50,32 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
         n_bad = int(sum(int(((ts[c:d] < lo) | (ts[c:d] > hi)).sum()) for c, d in chunks(len(ts))))
         x = int(v[i])
         rule = f"before {_date(lo)}" if x < lo else f"after {_date(hi)} (now + 1 year)"
-        hint = ""
-        if n_bad == len(ts) and lo <= x / 1000 <= hi:
-            hint = "; every timestamp is 1000 times too large: a finer unit (ms, us, ns: data.generic.ts_unit)?"
-        elif lo <= x * 1000 <= hi:
-            hint = "; a value in seconds among milliseconds (mixed units)?"
-        elif lo <= x / 1000 <= hi:
-            hint = "; a value in milliseconds among seconds (mixed units)?"
         raise DataError(f"{locate(origin, a + i, source)}: field {field_name(origin, 'ts')}: timestamp {x} s "
-                        f"({_date(x)}) is {rule}: outside the plausible range{hint} ({n_bad} such rows)")
+                        f"({_date(x)}) is {rule}: outside the plausible range{_unit_hint(x, n_bad == len(ts))} "
+                        f"({n_bad} such row{'s' if n_bad > 1 else ''})")
+
+
+UNIT_NAMES = ("seconds", "milliseconds", "microseconds", "nanoseconds")  # each 1000 times finer
+UNIT_SHORT = ("s", "ms", "us", "ns")
+
+
+def _unit_hint(x: int, every: bool) -> str:
+    """Why a timestamp read as `x` seconds is implausible, when 1e3, 1e6 or 1e9 times it would not be."""
+    lo, hi = TS_MIN, ts_max()
+    for steps in (1, 2, 3):
+        f = 1000 ** steps
+        for finer in (True, False):
+            if not lo <= (x / f if finer else x * f) <= hi:
+                continue
+            size = f"{f:,} times too {'large' if finer else 'small'}"
+            if every:
+                return f"; every timestamp is {size}: set data.generic.ts_unit ({'|'.join(UNIT_SHORT)})"
+            # (this unit, the others') pairs that differ by f, finest last
+            pairs = [(i + steps, i) if finer else (i, i + steps) for i in range(len(UNIT_SHORT) - steps)]
+            (a, b), rest = pairs[0], pairs[1:]
+            others = " or " + ", ".join(f"{UNIT_SHORT[c]} among {UNIT_SHORT[d]}" for c, d in rest) if rest else ""
+            return f"; a value {size} ({UNIT_NAMES[a]} among {UNIT_NAMES[b]}{others}: mixed units)?"
+    return ""
 
 
 def check_values(values: np.ndarray, where: Callable[[int], str], field: str, *, lo: float | None = None,

@@ -164,7 +164,46 @@ def _kuai_flags_differ(tmp):
     return {"format": "kuairand", "path": str(tmp / "kr"), "split": {"cut_unit": "event"}}
 
 
+def _parquet_repeated_name(tmp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = _gen_frame()
+    table = pa.Table.from_arrays([pa.array(f[c]) for c in ("uid", "iid", "when", "stars")] + [pa.array(np.ones(len(f)))],
+                                 names=["uid", "iid", "when", "stars", "stars"])
+    pq.write_table(table, tmp / "log.parquet")
+    return {"format": "generic", "generic": {"path": str(tmp / "log.parquet"), "columns": dict(GEN_COLUMNS),
+                                             "ts_unit": "s"}, "split": {"cut_unit": "event"}}
+
+
+def _parquet_dates_change_form(tmp):
+    """dd/mm dates, every day <= 12 in the first row group, a 13th in the second: read in one format
+    (the first group's), as a CSV column is, the 13th is refused, not read as day/month on its own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = _gen_frame()
+    days = pd.to_datetime(f["when"], unit="s").dt.strftime("%d/%m/%Y %H:%M").to_numpy().copy()
+    days[40] = "13/01/2024 10:00"
+    f["when"] = days
+    pq.write_table(pa.Table.from_pandas(f, preserve_index=False), tmp / "log.parquet", row_group_size=36)
+    return {"format": "generic", "generic": {"path": str(tmp / "log.parquet"), "columns": dict(GEN_COLUMNS),
+                                             "ts_unit": "datetime"}, "split": {"cut_unit": "event"}}
+
+
 DATA_CASES = [
+    ("parquet-repeats-a-name", D(_parquet_repeated_name), ["log.parquet", "'stars'", "named twice"]),
+    ("parquet-dates-change-form", D(_parquet_dates_change_form),
+     ["log.parquet", "row 41", "'when'", "'13/01/2024 10:00'", "the format of the file's first dates",
+      "day/month?", "'%d/%m/%Y %H:%M'"]),
+    ("ts-format-bad-directive", D(lambda t: _generic_csv(t, _gen_rows(when=lambda u, i: f"{1 + i % 9:02d}/01/2024 10:00"),
+                                                         ts_unit="datetime", ts_format="%d/%m/%Y %Q")),
+     ["log.csv", "data.generic.ts_format", "'%d/%m/%Y %Q'"]),
+    ("ts-datetime-on-numbers", D(lambda t: _generic_csv(t, _gen_rows(), ts_unit="datetime")),
+     ["log.csv", "'when'", "ts_unit is datetime but the timestamps are numbers"]),
+    ("ts-us-on-ms", D(lambda t: _generic_csv(t, _gen_rows(when=lambda u, i: (TS24 + DAY * (i % 9) + u) * 1000),
+                                             ts_unit="us")),
+     ["log.csv", "'when'", "every timestamp is 1,000 times too small", "ts_unit"]),
     ("kuairand-files-differ-in-flags", D(_kuai_flags_differ), ["log_b.csv", "line 1", "'is_like'", "log_a.csv"]),
     ("header-repeats-a-name", D(_repeated_header), ["log.csv", "line 1", "'stars'", "named twice", "fields 4 and 5"]),
     ("id-missing-word", D(lambda t: _generic_csv(t, _gen_rows(), "NA,10,1704067201,3")),

@@ -132,3 +132,18 @@ def test_microsecond_timestamps_read_as_microseconds(tmp_path, fmt):
     for unit in ("auto", "us"):
         out, _ = load_generic(_spec(path, ts_unit=unit))
         assert sorted(out["ts"].tolist()) == sorted(t - TS24 % DAY for _, _, t, _ in _rows())
+
+
+def test_kuairand_flags_are_read_through_spaces_in_their_names(tmp_path):
+    """A raw KuaiRand header written `user_id, video_id, ..., is_like` (spaces after the commas):
+    the flag is `is_like`, its likes positive, not neutral exposures."""
+    from negrec.data.loaders import load_kuairand
+
+    rows = [f"{u}, {100 + i}, {(TS24 + DAY * i + u) * 1000}, 5000, 20000, {int(i == 3)}, {int(i % 2)}"
+            for u in range(1, 4) for i in range(8)]
+    (tmp_path / "kr").mkdir()
+    (tmp_path / "kr" / "log_standard_a.csv").write_text(
+        "user_id,video_id,time_ms,play_time_ms,duration_ms, is_hate, is_like\n" + "\n".join(rows) + "\n")
+    out, _ = load_kuairand(tmp_path / "kr")
+    assert int((out["feedback"] == NEGATIVE).sum()) == 3
+    assert int((out["feedback"] == POSITIVE).sum()) == sum(1 for i in range(8) if i % 2 and i != 3) * 3
