@@ -516,6 +516,12 @@ def _ids_as_read(values: pd.Series) -> np.ndarray:
 # ---------------------------------------------------------------- KuaiRand
 KUAIRAND_LOG_FIELDS = ("user_id", "video_id", "time_ms", "play_time_ms", "duration_ms")
 KUAIRAND_FLAGS = ("is_hate", "is_like", "is_follow", "is_forward", "long_view", "label")
+KUAIRAND_FILES = ("log_*.csv", "*.tsv")  # raw logs, then the like/hate subset; compressed or not
+COMPRESSED = ("", ".gz", ".bz2", ".xz", ".zip")
+
+
+def _kuairand_sep(f: Path) -> str:
+    return "\t" if ".tsv" in f.suffixes else ","
 
 
 def _same_flags(files: list[Path]) -> None:
@@ -524,7 +530,7 @@ def _same_flags(files: list[Path]) -> None:
     have = {}
     for f in files:
         try:
-            header = pd.read_csv(f, sep="\t" if f.suffix == ".tsv" else ",", nrows=0, encoding="utf-8-sig").columns
+            header = pd.read_csv(f, sep=_kuairand_sep(f), nrows=0, encoding="utf-8-sig").columns
         except (ValueError, OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError):
             continue  # read_table names what is wrong with it
         flags = {c.strip() for c in header} & set(KUAIRAND_FLAGS)
@@ -545,13 +551,14 @@ def load_kuairand(path, duration_buckets: int = 8):
     skip rule may turn into negatives; `long_view` marks an implicit positive.
     """
     path = Path(path)
-    files = sorted(path.glob("log_*.csv")) + sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+    files = [f for stem in KUAIRAND_FILES for f in sorted(g for ext in COMPRESSED for g in path.glob(stem + ext))] \
+        if path.is_dir() else [path]
     if not files:
-        raise DataError(f"{path}: no KuaiRand log (log_standard_*.csv, log_random_*.csv or *.tsv) found")
+        raise DataError(f"{path}: no KuaiRand log (log_standard_*.csv, log_random_*.csv or *.tsv, each maybe .gz) found")
     _same_flags(files)
     frames, blank_of = [], []
     for f in files:
-        sep = "\t" if f.suffix == ".tsv" else ","
+        sep = _kuairand_sep(f)
         df = read_table(f, sep, None, required=KUAIRAND_LOG_FIELDS, numeric=("play_time_ms", "duration_ms"))
         df.columns = [c.strip() for c in df.columns]  # " is_like" is the flag (`_same_flags` reads it so)
         blanks = _blanks(df)

@@ -147,3 +147,17 @@ def test_kuairand_flags_are_read_through_spaces_in_their_names(tmp_path):
     out, _ = load_kuairand(tmp_path / "kr")
     assert int((out["feedback"] == NEGATIVE).sum()) == 3
     assert int((out["feedback"] == POSITIVE).sum()) == sum(1 for i in range(8) if i % 2 and i != 3) * 3
+
+
+def test_a_kuairand_folder_of_gzipped_logs_is_read(tmp_path):
+    import gzip
+
+    from negrec.data.loaders import load_kuairand
+
+    rows = [f"{u},{100 + i},{(TS24 + DAY * i + u) * 1000},5000,20000,{int(i == 3)}" for u in range(1, 4) for i in range(8)]
+    (tmp_path / "kr").mkdir()
+    text = "user_id,video_id,time_ms,play_time_ms,duration_ms,is_hate\n" + "\n".join(rows) + "\n"
+    (tmp_path / "kr" / "log_standard_a.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "kr" / "log_random_b.csv").write_text(text)
+    out, _ = load_kuairand(tmp_path / "kr")
+    assert len(out) == 2 * len(rows) and int((out["feedback"] == NEGATIVE).sum()) == 6
