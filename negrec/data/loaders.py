@@ -215,7 +215,7 @@ def auto_unit(median: float) -> str:
 
 def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, label: str = "line",
              skipped=(), fmt: str = "", fmt_guessed: bool = False) -> np.ndarray:
-    """UTC seconds (int64) from numbers (s or ms) or date strings (in strftime format `fmt` when
+    """UTC seconds (int64) from numbers (s, ms, us, ns) or date strings (in strftime format `fmt` when
     given; `fmt_guessed`: a format taken from the file's first dates, see `guess_date_format`);
     names the first value that does not parse or overflows int64 (`label` "row" for Parquet,
     whose rows are counted from 1).
