@@ -97,6 +97,7 @@ class _Rule:
     def __init__(self, raw: dict, run_dir):
         self.raw, self.run_dir = raw, Path(run_dir)
         self._parts: dict[str, dict] = {}
+        self._states: dict[str, dict] = {}
 
     def parts(self, name: str) -> dict:
         if name not in self._parts:
@@ -124,7 +125,12 @@ class _Rule:
         return self.state(name)["state"] == "done"
 
     def state(self, name: str) -> dict:
-        """{"state": done | stale | missing, "why": ...}."""
+        """{"state": done | stale | missing, "why": ...}, read once per stage (markers, file sizes)."""
+        if name not in self._states:
+            self._states[name] = self._state(name)
+        return self._states[name]
+
+    def _state(self, name: str) -> dict:
         folder = stage_dir(self.raw, self.run_dir, name)
         rec = self.recorded(name)
         if rec is None:

@@ -153,10 +153,9 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
             raise DataError(f"{path}: line {header_lines + 1}: expected {len(names)} fields {names} separated by "
                             f"{sep!r}, found {found}{hint}")
     try:
-        # the python engine reads a longer separator as a regular expression: "||" is meant literally
-        df = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None if names else 0, names=names,
-                         skiprows=header_lines if names else None, encoding=encoding,
-                         engine="c" if len(sep) == 1 else "python", dtype=str if names is None else None,
+        df = pd.read_csv(path, header=None if names else 0, names=names,
+                         skiprows=header_lines if names else None, encoding=encoding, **_sep_args(sep),
+                         dtype=str if names is None else None,
                          keep_default_na=False, index_col=False, on_bad_lines="error")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: empty file") from e
@@ -351,13 +350,22 @@ def _from_ratings(user, item, ts, rating, rule: RatingRule) -> pd.DataFrame:
                          "source": source_column(np.zeros(len(fb), bool)), "rating": rating})
 
 
+def _sep_args(sep: str) -> dict:
+    """read_csv's separator and engine: the python engine reads a longer separator as a regular
+    expression, and "||" is meant literally."""
+    return {"sep": re.escape(sep) if len(sep) > 1 else sep, "engine": "c" if len(sep) == 1 else "python"}
+
+
+def header_names(path: Path, sep: str, encoding: str = "utf-8-sig") -> list[str]:
+    """A delimited file's header line as written (read_csv's own header renames a repeated name)."""
+    return pd.read_csv(path, header=None, nrows=1, dtype=str, encoding=encoding, keep_default_na=False,
+                       **_sep_args(sep)).iloc[0].tolist()
+
+
 def _refuse_repeated_header(path: Path, sep: str, encoding: str) -> None:
     """A header naming a column twice is ambiguous: pandas would rename the second (`rating.1`) and
     the config's name would pick the first silently."""
-    header = pd.read_csv(path, sep=re.escape(sep) if len(sep) > 1 else sep, header=None, nrows=1, dtype=str,
-                         encoding=encoding, engine="c" if len(sep) == 1 else "python",
-                         keep_default_na=False).iloc[0].tolist()
-    _refuse_repeated_names(path, header, "line 1: ")
+    _refuse_repeated_names(path, header_names(path, sep, encoding), "line 1: ")
 
 
 def _refuse_repeated_names(path, names, where: str) -> None:
@@ -530,7 +538,7 @@ def _same_flags(files: list[Path]) -> None:
     have = {}
     for f in files:
         try:
-            header = pd.read_csv(f, sep=_kuairand_sep(f), nrows=0, encoding="utf-8-sig").columns
+            header = header_names(f, _kuairand_sep(f))
         except (ValueError, OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError):
             continue  # read_table names what is wrong with it
         flags = {c.strip() for c in header} & set(KUAIRAND_FLAGS)
