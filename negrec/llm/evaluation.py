@@ -220,6 +220,26 @@ def alignment_line(a: dict) -> str:
     return line + f", code then letter {a['choose_sid_stepwise']:.2f} (chance {a['chance_choice']:.2f}{code})"
 
 
+# what each alignment task teaches, as `alignment_accuracy` measures it (key, chance key)
+TASK_ACCURACY = {"text_to_sid": ("title_to_sid", "chance_title_to_sid"), "sid_to_text": ("sid_to_title", None),
+                 "choose_sid": ("choose_sid", "chance_choice"), "choose_text": ("choose_text", "chance_choice"),
+                 "choose_sid_stepwise": ("choose_sid_stepwise", "chance_choice")}
+CLEAR_MARGIN = 0.10  # "clearly above chance": at least this much over it (n = 200: about 3 SE at chance 0.25)
+
+
+def unlearnt_tasks(a: dict, tasks) -> list[str]:
+    """The trained `tasks` whose accuracy in `alignment_accuracy`'s result `a` is not clearly above
+    chance (chance + CLEAR_MARGIN), as "task acc (chance c)"; tasks it does not measure are skipped."""
+    out = []
+    for task in dict.fromkeys(tasks):
+        key, chance_key = TASK_ACCURACY.get(task, (None, None))
+        if key in a:
+            chance = a[chance_key] if chance_key else 0.0
+            if a[key] < chance + CLEAR_MARGIN:
+                out.append(f"{task} {a[key]:.2f} (chance {chance:.4g})")
+    return out
+
+
 def alignment_accuracy(model, hf_tok, sid_tok, items, n: int = 200, builder: PromptBuilder | None = None,
                        prompt_cfg: PromptConfig | None = None, seed: int = 1, batch_size: int = 32) -> dict:
     """SID -> title (greedy, exact match), title -> SID (constrained beam, top-1 hit) and CoNRec 4-choice

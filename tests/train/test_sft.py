@@ -154,6 +154,7 @@ def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_pr
     assert (run / "sft_align" / "final" / "config.json").exists()
     assert s["alignment"]["title_to_sid"] >= 0.5 > 10 * s["alignment"]["chance_title_to_sid"], s["alignment"]
     assert s["alignment"]["choice_sid_likelihood"] >= 0.6, s["alignment"]
+    assert s["alignment_not_learnt"] == []  # no warning for a stage that taught
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
@@ -172,10 +173,11 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
     assert last_complete_checkpoint(tmp_path / "nothing-here") is None
 
 
-def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_prepared, tmp_path):
+def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_prepared, tmp_path, capsys):
     """sft_align.phases: a curriculum in the timeline loop. Each phase trains its own tasks for its
     own step budget after the first, the summary keeps each phase's loss and alignment, the phase
-    checkpoints go with the stage's end, and a rerun reads the stage back."""
+    checkpoints go with the stage's end, a rerun reads the stage back, and a stage that taught nothing
+    says so."""
     raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 6, "batch_size": 8,
                          "eval_items": 8, "phases": [{"tasks": ["choose_sid_stepwise"], "max_steps": 4},
                                                      {"tasks": ["sid_to_text", "text_to_sid"], "max_steps": 3,
@@ -190,6 +192,9 @@ def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_pre
     assert not list((run / ".work").rglob("timeline_checkpoint*.pt"))
     assert list((run / "tb" / "sft_align" / "phase2").glob("events.out.tfevents*"))
     assert run_sft(raw, run, task="align")["steps"] == 13
+    # 13 steps teach nothing: the summary and the log say so, naming the tasks
+    assert {"sid_to_text", "choose_sid_stepwise"} <= {x.split()[0] for x in s["alignment_not_learnt"]}, s["alignment"]
+    assert "[sft_align] warning: not clearly above chance after training: " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("phase, message", [
