@@ -228,15 +228,16 @@ CLEAR_MARGIN = 0.10  # "clearly above chance": at least this much over it (n = 2
 
 
 def unlearnt_tasks(a: dict, tasks) -> list[str]:
-    """The trained `tasks` whose accuracy in `alignment_accuracy`'s result `a` is not clearly above
-    chance (chance + CLEAR_MARGIN), as "task acc (chance c)"; tasks it does not measure are skipped."""
+    """The trained `tasks` whose accuracy in `alignment_accuracy`'s result `a` is less than
+    CLEAR_MARGIN above chance, as "task acc (chance c)". Tasks it does not measure
+    (features_to_sid, prefix_to_genre) are not judged."""
     out = []
     for task in dict.fromkeys(tasks):
-        key, chance_key = TASK_ACCURACY.get(task, (None, None))
-        if key in a:
+        if task in TASK_ACCURACY:
+            key, chance_key = TASK_ACCURACY[task]
             chance = a[chance_key] if chance_key else 0.0
             if a[key] < chance + CLEAR_MARGIN:
-                out.append(f"{task} {a[key]:.2f} (chance {chance:.4g})")
+                out.append(f"{task} {a[key]:.2f} (chance {f'{chance:.4f}'.rstrip('0').rstrip('.')})")
     return out
 
 

@@ -501,7 +501,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         if task == "align":
             summary["alignment_not_learnt"] = unlearnt_tasks(summary["alignment"], cfg.tasks)
-            _warn_unlearnt("sft_align", summary["alignment_not_learnt"], ALIGN_HINT)
+            _warn_unlearnt("sft_align", summary["alignment_not_learnt"], ALIGN_HINT_PROMPT)
     summary["seconds"] = round(time.time() - t0, 1)
     with full_weights(model):  # ZeRO-3: every rank joins the gather, rank 0 saves the whole model
         if is_main_process():
@@ -544,6 +544,8 @@ def _alignment_check(model, hf_tok, sid_tok, items, cfg: SFTStageConfig, builder
 
 ALIGN_HINT = ("raise sft_align.max_steps (and the phases' max_steps): the tiny model learnt title -> SID for "
               "ML-100K's 1,682 items in 3,200 steps of 32, about 30 passes, and not in 1,600")
+ALIGN_HINT_PROMPT = ("raise sft_align.epochs (or max_steps), or use mode: timeline: on the tiny model TRL's stage "
+                     "stayed at chance after 2 epochs of ML-100K")
 
 
 def _warn_unlearnt(stage: str, unlearnt: list[str], hint: str) -> None:

@@ -12,8 +12,8 @@ def test_stepwise_accuracy_tells_the_code_from_the_letter(monkeypatch):
 
 
 def test_a_trained_task_near_chance_is_named_beside_its_chance():
-    """`unlearnt_tasks`: a trained task under chance + 0.10 is named with its accuracy and chance;
-    one clearly above, or one that was not trained, or one the check does not measure, is not."""
+    """`unlearnt_tasks`: a trained task less than 0.10 above chance is named with its accuracy and
+    chance; one 0.10 or more above, one that was not trained, or one the check does not measure, is not."""
     from negrec.llm.evaluation import unlearnt_tasks
 
     a = {"title_to_sid": 0.015, "chance_title_to_sid": 0.0006, "sid_to_title": 0.22, "choose_sid": 0.24,
@@ -21,5 +21,6 @@ def test_a_trained_task_near_chance_is_named_beside_its_chance():
     trained = ["text_to_sid", "sid_to_text", "choose_sid_stepwise", "features_to_sid", "text_to_sid"]
     assert unlearnt_tasks(a, trained) == ["text_to_sid 0.01 (chance 0.0006)", "choose_sid_stepwise 0.34 (chance 0.25)"]
     assert unlearnt_tasks({**a, "title_to_sid": 0.11, "choose_sid_stepwise": 0.36}, trained) == []
+    assert unlearnt_tasks({**a, "choose_sid_stepwise": 70 / 200}, ["choose_sid_stepwise"]) == []  # 0.10 above: clear
     assert unlearnt_tasks(a, ["choose_text"]) == [] and unlearnt_tasks(a, ["choose_sid"]) == ["choose_sid 0.24 (chance 0.25)"]
     assert unlearnt_tasks({**a, "sid_to_title": 0.05}, ["sid_to_text"]) == ["sid_to_text 0.05 (chance 0)"]
