@@ -173,8 +173,9 @@ def _damaged(folder: Path, files: dict[str, int]) -> str | None:
         path = folder / rel
         if not path.is_file():
             return f"{path} is gone (the stage wrote it)"
-        if path.stat().st_size != size:
-            return f"{path} is {path.stat().st_size} bytes, the stage wrote {size} (truncated or replaced?)"
+        now = path.stat().st_size
+        if now != size:
+            return f"{path} is {now} bytes, the stage wrote {size} (truncated or replaced?)"
     return None
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from .arrays import narrow_int
 from .ids import canonical_ints
 from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, line_of, set_origin, source_column
-from .validate import check_values
+from .validate import TS_UNIT_NAMES, check_values
 
 ML_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -202,8 +202,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     return df
 
 
-TS_UNITS = ("s", "ms", "us", "ns", "datetime", "auto")
-PER_SECOND = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000}
+TS_UNITS = (*TS_UNIT_NAMES, "datetime", "auto")
+PER_SECOND = {unit: 1000 ** i for i, unit in enumerate(TS_UNIT_NAMES)}  # s 1, ms 1000, us 1e6, ns 1e9
 
 
 def auto_unit(median: float) -> str:
@@ -242,7 +242,7 @@ def parse_ts(values: pd.Series, unit: str, path, field: str, first_line: int, la
         if pd.isna(raw) or str(raw).strip() == "":
             raise DataError(f"{where(i)}: empty timestamp")
         others = " (the other values are numbers)" if unit == "auto" else ""
-        what = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}.get(unit, "a number")
+        what = TS_UNIT_NAMES.get(unit, "a number")
         raise DataError(f"{where(i)}: cannot parse timestamp {raw!r} as {what}{others}")
     v = num.to_numpy()
     if unit == "auto":

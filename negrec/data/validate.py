@@ -55,8 +55,8 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
                         f"({n_bad} such row{'s' if n_bad > 1 else ''})")
 
 
-UNIT_NAMES = ("seconds", "milliseconds", "microseconds", "nanoseconds")  # each 1000 times finer
-UNIT_SHORT = ("s", "ms", "us", "ns")
+TS_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}  # each 1000x finer
+UNIT_NAMES, UNIT_SHORT = tuple(TS_UNIT_NAMES.values()), tuple(TS_UNIT_NAMES)
 
 
 def _unit_hint(x: int, every: bool) -> str:
