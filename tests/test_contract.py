@@ -197,6 +197,8 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(name, point, base_run, 
     folder = contract.stage_dir(raw, run, name)
     _assert_same_folder(contract.stage_dir(raw, straight, name), straight, folder, run)
     assert not list(folder.parent.glob(f".{folder.name}.*"))  # no staging folder left behind
+    assert not contract.work_dir(run, name).exists()  # nor the checkpoints of a finished stage
+    assert not contract.work_dir(straight, name).exists()
 
 
 # ---- readers refuse a folder without a matching marker ----

@@ -211,7 +211,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                            "the co-trained alignment did not hold: raise sft_next.align_per_batch or align_weight")
     summary["seconds"] = round(time.time() - t0, 1)
     if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
-        _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary, work)
+        _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary)
     curve = " ".join(f"{h['epoch']}:{h['val_recall@10']:.3f}" for h in fit["history"] if "val_recall@10" in h)
     validation = f"validation Recall@10 by epoch: {curve}" if curve else "no validation (val_rows: 0)"
     main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, {validation}; "
@@ -249,7 +249,7 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
         summary["alignment_not_learnt"] = unlearnt_tasks(summary["alignment"], [t for p in phases for t in p["tasks"]])
     summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
     summary["seconds"] = round(time.time() - t0, 1)
-    _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary, work)
+    _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary)
     main_print(f"[sft_align] {summary['steps']} steps, {summary['epochs_run']} epochs, loss "
                f"{summary['loss_curve'][0]:.3f} -> {summary['loss_curve'][-1]:.3f}, {summary['seconds']}s -> "
                f"{run_dir / 'sft_align' / 'final'}")
@@ -296,14 +296,12 @@ def _copy_like_rows(model, hf_tok, sid_tok) -> int:
         return copy_sid_rows_to_like_tokens(model.get_base_model() if is_peft_model(model) else model, hf_tok, sid_tok)
 
 
-def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict, work: Path) -> None:
-    """A timeline-loop stage's folder (final/ and summary.json, swapped in whole); then its checkpoint goes."""
+def _save_loop_stage(raw: dict, run_dir: Path, stage: str, model, hf_tok, sid_tok, summary: dict) -> None:
+    """A timeline-loop stage's folder (final/ and summary.json, swapped in whole; its checkpoint goes then)."""
     with stage_folder(raw, run_dir, stage) as tmp:
         save_policy(model, hf_tok, sid_tok, tmp / "final",
                     extra={"stage": stage.replace("-", "_"), "steps": summary["steps"]})
         write_json(tmp / "summary.json", summary)
-    for ckpt in work.glob("timeline_checkpoint*.pt"):
-        ckpt.unlink()
 
 
 def _readable_json(path: Path) -> bool:

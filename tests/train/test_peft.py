@@ -239,7 +239,7 @@ def test_grpo_with_lora_runs_two_stages_and_writes_a_merged_policy(tmp_path):
     assert changed  # the merged adapter moved the policy away from the SFT weights
 
 
-def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_path):
+def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_path, monkeypatch):
     items = ml100k_prepared.items
     items = items[items.item_id <= 24].reset_index(drop=True)
     sid = random_sid_tokenizer(len(items), (4, 3, 3), seed=2)
@@ -248,8 +248,11 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     ml100k_prepared.save(run / "data")
     model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
     save_policy(model, hf, sid, run / "model")
+    from negrec import contract
     from negrec.contract import mark_done, work_dir
     from negrec.train.sft import run_sft
+
+    monkeypatch.setattr(contract, "drop_work", lambda run_dir, name: None)  # keep the checkpoints to look into
 
     raw = {"model": {"peft": {"mode": "lora", "r": 4}},
            "sft_align": {"max_steps": 2, "batch_size": 8, "max_items": 16, "eval_items": 0, "save_steps": 1,
