@@ -503,8 +503,8 @@ def _tensorboard_callback(run: GRPORun):
 
 def merged_start(sft_dir: Path, out_dir: Path) -> Path:
     """`sft_dir`, or for a policy saved with `model.peft.merge: false` (base weights + adapter/) its
-    merged copy in `out_dir` (written once per SFT policy, on the main process): GRPO trains a fresh
-    adapter on merged SFT weights, which are also its KL reference."""
+    merged copy in `out_dir` (written once per GRPO run and kept for its resume, on the main process):
+    GRPO trains a fresh adapter on merged SFT weights, which are also its KL reference."""
     from negrec.llm.model import load_policy, save_policy
     from negrec.llm.peft import unmerged_adapter
 
