@@ -18,8 +18,8 @@ a kill between the two renames). A stage sharing its folder (`shared_stage_files
 atomically (`negrec.io.atomic_path`), drops its marker first and writes it last, and marks itself
 running meanwhile (`_RUNNING.<stage>`: killed, it reads as interrupted, and the stages reading it
 refuse its half-written files). Resumable stages keep checkpoints in `work_dir` (`<run>/.work/<stage>/`),
-outside the swapped folder, until their folder is in place. Every stage starts with `up_to_date`: an input stage's folder without a
-matching marker is refused, naming it.
+outside the swapped folder, until their folder is in place (`drop_work`). Every stage starts with
+`up_to_date`: an input stage's folder without a matching marker is refused, naming it.
 """
 from __future__ import annotations
 
