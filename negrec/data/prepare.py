@@ -241,6 +241,13 @@ class Samples(dict):
             return value[column].map(len).to_numpy()
         return np.diff(self._arrow_column(split, column).offsets.to_numpy())
 
+    def list_values(self, split: str, column: str) -> np.ndarray:
+        """Every row's list in `column`, concatenated (row sizes: `list_sizes`)."""
+        value = super().__getitem__(split)
+        if isinstance(value, pd.DataFrame):
+            return np.concatenate([np.asarray(v, np.int64) for v in value[column]] or [np.zeros(0, np.int64)])
+        return self._arrow_column(split, column).flatten().to_numpy(zero_copy_only=False)
+
     def items(self):
         return [(k, self[k]) for k in self.keys()]
 
@@ -316,13 +323,32 @@ class Prepared:
     def fit_log(self, split: str = "train") -> pd.DataFrame:
         """What a model fitted for `split` may see: per user, events before that user's cut
         (valid cut for train/valid, test cut for test); users without a cut give all their events."""
-        col = fit_limit_column(split)
-        log = self._log
-        users = log["user_id"].to_numpy()
+        return _widen(self._log[self._fit_mask(split)].reset_index(drop=True))
+
+    def _fit_mask(self, split: str) -> np.ndarray:
+        """Which rows of the log `fit_log(split)` keeps."""
+        users = self._log["user_id"].to_numpy()
         starts = run_starts(users)
-        lim = np.repeat(self.cuts.set_index("user_id")[col].reindex(users[starts]).to_numpy(),
+        lim = np.repeat(self.cuts.set_index("user_id")[fit_limit_column(split)].reindex(users[starts]).to_numpy(),
                         np.diff(np.r_[starts, len(users)]))
-        return _widen(log[log["ts"].to_numpy() < lim].reset_index(drop=True))
+        return self._log["ts"].to_numpy() < lim
+
+    def unlogged_targets(self, split: str, k: int = 10) -> tuple[float, float]:
+        """(share of the split's F_H targets, main horizon, that never occur in `fit_log(split)`;
+        mean over rows with a non-empty F_H of min(logged targets, k) / min(|F_H|, k)). The second is
+        the capped Recall@k a method reaches at best when it ranks only items of the log it was fitted
+        on (the baselines do): on a log whose disliked items are mostly new, exact-item recall is capped."""
+        col = f"future_neg_h{self.main_horizon}"
+        sizes, targets = self.samples.list_sizes(split, col), self.samples.list_values(split, col)
+        if not len(targets):
+            return float("nan"), float("nan")
+        items = self._log["item_id"].to_numpy()[self._fit_mask(split)]
+        logged = np.zeros(max(int(targets.max()), int(items.max(initial=0))) + 1, bool)
+        logged[items] = True
+        row = np.repeat(np.arange(len(sizes)), sizes)
+        n_logged = np.bincount(row, weights=logged[targets], minlength=len(sizes))[sizes > 0]
+        ceiling = np.minimum(n_logged, k) / np.minimum(sizes[sizes > 0], k)
+        return float(1 - logged[targets].mean()), float(ceiling.mean())
 
     def save(self, out_dir) -> Path:
         out_dir = Path(out_dir)
@@ -434,6 +460,7 @@ def data_stats(p: Prepared) -> dict:
         "cut_unit": p.cfg.split.cut_unit,
         "rolling_every": p.cfg.split.rolling_every,
         "rolling_max": p.cfg.split.rolling_max,
+        "main_horizon": p.main_horizon,
     }
     for split in ("train", "valid", "test"):
         sizes_of = {h: p.samples.list_sizes(split, f"future_neg_h{h}") for h in p.horizons}
@@ -444,6 +471,10 @@ def data_stats(p: Prepared) -> dict:
             stats[f"{split}_mean_F{h}"] = round(float(sizes[sizes > 0].mean()), 3) if (sizes > 0).any() else 0.0
             # over every sample (for test: every test user), empty targets included
             stats[f"{split}_mean_F{h}_all"] = round(float(sizes.mean()), 3) if len(sizes) else 0.0
+        if split != "train":  # train rows' futures lie inside the training log by construction
+            share, ceiling = p.unlogged_targets(split)
+            stats[f"{split}_targets_unlogged_share"] = round(share, 4)
+            stats[f"{split}_logged_recall@10_ceiling"] = round(ceiling, 4)
     stats.update({k: v for k, v in p.report.items() if k != "seconds"})
     return stats
 
@@ -472,7 +503,21 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
     if all(f"test_mean_F{h}_all" in stats for h in horizons):
         lines.append("test   mean |F_H| over all test users (empty included): "
                      + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))
+    if "test_targets_unlogged_share" in stats:
+        lines.append(_describe_unlogged(stats))
     return "\n".join(lines)
+
+
+def _describe_unlogged(stats: dict) -> str:
+    """The share of targets no fitted model saw in its log, and what that caps exact-item recall at."""
+    shares = ", ".join(f"{split} {stats.get(f'{split}_targets_unlogged_share', float('nan')):.0%}"
+                       for split in ("valid", "test"))
+    line = (f"new targets      F_{stats['main_horizon']} items absent from the log a model is fitted on: {shares}; test Recall@10 "
+            f"of a method ranking only logged items is at most {stats['test_logged_recall@10_ceiling']:.3f}")
+    if stats["test_targets_unlogged_share"] > 0.5:
+        line += ("\n                 (warning: most future negatives are items the log never shows before the cut: "
+                 "exact-item recall is capped for every method; see SID-prefix recall)")
+    return line
 
 
 def _describe_cuts(stats: dict) -> str:

@@ -213,6 +213,17 @@ def example_users(prepared, predictions: pd.DataFrame, n: int, k: int, h: int, s
     return "\n".join(out) + "\n"
 
 
+def new_targets_text(stats_path: Path) -> str:
+    """What share of the test targets are items absent from the fitted log, and the Recall@10 that
+    caps for methods ranking logged items (`Prepared.unlogged_targets`); "" without the figures."""
+    stats = read_json(stats_path) if stats_path.exists() else {}
+    if "test_targets_unlogged_share" not in stats:
+        return ""
+    return (f"New items: {stats['test_targets_unlogged_share']:.0%} of the test targets never occur in the log the "
+            f"models are fitted on, so a method ranking only logged items reaches at most Recall@10 "
+            f"{stats['test_logged_recall@10_ceiling']:.3f}.\n")
+
+
 def _comparison_sections(ev: Path) -> list[str]:
     """The report's paired-comparison and slice sections, from eval/paired.json and eval/slices.json."""
     parts = []
@@ -259,6 +270,7 @@ def _report(raw: dict, run_dir: Path) -> dict:
                      "NextNeg = the conventional next-negative target; LUF/LIF = long-tail users/items; "
                      "Coll = F_H widened by Swing co-negatives. [lo, hi] = 95% CI by a bootstrap over users "
                      "(all rows of a user resampled together).\n")
+        parts.append(new_targets_text(run_dir / "data" / "stats.json"))
     parts += _comparison_sections(ev)
     if metrics:
         ks = sorted(mcfg.ks)

@@ -390,3 +390,38 @@ def test_ml100k_rolling_rows_are_keyed_by_user_and_cut(ml100k_dir):
     assert (test.groupby("user_id").cut_ts.diff().dropna() > 0).all()
     st = data_stats(p)
     assert st["test_samples"] == len(test) and st["test_users"] == test.user_id.nunique()
+
+
+def test_unlogged_targets_share_and_ceiling():
+    """F_H targets that the fitted log never shows (new items) are counted, and the Recall@10 cap of
+    a method ranking only logged items follows from them, checked against a plain-Python count."""
+    from negrec.data.prepare import Prepared, build_samples
+    from negrec.data.splits import compute_cuts
+
+    rng = np.random.default_rng(0)
+    events = []
+    for u in range(1, 9):
+        for k in range(30):  # late events bring items 100+ that nobody met before
+            item = int(rng.integers(100, 140)) if k >= 24 and rng.random() < 0.6 else int(rng.integers(0, 30))
+            events.append((u, item, 1000 * k + u, -1 if rng.random() < 0.5 else 1))
+    log = _toy_log(events)
+    cfg = DataConfig(horizons=[1], main_horizon=1, split=SplitConfig(cut_unit="event", min_context=3))
+    cuts = compute_cuts(log, cfg.split)
+    p = Prepared(log, None, cuts, build_samples(log, cuts, cfg), cfg)
+    share, ceiling = p.unlogged_targets("test", k=2)
+
+    logged = set(p.fit_log("test").item_id)
+    futures = [f for f in p.samples["test"]["future_neg_h1"] if len(f)]
+    flat = [int(i) for f in futures for i in f]
+    assert 0 < share < 1 and len(futures) > 3
+    assert share == pytest.approx(sum(i not in logged for i in flat) / len(flat))
+    assert ceiling == pytest.approx(np.mean([min(sum(int(i) in logged for i in f), 2) / min(len(f), 2) for f in futures]))
+
+
+def test_unlogged_targets_warn_when_most_are_new():
+    from negrec.data.prepare import _describe_unlogged
+
+    stats = {"main_horizon": 7, "valid_targets_unlogged_share": 0.2, "test_logged_recall@10_ceiling": 0.7}
+    assert "capped" not in _describe_unlogged({**stats, "test_targets_unlogged_share": 0.3})
+    line = _describe_unlogged({**stats, "test_targets_unlogged_share": 0.94})
+    assert "valid 20%, test 94%" in line and "at most 0.700" in line and "capped for every method" in line

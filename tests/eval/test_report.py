@@ -20,3 +20,13 @@ def test_report_says_what_the_policy_knows_of_its_items():
     assert "title -> SID 0.45 (chance 0.0006)" in text and "0.97 (SID) / 0.96 (text)" in text and "lettered 0.19 / 0.27" in text
     stepwise = alignment_text({**a, "choose_sid_stepwise": 0.44, "stepwise_first_code": 0.7})
     assert "code then letter 0.44 (chance 0.25; first code right 0.70)" in stepwise
+
+
+def test_report_states_the_new_item_cap(tmp_path):
+    from negrec.eval.report import new_targets_text
+    from negrec.io import write_json
+
+    assert new_targets_text(tmp_path / "stats.json") == ""  # a run prepared before the figure existed
+    write_json(tmp_path / "stats.json", {"test_targets_unlogged_share": 0.94, "test_logged_recall@10_ceiling": 0.083})
+    assert "94% of the test targets" in new_targets_text(tmp_path / "stats.json")
+    assert "at most Recall@10 0.083" in new_targets_text(tmp_path / "stats.json")
