@@ -51,6 +51,7 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
     grpo = json.loads((run_dir / "grpo" / "summary.json").read_text())
     plain = json.loads((run_dir / "grpo_plain" / "summary.json").read_text())
     assert grpo["progressive"] and not plain["progressive"] and grpo["total_steps"] == plain["total_steps"] == 2
+    assert Path(grpo["kept"]["model"]).is_dir() and Path(plain["kept"]["model"]).is_dir()  # not the dropped .work
     assert (run_dir / "export" / "manifest.json").exists() and (run_dir / "report.md").exists()
     assert "Recall@10" in capsys.readouterr().out  # the results table ends the run
 

@@ -718,7 +718,10 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     if is_main_process():
         with stage_folder(raw, run_dir, stage) as tmp:
             # links: the work folder (and the SFT policy) stay whole until the swap
-            copy_tree(Path(summary["kept"]["model"]), tmp / "final")
+            kept = Path(summary["kept"]["model"])
+            copy_tree(kept, tmp / "final")
+            if work.resolve() in kept.resolve().parents:  # the work folder goes once the stage is in place
+                summary["kept"]["model"] = summary["final_model"]
             if (work / "log.jsonl").exists():
                 shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
             write_json(tmp / "summary.json", summary)
