@@ -1,0 +1,148 @@
+"""What the default run's training budget buys, on ML-100K test users (H = 7), with paired 95% CIs.
+
+The default recipe is sized to the 10-minute run (`configs/ml100k.yaml`): 6,200 alignment steps and
+12 epochs of timeline SFT. Starting from a finished default run (`--base`, or one made under
+runs/bench_budget/base), each variant retrains the timeline SFT in its own folder, sharing the
+base's data, item encodings, semantic IDs and base model, and its SFT policy is paired with the
+base's on the same test users:
+
+- sft_24_epochs: twice the epochs (is the 12-epoch SFT converged?);
+- sft_lr_5e-3: the same 12 epochs at a higher learning rate (converging sooner at no cost?);
+- no_alignment: neither the alignment stage nor the co-trained alignment examples (the run's
+  fastest recipe: what alignment costs in time and gives in recall), then progressive GRPO from
+  that SFT policy as in the default run (`no_alignment_grpo`: paired with its own SFT start too).
+
+Reported: each variant's SFT time, validation curve and alignment after the SFT, beside the base's;
+the paired differences variant - base at Recall@5/10/50 and FHR@20.
+
+    python benchmarks/bench_budget.py [--base runs/ml100k] [--variants no_alignment ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "ml100k.yaml"
+RUNS = ROOT / "runs" / "bench_budget"
+SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
+NO_GRPO = "pipeline.skip=[grpo, grpo-plain]"
+# name -> (config overrides, the base's alignment stage is shared, the policies it yields)
+VARIANTS = {
+    "sft_24_epochs": ([NO_GRPO, "sft_next.epochs=24"], True, ["sft_next"]),
+    "sft_lr_5e-3": ([NO_GRPO, "sft_next.learning_rate=0.005"], True, ["sft_next"]),
+    "no_alignment": (["pipeline.skip=[sft-align, grpo-plain]", "sft_next.align_weight=0"], False, ["sft_next", "grpo"]),
+}
+METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
+
+
+def base_run(base: Path | None) -> Path:
+    """The finished default run the variants start from (made under RUNS/base when not given)."""
+    if base is not None:
+        return base
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    run_pipeline(load_config(str(CONFIG)), RUNS / "base")
+    return RUNS / "base"
+
+
+def train_variant(name: str, base: Path) -> tuple[dict[str, Path], dict]:
+    """Retrain the timeline SFT (and GRPO, when the variant yields it) under the variant's overrides;
+    predict with each policy. ({row name: predictions file}, details)."""
+    from negrec.config import load_config
+    from negrec.eval import run_predict
+    from negrec.io import read_json
+    from negrec.pipeline import run_pipeline
+
+    sets, keep_align, policies = VARIANTS[name]
+    run = RUNS / name
+    for part in SHARED_STAGES + (("sft_align",) if keep_align else ()):
+        if not (run / part).exists():
+            shutil.copytree(base / part, run / part)
+    last = "grpo" if "grpo" in policies else "sft-next"
+    raw = load_config(str(CONFIG), [*sets, f"eval.policies=[{', '.join(policies)}]", f"pipeline.stop_after={last}"])
+    run_pipeline(raw, run)  # a stage already done in the variant's folder is not trained again
+    details = sft_view(read_json(run / "sft_next" / "summary.json"))
+    run_predict(raw, run)
+    files = {name if p == "sft_next" else f"{name}_{p}": run / "eval" / "predictions" / f"{p}.parquet" for p in policies}
+    if "grpo" in policies:
+        g = read_json(run / "grpo" / "summary.json")
+        details["grpo"] = {"seconds": g.get("seconds"), "kept": g["kept"]["name"],
+                           "validation": {v["name"]: v["val_recall@10"] for v in g.get("validation", [])}}
+    return files, details
+
+
+def sft_view(summary: dict) -> dict:
+    """What the table shows of an SFT summary: time, validation curve, kept epoch, alignment."""
+    out = {"sft_seconds": summary.get("seconds"), "kept_epoch": summary.get("kept_epoch"),
+           "val_recall@10_by_epoch": {h["epoch"]: h["val_recall@10"] for h in summary.get("history", [])
+                                      if "val_recall@10" in h}}
+    if "alignment" in summary:
+        out["title_to_sid_after_sft"] = summary["alignment"].get("title_to_sid")
+    return out
+
+
+def evaluate_all(base: Path, files: dict[str, Path]) -> tuple[list[dict], list[dict]]:
+    """(rows, pairs): every variant's policy and the base's SFT policy scored on the base's test rows
+    by negrec's own metric code, and the paired differences asked for (bootstrap over users)."""
+    import pandas as pd
+
+    from negrec.config import load_config, section_config
+    from negrec.eval.metrics import evaluate_predictions
+    from negrec.eval.run import EvalConfig, _aligned, paired_comparisons
+
+    mcfg = section_config(EvalConfig, load_config(str(CONFIG)), "eval").metrics
+    targets = pd.read_parquet(base / "eval" / "targets.parquet")
+    log = pd.read_parquet(base / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
+    keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
+    scored, rows = {}, []
+    for name, path in {"sft_next": base / "eval" / "predictions" / "sft_next.parquet", **files}.items():
+        m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
+                                 cfg=mcfg, per_row=True)
+        scored[name] = _aligned(m.pop("per_row"), keys)
+        rows.append({"method": name, **{k: m.get(k) for k in METRICS}})
+    # each row against the base's SFT policy; a GRPO row also against its own SFT start
+    pairs = [(n, "sft_next") for n in files] + [(n, n.removesuffix("_grpo")) for n in files if n.endswith("_grpo")]
+    paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(METRICS), mcfg)
+    return rows, [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")} for p in paired]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", type=Path, default=None, help="a finished default run (configs/ml100k.yaml)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    a = ap.parse_args()
+
+    from negrec.cli import set_threads
+    from negrec.io import read_json
+
+    set_threads(None)
+    t0 = time.time()
+    base = base_run(a.base)
+    files, details = {}, {"base": sft_view(read_json(base / "sft_next" / "summary.json"))}
+    details["base"]["align_seconds"] = read_json(base / "sft_align" / "summary.json").get("seconds")
+    for name in a.variants:
+        made, details[name] = train_variant(name, base)
+        files.update(made)
+    rows, paired = evaluate_all(base, files)
+    print_table(rows, "Test users, H = 7 days: the base run's SFT policy (sft_next) and each variant's")
+    print_table(paired, "Paired differences variant - base on the same test rows (95% CI, paired bootstrap p)")
+    for name, d in details.items():
+        print(f"{name}: {json.dumps(d)}")
+    save_result("bench_budget_ml100k", {
+        "command": " ".join(["python", "benchmarks/bench_budget.py", *sys.argv[1:]]),
+        "variants": {n: {"overrides": VARIANTS[n][0], **details[n]} for n in a.variants}, "base": details["base"],
+        "base_run": str(base),
+        "table": rows, "paired": paired, "seconds": round(time.time() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
