@@ -9,8 +9,11 @@ base's on the same test users:
 - sft_24_epochs: twice the epochs (is the 12-epoch SFT converged?);
 - sft_lr_5e-3: the same 12 epochs at a higher learning rate (converging sooner at no cost?);
 - no_alignment: neither the alignment stage nor the co-trained alignment examples (the run's
-  fastest recipe: what alignment costs in time and gives in recall), then progressive GRPO from
-  that SFT policy as in the default run (`no_alignment_grpo`: paired with its own SFT start too).
+  fastest recipe: what alignment costs in time and gives in recall), then progressive and plain
+  GRPO from that SFT policy (`no_alignment_grpo`, `no_alignment_grpo_plain`: paired with their SFT
+  start and with each other too);
+- no_alignment_seed1, no_alignment_seed2: the same two GRPO runs from the same SFT policy under
+  other GRPO seeds (sampled groups, row order): how far a GRPO rerun moves its gain.
 
 Reported: each variant's SFT time, validation curve and alignment after the SFT, beside the base's;
 the paired differences variant - base at Recall@5/10/50 and FHR@20.
@@ -34,11 +37,16 @@ CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_budget"
 SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
 NO_GRPO = "pipeline.skip=[grpo, grpo-plain]"
-# name -> (config overrides, the base's alignment stage is shared, the policies it yields)
+NO_ALIGN = ["pipeline.skip=[sft-align]", "sft_next.align_weight=0"]
+GRPOS = ["grpo", "grpo_plain"]
+# name -> (config overrides, the run whose stages it starts from and which, the policies it yields;
+# a GRPO row is also paired with the SFT row it starts from)
 VARIANTS = {
-    "sft_24_epochs": ([NO_GRPO, "sft_next.epochs=24"], True, ["sft_next"]),
-    "sft_lr_5e-3": ([NO_GRPO, "sft_next.learning_rate=0.005"], True, ["sft_next"]),
-    "no_alignment": (["pipeline.skip=[sft-align, grpo-plain]", "sft_next.align_weight=0"], False, ["sft_next", "grpo"]),
+    "sft_24_epochs": ([NO_GRPO, "sft_next.epochs=24"], ("base", SHARED_STAGES + ("sft_align",)), ["sft_next"]),
+    "sft_lr_5e-3": ([NO_GRPO, "sft_next.learning_rate=0.005"], ("base", SHARED_STAGES + ("sft_align",)), ["sft_next"]),
+    "no_alignment": (NO_ALIGN, ("base", SHARED_STAGES), ["sft_next", *GRPOS]),
+    "no_alignment_seed1": ([*NO_ALIGN, "grpo.seed=1"], ("no_alignment", SHARED_STAGES + ("sft_next",)), GRPOS),
+    "no_alignment_seed2": ([*NO_ALIGN, "grpo.seed=2"], ("no_alignment", SHARED_STAGES + ("sft_next",)), GRPOS),
 }
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 
@@ -62,22 +70,34 @@ def train_variant(name: str, base: Path) -> tuple[dict[str, Path], dict]:
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
-    sets, keep_align, policies = VARIANTS[name]
-    run = RUNS / name
-    for part in SHARED_STAGES + (("sft_align",) if keep_align else ()):
+    sets, (source, parts), policies = VARIANTS[name]
+    run, source = RUNS / name, base if source == "base" else RUNS / source
+    for part in parts:
         if not (run / part).exists():
-            shutil.copytree(base / part, run / part)
-    last = "grpo" if "grpo" in policies else "sft-next"
+            shutil.copytree(source / part, run / part)
+    last = "grpo-plain" if "grpo_plain" in policies else "grpo" if "grpo" in policies else "sft-next"
     raw = load_config(str(CONFIG), [*sets, f"eval.policies=[{', '.join(policies)}]", f"pipeline.stop_after={last}"])
     run_pipeline(raw, run)  # a stage already done in the variant's folder is not trained again
     details = sft_view(read_json(run / "sft_next" / "summary.json"))
     run_predict(raw, run)
-    files = {name if p == "sft_next" else f"{name}_{p}": run / "eval" / "predictions" / f"{p}.parquet" for p in policies}
-    if "grpo" in policies:
-        g = read_json(run / "grpo" / "summary.json")
-        details["grpo"] = {"seconds": g.get("seconds"), "kept": g["kept"]["name"],
-                           "validation": {v["name"]: v["val_recall@10"] for v in g.get("validation", [])}}
+    files = {row_name(name, p): run / "eval" / "predictions" / f"{p}.parquet" for p in policies}
+    for p in set(policies) & set(GRPOS):
+        g = read_json(run / p / "summary.json")
+        details[p] = {"seconds": g.get("seconds"), "kept": g["kept"]["name"],
+                      "validation": {v["name"]: v["val_recall@10"] for v in g.get("validation", [])}}
     return files, details
+
+
+def row_name(variant: str, policy: str) -> str:
+    return variant if policy == "sft_next" else f"{variant}_{policy}"
+
+
+def grpo_pairs(variant: str) -> list[tuple[str, str]]:
+    """A variant's GRPO rows against the SFT row they start from, and progressive against plain."""
+    _, (source, parts), policies = VARIANTS[variant]
+    start = variant if "sft_next" in policies else source
+    out = [(row_name(variant, p), start) for p in policies if p in GRPOS]
+    return out + ([(row_name(variant, "grpo"), row_name(variant, "grpo_plain"))] if set(GRPOS) <= set(policies) else [])
 
 
 def sft_view(summary: dict) -> dict:
@@ -90,7 +110,7 @@ def sft_view(summary: dict) -> dict:
     return out
 
 
-def evaluate_all(base: Path, files: dict[str, Path]) -> tuple[list[dict], list[dict]]:
+def evaluate_all(base: Path, files: dict[str, Path], variants: list[str]) -> tuple[list[dict], list[dict]]:
     """(rows, pairs): every variant's policy and the base's SFT policy scored on the base's test rows
     by negrec's own metric code, and the paired differences asked for (bootstrap over users)."""
     import pandas as pd
@@ -109,8 +129,9 @@ def evaluate_all(base: Path, files: dict[str, Path]) -> tuple[list[dict], list[d
                                  cfg=mcfg, per_row=True)
         scored[name] = _aligned(m.pop("per_row"), keys)
         rows.append({"method": name, **{k: m.get(k) for k in METRICS}})
-    # each row against the base's SFT policy; a GRPO row also against its own SFT start
-    pairs = [(n, "sft_next") for n in files] + [(n, n.removesuffix("_grpo")) for n in files if n.endswith("_grpo")]
+    # each row against the base's SFT policy; the GRPO rows also against their start and each other
+    pairs = [(n, "sft_next") for n in files] + [pair for v in variants for pair in grpo_pairs(v)]
+    pairs = [(a, b) for a, b in pairs if a in scored and b in scored]  # a start left out of --variants: unpaired
     paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(METRICS), mcfg)
     return rows, [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")} for p in paired]
 
@@ -132,7 +153,7 @@ def main() -> None:
     for name in a.variants:
         made, details[name] = train_variant(name, base)
         files.update(made)
-    rows, paired = evaluate_all(base, files)
+    rows, paired = evaluate_all(base, files, a.variants)
     print_table(rows, "Test users, H = 7 days: the base run's SFT policy (sft_next) and each variant's")
     print_table(paired, "Paired differences variant - base on the same test rows (95% CI, paired bootstrap p)")
     for name, d in details.items():
