@@ -471,8 +471,8 @@ def data_stats(p: Prepared) -> dict:
             stats[f"{split}_mean_F{h}"] = round(float(sizes[sizes > 0].mean()), 3) if (sizes > 0).any() else 0.0
             # over every sample (for test: every test user), empty targets included
             stats[f"{split}_mean_F{h}_all"] = round(float(sizes.mean()), 3) if len(sizes) else 0.0
-        if split != "train":  # train rows' futures lie inside the training log by construction
-            share, ceiling = p.unlogged_targets(split)
+        share, ceiling = p.unlogged_targets(split) if split != "train" else (float("nan"),) * 2
+        if share == share:  # train rows' futures lie in the training log by construction; nan: no targets
             stats[f"{split}_targets_unlogged_share"] = round(share, 4)
             stats[f"{split}_logged_recall@10_ceiling"] = round(ceiling, 4)
     stats.update({k: v for k, v in p.report.items() if k != "seconds"})
@@ -510,8 +510,8 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
 
 def _describe_unlogged(stats: dict) -> str:
     """The share of targets no fitted model saw in its log, and what that caps exact-item recall at."""
-    shares = ", ".join(f"{split} {stats.get(f'{split}_targets_unlogged_share', float('nan')):.0%}"
-                       for split in ("valid", "test"))
+    shares = ", ".join(f"{split} {stats[f'{split}_targets_unlogged_share']:.0%}" for split in ("valid", "test")
+                       if f"{split}_targets_unlogged_share" in stats)
     line = (f"new targets      F_{stats['main_horizon']} items absent from the log a model is fitted on: {shares}; test Recall@10 "
             f"of a method ranking only logged items is at most {stats['test_logged_recall@10_ceiling']:.3f}")
     if stats["test_targets_unlogged_share"] > 0.5:
