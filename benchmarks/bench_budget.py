@@ -150,6 +150,8 @@ def main() -> None:
     base = base_run(a.base)
     files, details = {}, {"base": sft_view(read_json(base / "sft_next" / "summary.json"))}
     details["base"]["align_seconds"] = read_json(base / "sft_align" / "summary.json").get("seconds")
+    # a variant that starts from another one's stages runs after it (its start is trained first)
+    a.variants = list(dict.fromkeys(v for name in a.variants for v in (VARIANTS[name][1][0], name) if v != "base"))
     for name in a.variants:
         made, details[name] = train_variant(name, base)
         files.update(made)
