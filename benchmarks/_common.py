@@ -70,3 +70,29 @@ def paired_rows(run: Path, a: str, b: str, metrics) -> dict:
     return {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}
             for p in json.loads((run / "eval" / "paired.json").read_text())
             if p["a"] == a and p["b"] == b and p["metric"] in metrics}
+
+
+def score_on_base(base: Path, files: dict, pairs: list, metrics, config: Path) -> tuple[list[dict], list[dict]]:
+    """(rows, paired): each predictions file ({row name: path}) scored on the base run's test rows by
+    negrec's own metric code, and the paired differences a - b asked for (bootstrap over users).
+    Scoring outside a run folder: the `evaluate` stage would refuse a folder without the policies'
+    own stages."""
+    import pandas as pd
+
+    from negrec.config import load_config, section_config
+    from negrec.eval.metrics import evaluate_predictions
+    from negrec.eval.run import EvalConfig, _aligned, paired_comparisons
+
+    mcfg = section_config(EvalConfig, load_config(str(config)), "eval").metrics
+    targets = pd.read_parquet(base / "eval" / "targets.parquet")
+    log = pd.read_parquet(base / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
+    keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
+    scored, rows = {}, []
+    for name, path in files.items():
+        m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
+                                 cfg=mcfg, per_row=True)
+        scored[name] = _aligned(m.pop("per_row"), keys)
+        rows.append({"method": name, **{k: m.get(k) for k in metrics}})
+    pairs = [(a, b) for a, b in pairs if a in scored and b in scored]  # a row left out of the run: unpaired
+    paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(metrics), mcfg)
+    return rows, [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")} for p in paired]

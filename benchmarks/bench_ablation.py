@@ -15,8 +15,9 @@ semantic IDs and base model:
 - grpo_beam_rank: GRPO from the base SFT with MiniOneRec's beam-group rollouts and the rank-aware
   reward at a 5x learning rate (the setting under which the reward curve rises).
 
-Every variant's predictions are scored in one evaluation folder beside the base run's policies,
-so the paired differences (variant - reference, same test rows) come from `negrec evaluate`.
+Every variant's predictions are scored beside the base run's policies on the base's test rows by
+negrec's own metric code (`_common.score_on_base`), which gives the paired differences (variant -
+reference, same test rows).
 
     python benchmarks/bench_ablation.py [--variants sft_no_feedback ...] [--fresh]
 """
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import print_table, save_result, score_on_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -109,25 +110,6 @@ def _summary_view(summary: dict) -> dict:
     return out
 
 
-def evaluate_all(base: Path, files: dict[str, Path]) -> list[dict]:
-    """Score the base run's policies and every variant in one folder; the paired rows asked for."""
-    from negrec.config import load_config
-    from negrec.eval import run_evaluate
-
-    ev = RUNS / "eval_all"
-    if ev.exists():
-        shutil.rmtree(ev)
-    for part in ("data", "tokenize", "eval"):
-        shutil.copytree(base / part, ev / part)
-    for name, path in files.items():
-        shutil.copy(path, ev / "eval" / "predictions" / f"{name}.parquet")
-    pairs = [f"{name}:{ref}" for name in files for ref in VARIANTS[name][3]]
-    run_evaluate(load_config(str(CONFIG), [*BASE_SETS, f"eval.pairs=[{','.join(pairs)}]"]), ev)
-    paired = json.loads((ev / "eval" / "paired.json").read_text())
-    return [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}
-            for p in paired if p["metric"] in METRICS and f"{p['a']}:{p['b']}" in pairs]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -142,9 +124,10 @@ def main() -> None:
     files, details = {}, {}
     for name in a.variants:
         files[name], details[name] = train_variant(name, base)
-    paired = evaluate_all(base, files)
-    metrics = json.loads((RUNS / "eval_all" / "eval" / "metrics.json").read_text())
-    rows = [{"method": m, **{k: metrics[m].get(k) for k in METRICS}} for m in ["sft_next", "grpo", *files]]
+    # the base run's policies and every variant, scored on the base's test rows; each variant against its references
+    refs = {m: base / "eval" / "predictions" / f"{m}.parquet" for m in ("sft_next", "grpo")}
+    pairs = [(name, ref) for name in files for ref in VARIANTS[name][3]]
+    rows, paired = score_on_base(base, {**refs, **files}, pairs, METRICS, CONFIG)
     print_table(rows, "Test users, H = 7 days: the base run's policies and each variant")
     print_table(paired, "Paired differences a - b on the same test rows (95% CI, paired bootstrap p)")
     for name, d in details.items():

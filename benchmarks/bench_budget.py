@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import print_table, save_result, score_on_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -110,32 +110,6 @@ def sft_view(summary: dict) -> dict:
     return out
 
 
-def evaluate_all(base: Path, files: dict[str, Path], variants: list[str]) -> tuple[list[dict], list[dict]]:
-    """(rows, pairs): every variant's policy and the base's SFT policy scored on the base's test rows
-    by negrec's own metric code, and the paired differences asked for (bootstrap over users)."""
-    import pandas as pd
-
-    from negrec.config import load_config, section_config
-    from negrec.eval.metrics import evaluate_predictions
-    from negrec.eval.run import EvalConfig, _aligned, paired_comparisons
-
-    mcfg = section_config(EvalConfig, load_config(str(CONFIG)), "eval").metrics
-    targets = pd.read_parquet(base / "eval" / "targets.parquet")
-    log = pd.read_parquet(base / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
-    keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
-    scored, rows = {}, []
-    for name, path in {"sft_next": base / "eval" / "predictions" / "sft_next.parquet", **files}.items():
-        m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
-                                 cfg=mcfg, per_row=True)
-        scored[name] = _aligned(m.pop("per_row"), keys)
-        rows.append({"method": name, **{k: m.get(k) for k in METRICS}})
-    # each row against the base's SFT policy; the GRPO rows also against their start and each other
-    pairs = [(n, "sft_next") for n in files] + [pair for v in variants for pair in grpo_pairs(v)]
-    pairs = [(a, b) for a, b in pairs if a in scored and b in scored]  # a start left out of --variants: unpaired
-    paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(METRICS), mcfg)
-    return rows, [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")} for p in paired]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", type=Path, default=None, help="a finished default run (configs/ml100k.yaml)")
@@ -155,7 +129,10 @@ def main() -> None:
     for name in a.variants:
         made, details[name] = train_variant(name, base)
         files.update(made)
-    rows, paired = evaluate_all(base, files, a.variants)
+    # each row against the base's SFT policy; the GRPO rows also against their start and each other
+    pairs = [(n, "sft_next") for n in files] + [pair for v in a.variants for pair in grpo_pairs(v)]
+    rows, paired = score_on_base(base, {"sft_next": base / "eval" / "predictions" / "sft_next.parquet", **files},
+                                 pairs, METRICS, CONFIG)
     print_table(rows, "Test users, H = 7 days: the base run's SFT policy (sft_next) and each variant's")
     print_table(paired, "Paired differences variant - base on the same test rows (95% CI, paired bootstrap p)")
     for name, d in details.items():

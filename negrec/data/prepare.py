@@ -345,10 +345,10 @@ class Prepared:
         items = self._log["item_id"].to_numpy()[self._fit_mask(split)]
         logged = np.zeros(max(int(targets.max()), int(items.max(initial=0))) + 1, bool)
         logged[items] = True
-        row = np.repeat(np.arange(len(sizes)), sizes)
-        n_logged = np.bincount(row, weights=logged[targets], minlength=len(sizes))[sizes > 0]
+        hit = logged[targets]
+        n_logged = np.bincount(np.repeat(np.arange(len(sizes)), sizes), weights=hit, minlength=len(sizes))[sizes > 0]
         ceiling = np.minimum(n_logged, k) / np.minimum(sizes[sizes > 0], k)
-        return float(1 - logged[targets].mean()), float(ceiling.mean())
+        return float(1 - hit.mean()), float(ceiling.mean())
 
     def save(self, out_dir) -> Path:
         out_dir = Path(out_dir)
@@ -471,8 +471,9 @@ def data_stats(p: Prepared) -> dict:
             stats[f"{split}_mean_F{h}"] = round(float(sizes[sizes > 0].mean()), 3) if (sizes > 0).any() else 0.0
             # over every sample (for test: every test user), empty targets included
             stats[f"{split}_mean_F{h}_all"] = round(float(sizes.mean()), 3) if len(sizes) else 0.0
-        share, ceiling = p.unlogged_targets(split) if split != "train" else (float("nan"),) * 2
-        if share == share:  # train rows' futures lie in the training log by construction; nan: no targets
+    for split in ("valid", "test"):  # train rows' futures lie in the training log by construction
+        share, ceiling = p.unlogged_targets(split)
+        if not np.isnan(share):  # nan: the split has no targets
             stats[f"{split}_targets_unlogged_share"] = round(share, 4)
             stats[f"{split}_logged_recall@10_ceiling"] = round(ceiling, 4)
     stats.update({k: v for k, v in p.report.items() if k != "seconds"})
