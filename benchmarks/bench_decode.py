@@ -116,14 +116,14 @@ def main():
         sid, items = random_catalogue(args.items)
         model, hf, _ = build_policy(ModelConfig(), sid, items)
         name = "tiny qwen2 (default config)"
-    builder = PromptBuilder(PromptConfig(), sid, items, hf)
+    builder = PromptBuilder(PromptConfig(format="verbose"), sid, items, hf)  # the prompts this benchmark timed
     rows.append(bench(name, model.eval(), hf, sid, history_prompts(builder, sid, args.users), args.batch, args.repeats))
     if not args.no_smollm2:
         try:
             model, hf = load_hf_model("smollm2", dtype="auto")
             sid, items = random_catalogue(args.items)
             add_sid_tokens(model, hf, sid, {int(i): t for i, t in zip(items.item_id, items.title)})
-            builder = PromptBuilder(PromptConfig(), sid, items, hf)
+            builder = PromptBuilder(PromptConfig(format="verbose"), sid, items, hf)  # the prompts this benchmark timed
             rows.append(bench("SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)", model.eval(), hf, sid,
                               history_prompts(builder, sid, args.smollm2_users), args.smollm2_batch, 1))
         except Exception as e:  # optional model: report why it was skipped

@@ -38,7 +38,7 @@ def synthetic_setup(tmp: Path, n_items: int = 1682, n_users: int = 64, seed: int
     words = "action comedy drama thriller romance horror family war western space night love city".split()
     items = pd.DataFrame({"item_id": item_ids, "title": [" ".join(rng.choice(words, 3)) for _ in item_ids],
                           "text": "", "genres": ""})
-    builder = PromptBuilder(PromptConfig(), sid_tok, items)
+    builder = PromptBuilder(PromptConfig(format="verbose"), sid_tok, items)  # the prompts this benchmark timed
     model, hf_tok, _ = build_policy(ModelConfig(), sid_tok, items, builder.template_texts(), device="cpu")
     sft = save_policy(model, hf_tok, sid_tok, tmp / "sft")
     day = 86400

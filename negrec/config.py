@@ -150,7 +150,7 @@ SECTIONS = {
     "run": None, "data": "negrec.data.prepare:DataConfig", "encode": "negrec.encode.config:EncodeConfig",
     "tokenize": "negrec.tokenizer.config:TokenizeConfig", "export": "negrec.tokenizer.export:ExportConfig",
     "model": "negrec.llm.model:ModelConfig", "prompt": "negrec.llm.prompts:PromptConfig",
-    "sft_align": "negrec.train.sft:SFTStageConfig", "sft_next": "negrec.train.sft:SFTStageConfig",
+    "sft_align": "negrec.train.sft:SFTAlignConfig", "sft_next": "negrec.train.sft:SFTNextConfig",
     "grpo": "negrec.train.grpo:ProgressiveGRPOConfig", "rewards": "negrec.rewards.functions:RewardConfig",
     "eval": "negrec.eval.run:EvalConfig", "baselines": "negrec.eval.run:BaselinesConfig",
     "filter": "negrec.eval.run:FilterConfig", "report": "negrec.eval.report:ReportConfig",

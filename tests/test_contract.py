@@ -45,7 +45,8 @@ STAGE_SETS = {
     "data": ["data.max_users=50"],
     "tokenize": ["tokenize.method=rqvae", "tokenize.epochs=4", "tokenize.save_every=1", "tokenize.hidden_dims=[32]",
                  "tokenize.latent_dim=8"],
-    "sft-align": ["sft_align.save_steps=1", "sft_align.max_steps=3", "sft_align.eval_items=0"],
+    # TRL's Trainer checkpoints (the timeline loop's resume: tests/train/test_sft.py)
+    "sft-align": ["sft_align.mode=prompt", "sft_align.save_steps=1", "sft_align.max_steps=3", "sft_align.eval_items=0"],
     "grpo": ["grpo.save_steps=1",
              "grpo.stages=[{name: neg_all, context_mix: 0.0, neg_window_days: null, max_steps: 2, beta: 0.04},"
              " {name: neg_pos, context_mix: 1.0, neg_window_days: null, max_steps: 1, beta: 0.04}]"],

@@ -816,8 +816,8 @@ def load_generic(spec: GenericLogSpec):
     set_origin(out, parts, dict(cols))
     it = _generic_items(spec, out) if spec.items_path else pd.DataFrame({"item_id": pd.unique(out["item_id"])})
     it = it.rename(columns={c: f"feat_{c}" for c in spec.feature_columns if c in it.columns})
-    if "title" not in it.columns:
-        it["title"] = [f"item {i}" for i in it.item_id]
+    # no title column: titles stay empty (clean_items), so alignment teaches the items' text, or, with
+    # no text either, nothing (an "item <id>" name is no text to align); reports name such items by id
     return out, it
 
 

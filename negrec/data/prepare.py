@@ -318,7 +318,7 @@ class Prepared:
     def item_text(self, item_id: int) -> str:
         if self._titles is None:
             self._titles = dict(zip(self.items["item_id"].to_numpy().tolist(), self.items["title"]))
-        return self._titles.get(int(item_id), f"item {item_id}")
+        return self._titles.get(int(item_id)) or f"item {item_id}"  # an item without a title: its id
 
     def fit_log(self, split: str = "train") -> pd.DataFrame:
         """What a model fitted for `split` may see: per user, events before that user's cut

@@ -80,8 +80,10 @@ class PromptConfig:
     title_words: int = 4         # titles are cut to this many words
     use_chat_template: bool = True  # when the tokenizer has one
     answer_prefix: str = "Answer:"
-    format: str = "verbose"      # verbose (words, segments, chat template) | compact (SID + feedback tokens)
-    max_events: int = 100        # compact: events of the timeline shown (at context_mix = 1)
+    # compact (SID + feedback tokens per event; what sft_next's timeline mode trains on) | verbose
+    # (words, segments, chat template: for a pretrained LM with sft_next.mode: prompt)
+    format: str = "compact"
+    max_events: int = 50         # compact: events of the timeline shown (at context_mix = 1)
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
     # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
     # by build-model), so that picking the dislikes out of a history does not hinge on the feedback
@@ -270,6 +272,20 @@ class CompactCodec:
 def item_label(row: dict) -> str:
     """What the model reads about an item: its title, else its text (both may be empty)."""
     return str(row.get("title") or "").strip() or str(row.get("text") or "").strip()
+
+
+def labelled_items(items) -> int:
+    """How many items have a title or text (`item_label`): what the alignment tasks and checks read."""
+    has = np.zeros(len(items), bool)
+    for col in ("title", "text"):
+        if col in items:
+            has |= items[col].fillna("").astype(str).str.strip().ne("").to_numpy()
+    return int(has.sum())
+
+
+def can_align(items) -> bool:
+    """Whether the items give alignment anything to teach: a title or text, or features (`features_to_sid`)."""
+    return labelled_items(items) > 0 or any(str(c).startswith("feat_") for c in items.columns)
 
 
 def _feature_text(row: dict, feat_cols: list[str]) -> str:

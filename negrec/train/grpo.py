@@ -631,10 +631,10 @@ def policy_stamp(model_dir: Path) -> str:
 def sft_validation_rows(raw: dict, prepared, horizon: int) -> list[dict]:
     """The valid-split rows of the timeline SFT's validation users (as `validation_rows` picks them
     from section sft_next) whose F_H is not empty, as plain dict rows."""
-    from negrec.train.sft import SFTStageConfig
+    from negrec.train.sft import sft_config
     from negrec.train.timeline import validation_rows
 
-    sft = section_config(SFTStageConfig, raw, "sft_next")
+    sft = sft_config(raw, "next")
     users = {r["user_id"] for r in validation_rows(prepared.samples["valid"], sft.horizon or prepared.main_horizon,
                                                    sft.val_rows, sft.seed)}
     valid = prepared.samples["valid"]
@@ -733,10 +733,10 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
 def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path], list[float]] | None:
     """`model_dir -> per-user validation Recall@10` on the rows sft_next picks its epoch on (its
     validation users' valid cuts, scored as it scores them); None when the log has no such rows."""
-    from negrec.train.sft import SFTStageConfig
+    from negrec.train.sft import sft_config
     from negrec.train.timeline import validation_recalls, validation_rows
 
-    sft = section_config(SFTStageConfig, raw, "sft_next")
+    sft = sft_config(raw, "next")
     horizon = sft.horizon or prepared.main_horizon
     rows = validation_rows(prepared.samples["valid"], horizon, sft.val_rows, sft.seed)
     if not rows:

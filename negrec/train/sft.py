@@ -31,7 +31,7 @@ from negrec.llm.evaluation import alignment_accuracy, alignment_line, unlearnt_t
 from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_policy, save_policy
 from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
-                                next_negative_examples)
+                                can_align, labelled_items, next_negative_examples)
 from negrec.runlock import launched_world
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
                                        is_main_process, main_print, ranks_meet, reports_to, train_or_take)
@@ -43,7 +43,7 @@ SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 class SFTStageConfig:
     init_from: str = ""          # model folder to start from; "" = previous stage (align: model/, next: sft_align/final)
     # alignment data
-    tasks: list[str] = field(default_factory=lambda: ["text_to_sid", "sid_to_text", "prefix_to_genre", "choose_text", "choose_sid"])
+    tasks: list[str] = field(default_factory=lambda: ["text_to_sid", "sid_to_text"])
     max_items: int = 0           # 0 = every item with a SID
     item_repeats: int = 1        # copies of each item-level example per epoch (fresh distractors each copy)
     # next-negative data
@@ -74,7 +74,7 @@ class SFTStageConfig:
     # (user, cut) train sample and a completion per F_H target (any prompt format).
     # sft_align: "timeline" trains the alignment examples in that same token loop (one process, fast
     # on small models), "prompt" with TRL's SFTTrainer (DeepSpeed, PEFT, any reporter)
-    mode: str = "prompt"
+    mode: str = "timeline"
     window_events: int = 100     # timeline: events per training window
     other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
     # sft_next, timeline: the softmax of the timeline windows' loss over "full" (the whole vocabulary) or "sid"
@@ -111,6 +111,9 @@ class SFTStageConfig:
             raise ValueError(f"sft_next.fit_until must be valid or test, got {self.fit_until!r}")
         if self.mode not in ("prompt", "timeline"):
             raise ValueError(f"sft mode must be prompt or timeline, got {self.mode!r}")
+        if self.deepspeed and self.mode == "timeline":  # the timeline loop would train without it, silently
+            raise ValueError(f"sft deepspeed {self.deepspeed!r} needs mode: prompt (TRL's SFTTrainer); "
+                             "mode: timeline trains in one process without DeepSpeed")
         check_tasks(self.tasks, "sft tasks")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
@@ -121,6 +124,47 @@ class SFTStageConfig:
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
         self.phases = [checked_phase(phase, k) for k, phase in enumerate(self.phases, 2)]
+
+
+# The defaults of sections sft_align and sft_next are the recipe that learns on the tiny model
+# (configs/ml100k.yaml sets the same values and says why each was chosen), so a config that leaves a
+# section out, as configs/generic.yaml does, trains as the default run does. The base class's
+# defaults are what the two sections share.
+ALIGN_PHASES = (  # the stepwise 4-choice alone until the lookup forms, then all three tasks
+    {"tasks": ["choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 3e-3, "item_repeats": 2},
+    {"tasks": ["text_to_sid", "sid_to_text", "choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 3e-3,
+     "item_repeats": 2},
+)
+
+
+@dataclass
+class SFTAlignConfig(SFTStageConfig):
+    """Section `sft_align`: item-level alignment in the timeline loop, budgets in steps."""
+    max_steps: int = 3200
+    batch_size: int = 32
+    phases: list[dict] = field(default_factory=lambda: [dict(p) for p in ALIGN_PHASES])
+
+
+@dataclass
+class SFTNextConfig(SFTStageConfig):
+    """Section `sft_next`: the timeline SFT, the epoch picked on validation, alignment co-trained."""
+    epochs: float = 12.0
+    learning_rate: float = 3e-3
+    window_events: int = 50
+    val_rows: int = 200
+    val_every: int = 2
+    patience: int = 3
+    align_weight: float = 1.0
+
+
+SFT_SECTIONS = {"align": SFTAlignConfig, "next": SFTNextConfig}
+
+
+def sft_config(raw: dict, task: str) -> SFTStageConfig:
+    """The typed config of section `sft_<task>` (task: align or next), with that section's defaults."""
+    if task not in SFT_SECTIONS:
+        raise ValueError(f"sft task must be align or next, got {task!r}")
+    return section_config(SFT_SECTIONS[task], raw, f"sft_{task}")
 
 
 PHASE_KEYS = {"tasks": list, "max_steps": int, "learning_rate": float, "item_repeats": int}
@@ -202,7 +246,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
-    if cfg.eval_items:  # what the policy knows of item titles: chance unless alignment was trained
+    if _measures_alignment(cfg, data.items):  # what the policy knows of item titles: chance unless aligned
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         _print_alignment(summary["alignment"])
         if aligned:
@@ -244,7 +288,7 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
                "loss_curve": [x for p in phases for x in p["loss_curve"]], "config": to_dict(cfg)}
     if len(phases) > 1:
         summary["phases"] = phases
-    if cfg.eval_items:
+    if _measures_alignment(cfg, data.items):
         summary["alignment"] = last.get("alignment") or _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         summary["alignment_not_learnt"] = unlearnt_tasks(summary["alignment"], [t for p in phases for t in p["tasks"]])
     summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
@@ -256,6 +300,17 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     if "alignment" in summary:
         _print_alignment(summary["alignment"])
         _warn_unlearnt("sft_align", summary["alignment_not_learnt"], ALIGN_HINT)
+    return summary
+
+
+def _nothing_to_align(raw: dict, run_dir: Path, model, hf_tok, sid_tok, init: str, t0: float) -> dict:
+    """sft_align on items with no title, text or features (a log of bare ids): there is nothing to
+    teach, so the stage hands the model on unchanged, says so, and the run goes on."""
+    main_print("[sft_align] the items have no title, text or features: nothing to align; the model goes on "
+               "unchanged (pipeline.skip: [sft-align] skips the stage)")
+    summary = {"task": "align", "skipped": "no item title, text or features", "steps": 0, "epochs_run": 0,
+               "init_from": init, "loss_curve": [], "seconds": round(time.time() - t0, 1)}
+    _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary)
     return summary
 
 
@@ -282,7 +337,7 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
     out = {"tasks": list(cfg.tasks), "examples": len(examples), "per_task": counts, "steps": fit["steps"],
            "epochs_run": fit["epochs_run"], "learning_rate": cfg.learning_rate,
            "loss_curve": [h["train_loss"] for h in fit["history"]]}
-    if n > 1 and cfg.eval_items:
+    if n > 1 and _measures_alignment(cfg, data.items):
         out["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         main_print(f"  after {name[:-2]}: {alignment_line(out['alignment'])}")
     return out
@@ -438,10 +493,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     checkpoints go to run_dir/.work/sft-<task>/checkpoints (outside the folder that is swapped)."""
     from negrec.data import Prepared
 
-    if task not in ("align", "next"):
-        raise ValueError(f"sft task must be align or next, got {task!r}")
+    cfg = sft_config(raw, task)
     run_dir = Path(run_dir)
-    cfg = section_config(SFTStageConfig, raw, f"sft_{task}")
     pcfg = section_config(PromptConfig, raw, "prompt")
     out = run_dir / f"sft_{task}"
     if cfg.init_from:
@@ -471,6 +524,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         t = trainable_summary(model)
         main_print(f"[sft_{task}] PEFT {peft.mode}: {t['trainable_params']:,} of {t['all_params']:,} parameters train")
     builder = PromptBuilder(pcfg, sid_tok, data.items, hf_tok)
+    if task == "align" and not can_align(data.items):
+        return _nothing_to_align(raw, run_dir, model, hf_tok, sid_tok, str(init), t0)
     if task == "next" and cfg.mode == "timeline":
         return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0)
     if task == "align" and cfg.mode == "timeline":
@@ -495,7 +550,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
                "config": to_dict(cfg)}
     if task == "align":
         summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
-    if cfg.eval_items:
+    if _measures_alignment(cfg, data.items):
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         if task == "align":
             summary["alignment_not_learnt"] = unlearnt_tasks(summary["alignment"], cfg.tasks)
@@ -532,6 +587,12 @@ def _print_sft(task: str, summary: dict, out: Path) -> None:
     main_print(f"[sft_{task}] {summary['steps']} steps, {loss}, {summary['seconds']}s -> {out / 'final'}")
     if "alignment" in summary:
         _print_alignment(summary["alignment"])
+
+
+def _measures_alignment(cfg: SFTStageConfig, items) -> bool:
+    """Whether to measure what the model knows of its items: `eval_items` set, and at least 4 items
+    with a title or text, which `alignment_accuracy` asks about (a log of bare ids has none)."""
+    return bool(cfg.eval_items) and labelled_items(items) >= 4
 
 
 def _alignment_check(model, hf_tok, sid_tok, items, cfg: SFTStageConfig, builder) -> dict:

@@ -66,6 +66,8 @@ def example_windows(examples: list[dict], hf_tok, weight: float = 1.0) -> list[t
     """Prompt/completion examples (the item-level alignment tasks) as windows for the same loop:
     prompt ids, completion ids and EOS, tokenized as TRL's SFTTrainer does, with the loss
     (`weight`) on the completion and EOS only."""
+    if not examples:  # items of bare ids: nothing to co-train (a tokenizer refuses an empty batch)
+        return []
     prompts = hf_tok([e["prompt"] for e in examples])["input_ids"]
     completions = hf_tok([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]
     out = []

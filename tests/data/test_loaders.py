@@ -8,6 +8,7 @@ import pytest
 from negrec.data import (DataConfig, DataError, GenericLogSpec, SkipRule, add_implicit_negatives, load_generic,
                          load_kuairand, load_movielens, load_recbole, prepare_data, recbole_ml100k_path, SplitConfig)
 from negrec.data.loaders import load_movielens_csv, load_movielens_dat
+from negrec.data.schema import clean_items
 
 
 def test_ml100k_raw_and_recbole_agree(ml100k_dir):
@@ -399,6 +400,20 @@ def test_generic_items_without_text_are_described_by_their_titles(tmp_path):
     it = _generic_items_table(tmp_path, "iid,title,text\n10,Ten,\n11,Eleven,eleven's own text\n",
                               {"item_id": "iid", "title": "title", "text": "text"})
     assert it["text"].to_dict() == {10: "Ten", 11: "eleven's own text"}
+
+
+def test_items_without_a_title_column_keep_their_text_and_are_named_by_id(tmp_path):
+    """An items table with text but no title, or no items table at all: no "item <id>" title is made
+    up, so alignment reads the items' own text (`item_label`), or nothing; reports name them by id."""
+    from negrec.llm.prompts import can_align, item_label
+
+    it = _generic_items_table(tmp_path, "iid,text\n10,a film about ten\n11,eleven\n", {"item_id": "iid", "text": "text"})
+    assert [item_label(r) for r in it.reset_index().to_dict("records")] == ["a film about ten", "eleven"]
+    log = _write(tmp_path / "bare.csv", "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,11,2024-01-02 10:00,5\n")
+    _, bare = load_generic(GenericLogSpec(path=str(log), columns=dict(GEN_COLUMNS), ts_unit="datetime"))
+    bare = clean_items(bare, "bare.csv")[0]
+    assert set(bare["title"]) == {""} and set(bare["text"]) == {""} and not can_align(bare)
+    assert can_align(it.reset_index())
 
 
 def test_swapped_item_columns_are_a_valid_mapping(tmp_path):

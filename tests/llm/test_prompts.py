@@ -29,7 +29,7 @@ def _segments(text, cfg):
 
 
 def test_negative_and_positive_segments_are_apart_with_kinds(small_sid_tok, row):
-    cfg = PromptConfig(max_neg=4, max_pos=5)
+    cfg = PromptConfig(format="verbose", max_neg=4, max_pos=5)
     b = PromptBuilder(cfg, small_sid_tok)
     neg, pos = _segments(b.build(row), cfg)
     ids = small_sid_tok.item_ids
@@ -42,7 +42,7 @@ def test_negative_and_positive_segments_are_apart_with_kinds(small_sid_tok, row)
 
 
 def test_context_mix_scales_positive_history(small_sid_tok, row):
-    cfg = PromptConfig(max_neg=10, max_pos=10, max_mixed=4)
+    cfg = PromptConfig(format="verbose", max_neg=10, max_pos=10, max_mixed=4)
     b = PromptBuilder(cfg, small_sid_tok)
     only_neg = b.build(row, context_mix=0.0)
     half = b.build(row, context_mix=0.5)
@@ -57,7 +57,7 @@ def test_context_mix_scales_positive_history(small_sid_tok, row):
 
 
 def test_neg_window_keeps_recent_negatives_only(small_sid_tok, row):
-    cfg = PromptConfig()
+    cfg = PromptConfig(format="verbose")
     neg, _ = _segments(PromptBuilder(cfg, small_sid_tok).build(row, neg_window_days=3), cfg)
     assert _n_items(neg) == 3  # negatives 2.5, 1 and 0.5 days before the cut
 
@@ -66,7 +66,7 @@ def test_titles_order_and_plain_template(small_sid_tok, row):
     from tests.llm.conftest import synthetic_items
 
     items = synthetic_items(small_sid_tok)
-    cfg = PromptConfig(show_titles=True, title_words=2, order="pos_first")
+    cfg = PromptConfig(format="verbose", show_titles=True, title_words=2, order="pos_first")
     text = PromptBuilder(cfg, small_sid_tok, items).build(row)
     first_title = " ".join(items.set_index("item_id").loc[int(row["neg_items"][-1]), "title"].split()[:2])
     assert first_title in text
@@ -80,9 +80,9 @@ def test_chat_template_when_tokenizer_has_one(small_sid_tok, row):
     hf = train_bpe_tokenizer(["hello world"] * 3, vocab_size=280, min_frequency=1)
     hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    text = PromptBuilder(PromptConfig(), small_sid_tok, hf_tokenizer=hf).build(row)
+    text = PromptBuilder(PromptConfig(format="verbose"), small_sid_tok, hf_tokenizer=hf).build(row)
     assert text.startswith("<|system|>") and text.endswith("<|assistant|>")
-    plain = PromptBuilder(PromptConfig(use_chat_template=False), small_sid_tok, hf_tokenizer=hf).build(row)
+    plain = PromptBuilder(PromptConfig(format="verbose", use_chat_template=False), small_sid_tok, hf_tokenizer=hf).build(row)
     assert plain.endswith("Answer:")
 
 

@@ -255,8 +255,9 @@ def test_run_sft_with_lora_writes_merged_policy_and_card(ml100k_prepared, tmp_pa
     monkeypatch.setattr(contract, "drop_work", lambda run_dir, name: None)  # keep the checkpoints to look into
 
     raw = {"model": {"peft": {"mode": "lora", "r": 4}},
-           "sft_align": {"max_steps": 2, "batch_size": 8, "max_items": 16, "eval_items": 0, "save_steps": 1,
-                         "trainer": {"optim": "sgd"}}}
+           "prompt": {"format": "verbose"},
+           "sft_align": {"mode": "prompt", "phases": [], "max_steps": 2, "batch_size": 8, "max_items": 16,
+                         "eval_items": 0, "save_steps": 1, "trainer": {"optim": "sgd"}}}
     for stage in ("data", "build-model"):  # assembled by hand: marked as the stages would have
         mark_done(raw, run, stage)
     s = run_sft(raw, run, task="align")

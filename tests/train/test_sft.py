@@ -3,6 +3,8 @@ so no RQ-VAE training is needed)."""
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from negrec.contract import mark_done
 from negrec.train.sft import SFTStageConfig, run_sft, train_sft
 
 N_ITEMS = 32
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192, bpe_vocab_size=600)
 
 
@@ -81,7 +84,7 @@ def test_every_constrained_completion_is_a_valid_item(aligned, ml100k_prepared):
 
 def test_next_negative_examples_target_future_negatives(subset, ml100k_prepared):
     items, sid = subset
-    builder = PromptBuilder(PromptConfig(), sid, items)
+    builder = PromptBuilder(PromptConfig(format="verbose"), sid, items)
     samples = ml100k_prepared.samples["train"]
     h = ml100k_prepared.main_horizon
     ex = next_negative_examples(builder, samples, sid, h, context_mix=0.0, max_samples=50, targets_per_sample=2)
@@ -118,8 +121,10 @@ def test_run_sft_stage_end_to_end(subset, ml100k_prepared, tmp_path):
     ml100k_prepared.save(run / "data")
     model, hf, _ = build_policy(ModelConfig(**{**TINY, "hidden_size": 32, "intermediate_size": 64}), sid, items, device="cpu")
     save_policy(model, hf, sid, run / "model")
-    raw = {"sft_align": {"max_steps": 3, "batch_size": 8, "max_items": 16, "eval_items": 8, "save_steps": 2},
-           "sft_next": {"max_steps": 2, "batch_size": 4, "max_samples": 10, "eval_items": 0}}
+    raw = {"prompt": {"format": "verbose"},  # TRL's path (mode: prompt), as a pretrained LM may use it
+           "sft_align": {"mode": "prompt", "phases": [], "max_steps": 3, "batch_size": 8, "max_items": 16,
+                         "eval_items": 8, "save_steps": 2},
+           "sft_next": {"mode": "prompt", "max_steps": 2, "batch_size": 4, "max_samples": 10, "eval_items": 0}}
     for stage in ("data", "build-model"):  # assembled by hand: marked as the stages would have
         mark_done(raw, run, stage)
     s1 = run_sft(raw, run, task="align")
@@ -146,8 +151,8 @@ def new_align_run(run, raw: dict, subset, prepared):
 def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_prepared, tmp_path):
     """sft_align.mode: timeline (negrec's own token loop, not TRL) is a stage of its own: it writes
     sft_align/final, and on 32 items title -> SID ends far above chance (1/32)."""
-    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "epochs": 40, "learning_rate": 5e-3,
-                         "batch_size": 8, "max_items": 0, "eval_items": N_ITEMS, "patience": 100}}
+    raw = {"sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "epochs": 40, "max_steps": -1, "phases": [],
+                         "learning_rate": 5e-3, "batch_size": 8, "max_items": 0, "eval_items": N_ITEMS, "patience": 100}}
     run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
     s = run_sft(raw, run, task="align")
     assert s["mode"] == "timeline" and s["epochs_run"] == 40 and s["loss_curve"][-1] < 0.5 * s["loss_curve"][0]
@@ -155,6 +160,34 @@ def test_alignment_in_the_timeline_loop_teaches_titles_to_sids(subset, ml100k_pr
     assert s["alignment"]["title_to_sid"] >= 0.5 > 10 * s["alignment"]["chance_title_to_sid"], s["alignment"]
     assert s["alignment"]["choice_sid_likelihood"] >= 0.6, s["alignment"]
     assert s["alignment_not_learnt"] == []  # no warning for a stage that taught
+
+
+def test_items_of_bare_ids_pass_alignment_through(subset, ml100k_prepared, tmp_path, capsys):
+    """A log of bare ids (no title, text or features): sft_align has nothing to teach, so it hands the
+    model on unchanged and says so; the timeline SFT after it trains with nothing co-trained and
+    nothing to measure alignment on, instead of failing on a valid log."""
+    import pandas as pd
+
+    items, sid = subset
+    run = tmp_path / "run"
+    ml100k_prepared.save(run / "data")
+    path = run / "data" / "items.parquet"
+    pd.read_parquet(path).assign(title="", text="", genres="").to_parquet(path)
+    torch.manual_seed(0)
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+    save_policy(model, hf, sid, run / "model")
+    raw = {"sft_next": {"max_steps": 2, "batch_size": 4, "val_rows": 0}}
+    for stage in ("data", "build-model"):
+        mark_done(raw, run, stage)
+    s = run_sft(raw, run, task="align")
+    assert s["skipped"] and s["steps"] == 0 and "nothing to align" in capsys.readouterr().out
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from negrec.llm.model import load_policy
+
+    after = load_policy(run / "sft_align" / "final")[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    nxt = run_sft(raw, run, task="next")
+    assert nxt["steps"] == 2 and nxt["alignment_examples"] == 0 and "alignment" not in nxt
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
@@ -245,6 +278,28 @@ def test_alignment_phases_resume_after_a_kill_as_if_never_stopped(subset, ml100k
     assert "[timeline] resuming after epoch 2 (step 5)" in out and "[timeline] resuming after epoch 1 (step 4)" in out
     assert s["steps"] == 13 and [p["steps"] for p in s["phases"]] == [5, 8]
     assert [p["epochs_run"] for p in s["phases"]] == [2, 2]
+
+
+def test_a_section_left_out_trains_as_the_default_run():
+    """A config without sft_align / sft_next / prompt sections (configs/generic.yaml, or no config)
+    gets the recipe of configs/ml100k.yaml: compact timelines, the alignment curriculum, the
+    validated timeline SFT with alignment co-trained. (Before, it got TRL's one-prompt-per-cut SFT,
+    which the default run had left behind because it did not learn.)"""
+    from dataclasses import asdict
+
+    from negrec.config import load_config, section_config
+    from negrec.train.sft import sft_config
+
+    shipped = load_config(ROOT / "configs" / "ml100k.yaml")
+    for raw in ({}, load_config(ROOT / "configs" / "generic.yaml")):
+        for task in ("align", "next"):
+            assert asdict(sft_config(raw, task)) == asdict(sft_config(shipped, task)), task
+        assert section_config(PromptConfig, raw, "prompt") == section_config(PromptConfig, shipped, "prompt")
+    align, nxt = sft_config({}, "align"), sft_config({}, "next")
+    assert (align.mode, nxt.mode, PromptConfig().format) == ("timeline", "timeline", "compact")
+    assert align.phases and nxt.align_weight > 0 and nxt.val_rows > 0
+    with pytest.raises(ValueError, match="align or next"):
+        sft_config({}, "nxt")
 
 
 def test_alignment_phase_values_are_typed_as_the_stage_fields():
