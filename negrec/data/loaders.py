@@ -16,7 +16,7 @@ import pandas as pd
 
 from .arrays import narrow_int
 from .ids import canonical_ints
-from .schema import NEGATIVE, NEUTRAL, POSITIVE, DataError, line_of, set_origin, source_column
+from .schema import FEATURE_PREFIX, NEGATIVE, NEUTRAL, POSITIVE, DataError, line_of, set_origin, source_column
 from .validate import TS_UNIT_NAMES, check_values
 
 ML_GENRES = [
@@ -815,7 +815,7 @@ def load_generic(spec: GenericLogSpec):
         parts = [(Path(spec.path), 2, len(out), "line", blanks)]
     set_origin(out, parts, dict(cols))
     it = _generic_items(spec, out) if spec.items_path else pd.DataFrame({"item_id": pd.unique(out["item_id"])})
-    it = it.rename(columns={c: f"feat_{c}" for c in spec.feature_columns if c in it.columns})
+    it = it.rename(columns={c: FEATURE_PREFIX + c for c in spec.feature_columns if c in it.columns})
     # no title column: titles stay empty (clean_items), so alignment teaches the items' text, or, with
     # no text either, nothing (an "item <id>" name is no text to align); reports name such items by id
     return out, it

@@ -13,6 +13,12 @@ KINDS = ("hated", "skipped", "low rating", "liked", "neutral")
 INTERACTION_COLUMNS = ["user_id", "item_id", "ts", "feedback", "source", "kind"]
 OPTIONAL_INTERACTION_COLUMNS = ["rating", "play_time_s", "duration_s"]
 ITEM_COLUMNS = ["item_id", "title", "text", "genres"]
+FEATURE_PREFIX = "feat_"             # categorical item features (data.generic.feature_columns) become feat_<name>
+
+
+def feature_columns(items: pd.DataFrame) -> list[str]:
+    """The items' categorical feature columns (`feat_*`), sorted."""
+    return sorted(c for c in items.columns if str(c).startswith(FEATURE_PREFIX))
 
 
 SOURCE_DTYPE = pd.CategoricalDtype([EXPLICIT, IMPLICIT])

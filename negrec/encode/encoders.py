@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from negrec.config import section_config, to_dict
+from negrec.data.schema import feature_columns
 from negrec.io import atomic_path, read_json, write_json
 from negrec.encode.config import PACKAGED_MINILM, EncodeConfig
 from negrec.runtime import resolve_device
@@ -106,7 +107,7 @@ def collaborative_vectors(interactions: pd.DataFrame, item_ids: np.ndarray, dim:
 
 def feature_vectors(items: pd.DataFrame, min_count: int = 5) -> tuple[np.ndarray, list[str]]:
     """One-hot of every `feat_*` column (rare values pooled into `<other>`); returns (matrix, column names)."""
-    cols = sorted(c for c in items.columns if c.startswith("feat_"))
+    cols = feature_columns(items)
     if not cols:
         return np.zeros((len(items), 0), dtype=np.float32), []
     parts = []

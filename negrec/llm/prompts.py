@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from negrec.data.schema import feature_columns
 from negrec.data.splits import DAY
 
 # Item-level alignment instructions (SFT align stage); also fed to the BPE trainer of the tiny model.
@@ -285,7 +286,7 @@ def labelled_items(items) -> int:
 
 def can_align(items) -> bool:
     """Whether the items give alignment anything to teach: a title or text, or features (`features_to_sid`)."""
-    return labelled_items(items) > 0 or any(str(c).startswith("feat_") for c in items.columns)
+    return labelled_items(items) > 0 or bool(feature_columns(items))
 
 
 def _feature_text(row: dict, feat_cols: list[str]) -> str:
@@ -368,7 +369,7 @@ def alignment_examples(builder: PromptBuilder, sid_tok, items, tasks=tuple(ALIGN
     ids = aligned_item_ids(sid_tok, items, max_items, rng if item_seed is None else item_seed)
     labels = {i: item_label(records[i]) for i in ids}
     with_text = [i for i in ids if labels[i]]
-    feat_cols = sorted(c for c in items.columns if c.startswith("feat_"))
+    feat_cols = feature_columns(items)
     out: list[dict] = []
     for _ in range(max(1, repeats)):
         for i in ids:
