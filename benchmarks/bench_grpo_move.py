@@ -98,9 +98,10 @@ def run_variant(name: str, base: Path) -> dict:
 def sft_start(base: Path) -> SimpleNamespace:
     """The base run's SFT policy folder, prepared data, tokenizers and prompt builder, loaded once
     for every sanity check."""
-    from negrec.config import load_config, section_config
+    from negrec.config import load_config
     from negrec.data import Prepared
-    from negrec.llm import PromptBuilder, PromptConfig
+    from negrec.llm import PromptBuilder
+    from negrec.llm.prompts import prompt_config
     from negrec.train.grpo import _load_sid_tokenizer
     from transformers import AutoTokenizer
 
@@ -108,7 +109,7 @@ def sft_start(base: Path) -> SimpleNamespace:
     prepared = Prepared.load(base / "data")
     sid_tok = _load_sid_tokenizer(base, sft)
     hf_tok = AutoTokenizer.from_pretrained(sft)
-    builder = PromptBuilder(section_config(PromptConfig, load_config(str(CONFIG), []), "prompt"), sid_tok,
+    builder = PromptBuilder(prompt_config(load_config(str(CONFIG), [])), sid_tok,
                             prepared.items, hf_tok)
     return SimpleNamespace(sft=sft, prepared=prepared, sid_tok=sid_tok, hf_tok=hf_tok, builder=builder)
 

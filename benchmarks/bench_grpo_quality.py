@@ -52,8 +52,8 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
     """Alignment SFT then next-negative SFT from run_dir/model; returns the policy folder."""
     from negrec.config import section_config
     from negrec.data import Prepared
-    from negrec.llm import PromptBuilder, PromptConfig, load_policy, save_policy
-    from negrec.llm.prompts import alignment_examples, next_negative_examples
+    from negrec.llm import PromptBuilder, load_policy, save_policy
+    from negrec.llm.prompts import alignment_examples, next_negative_examples, prompt_config
     from negrec.train.sft import SFTStageConfig, train_sft
 
     data = Prepared.load(run_dir / "data")
@@ -63,7 +63,7 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
         if not (out / "final" / "config.json").exists():
             cfg = section_config(SFTStageConfig, raw, f"sft_{task}")
             model, hf_tok, sid_tok = load_policy(init, device="cpu")
-            builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, data.items, hf_tok)
+            builder = PromptBuilder(prompt_config(raw), sid_tok, data.items, hf_tok)
             if task == "align":
                 examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items,
                                               cfg.item_repeats, cfg.seed)
@@ -86,12 +86,12 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
 
 def rank_users(model_dir: Path, samples, raw: dict, top_k: int = 10, num_beams: int = 20):
     """(n, top_k) item rankings: constrained beam search over the full-context prompt, context excluded."""
-    from negrec.config import section_config
     from negrec.data import Prepared  # noqa: F401  (documents where `samples` comes from)
-    from negrec.llm import PromptBuilder, PromptConfig, SidConstraint, constrained_beam_search, load_policy
+    from negrec.llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy
+    from negrec.llm.prompts import prompt_config
 
     model, hf_tok, sid_tok = load_policy(model_dir, device="cpu")
-    builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, None, hf_tok)
+    builder = PromptBuilder(prompt_config(raw), sid_tok, None, hf_tok)
     prompts = [builder.build(r, context_mix=1.0) for r in samples.to_dict("records")]
     exclude = [list(map(int, c)) for c in samples["context_items"]]
     ranked = constrained_beam_search(model, hf_tok, SidConstraint(sid_tok, hf_tok), prompts, num_beams=num_beams,
@@ -116,7 +116,8 @@ def main():
     from negrec.config import apply_overrides, section_config
     from negrec.data import Prepared
     from negrec.eval.metrics import MetricsConfig, evaluate_samples
-    from negrec.llm import PromptBuilder, PromptConfig, SidConstraint, load_policy
+    from negrec.llm import PromptBuilder, SidConstraint, load_policy
+    from negrec.llm.prompts import prompt_config
     from negrec.pipeline import run_pipeline
     from negrec.rewards import RewardConfig, build_rewards
     from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo, training_rows
@@ -142,7 +143,7 @@ def main():
     prepared = Prepared.load(run_dir / "data")
     rcfg = section_config(RewardConfig, raw, "rewards")
     model, hf_tok, sid_tok = load_policy(sft_dir, device="cpu")
-    builder = PromptBuilder(section_config(PromptConfig, raw, "prompt"), sid_tok, prepared.items, hf_tok)
+    builder = PromptBuilder(prompt_config(raw), sid_tok, prepared.items, hf_tok)
     rows = training_rows(prepared, rcfg.horizon, raw["grpo"].get("max_samples"), seed=0)
     rewards = build_rewards(rcfg, sid_tok, train_log=prepared.fit_log("train"))
     constraint = SidConstraint(sid_tok, hf_tok)

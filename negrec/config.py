@@ -190,7 +190,21 @@ def check_config(raw: dict, sections=None) -> list[str]:
         cls = _section_class(name)
         if cls is not None and name in raw:
             section_config(cls, raw, name)
+    if "prompt" in (SECTIONS if sections is None else sections):
+        _fill_day_breaks(raw)
     return resolve_horizons(raw)
+
+
+def _fill_day_breaks(raw: dict) -> None:
+    """Write `prompt.day_breaks` as resolved from the data's cuts (`negrec.llm.prompts.prompt_config`)
+    into `raw` when unset, so that the stages' fingerprints hold it: a run folder built without the
+    <|day|> token is then rebuilt, not reused."""
+    from negrec.llm.prompts import prompt_config
+
+    if (raw.get("prompt") or {}).get("day_breaks") is None and prompt_config(raw).day_breaks:
+        # only when on: off is what a run folder from before the token was built with
+        _node(raw, "prompt", create=True)["day_breaks"] = True
+        raw.setdefault("_filled", []).append("prompt.day_breaks")
 
 
 # (section path, field, filled with data.main_horizon when absent)

@@ -51,6 +51,15 @@ class DataConfig:
         check_data_config(self)
 
 
+def cuts_at_day_start(raw: dict) -> bool:
+    """Whether the config's cuts fall at the start (00:00 UTC) of a day (`data.split.cut_unit: day`):
+    what is predicted is then the user's next days, seen from before they start, not the rest of a
+    burst. The compact format's day breaks and the timeline SFT's day shuffle follow it unless set."""
+    from ..config import section_config
+
+    return section_config(DataConfig, raw, "data").split.cut_unit == "day"
+
+
 def check_data_config(cfg: "DataConfig") -> None:
     """Ranges of the data section (the horizon is defined here, once: every stage reads it)."""
     from ..config import ConfigError, nearest

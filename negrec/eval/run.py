@@ -187,10 +187,10 @@ def run_predict(raw: dict, run_dir) -> dict:
 
 
 def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
-    from ..llm import PromptConfig
+    from ..llm.prompts import prompt_config
 
     cfg = section_config(EvalConfig, raw, "eval")
-    prompt_cfg = section_config(PromptConfig, raw, "prompt")
+    prompt_cfg = prompt_config(raw)
     writes = shard is None or shard.is_main
     prepared, samples, cands = _eval_rows(run_dir, cfg)
     if writes:

@@ -224,11 +224,12 @@ def _add_plain_tokens(hf_tok, tokens: list[str]) -> list[str]:
     return missing
 
 
-def add_feedback_tokens(model, hf_tok) -> int:
-    """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>), randomly initialised."""
-    from negrec.llm.prompts import FEEDBACK_TOKENS
+def add_feedback_tokens(model, hf_tok, day_token: bool = False) -> int:
+    """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>) and, with `day_token`,
+    its day break (`prompt.day_breaks`), randomly initialised."""
+    from negrec.llm.prompts import DAY_TOKEN, FEEDBACK_TOKENS
 
-    missing = _add_plain_tokens(hf_tok, list(FEEDBACK_TOKENS.values()))
+    missing = _add_plain_tokens(hf_tok, [*FEEDBACK_TOKENS.values(), *[DAY_TOKEN] * day_token])
     if not missing:
         return 0
     emb = model.get_input_embeddings().weight
@@ -340,9 +341,10 @@ def load_policy(path: str | Path, device=None, dtype: str = "auto"):
     return model, hf_tok, sid_tok
 
 
-def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None, like_tokens: bool = False):
+def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (), device=None, like_tokens: bool = False,
+                 day_token: bool = False):
     """(model, hf_tok, info): the configured LM with SID tokens added and initialised (and the
-    compact format's like tokens with `like_tokens`)."""
+    compact format's like tokens with `like_tokens`, its day break with `day_token`)."""
     texts = {int(i): item_label(r) for i, r in zip(items["item_id"], items.to_dict("records"))}
     if cfg.source == "tiny":
         corpus = list(texts.values()) + list(prompt_texts) + _genre_words(items)
@@ -353,7 +355,7 @@ def build_policy(cfg: ModelConfig, sid_tok, items, prompt_texts: list[str] = (),
         model, hf_tok = load_hf_model(cfg.source, cfg.dtype, device)
     n_text_vocab = len(hf_tok)
     n_added = add_sid_tokens(model, hf_tok, sid_tok, texts, cfg.sid_init, cfg.seed)
-    n_feedback = add_feedback_tokens(model, hf_tok)
+    n_feedback = add_feedback_tokens(model, hf_tok, day_token)
     n_like = add_like_tokens(model, hf_tok, sid_tok) if like_tokens else 0
     info = {"source": cfg.source, "text_vocab": n_text_vocab, "sid_tokens_added": n_added, "feedback_tokens_added": n_feedback,
             "like_tokens_added": n_like, "vocab": len(hf_tok),
@@ -373,12 +375,12 @@ def run_build_model(raw: dict, run_dir) -> dict:
     from negrec.config import section_config, to_dict
     from negrec.contract import stage_folder, up_to_date
     from negrec.data import Prepared
-    from negrec.llm.prompts import PromptBuilder, PromptConfig
+    from negrec.llm.prompts import PromptBuilder, prompt_config
     from negrec.tokenizer import SemanticIdTokenizer
 
     run_dir = Path(run_dir)
     cfg = section_config(ModelConfig, raw, "model")
-    pcfg = section_config(PromptConfig, raw, "prompt")
+    pcfg = prompt_config(raw)
     out = run_dir / "model"
     if up_to_date(raw, run_dir, "build-model"):
         return read_json(out / "negrec_model.json")
@@ -390,7 +392,8 @@ def run_build_model(raw: dict, run_dir) -> dict:
     sid_tok = SemanticIdTokenizer.from_pretrained(sid_dir)
     items = Prepared.load(run_dir / "data").items
     templates = PromptBuilder(pcfg, sid_tok, items).template_texts()
-    model, hf_tok, info = build_policy(cfg, sid_tok, items, templates, like_tokens=pcfg.like_tokens)
+    model, hf_tok, info = build_policy(cfg, sid_tok, items, templates, like_tokens=pcfg.like_tokens,
+                                       day_token=pcfg.day_breaks)
     info.update({"seconds": round(time.time() - t0, 1), "config": built})
     with stage_folder(raw, run_dir, "build-model") as tmp:
         save_policy(model, hf_tok, sid_tok, tmp, extra=info)

@@ -56,12 +56,12 @@ class PeftSettings:
 
 
 def new_token_ids(hf_tok, sid_tok) -> list[int]:
-    """Ids of the tokens negrec adds to the LM: every SID token, the compact format's feedback tokens
+    """Ids of the tokens negrec adds to the LM: every SID token, the compact format's tokens
     and, where the model has them, the like tokens."""
-    from negrec.llm.prompts import FEEDBACK_TOKENS, like_token
+    from negrec.llm.prompts import COMPACT_TOKENS, like_token
 
     vocab = hf_tok.get_vocab()
-    names = list(sid_tok.all_tokens()) + list(FEEDBACK_TOKENS.values()) + [like_token(t) for t in sid_tok.all_tokens()]
+    names = list(sid_tok.all_tokens()) + list(COMPACT_TOKENS) + [like_token(t) for t in sid_tok.all_tokens()]
     return sorted({vocab[t] for t in names if t in vocab})
 
 

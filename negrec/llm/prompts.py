@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,11 @@ CHOICE_TASKS = ("choose_text", "choose_sid", "choose_sid_stepwise")
 CHOICE_LETTERS = "ABCD"
 # Feedback tokens of the compact format (added to the LM's vocabulary by `build-model`).
 FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
+# Written before the first event of a new UTC day, and before the query when the cut falls on a day
+# after the last shown event (`prompt.day_breaks`): what follows a break is the user's next session,
+# which a day-cut future is, and which the events of one burst are not.
+DAY_TOKEN = "<|day|>"
+COMPACT_TOKENS = (*FEEDBACK_TOKENS.values(), DAY_TOKEN)
 
 
 PROMPT_FORMATS = ("verbose", "compact")
@@ -90,6 +95,9 @@ class PromptConfig:
     # by build-model), so that picking the dislikes out of a history does not hinge on the feedback
     # token before each SID
     like_tokens: bool = False
+    # compact: DAY_TOKEN between events of different UTC days (see above); unset (null): on when the
+    # cuts are at day starts (data.split.cut_unit: day, `prompt_config`)
+    day_breaks: bool | None = None
 
     def __post_init__(self):
         if self.format not in PROMPT_FORMATS:
@@ -100,6 +108,8 @@ class PromptConfig:
             # verbose prompts never use them; without feedback tokens they would leak the feedback
             # into the context-discerning ablation
             raise ValueError("prompt.like_tokens needs format: compact and feedback_tokens: true")
+        if self.day_breaks and self.format != "compact":
+            raise ValueError("prompt.day_breaks needs format: compact (verbose prompts have no day tokens)")
         for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events"):
             if getattr(self, name) < 0:
                 raise ValueError(f"prompt.{name} must be >= 0")
@@ -185,6 +195,9 @@ class PromptBuilder:
     def timeline_events(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> list[tuple[int, int]]:
         """(item, feedback) of the shown events, oldest first: every negative of the window, and the
         most recent round(context_mix * n) of its n other events (0 = negatives only)."""
+        return [(i, f) for i, f, _ in self._shown_events(row, context_mix, neg_window_days)]
+
+    def _shown_events(self, row, context_mix: float, neg_window_days: float | None) -> list[tuple[int, int, int]]:
         if not 0.0 <= float(context_mix) <= 1.0:
             raise ValueError(f"context_mix must be in [0, 1], got {context_mix}")
         items, fbs, ts = _seq(row["mixed_items"]), _seq(row["mixed_feedback"]), _seq(row["mixed_ts"])
@@ -195,13 +208,15 @@ class PromptBuilder:
         others = others[len(others) - int(round(context_mix * len(others))):]
         negatives = [k for k, e in enumerate(events) if e[1] < 0 and (start is None or e[2] >= start)]
         keep = set(others) | set(negatives)
-        return [(events[k][0], events[k][1]) for k in sorted(keep)]
+        return [events[k] for k in sorted(keep)]
 
     def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
         """The compact prompt: each shown event as feedback token + SID + EOS, then the query token."""
         if self._codec is None:  # built once: it reads the whole SID table
-            self._codec = CompactCodec(self.sid_tok, self.hf_tokenizer, self.cfg.feedback_tokens, self.cfg.like_tokens)
-        return self._codec.text(self.timeline_events(row, context_mix, neg_window_days))
+            self._codec = compact_codec(self.sid_tok, self.hf_tokenizer, self.cfg)
+        events = self._shown_events(row, context_mix, neg_window_days)
+        breaks = new_day_flags([t for _, _, t in events] + [int(row["cut_ts"])]) if self.cfg.day_breaks else None
+        return self._codec.text([(i, f) for i, f, _ in events], breaks)
 
     def template_texts(self) -> list[str]:
         """Fixed strings the prompts use (for training a tokenizer that knows them)."""
@@ -211,28 +226,52 @@ class PromptBuilder:
                 " ".join(kinds), *ALIGN_INSTRUCTIONS.values(), "A) B) C) D) A B C D"]
 
 
+def new_day_flags(ts) -> np.ndarray:
+    """Whether each time falls on a later UTC day than the one before it (never the first)."""
+    day = np.asarray(ts, np.int64) // DAY
+    return np.r_[False, day[1:] != day[:-1]] if len(day) else np.zeros(0, bool)
+
+
+def compact_codec(sid_tok, hf_tokenizer, cfg: PromptConfig) -> "CompactCodec":
+    return CompactCodec(sid_tok, hf_tokenizer, cfg.feedback_tokens, cfg.like_tokens, bool(cfg.day_breaks))
+
+
+def prompt_config(raw: dict) -> PromptConfig:
+    """Section `prompt` of a loaded config, `day_breaks` resolved from the data's cuts when unset."""
+    from negrec.config import section_config
+    from negrec.data.prepare import cuts_at_day_start
+
+    cfg = section_config(PromptConfig, raw, "prompt")
+    if cfg.day_breaks is not None:
+        return cfg
+    return replace(cfg, day_breaks=cfg.format == "compact" and cuts_at_day_start(raw))
+
+
 class CompactCodec:
     """Token ids (and the equivalent text) of compact timelines for one HF tokenizer.
 
-    An event is [feedback token, SID tokens..., EOS]; a prompt is the tokenizer's own prefix (BOS
-    where it adds one), the events, and the query token <|neg|>. EOS after every SID is what
+    An event is [feedback token, SID tokens..., EOS], after DAY_TOKEN where it opens a new day (with
+    `day_breaks`); a prompt is the tokenizer's own prefix (BOS where it adds one), the events, and
+    the query token <|neg|>. EOS after every SID is what
     constrained decoding scores after a complete SID, so training and decoding agree."""
 
-    def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True, like_tokens: bool = False):
+    def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True, like_tokens: bool = False,
+                 day_breaks: bool = False):
         if hf_tokenizer is None:
             raise ValueError("the compact prompt format needs the policy's HF tokenizer")
         vocab = hf_tokenizer.get_vocab()
-        missing = [t for t in FEEDBACK_TOKENS.values() if t not in vocab]
+        missing = [t for t in (*FEEDBACK_TOKENS.values(), *[DAY_TOKEN] * day_breaks) if t not in vocab]
         if missing:
-            raise ValueError(f"the tokenizer lacks the feedback tokens {missing}: rebuild the model with "
+            raise ValueError(f"the tokenizer lacks the compact format's tokens {missing}: rebuild the model with "
                              "`negrec build-model` (it adds them) to use prompt.format: compact")
         lacking = [like_token(t) for t in sid_tok.all_tokens() if like_token(t) not in vocab] if like_tokens else []
         if lacking:
             raise ValueError(f"the tokenizer lacks {len(lacking)} like tokens ({', '.join(lacking[:3])}, ...): rebuild "
                              "the model with `negrec build-model` and prompt.like_tokens: true (it adds them)")
         self.sid_tok, self.tok = sid_tok, hf_tokenizer
-        self.feedback_tokens, self.like_tokens = feedback_tokens, like_tokens
+        self.feedback_tokens, self.like_tokens, self.day_breaks = feedback_tokens, like_tokens, day_breaks
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
+        self.day_id = vocab.get(DAY_TOKEN)
         self.eos_id = hf_tokenizer.eos_token_id
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
         self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
@@ -254,10 +293,12 @@ class CompactCodec:
     def fb_token(self, feedback: int) -> str:
         return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
 
-    def text(self, events: list[tuple[int, int]]) -> str:
+    def text(self, events: list[tuple[int, int]], breaks=None) -> str:
+        """The prompt text; `breaks` (one per event and one for the query) says where DAY_TOKEN goes."""
         eos = self.tok.eos_token
-        body = "".join(f"{self.fb_token(f)}{self.sid_text(i, f)}{eos}" for i, f in events)
-        return body + self.fb_token(-1)
+        day = [DAY_TOKEN if b else "" for b in breaks] if breaks is not None else [""] * (len(events) + 1)
+        body = "".join(f"{d}{self.fb_token(f)}{self.sid_text(i, f)}{eos}" for d, (i, f) in zip(day, events))
+        return body + day[-1] + self.fb_token(-1)
 
     def sid_text(self, item: int, feedback: int) -> str:
         tokens = self.sid_tok.token_list(item)

@@ -671,7 +671,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     `plain=True` is the ablation: plain GRPO (grpo.progressive forced to false, same total steps),
     written to run_dir/grpo_plain/ so that both policies live in one run folder."""
     from negrec.data import Prepared
-    from negrec.llm import PromptBuilder, PromptConfig, SidConstraint
+    from negrec.llm import PromptBuilder, SidConstraint
+    from negrec.llm.prompts import prompt_config
     from negrec.rewards import RewardConfig, build_rewards
 
     from negrec.llm.model import ModelConfig
@@ -682,7 +683,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     if plain:
         cfg = dataclasses.replace(cfg, progressive=False)
     reward_cfg = section_config(RewardConfig, raw, "rewards")
-    prompt_cfg = section_config(PromptConfig, raw, "prompt")
+    prompt_cfg = prompt_config(raw)
     name = "grpo_plain" if plain else "grpo"
     stage = "grpo-plain" if plain else "grpo"  # the stage (negrec.stages)
     out_dir = run_dir / name

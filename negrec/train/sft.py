@@ -26,12 +26,13 @@ import torch
 
 from negrec.config import section_config, to_dict
 from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
+from negrec.data.prepare import cuts_at_day_start
 from negrec.io import read_json, write_json
 from negrec.llm.evaluation import alignment_accuracy, alignment_line, unlearnt_tasks
 from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_policy, save_policy
 from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
-from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, PromptConfig, aligned_item_ids, alignment_examples,
-                                can_align, labelled_items, next_negative_examples)
+from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, aligned_item_ids, alignment_examples, can_align,
+                                labelled_items, next_negative_examples, prompt_config)
 from negrec.runlock import launched_world
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
                                        is_main_process, main_print, ranks_meet, reports_to, train_or_take)
@@ -77,6 +78,10 @@ class SFTStageConfig:
     mode: str = "timeline"
     window_events: int = 100     # timeline: events per training window
     other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
+    # timeline: each day's events in a fresh random order every epoch. Under day cuts the future is
+    # a set of later days, predicted before they start; the order of events within a day (a burst's
+    # sequence) is then never seen, and learning it cost recall. Unset (null): on under day cuts.
+    shuffle_within_day: bool | None = None
     # sft_next, timeline: the softmax of the timeline windows' loss over "full" (the whole vocabulary) or "sid"
     # (the SID tokens and EOS: every target is one, and constrained decoding masks everything else).
     # "sid" skips the LM head's other rows: on a 150K-vocabulary LM most of its logits. On the tiny
@@ -164,7 +169,10 @@ def sft_config(raw: dict, task: str) -> SFTStageConfig:
     """The typed config of section `sft_<task>` (task: align or next), with that section's defaults."""
     if task not in SFT_SECTIONS:
         raise ValueError(f"sft task must be align or next, got {task!r}")
-    return section_config(SFT_SECTIONS[task], raw, f"sft_{task}")
+    cfg = section_config(SFT_SECTIONS[task], raw, f"sft_{task}")
+    if cfg.shuffle_within_day is None:
+        cfg = replace(cfg, shuffle_within_day=cuts_at_day_start(raw))
+    return cfg
 
 
 PHASE_KEYS = {"tasks": list, "max_steps": int, "learning_rate": float, "item_repeats": int}
@@ -209,7 +217,7 @@ def check_tasks(tasks, where: str) -> None:
 # ---- timeline training ------------------------------------------------------------------
 def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float) -> dict:
     """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
-    from negrec.llm.prompts import CompactCodec
+    from negrec.llm.prompts import compact_codec
     from negrec.train.timeline import (example_windows, timeline_windows, train_timeline, training_log,
                                        validation_rows)
 
@@ -220,10 +228,13 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                          "(torchrun / accelerate launch), or use mode: prompt for several processes")
     out = run_dir / "sft_next"
     horizon = cfg.horizon or data.main_horizon
-    codec = CompactCodec(sid_tok, hf_tok, builder.cfg.feedback_tokens, builder.cfg.like_tokens)
+    codec = compact_codec(sid_tok, hf_tok, builder.cfg)
     val = validation_rows(data.samples["valid"], horizon, cfg.val_rows, cfg.seed)
     log, limit = training_log(data, cfg.fit_until, [r["user_id"] for r in val])
-    windows = timeline_windows(log, limit, codec, cfg.window_events, cfg.other_weight)
+    def windows_of(shuffle=None):  # shuffle: a generator, to order each day's events at random
+        return timeline_windows(log, limit, codec, cfg.window_events, cfg.other_weight, shuffle)
+
+    windows = windows_of()
     if not windows:
         raise ValueError(f"sft_next: no training events before the users' {cfg.fit_until} cuts")
     n_tok = sum(len(w) for w, _ in windows)
@@ -239,11 +250,13 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
     work.mkdir(parents=True, exist_ok=True)
     loss_ids = codec.target_ids() if cfg.loss_vocab == "sid" else None
     fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned, loss_ids=loss_ids,
+                         reshuffle=windows_of if cfg.shuffle_within_day else None,
                          ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
                          tb_dir=run_dir / "tb" / "sft_next")
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
                "alignment_examples": len(aligned),
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
+               "day_breaks": codec.day_breaks, "shuffle_within_day": cfg.shuffle_within_day,
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
     if _measures_alignment(cfg, data.items):  # what the policy knows of item titles: chance unless aligned
@@ -495,7 +508,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
 
     cfg = sft_config(raw, task)
     run_dir = Path(run_dir)
-    pcfg = section_config(PromptConfig, raw, "prompt")
+    pcfg = prompt_config(raw)
     out = run_dir / f"sft_{task}"
     if cfg.init_from:
         init = Path(cfg.init_from)

@@ -8,6 +8,10 @@ SID tokens (like tokens for a non-negative event under `prompt.like_tokens`) and
 sits on the SID tokens (and EOS) of every event, weighted 1 for a
 negative event and `other_weight` for the others; the feedback token before each SID is the
 condition, so at inference the prompt's final <|neg|> asks for the next item the user dislikes.
+Under `prompt.day_breaks` a <|day|> token (also a condition) opens each later day, and a day-cut
+prompt ends <|day|><|neg|>: the question is then what the user dislikes in the coming days. Under
+`shuffle_within_day` each day's events come in a fresh random order every epoch, so the model learns
+which items a day holds rather than the order a burst runs in, which a day-cut future never shows.
 Long timelines are cut into windows of `window_events` events, stepping back from the latest.
 
 Training runs for up to `epochs` passes over the windows (or `max_steps`), measures Recall@10 of
@@ -26,23 +30,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from negrec.data.splits import DAY
 from negrec.llm.constrained import SidConstraint, constrained_beam_search
 from negrec.llm.peft import is_peft_model
-from negrec.llm.prompts import CompactCodec, PromptBuilder
+from negrec.llm.prompts import CompactCodec, PromptBuilder, new_day_flags
 from negrec.rewards.matching import ItemSets, clean_rankings, hits
 
 
 # ---- data ------------------------------------------------------------------------------
 def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events: int,
-                     other_weight: float) -> list[tuple[np.ndarray, np.ndarray]]:
+                     other_weight: float, shuffle: np.random.Generator | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(token ids, loss weights) per window of each user's events before `limit[user]` (seconds).
 
-    Weights sit on the tokens to predict: 0 on the prefix and feedback tokens, 1 on the SID tokens
-    and EOS of a negative event, `other_weight` on those of other events."""
+    Weights sit on the tokens to predict: 0 on the prefix, feedback and day tokens, 1 on the SID
+    tokens and EOS of a negative event, `other_weight` on those of other events. With `shuffle`,
+    each day's events (UTC) come in a random order; the windows' bounds stay where they were."""
     log = log[log["item_id"].isin(list(codec.row_of_item))]
     if limit is not None:
         lim = log["user_id"].map(limit).fillna(np.iinfo(np.int64).max).to_numpy()
         log = log[log["ts"].to_numpy() < lim]
+    if shuffle is not None:
+        log = log.iloc[np.lexsort((shuffle.random(len(log)), log["ts"].to_numpy() // DAY, log["user_id"].to_numpy()))]
     users = log["user_id"].to_numpy()
     rows = np.fromiter((codec.row_of_item[int(i)] for i in log["item_id"].to_numpy()), np.int64, len(log))
     fb = np.sign(log["feedback"].to_numpy()).astype(np.int64)
@@ -50,15 +58,22 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     sids = np.where((fb < 0)[:, None], codec.table[rows], codec.like_table[rows])
     tokens = np.concatenate([fb_ids[fb + 1][:, None], sids, np.full((len(rows), 1), codec.eos_id)], 1)
     w = np.where(fb < 0, 1.0, other_weight)[:, None] * np.r_[0.0, np.ones(tokens.shape[1] - 1)][None]
-    prefix = np.asarray(codec.prefix_ids, np.int64)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(users)]
+    # a leading column: DAY_TOKEN (a condition, weight 0) before an event that opens a new day, else -1 (dropped)
+    new_day = codec.day_breaks & new_day_flags(log["ts"].to_numpy()) & np.r_[False, users[1:] == users[:-1]]
+    lead = np.where(new_day, codec.day_id if codec.day_breaks else -1, -1)
+    tokens, w = np.c_[lead, tokens], np.c_[np.zeros(len(w)), w]
+    prefix = np.asarray(codec.prefix_ids, np.int64)
     out = []
     for a, b in zip(starts, ends):
         for end in range(b, a, -window_events):
             s = max(a, end - window_events)
             if w[s:end].sum() > 0:
-                out.append((np.r_[prefix, tokens[s:end].ravel()], np.r_[np.zeros(len(prefix)), w[s:end].ravel()]))
+                t, v = tokens[s:end].copy(), w[s:end]
+                t[0, 0] = -1  # a window's first event opens it: no break before it, as in a prompt
+                keep = t.ravel() >= 0
+                out.append((np.r_[prefix, t.ravel()[keep]], np.r_[np.zeros(len(prefix)), v.ravel()[keep]]))
     return out
 
 
@@ -241,10 +256,11 @@ def _resume(saved: dict, key: str, model, opt, sched, state: dict, rng, seed: in
 
 def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
                    ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None,
-                   extra: list | None = None, loss_ids: np.ndarray | None = None) -> dict:
+                   extra: list | None = None, loss_ids: np.ndarray | None = None, reshuffle=None) -> dict:
     """Train on `windows`, select the epoch by validation Recall@10; the model ends at the best epoch.
     `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch;
-    `loss_ids` (token ids) restricts the windows' softmax (`weighted_lm_loss`)."""
+    `loss_ids` (token ids) restricts the windows' softmax (`weighted_lm_loss`); `reshuffle(rng)`
+    gives each epoch's windows (`timeline_windows` with `shuffle`)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -271,6 +287,9 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
         model.train()
         losses = []
+        if reshuffle is not None:  # the count can change (with other_weight 0 a window may lose its negatives)
+            timeline = reshuffle(rng)
+            n_windows, windows = len(timeline), list(timeline) + extra
         batches = _mix_in(_batches(timeline, cfg.batch_size, rng), n_windows, len(extra),
                           cfg.align_per_batch, rng)
         bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch")

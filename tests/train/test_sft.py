@@ -174,7 +174,8 @@ def test_items_of_bare_ids_pass_alignment_through(subset, ml100k_prepared, tmp_p
     path = run / "data" / "items.parquet"
     pd.read_parquet(path).assign(title="", text="", genres="").to_parquet(path)
     torch.manual_seed(0)
-    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu")
+    # as build-model builds it for this config (day cuts by default: the <|day|> token added)
+    model, hf, _ = build_policy(ModelConfig(**TINY), sid, items, device="cpu", day_token=True)
     save_policy(model, hf, sid, run / "model")
     raw = {"sft_next": {"max_steps": 2, "batch_size": 4, "val_rows": 0}}
     for stage in ("data", "build-model"):
@@ -290,11 +291,20 @@ def test_a_section_left_out_trains_as_the_default_run():
     from negrec.config import load_config, section_config
     from negrec.train.sft import sft_config
 
+    from negrec.llm.prompts import prompt_config
+
     shipped = load_config(ROOT / "configs" / "ml100k.yaml")
+    by_cut = {"shuffle_within_day": None}  # follows data.split.cut_unit (day here, event in ml100k.yaml)
     for raw in ({}, load_config(ROOT / "configs" / "generic.yaml")):
         for task in ("align", "next"):
-            assert asdict(sft_config(raw, task)) == asdict(sft_config(shipped, task)), task
+            assert sft_config(raw, task).shuffle_within_day and not sft_config(shipped, task).shuffle_within_day
+            assert asdict(sft_config(raw, task)) | by_cut == asdict(sft_config(shipped, task)) | by_cut, task
         assert section_config(PromptConfig, raw, "prompt") == section_config(PromptConfig, shipped, "prompt")
+        assert prompt_config(raw).day_breaks and not prompt_config(shipped).day_breaks
+    off = load_config(ROOT / "configs" / "generic.yaml", ["prompt.day_breaks=false", "sft_next.shuffle_within_day=false"])
+    assert not prompt_config(off).day_breaks and not sft_config(off, "next").shuffle_within_day  # a set value wins
+    verbose = load_config(ROOT / "configs" / "generic.yaml", ["prompt.format=verbose"])
+    assert not prompt_config(verbose).day_breaks  # verbose prompts have no day tokens
     align, nxt = sft_config({}, "align"), sft_config({}, "next")
     assert (align.mode, nxt.mode, PromptConfig().format) == ("timeline", "timeline", "compact")
     assert align.phases and nxt.align_weight > 0 and nxt.val_rows > 0

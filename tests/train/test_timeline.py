@@ -125,6 +125,72 @@ def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
         CompactCodec(sid, setup[1], like_tokens=True)
 
 
+def _over_days(ctx: pd.DataFrame, first_of_day=(8, 16)) -> pd.DataFrame:
+    """The events moved onto three UTC days, the second and third starting at `first_of_day`."""
+    from negrec.data.splits import DAY
+
+    day = np.searchsorted(np.asarray(first_of_day), np.arange(len(ctx)), side="right")
+    return ctx.assign(ts=10 * DAY + day * DAY + np.arange(len(ctx)) * 60)
+
+
+def test_day_breaks_mark_new_days_in_prompt_and_windows_alike(setup):
+    """`prompt.day_breaks`: <|day|> before the first event of each later day and before the query
+    when the cut falls on a later day than the last event; the windows write it at the same places,
+    never as a target; a model built without the token is refused by name."""
+    from negrec.data.splits import DAY
+    from negrec.llm.prompts import DAY_TOKEN
+
+    _, _, sid, _, log = setup
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, bpe_vocab_size=300)
+    model, hf, info = build_policy(cfg, sid, synthetic_items(sid), [], device="cpu", day_token=True)
+    ctx = _over_days(log[log.user_id == 1].iloc[:N_CONTEXT])
+    row = {**sample_rows(log, [1])[0], "mixed_ts": ctx.ts.to_numpy(), "cut_ts": int(ctx.ts.iloc[-1] // DAY + 1) * DAY}
+    builder = PromptBuilder(PromptConfig(format="compact", day_breaks=True), sid, None, hf)
+    codec, day = CompactCodec(sid, hf, day_breaks=True), hf.get_vocab()[DAY_TOKEN]
+    events = [codec.event_ids(i, f) for i, f in zip(ctx.item_id, ctx.feedback)]
+    want = codec.prefix_ids + [t for k, e in enumerate(events) for t in ([day] if k in (8, 16) else []) + e]
+    ids = hf(builder.build(row))["input_ids"]
+    assert ids == want + [day, codec.fb_id[-1]]
+    same_day = hf(builder.build({**row, "cut_ts": int(ctx.ts.iloc[-1]) + 60}))["input_ids"]
+    assert same_day == want + [codec.fb_id[-1]]
+    (window, weights), = timeline_windows(ctx, None, codec, 100, other_weight=0.5)
+    assert window.tolist() == want and (weights[window == day] == 0).all()
+    assert hf.decode(window).count(DAY_TOKEN) == 2
+    plain = CompactCodec(sid, hf)  # off: the windows of before, token for token
+    (old, _), = timeline_windows(ctx, None, plain, 100, other_weight=0.5)
+    assert old.tolist() == [t for t in want if t != day]
+    with pytest.raises(ValueError, match=r"lacks the compact format's tokens \['<\|day\|>'\]"):
+        CompactCodec(sid, setup[1], day_breaks=True)
+    with pytest.raises(ValueError, match="day_breaks needs format: compact"):
+        PromptConfig(format="verbose", day_breaks=True)
+
+
+def test_shuffle_within_day_reorders_each_day_and_keeps_the_days(setup):
+    """`sft_next.shuffle_within_day`: each user's days keep their events and their order, the events
+    of a day come in a random order (a fresh one per draw), and the windows keep their bounds."""
+    _, hf, sid, _, log = setup
+    codec = CompactCodec(sid, hf)
+    ctx = pd.concat([_over_days(log[log.user_id == u].iloc[:N_CONTEXT]) for u in (1, 2)])
+    width = len(codec.prefix_ids)
+
+    def events(windows):  # per window, its events as tuples of token ids
+        return [[tuple(e) for e in w[width:].reshape(N_CONTEXT, -1).tolist()] for w, _ in windows]
+
+    in_time = events(timeline_windows(ctx, None, codec, 100, other_weight=1.0))
+    rng = np.random.default_rng(0)
+    draws = [events(timeline_windows(ctx, None, codec, 100, other_weight=1.0, shuffle=rng)) for _ in range(2)]
+    assert draws[0] != draws[1]
+    for shuffled in draws:
+        moved = 0
+        for t, sh in zip(in_time, shuffled):  # one window per user
+            for a, b in ((0, 8), (8, 16), (16, N_CONTEXT)):
+                assert sorted(sh[a:b]) == sorted(t[a:b])
+                moved += sh[a:b] != t[a:b]
+        assert moved >= 4  # of the 6 days, most reordered (8 events stay in order with odds 1/40320)
+    tens = timeline_windows(ctx, None, codec, 10, other_weight=1.0)
+    assert [len(w) for w, _ in timeline_windows(ctx, None, codec, 10, 1.0, shuffle=rng)] == [len(w) for w, _ in tens]
+
+
 def test_negatives_only_and_ablation_prompts(setup):
     model, hf, sid, builder, log = setup
     row = sample_rows(log, [2])[0]
