@@ -289,9 +289,8 @@ def test_a_section_left_out_trains_as_the_default_run():
     from dataclasses import asdict
 
     from negrec.config import load_config, section_config
-    from negrec.train.sft import sft_config
-
     from negrec.llm.prompts import prompt_config
+    from negrec.train.sft import sft_config
 
     shipped = load_config(ROOT / "configs" / "ml100k.yaml")
     by_cut = {"shuffle_within_day": None}  # follows data.split.cut_unit (day here, event in ml100k.yaml)
