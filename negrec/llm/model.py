@@ -227,9 +227,9 @@ def _add_plain_tokens(hf_tok, tokens: list[str]) -> list[str]:
 def add_feedback_tokens(model, hf_tok, day_token: bool = False) -> int:
     """Add the compact format's feedback tokens (<|neg|>, <|neu|>, <|pos|>) and, with `day_token`,
     its day break (`prompt.day_breaks`), randomly initialised."""
-    from negrec.llm.prompts import DAY_TOKEN, FEEDBACK_TOKENS
+    from negrec.llm.prompts import compact_tokens
 
-    missing = _add_plain_tokens(hf_tok, [*FEEDBACK_TOKENS.values(), *[DAY_TOKEN] * day_token])
+    missing = _add_plain_tokens(hf_tok, compact_tokens(day_token))
     if not missing:
         return 0
     emb = model.get_input_embeddings().weight

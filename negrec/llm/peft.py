@@ -58,10 +58,10 @@ class PeftSettings:
 def new_token_ids(hf_tok, sid_tok) -> list[int]:
     """Ids of the tokens negrec adds to the LM: every SID token, the compact format's tokens
     and, where the model has them, the like tokens."""
-    from negrec.llm.prompts import COMPACT_TOKENS, like_token
+    from negrec.llm.prompts import compact_tokens, like_token
 
     vocab = hf_tok.get_vocab()
-    names = list(sid_tok.all_tokens()) + list(COMPACT_TOKENS) + [like_token(t) for t in sid_tok.all_tokens()]
+    names = list(sid_tok.all_tokens()) + compact_tokens() + [like_token(t) for t in sid_tok.all_tokens()]
     return sorted({vocab[t] for t in names if t in vocab})
 
 

@@ -57,7 +57,11 @@ FEEDBACK_TOKENS = {-1: "<|neg|>", 0: "<|neu|>", 1: "<|pos|>"}
 # after the last shown event (`prompt.day_breaks`): what follows a break is the user's next session,
 # which a day-cut future is, and which the events of one burst are not.
 DAY_TOKEN = "<|day|>"
-COMPACT_TOKENS = (*FEEDBACK_TOKENS.values(), DAY_TOKEN)
+
+
+def compact_tokens(day_breaks: bool = True) -> list[str]:
+    """The compact format's own tokens: the feedback tokens, and DAY_TOKEN with `day_breaks`."""
+    return [*FEEDBACK_TOKENS.values(), *[DAY_TOKEN] * bool(day_breaks)]
 
 
 PROMPT_FORMATS = ("verbose", "compact")
@@ -260,7 +264,7 @@ class CompactCodec:
         if hf_tokenizer is None:
             raise ValueError("the compact prompt format needs the policy's HF tokenizer")
         vocab = hf_tokenizer.get_vocab()
-        missing = [t for t in (*FEEDBACK_TOKENS.values(), *[DAY_TOKEN] * day_breaks) if t not in vocab]
+        missing = [t for t in compact_tokens(day_breaks) if t not in vocab]
         if missing:
             raise ValueError(f"the tokenizer lacks the compact format's tokens {missing}: rebuild the model with "
                              "`negrec build-model` (it adds them) to use prompt.format: compact")

@@ -61,8 +61,8 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(users)]
     # a leading column: DAY_TOKEN (a condition, weight 0) before an event that opens a new day, else -1 (dropped)
-    new_day = codec.day_breaks & new_day_flags(log["ts"].to_numpy()) & np.r_[False, users[1:] == users[:-1]]
-    lead = np.where(new_day, codec.day_id if codec.day_breaks else -1, -1)
+    new_day = new_day_flags(log["ts"].to_numpy()) & np.r_[False, users[1:] == users[:-1]]
+    lead = np.where(new_day, codec.day_id, -1) if codec.day_breaks else np.full(len(rows), -1)
     tokens, w = np.c_[lead, tokens], np.c_[np.zeros(len(w)), w]
     prefix = np.asarray(codec.prefix_ids, np.int64)
     out = []
