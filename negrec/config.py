@@ -191,8 +191,23 @@ def check_config(raw: dict, sections=None) -> list[str]:
         if cls is not None and name in raw:
             section_config(cls, raw, name)
     if "prompt" in (SECTIONS if sections is None else sections):
+        _check_prompt_history(raw)
         _fill_day_breaks(raw)
     return resolve_horizons(raw)
+
+
+def _check_prompt_history(raw: dict) -> None:
+    """Refuse a compact prompt longer than the history a sample keeps: the prompts would be cut to
+    `data.split.max_history` events while the timeline SFT trains on windows of the full length."""
+    from negrec.data.prepare import DataConfig
+    from negrec.llm.prompts import PromptConfig
+
+    prompt = section_config(PromptConfig, raw, "prompt")
+    history = section_config(DataConfig, raw, "data").split.max_history
+    if prompt.format == "compact" and prompt.max_events > history:
+        raise ConfigError(f"{raw.get('_source', '<config>')}: prompt.max_events ({prompt.max_events}) exceeds "
+                          f"data.split.max_history ({history}), the events a sample keeps: raise "
+                          f"data.split.max_history to at least {prompt.max_events}")
 
 
 def _fill_day_breaks(raw: dict) -> None:

@@ -36,6 +36,21 @@ def test_bad_config_names_file_and_field(tmp_path, capsys):
     assert "bad.yaml: data" in err and "fromat" in err
 
 
+def test_a_prompt_longer_than_the_kept_history_is_refused(tmp_path, capsys):
+    """Samples keep data.split.max_history events per cut: a compact prompt asking for more would
+    be cut short at test while the timeline SFT trains on windows of the full length."""
+    from negrec.config import check_config, load_config
+
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text("prompt:\n  max_events: 80\n")
+    assert main(["pipeline", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "long.yaml" in err and "prompt.max_events (80)" in err and "data.split.max_history (50)" in err
+    check_config(load_config(str(cfg), ["data.split.max_history=80"]))  # raised to match: accepted
+    check_config(load_config(str(cfg), ["prompt.format=verbose"]))  # verbose prompts use max_neg/max_pos
+    check_config(load_config("configs/generic.yaml"))  # the shipped day-cut template keeps them in step
+
+
 def test_a_command_leaves_the_process_group_it_joined(monkeypatch, tmp_path):
     """Under a launcher a command, failed or not, leaves the torch.distributed group it joined before
     exit (a gloo group left to the interpreter's teardown aborted a rank now and then); a group

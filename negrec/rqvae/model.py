@@ -7,6 +7,7 @@ collapse. Training logs to TensorBoard and writes resumable checkpoints atomical
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -203,6 +204,21 @@ def _log_epoch(writer, rec: dict, levels: int) -> None:
         writer.add_scalar(f"rqvae/perplexity_level{lvl}", rec["perplexity"][lvl], epoch)
 
 
+@contextlib.contextmanager
+def deterministic_kernels(device: torch.device):
+    """Deterministic torch kernels on CPU for the duration. The codebook lookup's gradient
+    (`cb[idx]` backward, an accumulating scatter) sums in thread order once a batch is large
+    enough to be split over threads: with 2 threads and batches of 1,024 two runs of one seed gave
+    other codes. Below that size the deterministic kernel gives the same bits as before."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train_rqvae(x: np.ndarray, cfg, checkpoint: Path | None = None, tb_dir: Path | None = None,
                 resume_key: str = "", max_steps: int | None = None) -> tuple[NumpyQuantizer, dict]:
     """Train an RQ-VAE on item vectors `x` (n, d); returns its numpy twin and the training history.
@@ -210,11 +226,17 @@ def train_rqvae(x: np.ndarray, cfg, checkpoint: Path | None = None, tb_dir: Path
     `cfg`: the tokenize section (`negrec.tokenizer.TokenizeConfig`).
     `checkpoint`: resumable state written atomically every `cfg.save_every` epochs and at the end;
     it is reused only when it records the same `resume_key` (the caller's config hash).
-    `max_steps`: stop early (benchmarks).
+    `max_steps`: stop early (benchmarks). One seed gives one result on a CPU (`deterministic_kernels`).
     """
+    device = resolve_device(cfg.device)
+    with deterministic_kernels(device):
+        return _train_rqvae(x, cfg, device, checkpoint, tb_dir, resume_key, max_steps)
+
+
+def _train_rqvae(x: np.ndarray, cfg, device, checkpoint: Path | None, tb_dir: Path | None, resume_key: str,
+                 max_steps: int | None) -> tuple[NumpyQuantizer, dict]:
     from tqdm.auto import tqdm
 
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
