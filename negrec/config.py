@@ -198,16 +198,19 @@ def check_config(raw: dict, sections=None) -> list[str]:
 
 def _check_prompt_history(raw: dict) -> None:
     """Refuse a compact prompt longer than the history a sample keeps: the prompts would be cut to
-    `data.split.max_history` events while the timeline SFT trains on windows of the full length."""
+    `data.split.max_history` events (and negatives: the older ones come from there too) while the
+    timeline SFT trains on windows of the full length."""
     from negrec.data.prepare import DataConfig
     from negrec.llm.prompts import PromptConfig
 
     prompt = section_config(PromptConfig, raw, "prompt")
     history = section_config(DataConfig, raw, "data").split.max_history
-    if prompt.format == "compact" and prompt.max_events > history:
-        raise ConfigError(f"{raw.get('_source', '<config>')}: prompt.max_events ({prompt.max_events}) exceeds "
-                          f"data.split.max_history ({history}), the events a sample keeps: raise "
-                          f"data.split.max_history to at least {prompt.max_events}")
+    need = prompt.max_events + prompt.older_negatives
+    if prompt.format == "compact" and need > history:
+        asked = f"prompt.max_events ({prompt.max_events})" + (
+            f" + prompt.older_negatives ({prompt.older_negatives})" if prompt.older_negatives else "")
+        raise ConfigError(f"{raw.get('_source', '<config>')}: {asked} exceeds data.split.max_history ({history}), "
+                          f"the events and negatives a sample keeps: raise data.split.max_history to at least {need}")
 
 
 def _fill_day_breaks(raw: dict) -> None:

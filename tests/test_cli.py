@@ -51,6 +51,11 @@ def test_a_prompt_longer_than_the_kept_history_is_refused(tmp_path, capsys):
     check_config(load_config(str(cfg), ["data.split.max_history=80"]))  # raised to match: accepted
     check_config(load_config(str(cfg), ["prompt.format=verbose"]))  # verbose prompts use max_neg/max_pos
     check_config(load_config("configs/generic.yaml"))  # the shipped template is accepted
+    # the older negatives come from the negatives a sample keeps (the last max_history of them)
+    older = ["prompt.max_events=50", "prompt.older_negatives=20"]
+    with pytest.raises(ConfigError, match=r"prompt.max_events \(50\) \+ prompt.older_negatives \(20\) exceeds"):
+        check_config(load_config(str(cfg), older))
+    check_config(load_config(str(cfg), [*older, "data.split.max_history=70"]))
 
 
 def test_a_command_leaves_the_process_group_it_joined(monkeypatch, tmp_path):

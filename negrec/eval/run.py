@@ -30,7 +30,7 @@ from .stats import bootstrap_summary, format_ci, paired_differences, paired_summ
 class EvalConfig:
     split: str = "test"
     k: int = 50                        # items predicted per user (the largest K evaluated)
-    num_beams: int = 50                # beam width of constrained beam search (>= k)
+    num_beams: int = 150               # beam width of constrained beam search (>= k; 3 x k: the model's own top k)
     policies: list[str] = field(default_factory=lambda: ["sft_next", "grpo_plain", "grpo"])
     context_mix: float = 1.0           # prompt context at inference: full mixed history
     batch_size: int = 8

@@ -94,6 +94,9 @@ class PromptConfig:
     # (words, segments, chat template: for a pretrained LM with sft_next.mode: prompt)
     format: str = "compact"
     max_events: int = 50         # compact: events of the timeline shown (at context_mix = 1)
+    # compact: up to this many of the user's negatives older than the shown events, before them (as
+    # negative events): a long history's earlier dislikes at 6 tokens each, its other events left out
+    older_negatives: int = 0
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
     # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
     # by build-model), so that picking the dislikes out of a history does not hinge on the feedback
@@ -114,7 +117,9 @@ class PromptConfig:
             raise ValueError("prompt.like_tokens needs format: compact and feedback_tokens: true")
         if self.day_breaks and self.format != "compact":
             raise ValueError("prompt.day_breaks needs format: compact (verbose prompts have no day tokens)")
-        for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events"):
+        if self.older_negatives and self.format != "compact":
+            raise ValueError("prompt.older_negatives needs format: compact (verbose prompts have a negative segment)")
+        for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events", "older_negatives"):
             if getattr(self, name) < 0:
                 raise ValueError(f"prompt.{name} must be >= 0")
 
@@ -197,30 +202,47 @@ class PromptBuilder:
 
     # ---- the compact timeline -----------------------------------------------------------
     def timeline_events(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> list[tuple[int, int]]:
-        """(item, feedback) of the shown events, oldest first: every negative of the window, and the
-        most recent round(context_mix * n) of its n other events (0 = negatives only)."""
-        return [(i, f) for i, f, _ in self._shown_events(row, context_mix, neg_window_days)]
+        """(item, feedback) of the shown events, oldest first: up to `older_negatives` negatives from
+        before the window, every negative of the window, and the most recent round(context_mix * n)
+        of its n other events (0 = negatives only)."""
+        older, recent = self._shown_events(row, context_mix, neg_window_days)
+        return [(i, f) for i, f, _ in older + recent]
 
-    def _shown_events(self, row, context_mix: float, neg_window_days: float | None) -> list[tuple[int, int, int]]:
+    def _shown_events(self, row, context_mix: float, neg_window_days: float | None) -> tuple[list, list]:
+        """(older negatives, recent events): (item, feedback, ts) lists, oldest first."""
         if not 0.0 <= float(context_mix) <= 1.0:
             raise ValueError(f"context_mix must be in [0, 1], got {context_mix}")
         items, fbs, ts = _seq(row["mixed_items"]), _seq(row["mixed_feedback"]), _seq(row["mixed_ts"])
-        events = [(int(i), int(f), int(t)) for i, f, t in zip(items, fbs, ts) if int(i) in self.sid_tok]
-        events = events[-self.cfg.max_events:] if self.cfg.max_events else []
+        known = [k for k, i in enumerate(items) if int(i) in self.sid_tok]
+        shown = known[-self.cfg.max_events:] if self.cfg.max_events else []
+        events = [(int(items[k]), int(fbs[k]), int(ts[k])) for k in shown]
         start = None if neg_window_days is None else int(row["cut_ts"]) - float(neg_window_days) * DAY
         others = [k for k, e in enumerate(events) if e[1] >= 0]
         others = others[len(others) - int(round(context_mix * len(others))):]
         negatives = [k for k, e in enumerate(events) if e[1] < 0 and (start is None or e[2] >= start)]
         keep = set(others) | set(negatives)
-        return [events[k] for k in sorted(keep)]
+        first = shown[0] if shown else len(items)
+        older = self._older_negatives(row, sum(f < 0 for f in fbs[first:]), start) if self.cfg.older_negatives else []
+        return older, [events[k] for k in sorted(keep)]
+
+    def _older_negatives(self, row, n_shown: int, start: float | None) -> list[tuple[int, int, int]]:
+        """The last `older_negatives` of the row's negatives before its shown events: `neg_items`
+        and `mixed_items` both end at the cut, so those are all but its last `n_shown` negatives."""
+        items, ts = _seq(row["neg_items"]), _seq(row["neg_ts"])
+        older = [(int(i), -1, int(t)) for i, t in zip(items[:max(len(items) - n_shown, 0)], ts)
+                 if int(i) in self.sid_tok and (start is None or t >= start)]
+        return older[-self.cfg.older_negatives:]
 
     def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
-        """The compact prompt: each shown event as feedback token + SID + EOS, then the query token."""
+        """The compact prompt: each shown event as feedback token + SID + EOS, then the query token;
+        the older negatives first, with no day breaks among them."""
         if self._codec is None:  # built once: it reads the whole SID table
             self._codec = compact_codec(self.sid_tok, self.hf_tokenizer, self.cfg)
-        events = self._shown_events(row, context_mix, neg_window_days)
-        breaks = new_day_flags([t for _, _, t in events] + [int(row["cut_ts"])]) if self.cfg.day_breaks else None
-        return self._codec.text([(i, f) for i, f, _ in events], breaks)
+        older, recent = self._shown_events(row, context_mix, neg_window_days)
+        breaks = None
+        if self.cfg.day_breaks:
+            breaks = np.r_[np.zeros(len(older), bool), new_day_flags([t for _, _, t in recent] + [int(row["cut_ts"])])]
+        return self._codec.text([(i, f) for i, f, _ in older + recent], breaks)
 
     def template_texts(self) -> list[str]:
         """Fixed strings the prompts use (for training a tokenizer that knows them)."""
@@ -237,7 +259,8 @@ def new_day_flags(ts) -> np.ndarray:
 
 
 def compact_codec(sid_tok, hf_tokenizer, cfg: PromptConfig) -> "CompactCodec":
-    return CompactCodec(sid_tok, hf_tokenizer, cfg.feedback_tokens, cfg.like_tokens, bool(cfg.day_breaks))
+    return CompactCodec(sid_tok, hf_tokenizer, cfg.feedback_tokens, cfg.like_tokens, bool(cfg.day_breaks),
+                        cfg.older_negatives)
 
 
 def prompt_config(raw: dict) -> PromptConfig:
@@ -256,11 +279,12 @@ class CompactCodec:
 
     An event is [feedback token, SID tokens..., EOS], after DAY_TOKEN where it opens a new day (with
     `day_breaks`); a prompt is the tokenizer's own prefix (BOS where it adds one), the events, and
-    the query token <|neg|>. EOS after every SID is what
+    the query token <|neg|>; with `older_negatives`, the user's negatives from before the first event
+    come first, as negative events with no day breaks. EOS after every SID is what
     constrained decoding scores after a complete SID, so training and decoding agree."""
 
     def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True, like_tokens: bool = False,
-                 day_breaks: bool = False):
+                 day_breaks: bool = False, older_negatives: int = 0):
         if hf_tokenizer is None:
             raise ValueError("the compact prompt format needs the policy's HF tokenizer")
         vocab = hf_tokenizer.get_vocab()
@@ -274,6 +298,7 @@ class CompactCodec:
                              "the model with `negrec build-model` and prompt.like_tokens: true (it adds them)")
         self.sid_tok, self.tok = sid_tok, hf_tokenizer
         self.feedback_tokens, self.like_tokens, self.day_breaks = feedback_tokens, like_tokens, day_breaks
+        self.older_negatives = older_negatives  # the timeline windows open with as many as a prompt shows
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
         self.day_id = vocab.get(DAY_TOKEN)
         self.eos_id = hf_tokenizer.eos_token_id

@@ -44,7 +44,8 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
 
     Weights sit on the tokens to predict: 0 on the prefix, feedback and day tokens, 1 on the SID
     tokens and EOS of a negative event, `other_weight` on those of other events. With `shuffle`,
-    each day's events (UTC) come in a random order; the windows' bounds stay where they were."""
+    each day's events (UTC) come in a random order; the windows' bounds stay where they were. With
+    `codec.older_negatives`, a window opens with the user's last negatives before it (weight 0)."""
     log = log[log["item_id"].isin(list(codec.row_of_item))]
     if limit is not None:
         lim = log["user_id"].map(limit).fillna(np.iinfo(np.int64).max).to_numpy()
@@ -65,6 +66,7 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     lead = np.where(new_day, codec.day_id, -1) if codec.day_breaks else np.full(len(rows), -1)
     tokens, w = np.c_[lead, tokens], np.c_[np.zeros(len(w)), w]
     prefix = np.asarray(codec.prefix_ids, np.int64)
+    negatives = np.flatnonzero(fb < 0)
     out = []
     for a, b in zip(starts, ends):
         for end in range(b, a, -window_events):
@@ -72,6 +74,10 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
             if w[s:end].sum() > 0:
                 t, v = tokens[s:end].copy(), w[s:end]
                 t[0, 0] = -1  # a window's first event opens it: no break before it, as in a prompt
+                if codec.older_negatives:  # the user's negatives before the window open it, as a prompt's do
+                    older = negatives[np.searchsorted(negatives, a):np.searchsorted(negatives, s)][-codec.older_negatives:]
+                    t, v = np.r_[tokens[older], t], np.r_[np.zeros((len(older), v.shape[1])), v]
+                    t[:len(older), 0] = -1  # no day breaks among them, and no loss: they are context
                 keep = t.ravel() >= 0
                 out.append((np.r_[prefix, t.ravel()[keep]], np.r_[np.zeros(len(prefix)), v.ravel()[keep]]))
     return out

@@ -115,6 +115,29 @@ def test_cached_engine_matches_generate(tiny_policy):
         assert [s for _, s in f] == pytest.approx([s for _, s in g], abs=1e-3)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_beams_sharing_the_prompt_cache_match_beams_with_copies_of_it(tiny_policy, attention):
+    """The tree steps (every beam's tokens in one pass over the shared prompt cache, a 4D mask
+    keeping each beam to itself) give the beams, items and scores of the repeated-cache steps,
+    with left padding, exclusions and more beams than the first level has codes."""
+    from negrec.llm.constrained import _cached_beam_batch, encode_prompts
+
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    prompts = ["a user", "user 7 dislikes red night story and a much longer history of dark river items", "user 9"]
+    exclude = [list(sid_tok.item_ids[:5]), [], list(sid_tok.item_ids[10:40])]
+    ids, attn = encode_prompts(hf, prompts, "cpu")
+    saved = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(attention)
+        shared = _cached_beam_batch(model.eval(), c, ids, attn, 24, exclude, tree=True)
+        copied = _cached_beam_batch(model, c, ids, attn, 24, exclude, tree=False)
+    finally:
+        model.set_attn_implementation(saved)
+    assert torch.equal(shared[0], copied[0]) and (shared[0] >= 0).any()
+    torch.testing.assert_close(shared[1], copied[1], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("engine", ["cached", "generate"])
 def test_beam_search_ignores_model_generation_defaults(tiny_policy, engine):
     model, hf, sid_tok, _ = tiny_policy

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from negrec.llm.model import ModelConfig, build_policy
-from negrec.llm.prompts import CompactCodec, PromptBuilder, PromptConfig
+from negrec.llm.prompts import DAY_TOKEN, CompactCodec, PromptBuilder, PromptConfig
 from negrec.train.sft import SFTStageConfig
 from negrec.train.timeline import example_windows, timeline_windows, train_timeline, validation_recall
 from tests.llm.conftest import synthetic_items
@@ -86,6 +86,40 @@ def test_compact_prompt_tokenizes_as_the_training_windows(setup):
     per_event = weights[len(codec.prefix_ids):].reshape(N_CONTEXT, -1)
     assert (per_event[:, 0] == 0).all()  # never a loss on the feedback token (it is the condition)
     assert np.allclose(per_event[:, 1:].max(1), np.where(ctx.feedback.to_numpy() < 0, 1.0, 0.5))
+
+
+@pytest.mark.parametrize("day_breaks", [False, True])
+def test_older_negatives_open_the_prompt_as_they_open_the_training_window(setup, day_breaks):
+    """`prompt.older_negatives`: the prompt shows the last events and, before them, the user's last
+    negatives from before those events; the training window over the same events opens with the
+    same negatives, token for token, with no loss and no day break on them."""
+    _, hf, sid, _, log = setup
+    if day_breaks:
+        cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, bpe_vocab_size=300)
+        _, hf, _ = build_policy(cfg, sid, synthetic_items(sid), [], device="cpu", day_token=True)
+    ctx = log[log.user_id == 1].iloc[:N_CONTEXT].copy()
+    ctx["ts"] = 1_000_000 + np.arange(N_CONTEXT) * 30_000  # about three events a day: day breaks to place
+    n_shown, n_older = 10, 3
+    recent, negs = ctx.iloc[-n_shown:], ctx[ctx.feedback < 0]
+    assert len(negs) - (recent.feedback < 0).sum() > n_older  # more older negatives than are shown
+    row = {"user_id": 1, "cut_ts": int(ctx.ts.iloc[-1]) + 30_000, "mixed_items": recent.item_id.to_numpy(),
+           "mixed_feedback": recent.feedback.to_numpy(), "mixed_ts": recent.ts.to_numpy(),
+           "neg_items": negs.item_id.to_numpy(), "neg_ts": negs.ts.to_numpy()}
+    cfg = PromptConfig(format="compact", max_events=n_shown, older_negatives=n_older, day_breaks=day_breaks)
+    builder = PromptBuilder(cfg, sid, None, hf)
+    codec = CompactCodec(sid, hf, day_breaks=day_breaks, older_negatives=n_older)
+    older = negs[negs.ts < recent.ts.iloc[0]].item_id.to_numpy()[-n_older:]
+    assert builder.timeline_events(row)[:n_older] == [(int(i), -1) for i in older]
+    assert builder.timeline_events(row)[n_older:] == list(zip(recent.item_id.tolist(), recent.feedback.tolist()))
+    ids = hf(builder.build(row))["input_ids"]
+    window, weights = timeline_windows(ctx, None, codec, n_shown, other_weight=1.0)[0]  # the latest window
+    assert window.tolist() == ids[:-1]
+    head = len(codec.prefix_ids) + n_older * codec.tokens_per_event
+    assert ids[len(codec.prefix_ids):head] == [t for i in older for t in codec.event_ids(i, -1)]
+    assert not weights[:head].any() and weights[head:].any()
+    assert (DAY_TOKEN in builder.build(row)) == day_breaks
+    plain = timeline_windows(ctx, None, CompactCodec(sid, hf, day_breaks=day_breaks), n_shown, other_weight=1.0)
+    assert [len(w) for w, _ in plain][-1] == len(timeline_windows(ctx, None, codec, n_shown, 1.0)[-1][0])  # none before the first
 
 
 def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
