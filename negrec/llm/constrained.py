@@ -234,6 +234,24 @@ def _batches(n: int, size: int):
 TREE_ATTENTION = ("sdpa", "eager")
 
 
+def _shares_prompt_cache(model, cache) -> bool:
+    """Whether a prompt's beams can share its KV cache (`_tree_step`): the attention must apply a
+    custom 4D mask as given, the cache must crop back to the prompt, and no sliding window may hide
+    part of the prompt from the beams (the mask would show it)."""
+    cfg = model.config
+    sliding = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    return (getattr(cfg, "_attn_implementation", None) in TREE_ATTENTION and not sliding
+            and bool(getattr(cache, "is_croppable", True)) and hasattr(cache, "crop"))
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (a PEFT wrapper passes it on)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 @torch.no_grad()
 def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_beams: int, exclude,
                        tree: bool | None = None):
@@ -244,9 +262,10 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     prefills. Here each prompt is prefilled once and the L + 1 decoding steps (L SID tokens, then
     EOS) run on its KV cache. With `tree` (the default where the attention takes a 4D mask) the
     beams share that cache: each step feeds every beam's tokens at once, each attending to the prompt
-    and to its own beam (`_tree_step`), and the cache is cropped back to the prompt; without it the
-    cache is repeated for the beams and reordered every step, which copies it each time (3 to 4
-    times slower at 50 beams, 4 times more at 150). The scores are what `generate` computes with
+    and to its own beam (`_tree_step`), and the cache is cropped back to the prompt; without it
+    (`tree=False`, or a model `_shares_prompt_cache` refuses) the cache is repeated for the beams and
+    reordered every step, which copies it each time (bench_decode.py: 4 to 5 times slower on the tiny
+    model at 50 and 150 beams, 1.4 and 2.7 times on SmolLM2-135M). The scores are what `generate` computes with
     length_penalty=0: the sum of the raw token log-probabilities, EOS included, with disallowed
     tokens masked out (tests check the engines agree).
     Returns (items (P, num_beams), scores (P, num_beams)); -1 / -inf where the trie has fewer
@@ -254,12 +273,12 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     """
     P = input_ids.shape[0]
     device = input_ids.device
-    if tree is None:
-        tree = getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION
     dead = constraint.dead_node_keys(exclude).to(device) if exclude is not None else None
     pos = (attn.long().cumsum(-1) - 1).clamp_(min=0)
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
     cache, next_pos = out.past_key_values, attn.long().sum(-1)  # (P,) position of the first new token
+    if tree is None:
+        tree = _shares_prompt_cache(model, cache)
     logp = torch.log_softmax(out.logits[:, -1].float(), -1)
     V = logp.shape[1]
     prompt_of_row = torch.arange(P, device=device)
@@ -310,10 +329,11 @@ def _tree_step(model, cache, attn, next_pos, beams) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, torch.finfo(dtype).min)
     last = torch.arange(B, device=device) * n + n - 1
+    keep = {"logits_to_keep": last} if _keeps_logits(model) else {}  # else every fed token's logits, then these
     out = model(input_ids=beams.reshape(P, B * n), attention_mask=mask[:, None], position_ids=next_pos[:, None] + step,
-                past_key_values=cache, use_cache=True, logits_to_keep=last)
+                past_key_values=cache, use_cache=True, **keep)
     cache.crop(-B * n)  # negative: tokens to drop (a positive length is refused by newer transformers)
-    return out.logits.reshape(P * B, -1)
+    return (out.logits if keep else out.logits[:, last]).reshape(P * B, -1)
 
 
 @torch.no_grad()

@@ -141,6 +141,28 @@ def test_beams_sharing_the_prompt_cache_match_beams_with_copies_of_it(tiny_polic
     assert [[i for i, _ in r] for r in ranked[0]] == [[i for i, _ in r] for r in ranked[1]]
 
 
+def test_the_shared_cache_is_left_to_models_it_suits(tiny_policy, monkeypatch):
+    """A sliding window or flash attention would see the 4D mask differently: those models keep
+    copies of the cache. A forward without `logits_to_keep` gets the same beams from all logits."""
+    import negrec.llm.constrained as C
+
+    model, hf, sid_tok, _ = tiny_policy
+    c = SidConstraint(sid_tok, hf)
+    ids, attn = C.encode_prompts(hf, ["a user", "user 7 dislikes red night story"], "cpu")
+    cache = model.eval()(input_ids=ids, attention_mask=attn, use_cache=True).past_key_values
+    assert C._shares_prompt_cache(model, cache) and C._keeps_logits(model)
+    for change in ({"use_sliding_window": True, "sliding_window": 4}, {"_attn_implementation": "flash_attention_2"}):
+        with monkeypatch.context() as m:
+            for k, v in change.items():
+                m.setattr(model.config, k, v)
+            assert not C._shares_prompt_cache(model, cache)
+    shared = C._cached_beam_batch(model, c, ids, attn, 16, None, tree=True)
+    monkeypatch.setattr(C, "_keeps_logits", lambda model: False)
+    all_logits = C._cached_beam_batch(model, c, ids, attn, 16, None, tree=True)
+    assert torch.equal(shared[0], all_logits[0])
+    torch.testing.assert_close(shared[1], all_logits[1], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("engine", ["cached", "generate"])
 def test_beam_search_ignores_model_generation_defaults(tiny_policy, engine):
     model, hf, sid_tok, _ = tiny_policy
