@@ -279,6 +279,7 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     cache, next_pos = out.past_key_values, attn.long().sum(-1)  # (P,) position of the first new token
     if tree is None:
         tree = _shares_prompt_cache(model, cache)
+    keep_logits = tree and _keeps_logits(model)  # once per batch: a signature lookup, not per step
     logp = torch.log_softmax(out.logits[:, -1].float(), -1)
     V = logp.shape[1]
     prompt_of_row = torch.arange(P, device=device)
@@ -297,7 +298,7 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
         generated = torch.cat([generated[src], token], 1)
         scores, prompt_of_row = top.view(-1), prompt_of_row[src]
         if tree:
-            logits = _tree_step(model, cache, attn, next_pos, generated.view(P, num_beams, -1))
+            logits = _tree_step(model, cache, attn, next_pos, generated.view(P, num_beams, -1), keep_logits)
         else:
             if t == 0:
                 cache.batch_repeat_interleave(num_beams)
@@ -315,11 +316,12 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     return items.view(P, num_beams), scores.view(P, num_beams)
 
 
-def _tree_step(model, cache, attn, next_pos, beams) -> torch.Tensor:
+def _tree_step(model, cache, attn, next_pos, beams, keep_logits: bool) -> torch.Tensor:
     """Logits after the last token of each beam, (P * B, V), for beams (P, B, n) of generated tokens:
     the B * n tokens of a prompt's beams go in as one sequence after its cached prompt, a 4D mask
     letting each token see the prompt (`attn`) and the tokens before it in its own beam, at the
-    positions it would have in its own sequence. The cache is cropped back to the prompt after."""
+    positions it would have in its own sequence. The cache is cropped back to the prompt after.
+    `keep_logits`: the forward takes `logits_to_keep` (`_keeps_logits`)."""
     P, B, n = beams.shape
     T, device = attn.shape[1], beams.device
     step = torch.arange(n, device=device).repeat(B)  # each fed token's place in its beam
@@ -329,7 +331,7 @@ def _tree_step(model, cache, attn, next_pos, beams) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, torch.finfo(dtype).min)
     last = torch.arange(B, device=device) * n + n - 1
-    keep = {"logits_to_keep": last} if _keeps_logits(model) else {}  # else every fed token's logits, then these
+    keep = {"logits_to_keep": last} if keep_logits else {}  # else every fed token's logits, then these
     out = model(input_ids=beams.reshape(P, B * n), attention_mask=mask[:, None], position_ids=next_pos[:, None] + step,
                 past_key_values=cache, use_cache=True, **keep)
     cache.crop(-B * n)  # negative: tokens to drop (a positive length is refused by newer transformers)
