@@ -136,8 +136,8 @@ class SFTStageConfig:
 # section out, as configs/generic.yaml does, trains as the default run does. The base class's
 # defaults are what the two sections share.
 ALIGN_PHASES = (  # the stepwise 4-choice alone until the lookup forms, then all three tasks
-    {"tasks": ["choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 3e-3, "item_repeats": 2},
-    {"tasks": ["text_to_sid", "sid_to_text", "choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 3e-3,
+    {"tasks": ["choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 1e-3, "item_repeats": 2},
+    {"tasks": ["text_to_sid", "sid_to_text", "choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 1e-3,
      "item_repeats": 2},
 )
 
@@ -146,6 +146,7 @@ ALIGN_PHASES = (  # the stepwise 4-choice alone until the lookup forms, then all
 class SFTAlignConfig(SFTStageConfig):
     """Section `sft_align`: item-level alignment in the timeline loop, budgets in steps."""
     max_steps: int = 3200
+    learning_rate: float = 2e-3
     batch_size: int = 32
     phases: list[dict] = field(default_factory=lambda: [dict(p) for p in ALIGN_PHASES])
 
@@ -490,7 +491,7 @@ def _loss_curve(trainer) -> list[float]:
 
 
 def _warn_pretrained_rate(model_cfg: ModelConfig, cfg: SFTStageConfig, task: str) -> None:
-    """The shipped configs' rates (3e-3 to 5e-3) suit the tiny model trained from scratch; at them a
+    """The shipped configs' rates (1e-3 to 3e-3) suit the tiny model trained from scratch; at them a
     pretrained LM's loss rises (SmolLM2: 21 -> 38 in 3 steps), so say so before the stage runs
     (not when only the new token rows train: sid_embeddings_only)."""
     rate = max([cfg.learning_rate] + [float(p.get("learning_rate", cfg.learning_rate)) for p in cfg.phases])
