@@ -134,14 +134,15 @@ def _write_candidate_scores(path: Path, cands: pd.DataFrame, scores: np.ndarray)
 
 # ---------------------------------------------------------------- predict
 def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: EvalConfig, prompt_cfg,
-                        cands: pd.DataFrame | None = None, shard=None) -> tuple[pd.DataFrame, np.ndarray | None]:
+                        cands: pd.DataFrame | None = None, shard=None,
+                        dtype: str = "auto") -> tuple[pd.DataFrame, np.ndarray | None]:
     """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate.
 
     With a `shard` (`negrec.eval.data_parallel.current_shard()`) this process ranks its share of the
     rows on its own device; rank 0 returns the merged result, the others (None, None)."""
     from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy, score_items
 
-    model, hf_tok, sid_tok = load_policy(policy_dir, device=shard.device if shard else None)
+    model, hf_tok, sid_tok = load_policy(policy_dir, device=shard.device if shard else None, dtype=dtype)
     constraint = SidConstraint(sid_tok, hf_tok)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
     start, end = shard.span(len(samples), cfg.batch_size) if shard else (0, len(samples))
@@ -187,10 +188,12 @@ def run_predict(raw: dict, run_dir) -> dict:
 
 
 def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
+    from ..llm.model import ModelConfig
     from ..llm.prompts import prompt_config
 
     cfg = section_config(EvalConfig, raw, "eval")
     prompt_cfg = prompt_config(raw)
+    dtype = section_config(ModelConfig, raw, "model").dtype  # the precision the policy was built in
     writes = shard is None or shard.is_main
     prepared, samples, cands = _eval_rows(run_dir, cfg)
     if writes:
@@ -212,7 +215,7 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
             continue
         seen[digest] = name
         t0 = time.perf_counter()
-        pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands, shard)
+        pred, cand_scores = predict_with_policy(path, prepared, samples, cfg, prompt_cfg, cands, shard, dtype)
         if not writes:
             continue
         write_parquet(out / "predictions" / f"{name}.parquet", with_original_ids(pred, prepared.id_maps))

@@ -734,10 +734,12 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
 def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path], list[float]] | None:
     """`model_dir -> per-user validation Recall@10` on the rows sft_next picks its epoch on (its
     validation users' valid cuts, scored as it scores them); None when the log has no such rows."""
+    from negrec.llm.model import ModelConfig
     from negrec.train.sft import sft_config
     from negrec.train.timeline import validation_recalls, validation_rows
 
     sft = sft_config(raw, "next")
+    dtype = section_config(ModelConfig, raw, "model").dtype
     horizon = sft.horizon or prepared.main_horizon
     rows = validation_rows(prepared.samples["valid"], horizon, sft.val_rows, sft.seed)
     if not rows:
@@ -753,7 +755,7 @@ def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path],
         # ranks, a collective the other ranks (waiting in ranks_meet) never join: this copy loads
         # whole on the main process. The next stage's GRPOConfig sets the config again before its model.
         unset_hf_deepspeed_config()
-        model = load_policy(model_dir)[0].eval()  # as `negrec predict` loads it (an unmerged adapter too)
+        model = load_policy(model_dir, dtype=dtype)[0].eval()  # as `negrec predict` loads it (an unmerged adapter too)
         return validation_recalls(model, hf_tok, sid_tok, builder, rows, horizon, num_beams=sft.val_beams).tolist()
 
     return validate

@@ -532,7 +532,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     work = work_dir(run_dir, name)
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
     trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir)
-    model, hf_tok, sid_tok = load_policy(init)
+    model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype)  # model.dtype: auto is bf16 on CUDA only
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
         t = trainable_summary(model)

@@ -51,3 +51,29 @@ def test_predict_reuses_a_byte_identical_policy(policy_run, tmp_path, capsys, pe
         pd.testing.assert_frame_equal(pd.read_parquet(run / "eval" / "candidates" / "grpo.parquet"),
                                       pd.read_parquet(run / "eval" / "candidates" / "sft_next.parquet"), check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(run / "eval" / "predictions.parquet"), grpo, check_exact=True)
+
+
+def test_predict_loads_the_policy_in_the_configured_model_dtype(policy_run, tmp_path, monkeypatch):
+    """model.dtype reaches predict's policy load: `auto` is bf16 on CUDA, so a GPU user who sets
+    float32 must rank in float32 (predict once loaded every policy with `auto`)."""
+    import negrec.llm
+    from negrec.config import load_config
+    from negrec.contract import mark_done
+    from negrec.eval.run import run_predict
+
+    run = tmp_path / "run"
+    shutil.copytree(policy_run, run)
+    raw = load_config(str(CONFIG), [*tiny_overrides(), "eval.policies=[sft_next]", "eval.max_users=4",
+                                    "eval.batch_size=4", "model.dtype=bfloat16"])
+    for stage in ("build-model", "sft-next"):  # the same files, marked under the new model section
+        mark_done(raw, run, stage)
+    loaded, real = [], negrec.llm.load_policy
+
+    def recording_load(path, device=None, dtype="auto"):
+        loaded.append(dtype)
+        return real(path, device=device, dtype=dtype)
+
+    monkeypatch.setattr(negrec.llm, "load_policy", recording_load)
+    run_predict(raw, run)
+    assert loaded == ["bfloat16"]
+    assert pd.read_parquet(run / "eval" / "predictions" / "sft_next.parquet")["user_id"].nunique() == 4

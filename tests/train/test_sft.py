@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from negrec.llm.constrained import SidConstraint, constrained_beam_search, constrained_sample
-from negrec.llm.model import ModelConfig, build_policy, save_policy
+from negrec.llm.model import ModelConfig, build_policy, load_policy, save_policy
 from negrec.llm.prompts import PromptBuilder, PromptConfig
 from negrec.tokenizer import SemanticIdTokenizer
 from negrec.llm.evaluation import alignment_accuracy
 from negrec.llm.prompts import alignment_examples, next_negative_examples
 from negrec.contract import mark_done
+from negrec.io import read_json
 from negrec.train.sft import SFTStageConfig, run_sft, train_sft
 
 N_ITEMS = 32
@@ -229,6 +230,27 @@ def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_pre
     # 13 steps teach nothing: the summary and the log say so, naming the tasks
     assert "sid_to_text" in {x.split()[0] for x in s["alignment_not_learnt"]}, s["alignment"]
     assert "[sft_align] warning: not clearly above chance after training: " in capsys.readouterr().out
+
+
+def test_the_stage_trains_in_the_configured_model_dtype(subset, ml100k_prepared, tmp_path, monkeypatch):
+    """model.dtype is the precision the SFT trains in, not only the one build-model writes: `auto` is
+    bf16 on CUDA, so a GPU user who sets float32 must get float32 (the stage once loaded with `auto`)."""
+    import negrec.train.sft as sft_module
+
+    loaded = []
+
+    def recording_load(path, device=None, dtype="auto"):
+        loaded.append(dtype)
+        return load_policy(path, device="cpu", dtype=dtype)
+
+    monkeypatch.setattr(sft_module, "load_policy", recording_load)
+    raw = {"model": {"dtype": "bfloat16"},
+           "sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 2, "batch_size": 8, "phases": [],
+                         "eval_items": 0}}
+    run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
+    run_sft(raw, run, task="align")
+    assert loaded == ["bfloat16"]
+    assert read_json(run / "sft_align" / "final" / "config.json")["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("phase, message", [
