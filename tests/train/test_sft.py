@@ -184,8 +184,6 @@ def test_items_of_bare_ids_pass_alignment_through(subset, ml100k_prepared, tmp_p
     s = run_sft(raw, run, task="align")
     assert s["skipped"] and s["steps"] == 0 and "nothing to align" in capsys.readouterr().out
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    from negrec.llm.model import load_policy
-
     after = load_policy(run / "sft_align" / "final")[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     nxt = run_sft(raw, run, task="next")
@@ -351,7 +349,6 @@ def test_like_tokens_take_the_aligned_sid_rows(tmp_path, peft):
     trains the SID rows alone and ends by copying them over, so the SFT starts the like tokens from
     what alignment taught. Under LoRA the token rows live in the base weights (merged on save)."""
     from negrec.config import load_config
-    from negrec.llm.model import load_policy
     from negrec.llm.prompts import like_token
     from negrec.pipeline import run_pipeline
     from tests._tiny_run import CONFIG, tiny_overrides
