@@ -97,15 +97,30 @@ def commands() -> dict[str, Command]:
     out: dict[str, Command] = {}
     for cmd in dict.fromkeys(s.command for s in STAGES):
         group = [s for s in STAGES if s.command == cmd]
-        sections = list(dict.fromkeys(sec for s in group for sec in s.sections))
+        torch_free = all(s.torch_free for s in group)
+        # a stage that imports torch anyway also checks what its inputs were built from (sft reads
+        # prompt and model): a bad field there is named, not reported as a stale input
+        read = group if torch_free else _with_upstream(group)
+        sections = list(dict.fromkeys(sec for s in read for sec in s.sections))
         out[cmd] = Command(cmd, group[0].module, group[0].func, "; ".join(s.help for s in group), sections,
-                           all(s.torch_free for s in group))
+                           torch_free)
     out["pipeline"] = Command("pipeline", "negrec.pipeline", "run_pipeline",
                               "every stage in order, resuming where outputs are up to date", None, False)
     out["status"] = Command("status", "negrec.pipeline", "run_status",
                             "each stage's state in a run folder (done / stale / missing) and why; writes nothing",
                             None, True)
     return out
+
+
+def _with_upstream(group: list[Stage]) -> list[Stage]:
+    """`group` and every stage it reads from, directly or not, in pipeline order."""
+    need, todo = set(), [s.name for s in group]
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo.extend(stage(name).inputs)
+    return [s for s in STAGES if s.name in need]
 
 
 def stage(name: str) -> Stage:

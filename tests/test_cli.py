@@ -58,6 +58,19 @@ def test_a_prompt_longer_than_the_kept_history_is_refused(tmp_path, capsys):
     check_config(load_config(str(cfg), [*older, "data.split.max_history=70"]))
 
 
+@pytest.mark.parametrize("command", [["sft", "--task", "next"], ["grpo"], ["predict"]])
+def test_a_stage_names_a_bad_field_of_what_its_inputs_were_built_from(tmp_path, capsys, command):
+    """sft, grpo and predict read the prompt and model sections that build-model was built from: a bad
+    field there, in the config file, is named in one line (exit 2) before the run folder is made or
+    a stage looks at its inputs (in a finished run folder it came out as a stale build-model)."""
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("prompt:\n  max_events: -3\n")
+    assert main([*command, "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "prompt.max_events must be >= 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_command_leaves_the_process_group_it_joined(monkeypatch, tmp_path):
     """Under a launcher a command, failed or not, leaves the torch.distributed group it joined before
     exit (a gloo group left to the interpreter's teardown aborted a rank now and then); a group

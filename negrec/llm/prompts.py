@@ -73,9 +73,15 @@ def like_token(sid_token: str) -> str:
     return "<p" + sid_token[1:]
 
 
+# The system line of verbose prompts. Compact prompts go without: on the tiny model it was the same
+# 14 tokens in every alignment example, a third of a title -> SID example (README "Prompts")
+VERBOSE_SYSTEM = "You predict which items a user will dislike."
+
+
 @dataclass
 class PromptConfig:
-    system: str = "You predict which items a user will dislike."
+    # unset (null): VERBOSE_SYSTEM under format: verbose, none under compact (see `wrap`)
+    system: str | None = None
     task: str = "Name one item this user will dislike next."
     neg_header: str = "Negative feedback (oldest first):"
     pos_header: str = "Positive feedback (oldest first):"
@@ -109,6 +115,8 @@ class PromptConfig:
     def __post_init__(self):
         if self.format not in PROMPT_FORMATS:
             raise ValueError(f"prompt.format: expected one of {PROMPT_FORMATS}, got {self.format!r}")
+        if self.system is None:
+            self.system = VERBOSE_SYSTEM if self.format == "verbose" else ""
         if self.order not in ("neg_first", "pos_first"):
             raise ValueError(f"prompt.order: expected neg_first or pos_first, got {self.order!r}")
         if self.like_tokens and (self.format != "compact" or not self.feedback_tokens):
@@ -162,11 +170,13 @@ class PromptBuilder:
         return f"{header} {body}"
 
     def wrap(self, user_text: str) -> str:
-        """The final prompt text for an instruction: chat template when available, plain otherwise."""
+        """The final prompt text for an instruction: chat template when available, plain otherwise;
+        no system line (or message) when `system` is empty, as under the compact format."""
+        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         if self.chat:
-            messages = [{"role": "system", "content": self.cfg.system}, {"role": "user", "content": user_text}]
+            messages = [*system, {"role": "user", "content": user_text}]
             return self.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{self.cfg.system}\n{user_text}\n{self.cfg.answer_prefix}"
+        return "\n".join([self.cfg.system] * bool(self.cfg.system) + [user_text, self.cfg.answer_prefix])
 
     # ---- the history prompt -------------------------------------------------------------
     def history_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:

@@ -86,6 +86,23 @@ def test_chat_template_when_tokenizer_has_one(small_sid_tok, row):
     assert plain.endswith("Answer:")
 
 
+def test_compact_prompts_go_without_the_system_line_unless_one_is_set(small_sid_tok):
+    """The alignment prompts (`wrap`) carry the system line under the verbose format only, unless
+    `system` is set: under compact it was the same 14 tokens in every example."""
+    from negrec.llm.model import train_bpe_tokenizer
+    from negrec.llm.prompts import VERBOSE_SYSTEM
+
+    question = "Describe item <a_1><b_2>."
+    assert PromptBuilder(PromptConfig(format="compact"), small_sid_tok).wrap(question) == f"{question}\nAnswer:"
+    assert PromptBuilder(PromptConfig(format="verbose"), small_sid_tok).wrap(question) == f"{VERBOSE_SYSTEM}\n{question}\nAnswer:"
+    own = PromptConfig(format="compact", system="Be brief.")
+    assert PromptBuilder(own, small_sid_tok).wrap(question) == f"Be brief.\n{question}\nAnswer:"
+    hf = train_bpe_tokenizer(["hello world"] * 3, vocab_size=280, min_frequency=1)
+    hf.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    assert PromptBuilder(PromptConfig(format="compact"), small_sid_tok, hf_tokenizer=hf).wrap(question).startswith("<|user|>")
+
+
 def test_stepwise_choice_answers_with_the_first_code_then_the_letter(small_sid_tok):
     """`choose_sid_stepwise`: choose_sid's question, answered as the item's first code and then its
     letter; the distractors' first codes differ from the item's and from each other, so the first
