@@ -152,9 +152,10 @@ class ExportedCodebook:
 
         unique=False: the raw semantic codes (n, semantic_levels), what re-quantisation gives.
         unique=True: full SIDs (n, levels) that collide neither with exported items nor each other:
-        extra_level numbers new items after the existing ones sharing their codes; sinkhorn moves a
-        colliding new item to the nearest free last-level code under its prefix. Rows that cannot
-        be placed (level full) are -1.
+        extra_level numbers new items after the existing ones sharing their codes, and when every
+        number there is taken moves on to the nearest last-level code with a free one; sinkhorn
+        moves a colliding new item to the nearest free last-level code under its prefix. Rows that
+        cannot be placed (every code under the prefix full) are -1.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         raw, _ = self.quantizer.assign(embeddings)
@@ -162,14 +163,16 @@ class ExportedCodebook:
             return raw
         taken = {tuple(c) for c in self.codes.tolist()}
         out = np.full((len(raw), self.levels), -1, dtype=np.int64)
-        sinkhorn = self.manifest["collision"] != "extra_level"
-        residual = self.quantizer.level_residuals(embeddings)[-1] if sinkhorn else None
+        extra = self.manifest["codebook_sizes"][-1] if self.manifest["collision"] == "extra_level" else 0
+        residual = self.quantizer.level_residuals(embeddings)[-1]
         for i, r in enumerate(raw.tolist()):
-            if sinkhorn:  # the free last-level codes nearest to the item's last residual
-                order = np.argsort(((residual[i][None] - self.quantizer.codebooks[-1]) ** 2).sum(1))
-                candidates = ((*r[:-1], int(k)) for k in order)
-            else:  # the next free number after the exported items sharing its codes
-                candidates = ((*r, k) for k in range(self.manifest["codebook_sizes"][-1]))
+            # the last-level codes by nearness to the item's last residual, its own code first
+            near = np.argsort(((residual[i][None] - self.quantizer.codebooks[-1]) ** 2).sum(1)).tolist()
+            order = [r[-1], *(k for k in near if k != r[-1])]
+            if extra:  # the next free number after the exported items sharing the codes
+                candidates = ((*r[:-1], k, j) for k in order for j in range(extra))
+            else:
+                candidates = ((*r[:-1], k) for k in order)
             free = next((c for c in candidates if c not in taken), None)
             if free is not None:
                 out[i] = free

@@ -88,6 +88,10 @@ def test_serving_module_without_torch_or_pandas(export_dir):
         new = cb.assign(np.array([[-1.0, 0.09], [0.05, 1.0]], np.float32))
         assert new.tolist() == [[2, 1, 1], [1, 0, 1]], new
         assert cb.assign(np.array([[-1.0, 0.09]], np.float32), unique=False).tolist() == [[2, 1]]
+        # (1.05, 0.01) -> raw (0, 0), whose two numbers items 10 and 14 hold: the nearest last-level
+        # code with a free number, (0, 1) (item 11 holds (0, 1, 0)); two such items fill it
+        assert cb.assign(np.array([[1.05, 0.01]], np.float32)).tolist() == [[0, 1, 1]]
+        assert cb.assign(np.array([[1.05, 0.01], [1.05, 0.0]], np.float32)).tolist() == [[0, 1, 1], [-1, -1, -1]]
 
         # the user is predicted to dislike item 10 (<a_0><b_0><c_0> -> (1.1, 0))
         disliked = cb.decode(cb.parse(["<a_0><b_0><c_0>"]))
