@@ -343,3 +343,30 @@ def test_pick_policy_ships_the_best_validation_recall_later_on_a_tie():
     assert pick_policy([start, close])["name"] == "sft"
     assert pick_policy([start, same, close])["name"] == "s1"
     assert pick_policy([start, better, close])["name"] == "s2"
+
+
+def test_grpo_validation_loads_each_policy_in_the_configured_model_dtype(monkeypatch, tmp_path):
+    """GRPO's validation ranks as `negrec predict` does, in `model.dtype` ("auto" is bf16 on CUDA
+    whatever the config says)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    import negrec.llm.model as llm_model
+    import negrec.train.timeline as timeline
+    from negrec.train.grpo import validator
+
+    loaded = []
+
+    class Policy:
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(llm_model, "load_policy", lambda path, dtype="auto": loaded.append((path, dtype)) or (Policy(), None, None))
+    monkeypatch.setattr(timeline, "validation_recalls", lambda model, *a, **k: np.array([0.5]))
+    valid = pd.DataFrame({"user_id": [1, 2], "future_neg_h7": [[3], []]})
+    prepared = SimpleNamespace(samples={"valid": valid}, main_horizon=7)
+    validate = validator({"model": {"dtype": "float32"}}, prepared, None, None, None)
+    assert validate(tmp_path / "stage0") == [0.5]
+    assert loaded == [(tmp_path / "stage0", "float32")]
