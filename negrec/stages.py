@@ -88,7 +88,7 @@ class Command:
     module: str
     func: str
     help: str
-    sections: list | None       # None: every section
+    sections: list | None       # checked before it runs (a torch command: its inputs' too); None: every section
     torch_free: bool
 
 
