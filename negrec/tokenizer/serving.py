@@ -158,17 +158,14 @@ class ExportedCodebook:
         cannot be placed (every code under the prefix full) are -1.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        raw, _ = self.quantizer.assign(embeddings)
+        raw, residual = self.quantizer.assign(embeddings)  # residual: what entered the last level
         if not unique:
             return raw
         taken = {tuple(c) for c in self.codes.tolist()}
         out = np.full((len(raw), self.levels), -1, dtype=np.int64)
         extra = self.manifest["codebook_sizes"][-1] if self.manifest["collision"] == "extra_level" else 0
-        residual = self.quantizer.level_residuals(embeddings)[-1]
         for i, r in enumerate(raw.tolist()):
-            # the last-level codes by nearness to the item's last residual, its own code first
-            near = np.argsort(((residual[i][None] - self.quantizer.codebooks[-1]) ** 2).sum(1)).tolist()
-            order = [r[-1], *(k for k in near if k != r[-1])]
+            order = self._last_codes_by_nearness(r[-1], residual[i])
             if extra:  # the next free number after the exported items sharing the codes
                 candidates = ((*r[:-1], k, j) for k in order for j in range(extra))
             else:
@@ -178,6 +175,13 @@ class ExportedCodebook:
                 out[i] = free
                 taken.add(tuple(out[i]))
         return out
+
+    def _last_codes_by_nearness(self, own: int, residual: np.ndarray):
+        """The last level's codes, the item's own first, then by nearness to its last residual
+        (sorted only when the own code is full: the common case never needs it)."""
+        yield own
+        dist = ((residual[None] - self.quantizer.codebooks[-1]) ** 2).sum(1)
+        yield from (int(k) for k in np.argsort(dist) if k != own)
 
     def decode(self, codes: np.ndarray, space: str = "latent") -> np.ndarray:
         """SID codes (n, levels or semantic_levels) -> embeddings: the sum of the picked centroids.
