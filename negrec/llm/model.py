@@ -30,6 +30,7 @@ from negrec.runtime import resolve_device
 
 SID_TOKENIZER_DIR = "sid_tokenizer"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = ("auto", "bf16-mixed", "float32", "bfloat16", "float16")  # model.dtype: see pick_dtype
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
@@ -48,7 +49,7 @@ class ModelConfig:
     bpe_min_frequency: int = 2
     sid_init: str = "text_mean"   # text_mean | centroid | random
     seed: int = 0
-    dtype: str = "auto"           # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    dtype: str = "auto"           # auto | bf16-mixed | float32 | bfloat16 | float16: see pick_dtype
     # PEFT for the training stages (sft_align, sft_next, grpo), not for build-model: mode none | lora |
     # sid_embeddings_only, r, alpha, dropout, target_modules, train_new_tokens, merge (negrec.llm.peft)
     peft: PeftSettings = field(default_factory=PeftSettings)
@@ -60,12 +61,35 @@ class ModelConfig:
             raise ValueError(f"model.sid_init: expected text_mean, centroid or random, got {self.sid_init!r}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("model: hidden_size must divide by num_heads, num_heads by num_kv_heads")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
-def pick_dtype(name: str = "auto", device: str | torch.device | None = None) -> torch.dtype:
+def pick_dtype(name: str = "auto", device: str | torch.device | None = None, training: bool = False) -> torch.dtype:
+    """The dtype the weights are held in (`model.dtype`). `auto`: for build-model and predict bf16 on
+    CUDA, fp32 on CPU; for the training stages (`training`) fp32 master weights, the forward and
+    backward in bf16 autocast on CUDA (`training_autocast`), as Trainer's bf16=True does with fp32
+    weights. In pure bf16 AdamW's small updates round away: the tiny model's first alignment phase
+    ends at SID -> title 0.23 in bf16 weights on a CPU, 0.98 in fp32 and in bf16 autocast over fp32
+    weights (benchmarks/bench_precision.py; 0.14 in bf16 weights on an H200).
+    `bf16-mixed`: fp32 weights everywhere, bf16 autocast in training on any device. A named dtype:
+    that dtype throughout (bfloat16 halves the memory of a large model)."""
+    if name == "bf16-mixed" or (name == "auto" and training):
+        return torch.float32
     if name == "auto":
         return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def training_autocast(name: str = "auto", device: str | torch.device | None = None) -> torch.dtype | None:
+    """The autocast dtype of the training stages' forward and backward under `model.dtype` `name`:
+    bf16 under `bf16-mixed`, and under `auto` on a CUDA device that has it; None (no autocast) else."""
+    if name == "bf16-mixed":
+        return torch.bfloat16
+    dev = resolve_device(device)
+    if name == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 # ---- tokenizer and model construction ------------------------------------------------
@@ -320,8 +344,9 @@ def write_model_card(out_dir: Path, info: dict) -> None:
     (Path(out_dir) / "README.md").write_text("\n".join(lines))
 
 
-def load_policy(path: str | Path, device=None, dtype: str = "auto"):
-    """(model, hf_tokenizer, sid_tokenizer) saved by `save_policy` (or a Trainer checkpoint beside one)."""
+def load_policy(path: str | Path, device=None, dtype: str = "auto", training: bool = False):
+    """(model, hf_tokenizer, sid_tokenizer) saved by `save_policy` (or a Trainer checkpoint beside one),
+    in `pick_dtype(dtype, device, training)`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from negrec.tokenizer import SemanticIdTokenizer
@@ -332,7 +357,7 @@ def load_policy(path: str | Path, device=None, dtype: str = "auto"):
     device = resolve_device(device)
     hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     hf_tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device, training), local_files_only=True)
     adapter = unmerged_adapter(path)
     if adapter is not None:  # saved with model.peft.merge: false: base weights + adapter/
         model = attach_adapter(model, adapter)

@@ -284,6 +284,7 @@ class GRPORun:
     peft: object = None  # negrec.llm.peft.PeftSettings with mode lora; None: full fine-tuning (or token_rows_only)
     validate: Callable[[Path], Sequence[float]] | None = None  # model folder -> per-user validation recall
     token_rows_only: bool = False  # model.peft.mode: sid_embeddings_only (the LLM frozen, the new token rows train)
+    dtype: str = "auto"  # model.dtype: the weights' precision in training (negrec.llm.model.pick_dtype)
 
 
 def _load_grpo_tokenizer(sft_dir: Path):
@@ -312,6 +313,7 @@ def train_progressive_grpo(
     run_key: str = "",
     peft=None,
     validate: Callable[[Path], Sequence[float]] | None = None,
+    model_dtype: str = "auto",
 ) -> dict:
     """Run the GRPO stages from the SFT policy in `sft_dir`; resume from `out_dir/progress.json`.
 
@@ -328,6 +330,8 @@ def train_progressive_grpo(
     `validate(model_dir) -> per-user recalls` (main process only; None on the others) scores the SFT
     start and each stage's end for `grpo.select: validation`; the summary's `kept` names the policy
     to ship (`kept["model"]`), `out_dir/final` stays the last stage's.
+    `model_dtype` (model.dtype) is the precision the weights train in (`pick_dtype(..., training=True)`:
+    fp32 under auto; `cfg.bf16` runs the forward and backward in bf16 autocast).
     Returns a summary dict; the last stage's model is in `out_dir/final`.
     """
     out_dir, sft_dir = Path(out_dir), Path(sft_dir)
@@ -347,7 +351,7 @@ def train_progressive_grpo(
     run = GRPORun(cfg, sft_dir, out_dir, samples, build_prompt, reward_funcs, reward_weights, sid_constraint,
                   completion_length, _load_grpo_tokenizer(sft_dir), ProgressStore(out_dir, fingerprint),
                   Path(tb_dir) if tb_dir else None, stop_after_steps, None if rows_only else peft,
-                  validate if cfg.select == "validation" else None, token_rows_only=rows_only)
+                  validate if cfg.select == "validation" else None, token_rows_only=rows_only, dtype=model_dtype)
     plan = stage_plan(cfg)
     summary = {"stages": [], "progressive": cfg.progressive, "generation": cfg.generation}
     t0 = time.time()
@@ -430,9 +434,10 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
                    stage_dir: Path):
     """The stage's SidGRPOTrainer (prompts at the stage's context, policy from `policy_dir`) and its
     StopAfterSteps callback (None unless `stop_after_steps`)."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
+
+    from negrec.llm.model import pick_dtype
 
     from negrec.llm.peft import peft_config
     from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
@@ -445,7 +450,9 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
                      reward_weights=run.reward_weights)
     # PEFT: every stage wraps the SFT policy in a fresh adapter (TRL's reference: adapters disabled)
     base_dir = run.sft_dir if run.peft else policy_dir
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16 if use_bf16(cfg) else torch.float32)
+    # fp32 master weights unless model.dtype names another (bf16 weights: AdamW's small updates round away);
+    # grpo.bf16 runs the forward and backward in bf16 autocast
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=pick_dtype(run.dtype, training=True))
     # TRL builds the KL reference from config._name_or_path: point it at the SFT policy, so
     # every stage is anchored to SFT (not to the previous stage).
     model.config._name_or_path = str(run.sft_dir)
@@ -679,7 +686,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
 
     run_dir = Path(run_dir)
     cfg = section_config(ProgressiveGRPOConfig, raw, "grpo")
-    peft = section_config(ModelConfig, raw, "model").peft
+    model_cfg = section_config(ModelConfig, raw, "model")
+    peft = model_cfg.peft
     if plain:
         cfg = dataclasses.replace(cfg, progressive=False)
     reward_cfg = section_config(RewardConfig, raw, "rewards")
@@ -710,7 +718,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
         completion_length=cfg.max_completion_length or sid_tok.levels + 1,
         out_dir=work, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps,
-        run_key=fingerprint(raw, run_dir, stage), peft=peft, validate=validate if is_main_process() else None)
+        run_key=fingerprint(raw, run_dir, stage), peft=peft, validate=validate if is_main_process() else None,
+        model_dtype=model_cfg.dtype)
     if "stopped_at" in summary:
         return summary
     summary.update({"policy": str(policy), "train_rows": len(rows), "horizon": reward_cfg.horizon,

@@ -29,7 +29,7 @@ from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
 from negrec.data.prepare import cuts_at_day_start
 from negrec.io import read_json, write_json
 from negrec.llm.evaluation import alignment_accuracy, alignment_line, unlearnt_tasks
-from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_policy, save_policy
+from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_policy, save_policy, training_autocast
 from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, aligned_item_ids, alignment_examples, can_align,
                                 labelled_items, next_negative_examples, prompt_config)
@@ -216,7 +216,8 @@ def check_tasks(tasks, where: str) -> None:
 
 
 # ---- timeline training ------------------------------------------------------------------
-def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float) -> dict:
+def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float,
+                  autocast=None) -> dict:
     """`sft --task next` in timeline mode (see `negrec.train.timeline`)."""
     from negrec.llm.prompts import compact_codec
     from negrec.train.timeline import (example_windows, timeline_windows, train_timeline, training_log,
@@ -253,7 +254,7 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
     fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned, loss_ids=loss_ids,
                          reshuffle=windows_of if cfg.shuffle_within_day else None,
                          ckpt_path=work / "timeline_checkpoint.pt", resume_key=fingerprint(raw, run_dir, "sft-next"),
-                         tb_dir=run_dir / "tb" / "sft_next")
+                         tb_dir=run_dir / "tb" / "sft_next", autocast=autocast)
     summary = {"task": "next", "mode": "timeline", "windows": len(windows), "tokens": n_tok,
                "alignment_examples": len(aligned),
                "tokens_per_event": codec.tokens_per_event, "window_events": cfg.window_events,
@@ -278,7 +279,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
 
 
 # ---- training ------------------------------------------------------------------------
-def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float) -> dict:
+def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw: dict, init: str, t0: float,
+                    autocast=None) -> dict:
     """`sft --task align` in timeline mode: the item-level alignment examples trained in the timeline
     SFT's own token loop (`train_timeline`, loss on the answer only, no validation: the last epoch is
     kept) instead of TRL's SFTTrainer. On the tiny from-scratch model that is what makes alignment fast
@@ -295,7 +297,7 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     key, phases = fingerprint(raw, run_dir, "sft-align"), []
     for k, phase in enumerate([first, *cfg.phases]):
         phases.append(_align_phase(model, hf_tok, sid_tok, builder, data, replace(cfg, **phase), k,
-                                   len(cfg.phases) + 1, work, key, run_dir / "tb" / "sft_align"))
+                                   len(cfg.phases) + 1, work, key, run_dir / "tb" / "sft_align", autocast))
     last = phases[-1]
     summary = {"task": "align", "mode": "timeline", "examples": last["examples"], "per_task": last["per_task"],
                "init_from": init, "steps": sum(p["steps"] for p in phases), "epochs_run": sum(p["epochs_run"] for p in phases),
@@ -328,7 +330,8 @@ def _nothing_to_align(raw: dict, run_dir: Path, model, hf_tok, sid_tok, init: st
     return summary
 
 
-def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, work: Path, key: str, tb_dir: Path) -> dict:
+def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, work: Path, key: str, tb_dir: Path,
+                 autocast=None) -> dict:
     """Phase k of the alignment loop: its tasks' examples (distractors drawn afresh per phase), trained
     for its step budget; with more than one phase, what the model then knows is measured after each."""
     from negrec.train.timeline import example_windows, train_timeline
@@ -347,7 +350,7 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
     suffix = "" if k == 0 else f"_{k + 1}"  # phase 1 keeps the one-phase stage's checkpoint name
     fit = train_timeline(model, hf_tok, sid_tok, windows, [], builder, cfg, horizon=0,
                          ckpt_path=work / f"timeline_checkpoint{suffix}.pt", resume_key=f"{key}{suffix}",
-                         tb_dir=tb_dir / f"phase{k + 1}" if n > 1 else tb_dir)
+                         tb_dir=tb_dir / f"phase{k + 1}" if n > 1 else tb_dir, autocast=autocast)
     out = {"tasks": list(cfg.tasks), "examples": len(examples), "per_task": counts, "steps": fit["steps"],
            "epochs_run": fit["epochs_run"], "learning_rate": cfg.learning_rate,
            "loss_curve": [h["train_loss"] for h in fit["history"]]}
@@ -532,7 +535,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     work = work_dir(run_dir, name)
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
     trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir)
-    model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype)  # model.dtype: auto is bf16 on CUDA only
+    # fp32 master weights under model.dtype auto (bf16 autocast on CUDA), else the named dtype: pick_dtype
+    model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)
+    autocast = training_autocast(model_cfg.dtype, next(model.parameters()).device)
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
         t = trainable_summary(model)
@@ -541,9 +546,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     if task == "align" and not can_align(data.items):
         return _nothing_to_align(raw, run_dir, model, hf_tok, sid_tok, str(init), t0)
     if task == "next" and cfg.mode == "timeline":
-        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0)
+        return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0, autocast)
     if task == "align" and cfg.mode == "timeline":
-        return _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0)
+        return _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0, autocast)
     if task == "align":
         examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
     else:

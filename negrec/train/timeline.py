@@ -21,10 +21,10 @@ each epoch lets a killed run resume. Learning curves go to TensorBoard and into 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -262,11 +262,13 @@ def _resume(saved: dict, key: str, model, opt, sched, state: dict, rng, seed: in
 
 def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, horizon: int,
                    ckpt_path: Path | None = None, resume_key: str = "", tb_dir: Path | None = None,
-                   extra: list | None = None, loss_ids: np.ndarray | None = None, reshuffle=None) -> dict:
+                   extra: list | None = None, loss_ids: np.ndarray | None = None, reshuffle=None,
+                   autocast: torch.dtype | None = None) -> dict:
     """Train on `windows`, select the epoch by validation Recall@10; the model ends at the best epoch.
     `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch;
     `loss_ids` (token ids) restricts the windows' softmax (`weighted_lm_loss`); `reshuffle(rng)`
-    gives each epoch's windows (`timeline_windows` with `shuffle`)."""
+    gives each epoch's windows (`timeline_windows` with `shuffle`); `autocast` (a dtype) runs the
+    forward and backward in it, the weights and AdamW staying in theirs (`negrec.llm.model.training_autocast`)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -285,6 +287,8 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         state, rng = _resume(torch.load(ckpt_path, weights_only=False), resume_key, model, opt, sched, state, rng, cfg.seed)
     writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
+    device_type = next(model.parameters()).device.type
+    mixed = (lambda: torch.autocast(device_type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
     if loss_ids is not None:
         check_loss_targets(windows, np.asarray(loss_ids))
         loss_ids = torch.as_tensor(np.asarray(loss_ids), dtype=torch.long, device=next(model.parameters()).device)
@@ -302,7 +306,8 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         for idx in bar:
             if state["step"] >= total:
                 break
-            loss = batch_loss(model, windows, idx, pad, n_windows, loss_ids)
+            with mixed():
+                loss = batch_loss(model, windows, idx, pad, n_windows, loss_ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

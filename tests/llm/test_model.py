@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from negrec.llm.model import ModelConfig, build_policy, load_policy, save_policy, sid_token_init
+from negrec.llm.model import (ModelConfig, build_policy, load_policy, pick_dtype, save_policy, sid_token_init,
+                              training_autocast)
 
 
 def test_sid_tokens_are_single_tokens_and_embeddings_resized(tiny_policy):
@@ -60,6 +61,21 @@ def test_llama_arch_and_bad_config(small_sid_tok):
     assert type(model).__name__ == "LlamaForCausalLM" and info["sid_tokens_added"] == len(small_sid_tok.all_tokens())
     with pytest.raises(ValueError, match="sid_init"):
         ModelConfig(sid_init="zeros")
+
+
+def test_training_holds_fp32_weights_under_auto_and_bf16_mixed():
+    """`auto` loads bf16 on CUDA for inference but trains fp32 master weights there, in bf16 autocast
+    (bf16 weights lose AdamW's small updates); `bf16-mixed` is that on any device; a named dtype is
+    kept throughout; anything else is refused naming the field."""
+    assert pick_dtype("auto", "cuda") == torch.bfloat16 and pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("auto", "cuda", training=True) == torch.float32
+    assert pick_dtype("bf16-mixed", "cpu") == torch.float32 == pick_dtype("bf16-mixed", "cuda", training=True)
+    assert pick_dtype("bfloat16", "cpu", training=True) == torch.bfloat16
+    assert training_autocast("bf16-mixed", "cpu") == torch.bfloat16
+    assert training_autocast("auto", "cpu") is None and training_autocast("bfloat16", "cpu") is None
+    assert training_autocast("float32", "cpu") is None
+    with pytest.raises(ValueError, match="model.dtype: expected one of auto, bf16-mixed, float32"):
+        ModelConfig(dtype="fp16")
 
 
 def test_smollm2_policy_saves_reloads_and_trains(small_sid_tok, tmp_path, smollm2_gguf):

@@ -345,6 +345,16 @@ def test_pick_policy_ships_the_best_validation_recall_later_on_a_tie():
     assert pick_policy([start, better, close])["name"] == "s2"
 
 
+@pytest.mark.parametrize("model_dtype, saved", [("auto", "float32"), ("bfloat16", "bfloat16")])
+def test_grpo_trains_fp32_weights_under_bf16_unless_model_dtype_names_another(tiny, tmp_path, model_dtype, saved):
+    """grpo.bf16 is autocast over fp32 master weights (the policy was loaded in bf16 whenever bf16 was
+    on, and AdamW's steps at GRPO's rates round away in bf16 weights); model.dtype bfloat16 keeps pure
+    bf16 for a model too large for fp32 weights."""
+    cfg = _cfg(stages=[GRPOStageConfig("one", context_mix=1.0, max_steps=1, beta=0.0)], bf16=True)
+    _run(tiny, cfg, tmp_path / "grpo", model_dtype=model_dtype)
+    assert read_json(tmp_path / "grpo" / "final" / "config.json")["dtype"] == saved
+
+
 def test_grpo_validation_loads_each_policy_in_the_configured_model_dtype(monkeypatch, tmp_path):
     """GRPO's validation ranks as `negrec predict` does, in `model.dtype` ("auto" is bf16 on CUDA
     whatever the config says)."""

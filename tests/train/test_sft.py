@@ -230,25 +230,35 @@ def test_alignment_phases_train_in_order_and_each_is_measured(subset, ml100k_pre
     assert "[sft_align] warning: not clearly above chance after training: " in capsys.readouterr().out
 
 
-def test_the_stage_trains_in_the_configured_model_dtype(subset, ml100k_prepared, tmp_path, monkeypatch):
-    """model.dtype is the precision the SFT trains in, not only the one build-model writes: `auto` is
-    bf16 on CUDA, so a GPU user who sets float32 must get float32 (the stage once loaded with `auto`)."""
+@pytest.mark.parametrize("dtype, saved, autocast", [("bfloat16", "bfloat16", None), ("bf16-mixed", "float32", "bfloat16")])
+def test_the_stage_trains_in_the_configured_model_dtype(subset, ml100k_prepared, tmp_path, monkeypatch, dtype, saved,
+                                                        autocast):
+    """model.dtype is the precision the SFT trains in, not only the one build-model writes: a GPU user
+    who names bfloat16 gets pure bf16 (the stage once loaded with `auto` whatever was set); bf16-mixed
+    (what `auto` is on CUDA) trains fp32 weights with the forward in bf16 autocast."""
     import negrec.train.sft as sft_module
+    import negrec.train.timeline as timeline_module
 
-    loaded = []
+    loaded, autocasts = [], []
+    train_timeline = timeline_module.train_timeline
 
-    def recording_load(path, device=None, dtype="auto"):
-        loaded.append(dtype)
-        return load_policy(path, device="cpu", dtype=dtype)
+    def recording_load(path, device=None, dtype="auto", training=False):
+        loaded.append((dtype, training))
+        return load_policy(path, device="cpu", dtype=dtype, training=training)
+
+    def recording_train(*args, autocast=None, **kw):
+        autocasts.append(None if autocast is None else str(autocast).removeprefix("torch."))
+        return train_timeline(*args, autocast=autocast, **kw)
 
     monkeypatch.setattr(sft_module, "load_policy", recording_load)
-    raw = {"model": {"dtype": "bfloat16"},
+    monkeypatch.setattr(timeline_module, "train_timeline", recording_train)
+    raw = {"model": {"dtype": dtype},
            "sft_align": {"mode": "timeline", "tasks": ["text_to_sid"], "max_steps": 2, "batch_size": 8, "phases": [],
                          "eval_items": 0}}
     run = new_align_run(tmp_path / "run", raw, subset, ml100k_prepared)
     run_sft(raw, run, task="align")
-    assert loaded == ["bfloat16"]
-    assert read_json(run / "sft_align" / "final" / "config.json")["dtype"] == "bfloat16"
+    assert loaded == [(dtype, True)] and autocasts == [autocast]
+    assert read_json(run / "sft_align" / "final" / "config.json")["dtype"] == saved
 
 
 @pytest.mark.parametrize("phase, message", [

@@ -385,6 +385,25 @@ def test_validation_every_second_epoch_and_the_last(setup):
         SFTStageConfig(mode="timeline", val_every=0)
 
 
+def test_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights(setup):
+    """`autocast` (model.dtype auto on CUDA, bf16-mixed anywhere): the layers compute in bf16 while the
+    weights and AdamW stay fp32, so the small updates are not rounded away; without it, fp32 throughout."""
+    model, hf, sid, builder, log = setup
+    codec = CompactCodec(sid, hf)
+    windows = timeline_windows(log[log.user_id <= 8], None, codec, 50, other_weight=1.0)
+    cfg = SFTStageConfig(mode="timeline", epochs=1, learning_rate=1e-3, batch_size=8, resume=False)
+    for autocast, computed in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        m = copy.deepcopy(model).float()
+        before = m.model.layers[0].mlp.down_proj.weight.detach().clone()
+        seen = []
+        hook = m.model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+        train_timeline(m, hf, sid, windows, [], builder, cfg, horizon=7, autocast=autocast)
+        hook.remove()
+        assert seen and set(seen) == {computed}
+        assert {p.dtype for p in m.parameters()} == {torch.float32}
+        assert not torch.equal(m.model.layers[0].mlp.down_proj.weight, before)
+
+
 def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
     """`loss_vocab: sid`: the windows' softmax runs over the SID tokens and EOS alone (what every
     target is, and all constrained decoding leaves); the mixed-in examples keep the full vocabulary."""
