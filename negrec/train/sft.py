@@ -535,8 +535,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     work = work_dir(run_dir, name)
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
     trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir)
-    # fp32 master weights under model.dtype auto (bf16 autocast on CUDA), else the named dtype: pick_dtype
-    model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)
+    model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)  # auto: fp32 master weights
     autocast = training_autocast(model_cfg.dtype, next(model.parameters()).device)
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
