@@ -14,6 +14,7 @@ for the call), so a checkpoint's `generation_config.json` can't change the decod
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -244,12 +245,32 @@ def _shares_prompt_cache(model, cache) -> bool:
             and bool(getattr(cache, "is_croppable", True)) and hasattr(cache, "crop"))
 
 
-def _keeps_logits(model) -> bool:
-    """Whether the causal LM's forward takes `logits_to_keep` (a PEFT wrapper passes it on)."""
+def _forward_takes(model, name: str) -> bool:
+    """Whether the causal LM's forward takes argument `name` (a PEFT wrapper passes it on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in _forward_parameters(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(cls) -> frozenset:  # once per model class, not per decoding step
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def _keeps_logits(model) -> bool:
+    return _forward_takes(model, "logits_to_keep")
+
+
+def cached(model, cache) -> dict:
+    """The forward's KV-cache argument: `cache` where the forward names it so (transformers 5.24 renamed
+    `past_key_values`, which now warns and goes in 5.40), else `past_key_values`."""
+    return {"cache" if _forward_takes(model, "cache") else "past_key_values": cache}
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (`cached`)."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 @torch.no_grad()
@@ -276,7 +297,7 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     dead = constraint.dead_node_keys(exclude).to(device) if exclude is not None else None
     pos = (attn.long().cumsum(-1) - 1).clamp_(min=0)
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    cache, next_pos = out.past_key_values, attn.long().sum(-1)  # (P,) position of the first new token
+    cache, next_pos = output_cache(out), attn.long().sum(-1)  # (P,) position of the first new token
     if tree is None:
         tree = _shares_prompt_cache(model, cache)
     keep_logits = tree and _keeps_logits(model)  # once per batch: a signature lookup, not per step
@@ -307,7 +328,7 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
                 cache.reorder_cache(src)
                 attn, next_pos = attn[src], next_pos[src]
             attn = torch.cat([attn, attn.new_ones(len(src), 1)], 1)
-            logits = model(input_ids=token, attention_mask=attn, position_ids=next_pos[:, None], past_key_values=cache,
+            logits = model(input_ids=token, attention_mask=attn, position_ids=next_pos[:, None], **cached(model, cache),
                            use_cache=True).logits[:, -1]
             next_pos = next_pos + 1
         logp = torch.log_softmax(logits.float(), -1)
@@ -333,7 +354,7 @@ def _tree_step(model, cache, attn, next_pos, beams, keep_logits: bool) -> torch.
     last = torch.arange(B, device=device) * n + n - 1
     keep = {"logits_to_keep": last} if keep_logits else {}  # else every fed token's logits, then these
     out = model(input_ids=beams.reshape(P, B * n), attention_mask=mask[:, None], position_ids=next_pos[:, None] + step,
-                past_key_values=cache, use_cache=True, **keep)
+                **cached(model, cache), use_cache=True, **keep)
     cache.crop(-B * n)  # negative: tokens to drop (a positive length is refused by newer transformers)
     return (out.logits if keep else out.logits[:, last]).reshape(P * B, -1)
 

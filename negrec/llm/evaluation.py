@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from negrec.llm.constrained import SidConstraint, constrained_beam_search, encode_prompts, pinned_generation_config
+from negrec.llm.constrained import (SidConstraint, cached, constrained_beam_search, encode_prompts, output_cache,
+                                    pinned_generation_config)
 from negrec.llm.prompts import ALIGN_INSTRUCTIONS, CHOICE_LETTERS, PromptBuilder, PromptConfig, answer, choice_example, item_label
 
 
@@ -41,7 +42,7 @@ def _score_batch(model, prompt_ids: list[list[int]], src: np.ndarray, targets: l
     pos = (attn.long().cumsum(-1) - 1).clamp_(min=0)
     first = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
     src_t = torch.as_tensor(src, device=device)
-    cache = first.past_key_values
+    cache = output_cache(first)
     cache.reorder_cache(src_t)  # one copy of the prompt's cache per scored target
     n_t = torch.as_tensor([len(t) for t in targets], device=device)
     width = int(n_t.max())
@@ -56,7 +57,7 @@ def _score_batch(model, prompt_ids: list[list[int]], src: np.ndarray, targets: l
         attn = torch.cat([attn[src_t], fed_mask], 1)
         start = attn[:, : -(width - 1)].long().sum(-1, keepdim=True)
         next_pos = start + torch.arange(width - 1, device=device)
-        rest = model(input_ids=fed, attention_mask=attn, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        rest = model(input_ids=fed, attention_mask=attn, position_ids=next_pos, **cached(model, cache), use_cache=True)
         logits = torch.cat([logits, rest.logits], 1)
     logp = torch.log_softmax(logits.float(), -1).gather(2, target[..., None]).squeeze(-1)
     valid = torch.arange(width, device=device)[None] < n_t[:, None]

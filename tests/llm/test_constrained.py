@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from negrec.llm.constrained import SidConstraint, constrained_beam_search, constrained_sample
+from negrec.llm.constrained import SidConstraint, cached, constrained_beam_search, constrained_sample
 from negrec.tokenizer import SemanticIdTokenizer
 
 
@@ -209,3 +209,15 @@ def test_score_items_reproduces_beam_scores(tiny_policy):
     want = [s for lst in ranked for _, s in lst]
     assert got[:-1] == pytest.approx(want, abs=1e-4)
     assert got[-1] == -np.inf
+
+
+def test_the_kv_cache_goes_under_the_name_the_forward_takes(tiny_policy):
+    """transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns on
+    every decode and goes in 5.40): the decoder passes the cache under the name the model's forward
+    has, the new one on the pinned transformers and the old one for a forward that predates it."""
+    class OldForward(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert list(cached(tiny_policy[0], "kv")) == ["cache"]
+    assert cached(OldForward(), "kv") == {"past_key_values": "kv"}
