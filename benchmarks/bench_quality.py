@@ -8,6 +8,12 @@ and items, candidate accuracy, with 95% CIs over users for Recall@10 and FHR@20;
 of negrec against its rivals (eval/paired.json); the filter curve of the main method; and the goal
 check (negrec's Recall@10 at least 30% above the best baseline's, with the CI of the gap).
 
+GRPO as trained: `grpo.select: validation` ships the SFT start whenever no GRPO stage beats it on the
+validation users, and then GRPO - SFT is 0 on test by construction. So each dataset's run folder is
+copied and GRPO (progressive and plain) rerun with `grpo.select: last`, the same training to its last
+stage, and those policies are paired with the run's SFT and with each other on the same test users
+(`grpo_as_trained` in the JSON): what GRPO does to the policy, whichever way it falls.
+
     python benchmarks/bench_quality.py [--datasets ml100k kuairand] [--set grpo.generation=beam ...]
 
 Stages already done in a run folder are skipped (the pipeline resumes), so a second run only
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import print_table, save_result, score_on_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -35,6 +41,7 @@ DATASETS = {
                                                   "pipeline.skip=[]"]),
     "kuairand": (ROOT / "configs" / "kuairand.yaml", [f"data.path={SHARED / 'kuairand-27k-likehate'}"]),
 }
+AS_TRAINED_METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 SID_POLICIES = ("sft_align", "sft_next", "grpo_plain", "grpo")  # as `negrec.eval.run.POLICY_DIRS`: not baselines
 COLUMNS = [("recall@10_h7", "R@10"), ("recall@50_h7", "R@50"), ("fhr@20_h7", "FHR@20"), ("ndcg@10_h7", "NDCG@10"),
            ("next_hit@10", "Next Hit@10"), ("coll_recall@10_h7", "Coll R@10"), ("prefix1_recall@10_h7", "SID-L1 R@10"),
@@ -48,8 +55,9 @@ def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
 
     config, sets = DATASETS[name]
     run_dir = ROOT / "runs" / "bench_quality" / name
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if fresh:  # and the copy grpo_as_trained makes of it
+        for folder in (run_dir, run_dir.parent / f"{name}_grpo_last"):
+            shutil.rmtree(folder, ignore_errors=True)
     raw = load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0"])
     t0 = time.time()
     summary = run_pipeline(raw, run_dir)
@@ -60,6 +68,28 @@ def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
     paired = json.loads(paired_path.read_text()) if paired_path.exists() else []
     return {"run_dir": str(run_dir), "seconds": round(seconds, 1), "stages": summary, "metrics": metrics,
             "filter": curve, "paired": paired}
+
+
+def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
+    """GRPO's last stages, progressive and plain, paired with the run's SFT policy and with each other
+    (module docstring): a copy of `run_dir` where only GRPO, its predictions and evaluation rerun."""
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline
+
+    config, sets = DATASETS[name]
+    last_dir = run_dir.parent / f"{name}_grpo_last"
+    if not last_dir.exists():
+        shutil.copytree(run_dir, last_dir, symlinks=True)
+    raw = load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0", "grpo.select=last",
+                                           "eval.policies=[grpo_plain, grpo]"])
+    t0 = time.time()
+    run_pipeline(raw, last_dir)
+    files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet",
+             "grpo_last": last_dir / "eval" / "predictions" / "grpo.parquet",
+             "grpo_plain_last": last_dir / "eval" / "predictions" / "grpo_plain.parquet"}
+    pairs = [("grpo_last", "sft_next"), ("grpo_plain_last", "sft_next"), ("grpo_last", "grpo_plain_last")]
+    rows, paired = score_on_base(run_dir, files, pairs, AS_TRAINED_METRICS, config)
+    return {"run_dir": str(last_dir), "seconds": round(time.time() - t0, 1), "rows": rows, "paired": paired}
 
 
 def table_row(ds: str, method: str, m: dict) -> dict:
@@ -90,6 +120,8 @@ def main() -> None:
 
     set_threads(None)
     results = {name: run_dataset(name, a.set, a.fresh) for name in a.datasets}
+    for name, res in results.items():
+        res["grpo_as_trained"] = grpo_as_trained(name, Path(res["run_dir"]), a.set)
 
     rows, goals, paired = [], {}, []
     for ds, res in results.items():
@@ -111,6 +143,9 @@ def main() -> None:
         print_table([{"theta": r["theta"], "true negatives removed": r["neg_removed"],
                       "future positives removed": r["pos_removed"]} for r in c["curve"]],
                     f"{ds}: filter with the top-{c['k']} predicted dislikes of {c['method']} (H = {c['horizon']})")
+    for ds, res in results.items():
+        print_table([{"dataset": ds, **p} for p in res["grpo_as_trained"]["paired"]],
+                    f"{ds}: GRPO as trained (grpo.select: last) against the SFT and progressive against plain, a - b")
     print("\nGoal: negrec's Recall@10 >= 1.3 x the best baseline's")
     for ds, g in goals.items():
         gain = "n/a" if g["relative_gain"] is None else f"{g['relative_gain']:+.0%}"
@@ -120,7 +155,8 @@ def main() -> None:
     payload = {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
                "table": rows, "goal": goals, "paired": paired,
                "filter": {ds: r["filter"] for ds, r in results.items()},
-               "seconds": {ds: r["seconds"] for ds, r in results.items()}}
+               "seconds": {ds: r["seconds"] for ds, r in results.items()},
+               "grpo_as_trained": {ds: r["grpo_as_trained"] for ds, r in results.items()}}
     for ds in results:  # one JSON per dataset: a run on one dataset leaves the other's figures alone
         save_result(f"bench_quality_{ds}", dataset_payload(payload, ds))
 
@@ -129,7 +165,8 @@ def dataset_payload(payload: dict, ds: str) -> dict:
     """The part of the benchmark's payload that belongs to dataset `ds`."""
     return {"command": payload["command"], "table": [r for r in payload["table"] if r["dataset"] == ds],
             "goal": {ds: payload["goal"][ds]}, "paired": [p for p in payload["paired"] if p["dataset"] == ds],
-            "filter": {ds: payload["filter"][ds]}, "seconds": {ds: payload["seconds"][ds]}}
+            "filter": {ds: payload["filter"][ds]}, "seconds": {ds: payload["seconds"][ds]},
+            "grpo_as_trained": {ds: payload["grpo_as_trained"][ds]}}
 
 
 if __name__ == "__main__":

@@ -438,7 +438,6 @@ def _stage_trainer(run: GRPORun, i: int, stage: GRPOStageConfig, budget: int, po
     from transformers import AutoModelForCausalLM
 
     from negrec.llm.model import pick_dtype
-
     from negrec.llm.peft import peft_config
     from negrec.train.grpo_trainer import SidGRPOTrainer, StageCallback, StopAfterSteps
 
