@@ -2,9 +2,11 @@
 
 On an H200 (4 December 2026) the default run trained in pure bf16 (`model.dtype: auto` then loaded
 the weights in bf16 on CUDA): its alignment stage ended at SID -> title 0.14 where the same stage in
-fp32 on a CPU reaches 0.98. Pure bf16 weights lose AdamW's small updates (a weight near 0.05 moves by
-about 1e-3 a step at the stage's rate; bf16 resolves about 2e-4 there), so `auto` now keeps fp32
-weights in training and runs the forward and backward in bf16 autocast on CUDA (`bf16-mixed`).
+fp32 on a CPU reaches 0.98. Pure bf16 weights lose AdamW's small updates: a step moves a weight by
+about the learning rate at most (2e-3 here, less as the cosine schedule decays), and bf16 keeps 8
+significant bits, so a norm weight near 1 (bf16 spacing 0.004 below 1, 0.008 above) moves only on
+the largest steps and the late, small ones round to nothing. `auto` now keeps fp32 weights in
+training and runs the forward and backward in bf16 autocast on CUDA (`bf16-mixed`).
 
 This benchmark trains the alignment stage's first phase (title -> SID and SID -> title, the default
 3,200 steps of 32) from the default run's base folders under each precision on the CPU, where
