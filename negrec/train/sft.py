@@ -400,8 +400,9 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
             print(f"[sft] {path.name} is incomplete (cut short by a kill?): removed, resuming from the one before")
             shutil.rmtree(path, ignore_errors=True)
     return None
-def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None):
-    """(trl.SFTConfig, reporters): negrec's settings with the `trainer` pass-through on top.
+def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None, bf16: bool | None = None):
+    """(trl.SFTConfig, reporters): negrec's settings with the `trainer` pass-through on top; `bf16`
+    (TRL's autocast; None: where CUDA has it) is what `run_sft` reads off model.dtype.
 
     Built before the model is loaded: with a ZeRO-3 `deepspeed` config it makes from_pretrained
     shard the weights at load, and it starts the process group a launcher set up."""
@@ -415,7 +416,7 @@ def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = N
         weight_decay=cfg.weight_decay, max_length=cfg.max_length, packing=False, completion_only_loss=True,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
-        bf16=default_bf16(), use_cpu=not on_gpu, dataloader_num_workers=0,
+        bf16=default_bf16() if bf16 is None else bf16, use_cpu=not on_gpu, dataloader_num_workers=0,
         disable_tqdm=False, dataset_num_proc=None, gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=cfg.deepspeed,
     )
@@ -531,12 +532,11 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     t0 = time.time()
     data = Prepared.load(run_dir / "data")
     tb_dir = run_dir / "tb" / f"sft_{task}"
-    # checkpoints in <run>/.work/sft-<task>/checkpoints: outside the folder that is swapped
-    work = work_dir(run_dir, name)
+    work = work_dir(run_dir, name)  # checkpoints in <run>/.work/sft-<task>: outside the folder that is swapped
+    autocast = training_autocast(model_cfg.dtype)  # model.dtype's bf16 autocast (auto: on CUDA), TRL's and the loop's
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
-    trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir)
+    trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir, autocast is not None)
     model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)  # auto: fp32 master weights
-    autocast = training_autocast(model_cfg.dtype, next(model.parameters()).device)
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
         t = trainable_summary(model)

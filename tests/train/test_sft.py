@@ -261,6 +261,25 @@ def test_the_stage_trains_in_the_configured_model_dtype(subset, ml100k_prepared,
     assert read_json(run / "sft_align" / "final" / "config.json")["dtype"] == saved
 
 
+@pytest.mark.parametrize("dtype, bf16", [("bf16-mixed", True), ("float32", False)])
+def test_trl_autocast_in_prompt_mode_follows_model_dtype(subset, ml100k_prepared, tmp_path, monkeypatch, dtype, bf16):
+    """mode: prompt (TRL's SFTTrainer) takes its bf16 autocast from model.dtype as the timeline loop
+    does: bf16-mixed asks for it on any device, float32 runs without it (it was on whenever CUDA was)."""
+    import negrec.train.sft as sft_module
+
+    seen, trainer_args = [], sft_module.sft_trainer_args
+
+    def recording(cfg, out_dir, tb_dir=None, bf16=None):
+        seen.append(bf16)
+        return trainer_args(cfg, out_dir, tb_dir, bf16)
+
+    monkeypatch.setattr(sft_module, "sft_trainer_args", recording)
+    raw = {"model": {"dtype": dtype}, "sft_align": {"mode": "prompt", "phases": [], "tasks": ["text_to_sid"], "max_steps": 1,
+                                                    "batch_size": 4, "max_items": 8, "eval_items": 0}}
+    run_sft(raw, new_align_run(tmp_path / "run", raw, subset, ml100k_prepared), task="align")
+    assert seen == [bf16]
+
+
 @pytest.mark.parametrize("phase, message", [
     ({"tasks": ["text_to_sid"], "max_steps": 5, "epochs": 2}, "unknown keys"),
     ({"tasks": ["text_to_sid"]}, "max_steps"),
