@@ -21,27 +21,15 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
+from _common import print_table, rerun_from_base, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_precision"
 PRECISIONS = ("float32", "bfloat16", "bf16-mixed")
-SHARED = ("data", "encode", "tokenize")  # the base run's; build-model reruns under each precision
-
-
-def pipeline(run: Path, overrides: list[str]) -> float:
-    """Seconds to bring `run` up to date under `overrides` (the stages already done are skipped)."""
-    from negrec.config import load_config
-    from negrec.pipeline import run_pipeline
-
-    t0 = time.time()
-    run_pipeline(load_config(str(CONFIG), overrides), run)
-    return round(time.time() - t0, 1)
 
 
 def main() -> None:
@@ -52,17 +40,15 @@ def main() -> None:
     base = RUNS / "base"
     if args.fresh:
         shutil.rmtree(RUNS, ignore_errors=True)
-    print(f"base folders: {pipeline(base, ['pipeline.stop_after=tokenize'])} s")
+    base.mkdir(parents=True, exist_ok=True)  # data, encode and tokenize; build-model reruns under each precision
+    print(f"base folders: {rerun_from_base(base, base, CONFIG, ['pipeline.stop_after=tokenize'])} s")
     rows = []
     for dtype in PRECISIONS:
         run = RUNS / dtype
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True)
-        for part in SHARED:
-            shutil.copytree(base / part, run / part)
+        shutil.rmtree(run, ignore_errors=True)  # a fresh copy of the base folders
         overrides = ["pipeline.stop_after=sft-align", "sft_align.phases=[]", f"sft_align.max_steps={args.steps}",
                      f"model.dtype={dtype}"]
-        seconds = pipeline(run, overrides)
+        seconds = rerun_from_base(base, run, CONFIG, overrides)
         summary = json.loads((run / "sft_align" / "summary.json").read_text())
         a = summary["alignment"]
         rows.append({"model.dtype": dtype, "title->SID": a["title_to_sid"], "SID->title": a["sid_to_title"],

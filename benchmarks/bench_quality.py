@@ -49,16 +49,22 @@ COLUMNS = [("recall@10_h7", "R@10"), ("recall@50_h7", "R@50"), ("fhr@20_h7", "FH
            ("lt_item/recall@10_h7", "LIF R@10"), ("candidate_acc", "Cand acc")]
 
 
-def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
+def dataset_config(name: str, extra: list[str], more: tuple = ()) -> tuple[Path, dict]:
+    """(config file, raw config) of dataset `name` with the benchmark's fixed seeds and `extra` overrides."""
     from negrec.config import load_config
-    from negrec.pipeline import run_pipeline
 
     config, sets = DATASETS[name]
+    return config, load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0", *more])
+
+
+def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
+    from negrec.pipeline import run_pipeline
+
     run_dir = ROOT / "runs" / "bench_quality" / name
     if fresh:  # and the copy grpo_as_trained makes of it
         for folder in (run_dir, run_dir.parent / f"{name}_grpo_last"):
             shutil.rmtree(folder, ignore_errors=True)
-    raw = load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0"])
+    _, raw = dataset_config(name, extra)
     t0 = time.time()
     summary = run_pipeline(raw, run_dir)
     seconds = time.time() - t0
@@ -73,15 +79,12 @@ def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
 def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     """GRPO's last stages, progressive and plain, paired with the run's SFT policy and with each other
     (module docstring): a copy of `run_dir` where only GRPO, its predictions and evaluation rerun."""
-    from negrec.config import load_config
     from negrec.pipeline import run_pipeline
 
-    config, sets = DATASETS[name]
     last_dir = run_dir.parent / f"{name}_grpo_last"
     if not last_dir.exists():
         shutil.copytree(run_dir, last_dir, symlinks=True)
-    raw = load_config(str(config), sets + [*extra, "data.seed=0", "tokenize.seed=0", "grpo.select=last",
-                                           "eval.policies=[grpo_plain, grpo]"])
+    config, raw = dataset_config(name, extra, ("grpo.select=last", "eval.policies=[grpo_plain, grpo]"))
     t0 = time.time()
     run_pipeline(raw, last_dir)
     files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet",
