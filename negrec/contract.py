@@ -3,8 +3,9 @@
 
 Freshness. A stage's fingerprint hashes its name, the config sections it reads (registry
 `sections`), the fingerprint of each input stage (registry `inputs`; None for an input that is not
-done) and, for raw inputs outside the run folder, the registry's `fingerprint` function (sizes,
-mtimes and content hashes). A stage is *done* when its marker holds that fingerprint and its key
+done), for raw inputs outside the run folder the registry's `fingerprint` function (sizes,
+mtimes and content hashes), and the source of the negrec subpackages its module reaches by its
+imports (`code_fingerprint`): a stage made by other code, as after an upgrade, is stale. A stage is *done* when its marker holds that fingerprint and its key
 outputs exist whole. The marker is `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several
 stages write one folder (`eval/`: baselines, predict, evaluate; the run folder itself: report). It
 holds the fingerprint and its parts, so `negrec status` can say what changed, and the size of every
@@ -23,11 +24,14 @@ outside the swapped folder, until their folder is in place (`drop_work`). Every 
 """
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib
 import json
 import os
 import shutil
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -113,6 +117,7 @@ class _Rule:
                 "config": config_hash({sec: self.raw.get(sec) for sec in s.sections}),
                 "inputs": {i: (self.fingerprint(i) if self.done(i) else None) for i in s.inputs},
                 "raw": config_hash(_raw_inputs(self.raw, name)),
+                "code": code_fingerprint(s.module),
             }
         return self._parts[name]
 
@@ -210,7 +215,61 @@ def _what_changed(spec, old: dict, now: dict) -> str:
     if inputs:
         why.append("input " + ", ".join(f"{i} ({'not done' if now['inputs'][i] is None else 'changed'})"
                                         for i in inputs))
+    if not old.get("code"):
+        why.append("made by a negrec that did not record its code")
+    elif old["code"] != now["code"]:
+        changed = [f"negrec.{sub}" for sub in now["code"] if old["code"].get(sub) != now["code"][sub]]
+        why.append(f"its code changed ({', '.join(changed) or 'fewer subpackages'})")
     return "; ".join(why) or "made by another version of negrec"
+
+
+# ---- what code made a stage ----
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _imported_subpackages(sub: str) -> set[str]:
+    """The negrec subpackages (folders below negrec/) that the files of negrec/<sub> import."""
+    out = set()
+    for path in sorted((PACKAGE / sub).rglob("*.py")):
+        here = ["negrec", *path.relative_to(PACKAGE).parent.parts]  # the package the file is in
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                named = [(here[:len(here) - node.level + 1] if node.level else []) + (node.module or "").split(".")]
+            elif isinstance(node, ast.Import):
+                named = [a.name.split(".") for a in node.names]
+            else:
+                continue
+            out.update(n[1] for n in named if len(n) > 1 and n[0] == "negrec" and (PACKAGE / n[1]).is_dir())
+    return out
+
+
+@lru_cache(maxsize=None)
+def code_reach(module: str) -> tuple[str, ...]:
+    """The subpackages whose code a stage's module ("negrec.train") runs: its own and those its
+    files import, transitively. The run machinery beside them (config, io, contract, ...) is left
+    out: it reads and writes files, and an edit there would make every run folder stale."""
+    seen, todo = set(), [module.split(".")[1]]
+    while todo:
+        sub = todo.pop()
+        if sub not in seen:
+            seen.add(sub)
+            todo.extend(_imported_subpackages(sub))
+    return tuple(sorted(seen))
+
+
+@lru_cache(maxsize=None)
+def _source_hash(sub: str) -> str:
+    """sha256 over the source files of negrec/<sub>, names and contents."""
+    h = hashlib.sha256()
+    for path in sorted((PACKAGE / sub).rglob("*.py")):
+        h.update(f"{path.relative_to(PACKAGE).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def code_fingerprint(module: str) -> dict[str, str]:
+    """{subpackage: hash of its source} over `code_reach(module)`: what `negrec status` compares to
+    name the code that changed."""
+    return {sub: _source_hash(sub) for sub in code_reach(module)}
 
 
 def fingerprint(raw: dict, run_dir, name: str) -> str:

@@ -248,6 +248,60 @@ def test_a_truncated_or_deleted_output_is_not_done(tmp_path):
     assert contract.stage_files(raw_eval, run, "baselines") == [run / "eval" / "predictions" / "random.parquet"]
 
 
+def test_a_stage_made_by_other_code_is_stale_naming_the_code(tmp_path, monkeypatch):
+    """A stage's fingerprint holds the source of the subpackages it runs: after an upgrade (here a
+    changed hash of negrec/data) the stage is stale and `negrec status` names what changed; a stage
+    whose code did not change stays done, and a marker from before code was recorded is stale."""
+    raw, run = {"data": {"format": "movielens"}}, tmp_path / "run"
+    with contract.stage_folder(raw, run, "data") as tmp:
+        for path in contract.output_paths(raw, run, "data"):
+            (tmp / path.name).write_text("{}")
+    assert contract.state(raw, run, "data")["state"] == "done"
+    source_hash = contract._source_hash
+    for edited, state in (("train", "done"), ("data", "stale")):
+        monkeypatch.setattr(contract, "_source_hash", lambda sub: "edited" if sub == edited else source_hash(sub))
+        assert contract.state(raw, run, "data")["state"] == state
+    assert contract.state(raw, run, "data")["why"] == "its code changed (negrec.data)"
+    monkeypatch.undo()
+    marker = contract.marker_path(raw, run, "data")
+    rec = json.loads(marker.read_text())
+    del rec["parts"]["code"]
+    rec["fingerprint"] = "an older negrec's"
+    marker.write_text(json.dumps(rec))
+    assert contract.state(raw, run, "data") == {"state": "stale", "why": "made by a negrec that did not record its code"}
+
+
+def test_a_stages_code_is_its_subpackage_and_what_it_imports(tmp_path, monkeypatch):
+    """`code_reach` follows absolute, relative and in-function imports between subpackages, one
+    way; an edit to a reached file changes the fingerprint, the run machinery beside them does not."""
+    pkg = tmp_path / "negrec"
+    for sub, text in {"a": "from ..b.x import f\n", "b": "def f():\n    import negrec.c.y\n", "c": "",
+                      "d": "from negrec.a import z\n"}.items():
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text(text)
+    (pkg / "io.py").write_text("import negrec.d\n")
+    (pkg / "a" / "z.py").write_text("from . import q\nfrom negrec import io\n")
+    monkeypatch.setattr(contract, "PACKAGE", pkg)
+    for cached in (contract.code_reach, contract._source_hash):
+        cached.cache_clear()
+    monkeypatch.setattr(contract, "code_reach", contract.code_reach.__wrapped__)
+    monkeypatch.setattr(contract, "_source_hash", contract._source_hash.__wrapped__)
+    assert contract.code_reach("negrec.a") == ("a", "b", "c")
+    assert contract.code_reach("negrec.d") == ("a", "b", "c", "d")
+    before = contract.code_fingerprint("negrec.a")
+    (pkg / "io.py").write_text("# the run machinery: not a stage's code\n")
+    assert contract.code_fingerprint("negrec.a") == before
+    (pkg / "c" / "__init__.py").write_text("K = 2\n")
+    after = contract.code_fingerprint("negrec.a")
+    assert after["c"] != before["c"] and after["a"] == before["a"]
+
+
+def test_real_stages_reach_only_what_data_flow_allows():
+    assert contract.code_reach("negrec.data") == ("data",)
+    assert "train" not in contract.code_reach("negrec.eval")  # nothing imports upward
+    assert {"llm", "rewards", "tokenizer", "train"} <= set(contract.code_reach("negrec.train"))
+
+
 def test_an_interrupted_shared_stage_reads_as_interrupted_and_is_refused(tmp_path):
     """A stage sharing its folder (predict, in eval/) killed or failing halfway has no marker, as one
     that never ran; it reads as started-not-finished and the stages reading it refuse its files."""
