@@ -227,7 +227,8 @@ def _what_changed(spec, old: dict, now: dict) -> str:
 PACKAGE = Path(__file__).resolve().parent
 
 
-def _imported_subpackages(sub: str) -> set[str]:
+@lru_cache(maxsize=None)
+def _imported_subpackages(sub: str) -> frozenset[str]:
     """The negrec subpackages (folders below negrec/) that the files of negrec/<sub> import."""
     out = set()
     for path in sorted((PACKAGE / sub).rglob("*.py")):
@@ -240,7 +241,7 @@ def _imported_subpackages(sub: str) -> set[str]:
             else:
                 continue
             out.update(n[1] for n in named if len(n) > 1 and n[0] == "negrec" and (PACKAGE / n[1]).is_dir())
-    return out
+    return frozenset(out)
 
 
 @lru_cache(maxsize=None)
