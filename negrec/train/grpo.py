@@ -100,9 +100,9 @@ class ProgressiveGRPOConfig:
     # timeline SFT with fit_until: test already fit); "sft_validation": the valid-split rows of the
     # users whose validation picked the SFT epoch, the only futures before the test cut the SFT never saw
     rows: str = "train"
-    # which policy the stage ships. "validation": of the SFT start and each stage's end, the one with
-    # the best validation Recall@10 on the timeline SFT's validation users (a later one on a tie), so
-    # GRPO never ships a policy that validation shows worse than its start; "last": the last stage's
+    # which policy the stage ships. "validation": the SFT start, unless a stage's end beats it on
+    # validation Recall@10 (the timeline SFT's validation users) by more than the noise (one SE of
+    # the paired difference): then the best such stage (`pick_policy`); "last": the last stage's
     select: str = "validation"
     carry_over_steps: bool = True  # steps a stage leaves by advancing early go to the next stage
     # TRL pass-through: any trl.GRPOConfig field, set on top of the settings above (report_to:
@@ -390,12 +390,20 @@ def _validated(run: GRPORun, key: str, name: str, step: int, model_dir: Path) ->
 
 
 def pick_policy(candidates: list[dict]) -> dict:
-    """The candidate to ship: the best mean validation recall, a later one on a tie. Unlike sft_next's
-    epoch rule (a later epoch unless significantly worse), GRPO's start is the safe choice: a stage
-    0.9 SE below the SFT start on 200 validation users, within noise, lost 0.024 test Recall@10
-    (bench_grpo_move.py).
+    """The candidate to ship: the SFT start (the first) unless a stage's validation recall beats it
+    by more than one standard error of the paired difference (`significantly_worse`, the SFT's
+    noise check, turned round); then the best such stage, a later one on a tie. GRPO's start is the
+    safe choice: a stage 0.9 SE below it on 200 validation users, within noise, lost 0.024 test
+    Recall@10 (bench_grpo_move.py), and one shipped on a 0.0006 lead lost 0.002 and cost a second
+    predict pass (README "What GRPO does here").
     Candidates come in training order; each holds `name`, `step`, `model` and per-user `recalls`."""
-    kept = max(reversed(candidates), key=lambda c: sum(c["recalls"]) / max(len(c["recalls"]), 1))
+    import numpy as np
+
+    from negrec.train.timeline import significantly_worse
+
+    start = np.asarray(candidates[0]["recalls"], dtype=float)
+    better = [c for c in candidates[1:] if significantly_worse(start, np.asarray(c["recalls"], dtype=float))]
+    kept = max(reversed(better), key=lambda c: float(np.mean(c["recalls"]))) if better else candidates[0]
     return {k: kept[k] for k in ("name", "step", "model", "val_recall@10")}
 
 

@@ -330,7 +330,7 @@ def test_validation_keeps_the_sft_start_when_every_stage_scores_worse(tiny, tmp_
     assert len(scored) == len(set(scored)) == 3  # the start and stage 0 were not scored again on resume
 
 
-def test_pick_policy_ships_the_best_validation_recall_later_on_a_tie():
+def test_pick_policy_ships_a_stage_only_when_it_beats_the_start_beyond_noise():
     from negrec.train.grpo import pick_policy
 
     def cand(name, recalls):
@@ -338,11 +338,15 @@ def test_pick_policy_ships_the_best_validation_recall_later_on_a_tie():
 
     start = cand("sft", [0.2, 0.3, 0.1, 0.2, 0.3, 0.2])
     close = cand("s0", [0.2, 0.3, 0.1, 0.2, 0.2, 0.2])  # a hair below the start: GRPO is not shipped
-    same = cand("s1", [0.3, 0.2, 0.1, 0.2, 0.3, 0.2])  # the start's mean: the later one is
-    better = cand("s2", [0.4, 0.5, 0.3, 0.4, 0.5, 0.4])
+    same = cand("s1", [0.3, 0.2, 0.1, 0.2, 0.3, 0.2])  # the start's mean: nor is it
+    lucky = cand("s2", [0.2, 0.3, 0.1, 0.2, 0.3, 0.5])  # ahead on one user: within one SE of the start
+    better = cand("s3", [0.4, 0.5, 0.3, 0.4, 0.5, 0.4])
+    best = cand("s4", [0.5, 0.5, 0.4, 0.4, 0.5, 0.5])
     assert pick_policy([start, close])["name"] == "sft"
-    assert pick_policy([start, same, close])["name"] == "s1"
-    assert pick_policy([start, better, close])["name"] == "s2"
+    assert pick_policy([start, same, lucky, close])["name"] == "sft"
+    assert pick_policy([start, lucky, better, close])["name"] == "s3"
+    assert pick_policy([start, best, better])["name"] == "s4"
+    assert pick_policy([start, better, cand("s5", better["recalls"])])["name"] == "s5"  # a later one on a tie
 
 
 @pytest.mark.parametrize("model_dtype, saved", [("auto", "float32"), ("bfloat16", "bfloat16")])
