@@ -394,8 +394,8 @@ def pick_policy(candidates: list[dict]) -> dict:
     by more than one standard error of the paired difference (`significantly_worse`, the SFT's
     noise check, turned round); then the best such stage, a later one on a tie. GRPO's start is the
     safe choice: a stage 0.9 SE below it on 200 validation users, within noise, lost 0.024 test
-    Recall@10 (bench_grpo_move.py), and one shipped on a 0.0006 lead lost 0.002 and cost a second
-    predict pass (README "What GRPO does here").
+    Recall@10 (bench_grpo_move.py); a lead within noise shows nothing, and shipping it costs a
+    second predict pass (README "What GRPO does here").
     Candidates come in training order; each holds `name`, `step`, `model` and per-user `recalls`."""
     import numpy as np
 
