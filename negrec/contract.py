@@ -5,12 +5,13 @@ Freshness. A stage's fingerprint hashes its name, the config sections it reads (
 `sections`), the fingerprint of each input stage (registry `inputs`; None for an input that is not
 done), for raw inputs outside the run folder the registry's `fingerprint` function (sizes,
 mtimes and content hashes), and the source of the negrec subpackages its module reaches by its
-imports (`code_fingerprint`): a stage made by other code, as after an upgrade, is stale. A stage is *done* when its marker holds that fingerprint and its key
-outputs exist whole. The marker is `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several
-stages write one folder (`eval/`: baselines, predict, evaluate; the run folder itself: report). It
-holds the fingerprint and its parts, so `negrec status` can say what changed, and the size of every
-file the stage wrote, so that a truncated, replaced or deleted output is not taken for done (and
-`negrec evaluate` scores the predictions files this run's stages wrote, not every file it finds).
+imports (`code_fingerprint`): a stage made by other code, as after an upgrade, is stale. A stage
+is *done* when its marker holds that fingerprint and its key outputs exist whole. The marker is
+`<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several stages write one folder (`eval/`:
+baselines, predict, evaluate; the run folder itself: report). It holds the fingerprint and its
+parts, so `negrec status` can say what changed, and the size of every file the stage wrote, so
+that a truncated, replaced or deleted output is not taken for done (and `negrec evaluate` scores
+the predictions files this run's stages wrote, not every file it finds).
 
 Atomic folders. `stage_folder` yields a temporary folder beside the stage's own; the stage writes
 its outputs there, the marker is written last and the folder is renamed into place, so a kill

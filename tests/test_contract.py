@@ -268,7 +268,8 @@ def test_a_stage_made_by_other_code_is_stale_naming_the_code(tmp_path, monkeypat
     del rec["parts"]["code"]
     rec["fingerprint"] = "an older negrec's"
     marker.write_text(json.dumps(rec))
-    assert contract.state(raw, run, "data") == {"state": "stale", "why": "made by a negrec that did not record its code"}
+    assert contract.state(raw, run, "data") == {"state": "stale",
+                                                "why": "made by a negrec that did not record its code"}
 
 
 def test_a_stages_code_is_its_subpackage_and_what_it_imports(tmp_path, monkeypatch):

@@ -346,7 +346,8 @@ def test_pick_policy_ships_a_stage_only_when_it_beats_the_start_beyond_noise():
     assert pick_policy([start, same, lucky, close])["name"] == "sft"
     assert pick_policy([start, lucky, better, close])["name"] == "s3"
     assert pick_policy([start, best, better])["name"] == "s4"
-    assert pick_policy([start, better, cand("s5", better["recalls"])])["name"] == "s5"  # a later one on a tie
+    tie = cand("s5", better["recalls"])
+    assert pick_policy([start, better, tie])["name"] == "s5"  # a later one on a tie
 
 
 @pytest.mark.parametrize("model_dtype, saved", [("auto", "float32"), ("bfloat16", "bfloat16")])
