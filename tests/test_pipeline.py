@@ -52,6 +52,8 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
     plain = json.loads((run_dir / "grpo_plain" / "summary.json").read_text())
     assert grpo["progressive"] and not plain["progressive"] and grpo["total_steps"] == plain["total_steps"] == 2
     assert Path(grpo["kept"]["model"]).is_dir() and Path(plain["kept"]["model"]).is_dir()  # not the dropped .work
+    for folder, s in ((run_dir / "grpo", grpo), (run_dir / "grpo_plain", plain)):  # GRPO as trained is kept too
+        assert (folder / "last").is_dir() == (s["kept"]["name"] != s["stages"][-1]["name"])
     assert (run_dir / "export" / "manifest.json").exists() and (run_dir / "report.md").exists()
     assert "Recall@10" in capsys.readouterr().out  # the results table ends the run
 

@@ -737,6 +737,9 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
             # links: the work folder (and the SFT policy) stay whole until the swap
             kept = Path(summary["kept"]["model"])
             copy_tree(kept, tmp / "final")
+            if kept.resolve() != (work / "final").resolve():  # GRPO as trained stays, beside what ships
+                copy_tree(work / "final", tmp / "last")
+                summary["last_model"] = str(out_dir / "last")
             if work.resolve() in kept.resolve().parents:  # the work folder goes once the stage is in place
                 summary["kept"]["model"] = summary["final_model"]
             if (work / "log.jsonl").exists():

@@ -172,7 +172,10 @@ def check_grpo(run_dir: Path, stdout: str, audit: dict, zero: int) -> None:
     assert _finite([r["loss"] for r in rows]) and _finite([r["reward"] for r in rows])
     assert stdout.count("[grpo] done in") == 1
     assert_only_rank0_wrote_outside_checkpoints(audit, run_dir)
-    _assert_whole_model(run_dir / "grpo" / "final", run_dir / "sft_next" / "final")
+    assert [v["name"] for v in summary["validation"]] == ["sft", "neg_all", "neg_pos"]  # scored on rank 0
+    # the last stage's policy (grpo/final when validation ships it, else grpo/last beside the one shipped)
+    last = "final" if summary["kept"]["name"] == "neg_pos" else "last"
+    _assert_whole_model(run_dir / "grpo" / last, run_dir / "sft_next" / "final")
 
 
 @pytest.mark.deepspeed
