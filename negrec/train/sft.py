@@ -400,6 +400,8 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
             print(f"[sft] {path.name} is incomplete (cut short by a kill?): removed, resuming from the one before")
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
 def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = None, bf16: bool | None = None):
     """(trl.SFTConfig, reporters): negrec's settings with the `trainer` pass-through on top; `bf16`
     (TRL's autocast; None: where CUDA has it) is what `run_sft` reads off model.dtype.
