@@ -134,8 +134,10 @@ def _auto_threads() -> tuple[int, str]:
     if cores > 4:
         return 0, "torch default"  # 0: leave torch's own choice
     busy = _busy_cores()
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))  # a launch's processes on this machine
     if busy is not None and busy < 0.5:
-        return cores, f"{cores} (CPU idle)"
+        share = max(1, cores // ranks)
+        return share, f"{share} (CPU idle{f', {ranks} ranks' if ranks > 1 else ''})"
     return 1, "1 (other jobs are using the CPU)" if busy is not None else "1"
 
 

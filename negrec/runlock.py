@@ -2,7 +2,8 @@
 (the kernel releases it when the process dies, however it dies) and writes the holder (pid, host,
 command, start time) inside. A second writer stops at once with `RunLocked`, one line naming the
 holder. Holder info left behind by a killed process (the flock is free) is taken over with a note.
-Re-entrant within one process (the CLI holds it around `run_pipeline`, which takes it too)."""
+Re-entrant within one process (the CLI holds it around `run_pipeline`, which takes it too), and
+held for the stages the pipeline launches under torchrun by the pipeline that launched them."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 from .config import ConfigError
 
 LOCK_NAME = ".lock"
+HOLDER_ENV = "NEGREC_LOCK_HOLDER"  # the pid of the pipeline that launched this stage (see run_lock)
 _held: dict[str, list] = {}  # resolved run folder -> [open file, depth]
 
 
@@ -103,9 +105,23 @@ def release(f) -> None:
         f.close()
 
 
+def _held_by_launching_pipeline(run_dir) -> bool:
+    """A stage the pipeline runs on several processes (`pipeline.ranks`) works inside the pipeline's
+    lock: the holder the lock names set $NEGREC_LOCK_HOLDER for it and is this process's ancestor."""
+    holder = os.environ.get(HOLDER_ENV)
+    if not holder or str(read_holder(run_dir).get("pid")) != holder:
+        return False
+    import psutil
+
+    return any(p.pid == int(holder) for p in psutil.Process().parents())
+
+
 @contextmanager
 def run_lock(run_dir, command: str):
     key = str(Path(run_dir).resolve())
+    if key not in _held and _held_by_launching_pipeline(run_dir):
+        yield
+        return
     if key in _held:
         _held[key][1] += 1
     else:

@@ -262,6 +262,9 @@ def test_auto_threads_follow_other_load(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(cli, "_busy_cores", lambda: 0.1)
     assert cli._auto_threads()[0] == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks of a launch share the cores
+    assert cli._auto_threads()[0] == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(cli, "_busy_cores", lambda: 1.2)
     assert cli._auto_threads()[0] == 1
     monkeypatch.setattr(cli, "_busy_cores", lambda: None)
@@ -329,7 +332,7 @@ def test_the_saved_config_is_what_the_user_set(tmp_path):
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert "horizon" not in (saved.get("rewards") or {})
     assert not {"main_horizon", "horizons"} & set((saved.get("eval") or {}).get("metrics") or {})
-    assert saved["pipeline"] == {"skip": ["grpo-plain"]}
+    assert saved["pipeline"] == {"skip": ["grpo-plain"], "ranks": 0}  # force and stop_after left out
     again = load_config(str(tmp_path / "config.yaml"), ["data.main_horizon=3"])
     check_config(again)
     assert again["rewards"]["horizon"] == 3 and again["eval"]["metrics"]["main_horizon"] == 3

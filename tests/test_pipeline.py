@@ -97,6 +97,7 @@ def _fake_stages(monkeypatch, calls):
         fake.append((name, mod.__name__, attr, sections, kwargs))
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setattr(pl, "STAGES", fake)
+    monkeypatch.setattr(pl, "stage_ranks", lambda raw, cfg, name: 1)  # the stand-ins run in this process
 
 
 def test_every_stage_declares_outputs_and_a_folder():
@@ -177,3 +178,21 @@ def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path, smollm2_gguf):
     items = set(pd.read_parquet(run_dir / "data" / "items.parquet")["item_id"])
     assert len(pred) and set(pred["item_id"]) <= items
     assert pred.groupby(["user_id", "cut_ts"])["item_id"].nunique().eq(pred.groupby(["user_id", "cut_ts"]).size()).all()
+
+
+def test_pipeline_runs_the_timeline_sft_on_ranks_inside_its_lock(tmp_path, capfd):
+    """`pipeline.ranks: 2`: both timeline SFT stages run under torchrun on 2 processes, launched by the
+    pipeline inside its own run lock (`negrec.runlock`), and their folders are done by the one rule."""
+    from negrec.config import load_config
+    from negrec.pipeline import run_pipeline, stage_states
+    from negrec.runlock import read_holder
+    from tests._tiny_run import CONFIG, tiny_overrides
+
+    raw = load_config(str(CONFIG), [*tiny_overrides(), "pipeline.ranks=2", "pipeline.stop_after=sft-next",
+                                    "sft_next.epochs=1", "sft_next.max_steps=-1"])
+    summary = run_pipeline(raw, tmp_path / "run")
+    out = capfd.readouterr().out
+    assert summary["sft-align"]["status"] == summary["sft-next"]["status"] == "ran"
+    assert out.count("on 2 processes: -m torch.distributed.run") == 2 and "-m negrec.cli sft --task next" in out
+    assert stage_states(raw, tmp_path / "run")["sft-next"]["state"] == "done"
+    assert read_holder(tmp_path / "run") == {}  # released by the pipeline, not taken over by a rank

@@ -131,6 +131,30 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
     assert read_holder(tmp_path) == {}
 
 
+def test_a_stage_the_pipeline_launches_works_inside_its_lock_and_no_other_process_does(tmp_path):
+    """`pipeline.ranks`: the pipeline runs a stage under torchrun with $NEGREC_LOCK_HOLDER set to its
+    own pid; its descendants work inside its lock, anyone else naming that pid is still refused."""
+    from negrec.runlock import HOLDER_ENV
+
+    probe = (f"from negrec.runlock import run_lock\nwith run_lock({str(tmp_path)!r}, 'child'):\n"
+             "    print('inside', flush=True)\n")
+    with run_lock(tmp_path, "negrec pipeline"):
+        env = {**os.environ, HOLDER_ENV: str(os.getpid())}
+        child = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert child.returncode == 0 and child.stdout.strip() == "inside", child.stderr[-2000:]
+        assert read_holder(tmp_path)["command"] == "negrec pipeline"  # the child took nothing over
+        holder = _holder(tmp_path / "other")  # a process this one did not launch holds another folder
+        try:
+            env = {**os.environ, HOLDER_ENV: str(holder.pid)}
+            stranger = ("import os\nfrom negrec.runlock import run_lock\n"
+                        f"with run_lock({str(tmp_path / 'other')!r}, 'stranger'):\n    print('inside')\n")
+            out = subprocess.run([sys.executable, "-c", stranger], env=env, capture_output=True, text=True, cwd=ROOT)
+            assert out.returncode != 0 and "RunLocked" in out.stderr and f"pid {holder.pid}" in out.stderr
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+
+
 def test_read_only_commands_take_no_lock(tmp_path, tiny, capsys):
     run_dir = tmp_path / "r"
     assert main(["data", "prepare", *_data_args(tiny), "--run-dir", str(run_dir)]) == 0

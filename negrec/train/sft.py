@@ -33,7 +33,6 @@ from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_pol
 from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, aligned_item_ids, alignment_examples, can_align,
                                 labelled_items, next_negative_examples, prompt_config)
-from negrec.runlock import launched_world
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
                                        is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
@@ -73,8 +72,9 @@ class SFTStageConfig:
     # next-negative training mode: "timeline" learns from every event of every user's timeline in
     # the compact prompt format (needs prompt.format: compact); "prompt" builds one prompt per
     # (user, cut) train sample and a completion per F_H target (any prompt format).
-    # sft_align: "timeline" trains the alignment examples in that same token loop (one process, fast
-    # on small models), "prompt" with TRL's SFTTrainer (DeepSpeed, PEFT, any reporter)
+    # sft_align: "timeline" trains the alignment examples in that same token loop (fast on small
+    # models; data-parallel under torchrun, `negrec.train.ranks`), "prompt" with TRL's SFTTrainer
+    # (DeepSpeed, PEFT, any reporter)
     mode: str = "timeline"
     window_events: int = 100     # timeline: events per training window
     other_weight: float = 1.0    # timeline: loss weight of non-negative events' SIDs (negatives weigh 1)
@@ -118,7 +118,7 @@ class SFTStageConfig:
             raise ValueError(f"sft mode must be prompt or timeline, got {self.mode!r}")
         if self.deepspeed and self.mode == "timeline":  # the timeline loop would train without it, silently
             raise ValueError(f"sft deepspeed {self.deepspeed!r} needs mode: prompt (TRL's SFTTrainer); "
-                             "mode: timeline trains in one process without DeepSpeed")
+                             "mode: timeline trains without DeepSpeed (data-parallel under torchrun, not sharded)")
         check_tasks(self.tasks, "sft tasks")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError("sft context_mix must be in [0, 1]")
@@ -225,9 +225,6 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
 
     if builder.cfg.format != "compact":
         raise ValueError("sft_next.mode: timeline trains on compact timelines; set prompt.format: compact")
-    if launched_world() > 1:  # every rank would train the same model alone
-        raise ValueError("sft_next.mode: timeline trains in one process; run it without a launcher "
-                         "(torchrun / accelerate launch), or use mode: prompt for several processes")
     out = run_dir / "sft_next"
     horizon = cfg.horizon or data.main_horizon
     codec = compact_codec(sid_tok, hf_tok, builder.cfg)
@@ -249,7 +246,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
         main_print(f"[sft_next] + {len(aligned)} alignment examples ({sum(len(w) for w, _ in aligned)} tokens, "
                    f"tasks {cfg.tasks}, weight {cfg.align_weight})")
     work = work_dir(run_dir, "sft-next")  # the checkpoint: outside the folder that is swapped
-    work.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # rank 0 writes it
+        work.mkdir(parents=True, exist_ok=True)
     loss_ids = codec.target_ids() if cfg.loss_vocab == "sid" else None
     fit = train_timeline(model, hf_tok, sid_tok, windows, val, builder, cfg, horizon, extra=aligned, loss_ids=loss_ids,
                          reshuffle=windows_of if cfg.shuffle_within_day else None,
@@ -261,7 +259,8 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
                "day_breaks": codec.day_breaks, "shuffle_within_day": cfg.shuffle_within_day,
                "prompt_events": builder.cfg.max_events, "init_from": init, **fit,
                "loss_curve": [h["train_loss"] for h in fit["history"]], "config": to_dict(cfg)}
-    if _measures_alignment(cfg, data.items):  # what the policy knows of item titles: chance unless aligned
+    # what the policy knows of item titles, chance unless aligned: measured where it is written
+    if _measures_alignment(cfg, data.items) and is_main_process():
         summary["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         _print_alignment(summary["alignment"])
         if aligned:
@@ -269,8 +268,9 @@ def _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, raw
             _warn_unlearnt("sft_next", summary["alignment_not_learnt"],
                            "the co-trained alignment did not hold: raise sft_next.align_per_batch or align_weight")
     summary["seconds"] = round(time.time() - t0, 1)
-    if is_main_process():  # the timeline loop is single-process; under a launcher only rank 0 writes
+    if is_main_process():  # under a launcher the ranks hold the same weights (`negrec.train.ranks`)
         _save_loop_stage(raw, run_dir, "sft-next", model, hf_tok, sid_tok, summary)
+    ranks_meet()
     curve = " ".join(f"{h['epoch']}:{h['val_recall@10']:.3f}" for h in fit["history"] if "val_recall@10" in h)
     validation = f"validation Recall@10 by epoch: {curve}" if curve else "no validation (val_rows: 0)"
     main_print(f"[sft_next] {fit['steps']} steps, {fit['epochs_run']} epochs, {validation}; "
@@ -286,11 +286,9 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
     kept) instead of TRL's SFTTrainer. On the tiny from-scratch model that is what makes alignment fast
     enough to teach: 3,200 steps in 97 s took title -> SID from 0.00 to 0.75 (bench_align.py).
     `cfg.phases` train after the first phase, in order, each resumable from its own checkpoint."""
-    if launched_world() > 1:
-        raise ValueError("sft_align.mode: timeline trains in one process; run it without a launcher, "
-                         "or use mode: prompt (TRL) for several processes")
     work = work_dir(run_dir, "sft-align")
-    work.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # rank 0 writes the checkpoints
+        work.mkdir(parents=True, exist_ok=True)
     main_print(f"[sft_align] from {init}")
     first = {"tasks": cfg.tasks, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
              "item_repeats": cfg.item_repeats}
@@ -304,12 +302,14 @@ def _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir: Path, r
                "loss_curve": [x for p in phases for x in p["loss_curve"]], "config": to_dict(cfg)}
     if len(phases) > 1:
         summary["phases"] = phases
-    if _measures_alignment(cfg, data.items):
+    if _measures_alignment(cfg, data.items) and is_main_process():
         summary["alignment"] = last.get("alignment") or _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         summary["alignment_not_learnt"] = unlearnt_tasks(summary["alignment"], [t for p in phases for t in p["tasks"]])
     summary["like_rows_copied"] = _copy_like_rows(model, hf_tok, sid_tok)
     summary["seconds"] = round(time.time() - t0, 1)
-    _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary)
+    if is_main_process():
+        _save_loop_stage(raw, run_dir, "sft-align", model, hf_tok, sid_tok, summary)
+    ranks_meet()
     main_print(f"[sft_align] {summary['steps']} steps, {summary['epochs_run']} epochs, loss "
                f"{summary['loss_curve'][0]:.3f} -> {summary['loss_curve'][-1]:.3f}, {summary['seconds']}s -> "
                f"{run_dir / 'sft_align' / 'final'}")
@@ -354,7 +354,7 @@ def _align_phase(model, hf_tok, sid_tok, builder, data, cfg, k: int, n: int, wor
     out = {"tasks": list(cfg.tasks), "examples": len(examples), "per_task": counts, "steps": fit["steps"],
            "epochs_run": fit["epochs_run"], "learning_rate": cfg.learning_rate,
            "loss_curve": [h["train_loss"] for h in fit["history"]]}
-    if n > 1 and _measures_alignment(cfg, data.items):
+    if n > 1 and _measures_alignment(cfg, data.items) and is_main_process():
         out["alignment"] = _alignment_check(model, hf_tok, sid_tok, data.items, cfg, builder)
         main_print(f"  after {name[:-2]}: {alignment_line(out['alignment'])}")
     return out

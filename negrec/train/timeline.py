@@ -35,6 +35,7 @@ from negrec.llm.constrained import SidConstraint, constrained_beam_search
 from negrec.llm.peft import is_peft_model
 from negrec.llm.prompts import CompactCodec, PromptBuilder, new_day_flags
 from negrec.rewards.matching import ItemSets, clean_rankings, hits
+from negrec.train.ranks import Ranks, launch_ranks
 
 
 # ---- data ------------------------------------------------------------------------------
@@ -182,14 +183,20 @@ def check_loss_targets(windows, loss_ids: np.ndarray) -> None:
                          f"(sft loss_vocab: sid), e.g. id {int(outside[0])}")
 
 
-def batch_loss(model, windows, idx, pad_id: int, n_windows: int, loss_ids: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(model, windows, idx, pad_id: int, n_windows: int, loss_ids: torch.Tensor | None = None,
+               ranks: Ranks = Ranks()) -> torch.Tensor | None:
     """Weighted mean loss of one batch. The mixed-in examples (index >= `n_windows`, short) take a
     forward pass of their own, so they are not padded to the timeline windows' width; `loss_ids`
-    restricts the timeline windows' softmax (the examples' answers hold text: they keep the full one)."""
+    restricts the timeline windows' softmax (the examples' answers hold text: they keep the full one).
+    Under several `ranks`: this rank's share of each part over the whole batch's weight (None when
+    the share is empty), so that the ranks' summed gradients are the one-process gradient."""
     idx = np.asarray(idx)
-    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id), loss_ids=ids)
-             for part, ids in ((idx[idx < n_windows], loss_ids), (idx[idx >= n_windows], None)) if len(part)]
-    return sum(p[0] for p in parts) / sum(p[1] for p in parts)
+    split = [(ranks.share(part), ids) for part, ids in ((idx[idx < n_windows], loss_ids), (idx[idx >= n_windows], None))]
+    parts = [weighted_lm_loss(model, *_collate(windows, part, pad_id), loss_ids=ids) for part, ids in split if len(part)]
+    if ranks.world == 1:
+        return sum(p[0] for p in parts) / sum(p[1] for p in parts)
+    total = sum(float(w[1:][w[1:] > 0].sum()) for w in (windows[i][1] for i in idx))
+    return sum(p[0] for p in parts) / total if parts else None
 
 
 # ---- validation --------------------------------------------------------------------------
@@ -202,8 +209,13 @@ def validation_recall(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list
 
 
 def validation_recalls(model, hf_tok, sid_tok, builder: PromptBuilder, rows: list[dict], horizon: int,
-                       k: int = 10, num_beams: int = 20, batch_size: int = 16) -> np.ndarray:
-    """Capped Recall@k of constrained beam search for each of `rows`."""
+                       k: int = 10, num_beams: int = 20, batch_size: int = 16, ranks: Ranks = Ranks()) -> np.ndarray:
+    """Capped Recall@k of constrained beam search for each of `rows` (under several `ranks`, each
+    searches its span of whole batches and every rank gets them all)."""
+    if ranks.world > 1:
+        mine = rows[ranks.span(len(rows), batch_size)]
+        return ranks.gather(validation_recalls(model, hf_tok, sid_tok, builder, mine, horizon, k, num_beams, batch_size)
+                            if mine else np.zeros(0))
     constraint = SidConstraint(sid_tok, hf_tok)
     prompts = [builder.build(r) for r in rows]
     exclude = [list(r["context_items"]) for r in rows]
@@ -268,10 +280,12 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     `extra` (the co-trained alignment examples) rides along, `cfg.align_per_batch` in every batch;
     `loss_ids` (token ids) restricts the windows' softmax (`weighted_lm_loss`); `reshuffle(rng)`
     gives each epoch's windows (`timeline_windows` with `shuffle`); `autocast` (a dtype) runs the
-    forward and backward in it, the weights and AdamW staying in theirs (`negrec.llm.model.training_autocast`)."""
+    forward and backward in it, the weights and AdamW staying in theirs (`negrec.llm.model.training_autocast`).
+    Under a launcher the ranks train the model together (`negrec.train.ranks`); rank 0 writes."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
+    ranks = launch_ranks(model)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
@@ -285,7 +299,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
              "best_recalls": None, "kept_epoch": 0, "kept_recall": -1.0}
     if ckpt_path is not None and ckpt_path.exists() and cfg.resume:
         state, rng = _resume(torch.load(ckpt_path, weights_only=False), resume_key, model, opt, sched, state, rng, cfg.seed)
-    writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir else None
+    writer = SummaryWriter(log_dir=str(tb_dir)) if tb_dir and ranks.is_main else None
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
     device_type = next(model.parameters()).device.type
     mixed = (lambda: torch.autocast(device_type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
@@ -302,33 +316,28 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             n_windows, windows = len(timeline), list(timeline) + extra
         batches = _mix_in(_batches(timeline, cfg.batch_size, rng), n_windows, len(extra),
                           cfg.align_per_batch, rng)
-        bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch")
+        bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch", disable=not ranks.is_main)
         for idx in bar:
             if state["step"] >= total:
                 break
-            with mixed():
-                loss = batch_loss(model, windows, idx, pad, n_windows, loss_ids)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            losses.append(_step(model, opt, ranks, mixed, lambda: batch_loss(model, windows, idx, pad, n_windows,
+                                                                            loss_ids, ranks)))
             sched.step()
             state["step"] += 1
-            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if writer and state["step"] % cfg.logging_steps == 0:
-                writer.add_scalar("train/loss", loss.item(), state["step"])
+                writer.add_scalar("train/loss", losses[-1], state["step"])
                 writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
         model.eval()
         state["epoch"] += 1
         last = state["epoch"] >= n_epochs or state["step"] >= total
         validate = bool(val_rows) and (state["epoch"] % cfg.val_every == 0 or last)
-        per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams)
-                    if validate else None)
-        _log_epoch(state, losses, per_user, len(val_rows), writer)
-        if validate or not val_rows:  # with validation, only a validated epoch can be kept
+        per_user = (validation_recalls(model, hf_tok, sid_tok, builder, val_rows, horizon, num_beams=cfg.val_beams,
+                                       ranks=ranks) if validate else None)
+        _log_epoch(state, losses, per_user, len(val_rows), writer, ranks.is_main)
+        if validate or not val_rows:  # with validation, only a validated epoch can be kept (every rank the same)
             _select_epoch(state, model, per_user if validate else np.zeros(0))
-        if ckpt_path is not None:
+        if ckpt_path is not None and ranks.is_main:
             _save_checkpoint(ckpt_path, {"key": resume_key, "model": model.state_dict(), "opt": opt.state_dict(),
                                          "sched": sched.state_dict(), "state": state,
                                          "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
@@ -342,7 +351,23 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
             "stopped_early": state["bad"] >= cfg.patience}
 
 
-def _log_epoch(state: dict, losses: list[float], recalls: np.ndarray | None, n_users: int, writer) -> None:
+def _step(model, opt, ranks: Ranks, mixed, loss_of) -> float:
+    """One optimizer step on the batch whose loss `loss_of()` computes (this rank's share of it);
+    the batch's loss."""
+    with mixed():
+        loss = loss_of()
+    opt.zero_grad(set_to_none=True)
+    if loss is not None:
+        loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    value = ranks.sum_grads(params, loss if loss is not None else torch.zeros(())) if ranks.world > 1 else loss.item()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return value
+
+
+def _log_epoch(state: dict, losses: list[float], recalls: np.ndarray | None, n_users: int, writer,
+               show: bool = True) -> None:
     """The epoch's mean loss and, when it was validated, its validation Recall@10: into the
     history, stdout and TensorBoard."""
     loss = float(np.mean(losses))
@@ -355,7 +380,8 @@ def _log_epoch(state: dict, losses: list[float], recalls: np.ndarray | None, n_u
         if writer:
             writer.add_scalar("valid/recall@10", recall, state["step"])
     state["history"].append(entry)
-    print(line)
+    if show:
+        print(line)
     if writer:
         writer.add_scalar("train/epoch_loss", loss, state["step"])
 
