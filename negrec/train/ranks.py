@@ -64,14 +64,25 @@ class Ranks:
         return np.concatenate(parts)
 
 
-def launch_ranks(model) -> Ranks:
-    """The ranks of this launch, the process group joined and `model` moved to this rank's device;
-    one rank without a launcher."""
-    if launched_world() <= 1:
-        return Ranks()
+def _launch_state():
+    """accelerate's state of this launch (joins its process group; on GPUs makes the rank's own current)."""
     from accelerate import PartialState
 
     # cpu=True where no GPU is: else accelerate takes a CPU-only launch for a single process
-    state = PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def join_launch() -> None:
+    """Under a launcher, join it before a model loads: "cuda" then means this rank's GPU."""
+    if launched_world() > 1:
+        _launch_state()
+
+
+def launch_ranks(model) -> Ranks:
+    """The ranks of this launch, the process group joined and `model` on this rank's device; one
+    rank without a launcher."""
+    if launched_world() <= 1:
+        return Ranks()
+    state = _launch_state()
     model.to(state.device)
     return Ranks(state.process_index, state.num_processes)

@@ -33,6 +33,7 @@ from negrec.llm.model import ModelConfig, copy_sid_rows_to_like_tokens, load_pol
 from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_token_ids, token_rows, trainable_summary
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, aligned_item_ids, alignment_examples, can_align,
                                 labelled_items, next_negative_examples, prompt_config)
+from negrec.train.ranks import join_launch
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
                                        is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
@@ -538,6 +539,8 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     autocast = training_autocast(model_cfg.dtype)  # model.dtype's bf16 autocast (auto: on CUDA), TRL's and the loop's
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
     trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir, autocast is not None)
+    if cfg.mode == "timeline":
+        join_launch()  # under torchrun each rank loads onto its own GPU (TRL's config above does it for TRL)
     model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)  # auto: fp32 master weights
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:
