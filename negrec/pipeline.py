@@ -31,8 +31,9 @@ class PipelineConfig:
     skip: list[str] = field(default_factory=list)   # stage names to leave out
     stop_after: str = ""                            # run up to and including this stage
     force: list[str] = field(default_factory=list)  # stage names to rerun even if up to date
-    # processes for the timeline SFT stages (`RANKED`), launched under torchrun on this machine and
-    # trained data-parallel (negrec.train.ranks); 0: one per GPU (one process without a GPU)
+    # processes for the timeline SFT stages and predict (`RANKED`), launched under torchrun on this
+    # machine: data-parallel training (negrec.train.ranks), the users split (negrec.eval.data_parallel);
+    # 0: one per GPU (one process without a GPU)
     ranks: int = 0
 
     def __post_init__(self):
@@ -40,7 +41,7 @@ class PipelineConfig:
             raise ValueError(f"pipeline.ranks must be 0 (auto) or a number of processes, got {self.ranks}")
 
 
-RANKED = ("sft-align", "sft-next")  # the stages the pipeline runs on `ranks` processes (in timeline mode)
+RANKED = ("sft-align", "sft-next", "predict")  # the stages the pipeline runs on `ranks` processes (SFT: in timeline mode)
 
 
 def run_pipeline(raw: dict, run_dir) -> dict:
@@ -100,9 +101,9 @@ def _run_pipeline(raw: dict, run_dir) -> dict:
 
 
 def stage_ranks(raw: dict, cfg: PipelineConfig, name: str) -> int:
-    """How many processes run stage `name`: `pipeline.ranks` for a timeline SFT stage, else one."""
+    """How many processes run stage `name`: `pipeline.ranks` for predict and a timeline SFT stage, else one."""
     section = (raw.get(name.replace("-", "_")) or {})
-    if name not in RANKED or section.get("mode", "timeline") != "timeline":
+    if name not in RANKED or (name.startswith("sft") and section.get("mode", "timeline") != "timeline"):
         return 1
     if cfg.ranks:
         return cfg.ranks
@@ -115,14 +116,14 @@ def stage_ranks(raw: dict, cfg: PipelineConfig, name: str) -> int:
 
 def launch_stage(raw: dict, run_dir: Path, name: str, ranks: int) -> dict:
     """Stage `name` under torchrun on `ranks` processes of this machine, inside this process's run
-    lock (`negrec.runlock`), from this run's whole config; its summary."""
+    lock (`negrec.runlock`), from this run's whole config."""
     import os
     import subprocess
     import sys
 
     import torch
 
-    from .io import read_json, write_yaml
+    from .io import write_yaml
     from .runlock import HOLDER_ENV
 
     stage = next(s for s in REGISTRY if s.name == name)
@@ -137,7 +138,7 @@ def launch_stage(raw: dict, run_dir: Path, name: str, ranks: int) -> dict:
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
         raise ValueError(f"{name}: its {ranks} processes under torchrun failed (exit {rc}); the error is above")
-    return read_json(run_dir / stage.folder / "summary.json")
+    return {}
 
 
 def stage_states(raw: dict, run_dir) -> dict[str, dict]:

@@ -180,19 +180,22 @@ def test_pipeline_with_a_pretrained_lm(ml100k_dir, tmp_path, smollm2_gguf):
     assert pred.groupby(["user_id", "cut_ts"])["item_id"].nunique().eq(pred.groupby(["user_id", "cut_ts"]).size()).all()
 
 
-def test_pipeline_runs_the_timeline_sft_on_ranks_inside_its_lock(tmp_path, capfd):
-    """`pipeline.ranks: 2`: both timeline SFT stages run under torchrun on 2 processes, launched by the
-    pipeline inside its own run lock (`negrec.runlock`), and their folders are done by the one rule."""
+def test_pipeline_runs_sft_and_predict_on_ranks_inside_its_lock(tmp_path, capfd):
+    """`pipeline.ranks: 2`: both timeline SFT stages and predict run under torchrun on 2 processes,
+    launched by the pipeline inside its own run lock (`negrec.runlock`); the other stages in its
+    process; every folder done by the one rule."""
     from negrec.config import load_config
     from negrec.pipeline import run_pipeline, stage_states
     from negrec.runlock import read_holder
     from tests._tiny_run import CONFIG, tiny_overrides
 
-    raw = load_config(str(CONFIG), [*tiny_overrides(), "pipeline.ranks=2", "pipeline.stop_after=sft-next",
-                                    "sft_next.epochs=1", "sft_next.max_steps=-1"])
+    raw = load_config(str(CONFIG), [*tiny_overrides(), "pipeline.ranks=2", "pipeline.stop_after=predict",
+                                    "pipeline.skip=[grpo-plain]", "sft_next.epochs=1", "sft_next.max_steps=-1"])
     summary = run_pipeline(raw, tmp_path / "run")
     out = capfd.readouterr().out
-    assert summary["sft-align"]["status"] == summary["sft-next"]["status"] == "ran"
-    assert out.count("on 2 processes: -m torch.distributed.run") == 2 and "-m negrec.cli sft --task next" in out
-    assert stage_states(raw, tmp_path / "run")["sft-next"]["state"] == "done"
+    assert all(summary[s]["status"] == "ran" for s in ("sft-align", "sft-next", "grpo", "predict"))
+    assert out.count("on 2 processes: -m torch.distributed.run") == 3 and "-m negrec.cli sft --task next" in out
+    assert json.loads((tmp_path / "run" / "eval" / "predict_summary.json").read_text())["sft_next"]["processes"] == 2
+    assert {st["state"] for n, st in stage_states(raw, tmp_path / "run").items()
+            if n in ("sft-align", "sft-next", "grpo", "predict")} == {"done"}
     assert read_holder(tmp_path / "run") == {}  # released by the pipeline, not taken over by a rank

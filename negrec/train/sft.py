@@ -539,8 +539,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     autocast = training_autocast(model_cfg.dtype)  # model.dtype's bf16 autocast (auto: on CUDA), TRL's and the loop's
     # the TRL config before the model (ZeRO-3 shards at load); the timeline loop has its own
     trainer_args = None if task == "next" and cfg.mode == "timeline" else sft_trainer_args(cfg, work, tb_dir, autocast is not None)
-    if cfg.mode == "timeline":
-        join_launch()  # under torchrun each rank loads onto its own GPU (TRL's config above does it for TRL)
+    join_launch()  # under torchrun each rank then loads onto its own GPU (for TRL its config did so above)
     model, hf_tok, sid_tok = load_policy(init, dtype=model_cfg.dtype, training=True)  # auto: fp32 master weights
     model = apply_peft(model, peft, new_token_ids(hf_tok, sid_tok))  # the same wrapping for TRL and the timeline loop
     if peft.enabled:

@@ -223,14 +223,3 @@ def test_zero3_sft_killed_after_training_takes_its_final_checkpoint(prepared_run
     assert re.findall(r"\[sft\] resuming from \S*checkpoint-(\d+)", stdout) == [str(SFT_STEPS)], stdout[-2000:]
     check_sft(run_dir, stdout, audit)
 
-
-def test_timeline_sft_refuses_a_launcher(monkeypatch, tmp_path):
-    """The timeline loop is one process: under a launcher every rank would train the same model alone."""
-    from types import SimpleNamespace
-
-    from negrec.train.sft import SFTStageConfig, _run_timeline
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    builder = SimpleNamespace(cfg=SimpleNamespace(format="compact"))
-    with pytest.raises(ValueError, match="timeline trains in one process"):
-        _run_timeline(None, None, None, builder, None, SFTStageConfig(mode="timeline"), tmp_path, {}, "init", 0.0)
