@@ -23,8 +23,8 @@ from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT = Path(__file__).with_name("_rank_audit.py")
-# alignment: 12 steps of 8 examples; next: 3 epochs of 6 windows a batch (5 to 6 batches), validated each (40 users:
-# three beam-search batches of 16, one on rank 0 and two on rank 1)
+# alignment: 12 steps of 8 examples; next: 3 epochs of 6 windows and 3 alignment examples a batch, each
+# validated on 40 users (three beam-search batches of 16: one on rank 0, two on rank 1)
 SETS = ["sft_align.max_steps=12", "sft_align.batch_size=8", "sft_align.learning_rate=0.01",
         "sft_next.mode=timeline", "sft_next.max_steps=-1", "sft_next.epochs=3", "sft_next.batch_size=6",
         "sft_next.val_every=1", "sft_next.val_rows=40", "sft_next.patience=9", "sft_next.learning_rate=0.01",
