@@ -102,12 +102,14 @@ def _run_pipeline(raw: dict, run_dir) -> dict:
 
 def stage_ranks(raw: dict, cfg: PipelineConfig, name: str) -> int:
     """How many processes run stage `name`: `pipeline.ranks` for predict and a timeline SFT stage, else one."""
-    section = (raw.get(name.replace("-", "_")) or {})
-    if name not in RANKED or (name.startswith("sft") and section.get("mode", "timeline") != "timeline"):
+    import torch
+
+    from .train.sft import sft_config
+
+    if name not in RANKED or (name.startswith("sft-") and sft_config(raw, name[4:]).mode != "timeline"):
         return 1
     if cfg.ranks:
         return cfg.ranks
-    import torch
 
     # not on a CPU: on 2 cores two ranks of one thread ran the default SFT's epochs in 26-27 s, as one
     # process of two threads did (the all-reduce takes 2.6 ms: the halves side by side are no faster)

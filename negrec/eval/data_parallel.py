@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runlock import launched_world
+from ..runtime import launch_state, rank_span
 
 
 @dataclass
@@ -25,9 +26,7 @@ class Shard:
 
     def span(self, n: int, batch_size: int) -> tuple[int, int]:
         """[start, end) of this process's rows among n: whole batches, spread as evenly as they go."""
-        batches = -(-n // max(batch_size, 1))
-        first, last = (batches * self.rank) // self.world, (batches * (self.rank + 1)) // self.world
-        return min(n, first * batch_size), min(n, last * batch_size)
+        return rank_span(n, batch_size, self.rank, self.world)
 
     def gather(self, part: list) -> list | None:
         """Every process's `part`, concatenated in rank order, on rank 0 (None elsewhere)."""
@@ -41,11 +40,7 @@ def current_shard() -> Shard | None:
     """This process's shard under a launcher with more than one process; None in a plain run."""
     if launched_world() <= 1:
         return None
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True where no GPU is: else accelerate takes a CPU-only launch for a single process
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = launch_state()
     return Shard(state.process_index, state.num_processes, state.device)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from negrec.runlock import launched_world
+from negrec.runtime import launch_state, rank_span
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,8 @@ class Ranks:
         return idx[self.rank::self.world]
 
     def span(self, n: int, batch_size: int) -> slice:
-        """This rank's rows of n, in whole batches, spread as evenly as they go (the batches one
-        process would run, so the gathered results equal its)."""
-        batches = -(-n // max(batch_size, 1))
-        first, last = batches * self.rank // self.world, batches * (self.rank + 1) // self.world
-        return slice(min(n, first * batch_size), min(n, last * batch_size))
+        """This rank's rows of n, in whole batches (`negrec.runtime.rank_span`)."""
+        return slice(*rank_span(n, batch_size, self.rank, self.world))
 
     def sum_grads(self, params: list, loss: torch.Tensor) -> float:
         """Sum every rank's gradients into each rank's (a rank with no share of the batch adds
@@ -64,18 +62,10 @@ class Ranks:
         return np.concatenate(parts)
 
 
-def _launch_state():
-    """accelerate's state of this launch (joins its process group; on GPUs makes the rank's own current)."""
-    from accelerate import PartialState
-
-    # cpu=True where no GPU is: else accelerate takes a CPU-only launch for a single process
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def join_launch() -> None:
     """Under a launcher, join it before a model loads: "cuda" then means this rank's GPU."""
     if launched_world() > 1:
-        _launch_state()
+        launch_state()
 
 
 def launch_ranks(model) -> Ranks:
@@ -83,6 +73,6 @@ def launch_ranks(model) -> Ranks:
     rank without a launcher."""
     if launched_world() <= 1:
         return Ranks()
-    state = _launch_state()
+    state = launch_state()
     model.to(state.device)
     return Ranks(state.process_index, state.num_processes)
