@@ -19,6 +19,7 @@ from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
+from .blend import blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
@@ -40,6 +41,12 @@ class EvalConfig:
     # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
     # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
     pairs: list = field(default_factory=list)
+    # rows of their own, never the policy's: the main policy's candidates re-ranked with each named
+    # baseline's list by weighted reciprocal rank fusion (`negrec.eval.blend`; [] for none). The
+    # candidates stay the LLM's, so Recall@k is the policy's own; the baseline re-orders them
+    blend_with: list = field(default_factory=lambda: ["user_knn"])
+    blend_weight: float = 0.5
+    blend_rrf_k: int = 60
 
 
 @dataclass
@@ -356,8 +363,9 @@ def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = N
     """Method pairs (a, b) to compare. Default: the main policy (`grpo`, else the last SID policy
     present) against the best baseline by Recall@10 (baselines: every method that is not a SID
     policy), against `sft_next` and against `grpo_plain`. `wanted` ("a:b"; `best_baseline` may name b)
-    replaces the defaults. Pairs with a missing method, or a method against itself, are skipped."""
-    base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS}
+    replaces the defaults; each blend row (`negrec.eval.blend`) is compared with the main policy and
+    the best baseline. Pairs with a missing method, or a method against itself, are skipped."""
+    base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS and not is_blend(k)}
     best = max(base, key=base.get) if base else None
     policies = [p for p in POLICY_DIRS if p in metrics]
     main = "grpo" if "grpo" in metrics else (policies[-1] if policies else None)
@@ -366,6 +374,7 @@ def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = N
         pairs = [(a, best if b == "best_baseline" else b) for a, b in pairs]
     else:
         pairs = [(main, best), (main, "sft_next"), (main, "grpo_plain")]
+        pairs += [(b, p) for b in metrics if is_blend(b) for p in (main, best)]
     return list(dict.fromkeys((a, b) for a, b in pairs if a in metrics and b in metrics and a != b))
 
 
@@ -485,7 +494,16 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
                            max_items_per_user=cfg.metrics.swing_max_items_per_user)
     h = cfg.metrics.main_horizon
     keep = _metric_keys(PAIR_METRICS + SLICE_METRICS, cfg.metrics, h)
-    metrics, rows = {}, {}
+    metrics, rows, frames = {}, {}, {}
+
+    def score(name: str, pred: pd.DataFrame, cand_scores) -> None:
+        m = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log, sid_tok=sid_tok,
+                                 swing=swing, candidate_scores=cand_scores, per_row=True)
+        per_row = _aligned(m.pop("per_row"), keys)
+        metrics[name] = add_confidence_intervals(m, per_row, h, cfg.metrics)
+        metrics[name]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
+        rows[name] = per_row[[k for k in keep if k in per_row]]  # only what pairs and slices need
+
     for f in files:
         pred = pd.read_parquet(f)
         # every method is scored on the same rows: those of the targets file; an outside file is
@@ -494,15 +512,14 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
                 else pred.merge(keys, on=["user_id", "cut_ts"]))
         # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
         cand_file = ev / "candidates" / f.name
-        cand_scores = pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None
-        m = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log, sid_tok=sid_tok,
-                                 swing=swing, candidate_scores=cand_scores, per_row=True)
-        per_row = _aligned(m.pop("per_row"), keys)
-        metrics[f.stem] = add_confidence_intervals(m, per_row, h, cfg.metrics)
-        metrics[f.stem]["candidate_scored_by"] = "own scores" if cand_scores is not None else "ranking order"
-        rows[f.stem] = per_row[[k for k in keep if k in per_row]]  # only what pairs and slices need
+        score(f.stem, pred, pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None)
+        frames[f.stem] = pred
+    labels = dict(policy_labels(run_dir))
+    for name, (policy, baseline, pred) in ({} if predictions else _blends(frames, cfg, ev)).items():
+        score(name, pred, None)
+        labels[name] = f"{labels.get(policy, policy)} re-ranked by {baseline}"
     first = metrics[files[0].stem]
-    table = results_table_ci(metrics, h, cfg.metrics.fhr_k, policy_labels(run_dir))
+    table = results_table_ci(metrics, h, cfg.metrics.fhr_k, labels)
     text = format_table(table,
                         f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
                         f"({first.get(f'n_users_h{h}')} users) with a non-empty F_H ({cfg.split} split); "
@@ -517,6 +534,23 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     paired_text = _write_comparisons(ev, rows, keys, log, train_log, metrics, cfg)
     print(text + "\n\n" + paired_text)
     return {"metrics": metrics, "table": text, "paired": paired_text}
+
+
+def _blends(frames: dict[str, pd.DataFrame], cfg: "EvalConfig", ev: Path) -> dict[str, tuple]:
+    """{name: (policy, baseline, predictions)}: the main policy re-ranked with each `cfg.blend_with`
+    baseline present, each also written to eval/blends/<name>.parquet."""
+    policies = [p for p in POLICY_DIRS if p in frames]
+    main = "grpo" if "grpo" in frames else (policies[-1] if policies else None)
+    out = {}
+    for baseline in cfg.blend_with if main else []:
+        if baseline not in frames or baseline in POLICY_DIRS:
+            print(f"[evaluate] eval.blend_with: {baseline!r} is not a baseline this run scored: no blend row")
+            continue
+        name = blend_name(main, baseline)
+        pred = rerank(frames[main], frames[baseline], cfg.blend_weight, cfg.blend_rrf_k)
+        write_parquet(ev / "blends" / f"{name}.parquet", pred)
+        out[name] = (main, baseline, pred)
+    return out
 
 
 def _log_path(run_dir: Path, log) -> Path:
