@@ -173,7 +173,8 @@ def _section_class(name: str):
 def check_config(raw: dict, sections=None) -> list[str]:
     """Refuse unknown top-level sections and `run` keys (naming the nearest valid one), sections
     that are not mappings, and unknown keys or out-of-range values of `sections` (default: all);
-    then fix the horizon (see `resolve_horizons`). Returns notes to show (explicit horizon overrides)."""
+    then resolve `prompt.day_breaks` (`_fill_day_breaks`) and fix the horizon (see `resolve_horizons`).
+    Returns notes to show (explicit horizon overrides)."""
     src = raw.get("_source", "<config>")
     for key, value in raw.items():
         if str(key).startswith("_"):
@@ -192,7 +193,9 @@ def check_config(raw: dict, sections=None) -> list[str]:
             section_config(cls, raw, name)
     if "prompt" in (SECTIONS if sections is None else sections):
         _check_prompt_history(raw)
-        _fill_day_breaks(raw)
+    # every command, whatever sections it checks: the stages' fingerprints hold the resolved value, so
+    # `negrec evaluate` on a day-cut run judged its inputs stale without it (predict reads `prompt`)
+    _fill_day_breaks(raw)
     return resolve_horizons(raw)
 
 

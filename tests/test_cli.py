@@ -217,6 +217,26 @@ def test_export_codebook_error_is_one_line_without_torch(tmp_path, cli_without_t
     assert "Traceback" not in proc.stderr
 
 
+def test_every_command_resolves_day_breaks_as_the_pipeline_does(tmp_path, cli_without_torch):
+    """Unset, `prompt.day_breaks` follows the data's cuts (on under day cuts), and the stages'
+    fingerprints hold the resolved value: every command's config check must resolve it. `negrec
+    evaluate` (which checks `eval` alone) once left it out, judged predict stale on a day-cut run
+    the pipeline had just finished, and refused. The resolution stays torch-free."""
+    import copy
+
+    from negrec.cli import SECTIONS_OF
+    from negrec.config import check_config, load_config
+
+    raw = load_config("configs/generic.yaml")
+    assert (raw.get("prompt") or {}).get("day_breaks") is None  # the template leaves it to the cuts
+    for command, sections in SECTIONS_OF.items():
+        resolved = copy.deepcopy(raw)
+        check_config(resolved, sections)
+        assert resolved["prompt"]["day_breaks"] is True, command
+    proc = cli_without_torch("evaluate", "--config", "configs/generic.yaml", "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "torch" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir, cli_without_torch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"format": "movielens", "path": str(ml100k_dir),
