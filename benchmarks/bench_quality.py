@@ -9,10 +9,13 @@ of negrec against its rivals (eval/paired.json); the filter curve of the main me
 check (negrec's Recall@10 at least 30% above the best baseline's, with the CI of the gap).
 
 GRPO as trained: `grpo.select: validation` ships the SFT start whenever no GRPO stage beats it on the
-validation users, and then GRPO - SFT is 0 on test by construction. So each dataset's run folder is
-copied and GRPO (progressive and plain) rerun with `grpo.select: last`, the same training to its last
-stage, and those policies are paired with the run's SFT and with each other on the same test users
-(`grpo_as_trained` in the JSON): what GRPO does to the policy, whichever way it falls.
+validation users, and then GRPO - SFT is 0 on test by construction. The stage then keeps its last
+stage's end beside what it ships (`grpo/last`, `grpo_plain/last`): those policies rank the same test
+users and are paired with the run's SFT and with each other (`grpo_as_trained` in the JSON): what GRPO
+does to the policy, whichever way it falls.
+
+Re-ranked rows (`eval.blend_with`, `negrec.eval.blend`): the policy's candidates re-ordered with a
+baseline's list, each a row of its own beside the `grpo` row, paired with it and with the best baseline.
 
     python benchmarks/bench_quality.py [--datasets ml100k kuairand] [--set grpo.generation=beam ...]
 
@@ -30,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_result, score_on_base  # noqa: E402
+
+from negrec.eval.blend import is_blend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -78,21 +83,34 @@ def run_dataset(name: str, extra: list[str], fresh: bool) -> dict:
 
 def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     """GRPO's last stages, progressive and plain, paired with the run's SFT policy and with each other
-    (module docstring): a copy of `run_dir` where only GRPO, its predictions and evaluation rerun."""
-    from negrec.pipeline import run_pipeline
+    (module docstring): each stage keeps its last stage's end in `<stage>/last` when validation shipped
+    something else (else `final` is it), ranked here for the run's test users as `negrec predict` ranks."""
+    from negrec.config import section_config
+    from negrec.eval.checks import with_original_ids
+    from negrec.eval.run import EvalConfig, _eval_rows, predict_with_policy
+    from negrec.io import write_parquet
+    from negrec.llm.model import ModelConfig
+    from negrec.llm.prompts import prompt_config
 
-    last_dir = run_dir.parent / f"{name}_grpo_last"
-    if not last_dir.exists():
-        shutil.copytree(run_dir, last_dir, symlinks=True)
-    config, raw = dataset_config(name, extra, ("grpo.select=last", "eval.policies=[grpo_plain, grpo]"))
-    t0 = time.time()
-    run_pipeline(raw, last_dir)
-    files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet",
-             "grpo_last": last_dir / "eval" / "predictions" / "grpo.parquet",
-             "grpo_plain_last": last_dir / "eval" / "predictions" / "grpo_plain.parquet"}
+    out = run_dir.parent / f"{name}_grpo_last"
+    config, raw = dataset_config(name, extra)
+    cfg = section_config(EvalConfig, raw, "eval")
+    t0, prepared, samples = time.time(), None, None
+    files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet"}
+    for row, stage in (("grpo_last", "grpo"), ("grpo_plain_last", "grpo_plain")):
+        policy = next((run_dir / stage / d for d in ("last", "final") if (run_dir / stage / d / "config.json").exists()), None)
+        if policy is None:
+            continue
+        files[row] = out / f"{row}.parquet"
+        if not files[row].exists():
+            if prepared is None:
+                prepared, samples, _ = _eval_rows(run_dir, cfg)
+            pred, _ = predict_with_policy(policy, prepared, samples, cfg, prompt_config(raw),
+                                          dtype=section_config(ModelConfig, raw, "model").dtype)
+            write_parquet(files[row], with_original_ids(pred, prepared.id_maps))
     pairs = [("grpo_last", "sft_next"), ("grpo_plain_last", "sft_next"), ("grpo_last", "grpo_plain_last")]
     rows, paired = score_on_base(run_dir, files, pairs, AS_TRAINED_METRICS, config)
-    return {"run_dir": str(last_dir), "seconds": round(time.time() - t0, 1), "rows": rows, "paired": paired}
+    return {"folder": str(out), "seconds": round(time.time() - t0, 1), "rows": rows, "paired": paired}
 
 
 def table_row(ds: str, method: str, m: dict) -> dict:
@@ -132,12 +150,16 @@ def main() -> None:
         rows += [table_row(ds, method, m) for method, m in metrics.items()]
         paired += [{"dataset": ds, **{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}}
                    for p in res["paired"]]
-        base = {k: v.get("recall@10_h7") or 0.0 for k, v in metrics.items() if k not in SID_POLICIES}
+        base = {k: v.get("recall@10_h7") or 0.0 for k, v in metrics.items() if k not in SID_POLICIES and not is_blend(k)}
         best_base = max(base, key=base.get)
         ours = metrics.get("grpo", {}).get("recall@10_h7")
         goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base[best_base], "negrec_r10": ours,
                      "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1,
                      "gap_ci": gap_ci(res["paired"], "grpo", best_base)}
+        # the re-ranked rows (eval.blend_with): rows of their own, never the policy's goal
+        goals[ds]["blends"] = {k: {"r10": v.get("recall@10_h7"), "vs_grpo": gap_ci(res["paired"], k, "grpo"),
+                                   "vs_best_baseline": gap_ci(res["paired"], k, best_base)}
+                               for k, v in metrics.items() if is_blend(k)}
     print_table(rows, "Future-negative metrics on test users, H = 7 days (negrec = grpo: progressive GRPO); "
                       "_lo/_hi: 95% CI, bootstrap over users")
     print_table(paired, "Paired differences a - b on the same test rows (95% CI and p: paired bootstrap over users)")
@@ -155,6 +177,9 @@ def main() -> None:
         met = g["relative_gain"] is not None and g["relative_gain"] >= 0.3
         print(f"  {ds}: negrec {g['negrec_r10']}, best baseline {g['best_baseline']} {g['best_baseline_r10']:.4f} "
               f"-> {gain} ({'met' if met else 'NOT met'}; {g['gap_ci']}); pipeline {results[ds]['seconds']}s")
+        for name, b in g["blends"].items():
+            print(f"    {name} (re-ranked, a row of its own): {b['r10']:.4f}; - grpo {b['vs_grpo']}; "
+                  f"- {g['best_baseline']} {b['vs_best_baseline']}")
     payload = {"command": " ".join(["python", "benchmarks/bench_quality.py", *sys.argv[1:]]),
                "table": rows, "goal": goals, "paired": paired,
                "filter": {ds: r["filter"] for ds, r in results.items()},
