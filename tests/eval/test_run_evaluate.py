@@ -218,6 +218,7 @@ def test_evaluate_scores_what_the_stages_wrote_and_refuses_a_deleted_file(run_di
     import shutil
 
     from negrec.cli import main
+    from negrec.config import check_config
     from negrec.contract import state
     from negrec.io import write_yaml
 
@@ -226,6 +227,7 @@ def test_evaluate_scores_what_the_stages_wrote_and_refuses_a_deleted_file(run_di
     raw = {"eval": {"metrics": {"ks": [5, 10, 20, 50], "horizons": [1, 7], "main_horizon": 7, "bootstrap": 50,
                                 "swing_top_n": 0}}}
     write_yaml(run / "config.yaml", raw)
+    check_config(raw)  # resolved as every command resolves it (prompt.day_breaks under the default day cuts)
     _stage_writes(raw, run, "baselines", ["random", "popular_negatives"])
     _stage_writes(raw, run, "predict", ["grpo"])  # sft_next: left by an older config
     capsys.readouterr()
