@@ -14,7 +14,7 @@ stage's end beside what it ships (`grpo/last`, `grpo_plain/last`): those policie
 users and are paired with the run's SFT and with each other (`grpo_as_trained` in the JSON): what GRPO
 does to the policy, whichever way it falls.
 
-Re-ranked rows (`eval.blend_with`, `negrec.eval.blend`): the policy's candidates re-ordered with a
+Re-ranked rows (the `blend` section, `negrec.eval.blend`): the policy's candidates re-ordered with a
 baseline's list, each a row of its own beside the `grpo` row, paired with it and with the best baseline.
 
     python benchmarks/bench_quality.py [--datasets ml100k kuairand] [--set grpo.generation=beam ...]
@@ -98,19 +98,32 @@ def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     t0, prepared, samples = time.time(), None, None
     files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet"}
     for row, stage in (("grpo_last", "grpo"), ("grpo_plain_last", "grpo_plain")):
-        policy = next((run_dir / stage / d for d in ("last", "final") if (run_dir / stage / d / "config.json").exists()), None)
+        policy = last_policy(run_dir / stage)
         if policy is None:
             continue
+        if prepared is None:
+            prepared, samples, _ = _eval_rows(run_dir, cfg)
+        # ranked afresh on every run (about a minute): a file kept from an earlier GRPO would be paired
+        # with this run's SFT
+        pred, _ = predict_with_policy(policy, prepared, samples, cfg, prompt_config(raw),
+                                      dtype=section_config(ModelConfig, raw, "model").dtype)
         files[row] = out / f"{row}.parquet"
-        if not files[row].exists():
-            if prepared is None:
-                prepared, samples, _ = _eval_rows(run_dir, cfg)
-            pred, _ = predict_with_policy(policy, prepared, samples, cfg, prompt_config(raw),
-                                          dtype=section_config(ModelConfig, raw, "model").dtype)
-            write_parquet(files[row], with_original_ids(pred, prepared.id_maps))
+        write_parquet(files[row], with_original_ids(pred, prepared.id_maps))
     pairs = [("grpo_last", "sft_next"), ("grpo_plain_last", "sft_next"), ("grpo_last", "grpo_plain_last")]
     rows, paired = score_on_base(run_dir, files, pairs, AS_TRAINED_METRICS, config)
     return {"folder": str(out), "seconds": round(time.time() - t0, 1), "rows": rows, "paired": paired}
+
+
+def last_policy(stage_dir: Path) -> Path | None:
+    """The GRPO stage's last stage's end: `last` where the stage shipped something else, `final`
+    where it shipped that end itself (its summary's kept policy is a GRPO stage, not the SFT start)."""
+    summary = stage_dir / "summary.json"
+    if not summary.exists():
+        return None
+    if (stage_dir / "last" / "config.json").exists():
+        return stage_dir / "last"
+    kept = json.loads(summary.read_text()).get("kept", {}).get("name")
+    return stage_dir / "final" if kept not in (None, "sft") else None
 
 
 def table_row(ds: str, method: str, m: dict) -> dict:
@@ -156,7 +169,7 @@ def main() -> None:
         goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base[best_base], "negrec_r10": ours,
                      "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1,
                      "gap_ci": gap_ci(res["paired"], "grpo", best_base)}
-        # the re-ranked rows (eval.blend_with): rows of their own, never the policy's goal
+        # the re-ranked rows (blend.baselines): rows of their own, never the policy's goal
         goals[ds]["blends"] = {k: {"r10": v.get("recall@10_h7"), "vs_grpo": gap_ci(res["paired"], k, "grpo"),
                                    "vs_best_baseline": gap_ci(res["paired"], k, best_base)}
                                for k, v in metrics.items() if is_blend(k)}

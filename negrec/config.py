@@ -152,7 +152,8 @@ SECTIONS = {
     "model": "negrec.llm.model:ModelConfig", "prompt": "negrec.llm.prompts:PromptConfig",
     "sft_align": "negrec.train.sft:SFTAlignConfig", "sft_next": "negrec.train.sft:SFTNextConfig",
     "grpo": "negrec.train.grpo:ProgressiveGRPOConfig", "rewards": "negrec.rewards.functions:RewardConfig",
-    "eval": "negrec.eval.run:EvalConfig", "baselines": "negrec.eval.run:BaselinesConfig",
+    "eval": "negrec.eval.run:EvalConfig", "blend": "negrec.eval.blend:BlendConfig",
+    "baselines": "negrec.eval.run:BaselinesConfig",
     "filter": "negrec.eval.run:FilterConfig", "report": "negrec.eval.report:ReportConfig",
     "pipeline": "negrec.pipeline:PipelineConfig",
 }

@@ -70,7 +70,7 @@ STAGES: tuple[Stage, ...] = (
           # predictions.parquet only when a policy exists
           ("eval/targets.parquet", "eval/predict_summary.json"), folder="eval"),
     Stage("evaluate", "evaluate", "negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet",
-          ("eval",), ("data", "predict", "baselines"), ("eval/metrics.json", "eval/results_table.txt"),
+          ("eval", "blend"), ("data", "predict", "baselines"), ("eval/metrics.json", "eval/results_table.txt"),
           torch_free=True, folder="eval"),
     Stage("filter", "filter", "negrec.eval", "run_filter", "the predicted-dislike filter and its removal curve",
           ("filter", "eval"), ("data", "tokenize", "predict"), ("filter/curve.json",), torch_free=True, folder="filter"),

@@ -47,7 +47,7 @@ def test_cli_and_pipeline_read_the_registry():
     # a command that imports torch checks its inputs' sections too (sft reads prompt and model);
     # a torch-free one only its own (an upstream section class may import torch)
     assert cli.SECTIONS_OF["sft"] == ["data", "encode", "tokenize", "model", "prompt", "sft_align", "sft_next"]
-    assert cli.SECTIONS_OF["evaluate"] == ["eval"]
+    assert cli.SECTIONS_OF["evaluate"] == ["eval", "blend"]
     assert {"data", "export-codebook", "evaluate", "filter", "report"} <= cli.TORCH_FREE
     assert "sft" not in cli.TORCH_FREE and "grpo" not in cli.TORCH_FREE
     # the stage list is written out once: no other module names a stage's (module, function) pair

@@ -11,10 +11,26 @@ items the LLM proposed; `weight` sets how much the baseline counts (0: the polic
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pandas as pd
 
 KEYS = ["user_id", "cut_ts"]
 SEP = "+"  # a blend's method name: "<policy>+<baseline>"
+
+
+@dataclass
+class BlendConfig:
+    """Section `blend`, read by `negrec evaluate` alone (changing it reruns no ranking): one re-ranked
+    row per named baseline the run scored; [] for none."""
+
+    baselines: list[str] = field(default_factory=lambda: ["user_knn"])
+    weight: float = 0.5
+    rrf_k: int = 60
+
+    def __post_init__(self):
+        if self.weight < 0 or self.rrf_k < 0:
+            raise ValueError(f"blend.weight and blend.rrf_k must be >= 0, got {self.weight} and {self.rrf_k}")
 
 
 def blend_name(policy: str, baseline: str) -> str:
@@ -30,7 +46,7 @@ def rerank(policy: pd.DataFrame, baseline: pd.DataFrame, weight: float = 0.5, rr
     predictions layout (user_id, cut_ts, rank, item_id, score), and so is the result (score: the
     fused score). Rows the baseline lacks keep the policy's order."""
     if weight < 0 or rrf_k < 0:
-        raise ValueError(f"eval.blend_weight and eval.blend_rrf_k must be >= 0, got {weight} and {rrf_k}")
+        raise ValueError(f"blend.weight and blend.rrf_k must be >= 0, got {weight} and {rrf_k}")
     base = (baseline[KEYS + ["item_id", "rank"]].sort_values("rank")
             .drop_duplicates(KEYS + ["item_id"]).rename(columns={"rank": "base_rank"}))
     out = policy[KEYS + ["item_id", "rank"]].merge(base, on=KEYS + ["item_id"], how="left")

@@ -19,7 +19,7 @@ from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
-from .blend import blend_name, is_blend, rerank
+from .blend import BlendConfig, blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
@@ -41,12 +41,6 @@ class EvalConfig:
     # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
     # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
     pairs: list = field(default_factory=list)
-    # rows of their own, never the policy's: the main policy's candidates re-ranked with each named
-    # baseline's list by weighted reciprocal rank fusion (`negrec.eval.blend`; [] for none). The
-    # candidates stay the LLM's, so Recall@k is the policy's own; the baseline re-orders them
-    blend_with: list = field(default_factory=lambda: ["user_knn"])
-    blend_weight: float = 0.5
-    blend_rrf_k: int = 60
 
 
 @dataclass
@@ -359,16 +353,22 @@ def _metric_keys(templates, mcfg: MetricsConfig, h: int) -> list[str]:
     return [f"{k}_h{h}" for k in dict.fromkeys(keys) if k.startswith("fhr@") or int(k.split("@")[1]) in mcfg.ks]
 
 
+def main_policy(methods) -> str | None:
+    """The run's main method among `methods`: `grpo`, else the last SID policy present."""
+    policies = [p for p in POLICY_DIRS if p in methods]
+    return "grpo" if "grpo" in methods else (policies[-1] if policies else None)
+
+
 def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = None) -> list[tuple[str, str]]:
     """Method pairs (a, b) to compare. Default: the main policy (`grpo`, else the last SID policy
     present) against the best baseline by Recall@10 (baselines: every method that is not a SID
     policy), against `sft_next` and against `grpo_plain`. `wanted` ("a:b"; `best_baseline` may name b)
-    replaces the defaults; each blend row (`negrec.eval.blend`) is compared with the main policy and
-    the best baseline. Pairs with a missing method, or a method against itself, are skipped."""
+    replaces the defaults; by default each re-ranked row (`negrec.eval.blend`) is also compared with
+    the main policy and the best baseline. Pairs with a missing method, or a method against itself,
+    are skipped."""
     base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS and not is_blend(k)}
     best = max(base, key=base.get) if base else None
-    policies = [p for p in POLICY_DIRS if p in metrics]
-    main = "grpo" if "grpo" in metrics else (policies[-1] if policies else None)
+    main = main_policy(metrics)
     if wanted:
         pairs = [tuple(s.split(":", 1)) for s in wanted]
         pairs = [(a, best if b == "best_baseline" else b) for a, b in pairs]
@@ -481,7 +481,7 @@ def _run_fit_limits(run_dir: Path, split: str) -> pd.Series | None:
 
 
 def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
-    cfg = section_config(EvalConfig, raw, "eval")
+    cfg, bcfg = section_config(EvalConfig, raw, "eval"), section_config(BlendConfig, raw, "blend")
     log_given = bool(log)
     ev = run_dir / "eval"
     id_maps = load_id_maps(_log_path(run_dir, log).parent)  # an outside file names ids as the log did
@@ -513,9 +513,10 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
         cand_file = ev / "candidates" / f.name
         score(f.stem, pred, pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None)
-        frames[f.stem] = pred
+        if f.stem in POLICY_DIRS or f.stem in bcfg.baselines:  # only what a re-ranked row needs stays in memory
+            frames[f.stem] = pred
     labels = dict(policy_labels(run_dir))
-    for name, (policy, baseline, pred) in ({} if predictions else _blends(frames, cfg, ev)).items():
+    for name, (policy, baseline, pred) in ({} if predictions else _blends(frames, bcfg, ev, id_maps)).items():
         score(name, pred, None)
         labels[name] = f"{labels.get(policy, policy)} re-ranked by {baseline}"
     first = metrics[files[0].stem]
@@ -536,20 +537,22 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     return {"metrics": metrics, "table": text, "paired": paired_text}
 
 
-def _blends(frames: dict[str, pd.DataFrame], cfg: "EvalConfig", ev: Path) -> dict[str, tuple]:
-    """{name: (policy, baseline, predictions)}: the main policy re-ranked with each `cfg.blend_with`
-    baseline present, each also written to eval/blends/<name>.parquet."""
-    policies = [p for p in POLICY_DIRS if p in frames]
-    main = "grpo" if "grpo" in frames else (policies[-1] if policies else None)
+def _blends(frames: dict[str, pd.DataFrame], cfg: BlendConfig, ev: Path, id_maps) -> dict[str, tuple]:
+    """{name: (policy, baseline, predictions)}: the main policy re-ranked with each of `cfg.baselines`
+    the run scored, each also written to eval/blends/<name>.parquet (its rows named as the log names them)."""
+    main = main_policy(frames)
     out = {}
-    for baseline in cfg.blend_with if main else []:
+    for baseline in cfg.baselines if main else []:
         if baseline not in frames or baseline in POLICY_DIRS:
-            print(f"[evaluate] eval.blend_with: {baseline!r} is not a baseline this run scored: no blend row")
+            print(f"[evaluate] blend.baselines: {baseline!r} is not a baseline this run scored: no re-ranked row")
             continue
         name = blend_name(main, baseline)
-        pred = rerank(frames[main], frames[baseline], cfg.blend_weight, cfg.blend_rrf_k)
-        write_parquet(ev / "blends" / f"{name}.parquet", pred)
+        pred = rerank(frames[main], frames[baseline], cfg.weight, cfg.rrf_k)
+        write_parquet(ev / "blends" / f"{name}.parquet", with_original_ids(pred, id_maps))
         out[name] = (main, baseline, pred)
+    for left in (ev / "blends").glob("*.parquet"):  # a row an earlier config asked for
+        if left.stem not in out:
+            left.unlink()
     return out
 
 

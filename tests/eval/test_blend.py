@@ -35,8 +35,17 @@ def test_rerank_keeps_the_policys_items_and_moves_those_the_baseline_ranks_high(
     assert same.groupby("user_id")["item_id"].apply(list).to_dict() == {1: [10, 11, 12, 13, 14], 2: [20, 21, 22]}
     small = rerank(policy, baseline, weight=0.01)
     assert small[small.user_id == 1]["item_id"].tolist() == [10, 11, 12, 13, 14]
-    with pytest.raises(ValueError, match="blend_weight"):
+    with pytest.raises(ValueError, match="blend.weight"):
         rerank(policy, baseline, weight=-1.0)
+
+
+def test_the_blend_section_is_checked_with_the_config():
+    from negrec.config import ConfigError, check_config
+
+    check_config({"blend": {"baselines": ["item_knn"], "weight": 1.0}})
+    for bad in ({"baselines": "user_knn"}, {"weight": -2}, {"with": ["user_knn"]}):
+        with pytest.raises((ConfigError, ValueError), match="blend"):
+            check_config({"blend": bad})
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,9 @@ def blended_run(tmp_path_factory):
     for method, items_of in lists.items():
         _frame({int(u): items_of(int(u)) for u in users}).to_parquet(run / "eval" / "predictions" / f"{method}.parquet")
     raw = {"eval": {"metrics": {"ks": [5, 10, 20], "horizons": [7], "main_horizon": 7, "bootstrap": 200,
-                                "swing_top_n": 0}, "blend_with": ["user_knn", "sasrec_neg"]}}
+                                "swing_top_n": 0}}, "blend": {"baselines": ["user_knn", "sasrec_neg"]}}
+    (run / "eval" / "blends").mkdir()
+    pd.DataFrame({"user_id": [1]}).to_parquet(run / "eval" / "blends" / "grpo+item_knn.parquet")  # an earlier config's
     mark_done(raw, run, "data")
     return run, run_evaluate(raw, run)
 
@@ -73,6 +84,7 @@ def test_evaluate_adds_the_blend_as_a_row_of_its_own(blended_run, capsys):
     assert metrics["grpo"]["recall@5_h7"] == 0.0 and metrics["grpo"]["recall@10_h7"] == 1.0
     # re-ranked, user-kNN's first item (the policy's 9th) comes first
     assert metrics["grpo+user_knn"]["recall@5_h7"] == 1.0 and metrics["grpo+user_knn"]["mrr@10_h7"] == 1.0
+    assert sorted(p.name for p in (run / "eval" / "blends").iterdir()) == ["grpo+user_knn.parquet"]  # sasrec_neg: not run
     blend = pd.read_parquet(run / "eval" / "blends" / "grpo+user_knn.parquet")
     policy = pd.read_parquet(run / "eval" / "predictions" / "grpo.parquet")
     assert sorted(blend["item_id"]) == sorted(policy["item_id"])  # the candidates stay the LLM's
