@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_result, score_on_base  # noqa: E402
 
 from negrec.eval.blend import is_blend  # noqa: E402
+from negrec.eval.run import best_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -47,7 +48,6 @@ DATASETS = {
     "kuairand": (ROOT / "configs" / "kuairand.yaml", [f"data.path={SHARED / 'kuairand-27k-likehate'}"]),
 }
 AS_TRAINED_METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
-SID_POLICIES = ("sft_align", "sft_next", "grpo_plain", "grpo")  # as `negrec.eval.run.POLICY_DIRS`: not baselines
 COLUMNS = [("recall@10_h7", "R@10"), ("recall@50_h7", "R@50"), ("fhr@20_h7", "FHR@20"), ("ndcg@10_h7", "NDCG@10"),
            ("next_hit@10", "Next Hit@10"), ("coll_recall@10_h7", "Coll R@10"), ("prefix1_recall@10_h7", "SID-L1 R@10"),
            ("prefix2_recall@10_h7", "SID-L2 R@10"), ("lt_user/recall@10_h7", "LUF R@10"),
@@ -163,11 +163,11 @@ def main() -> None:
         rows += [table_row(ds, method, m) for method, m in metrics.items()]
         paired += [{"dataset": ds, **{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")}}
                    for p in res["paired"]]
-        base = {k: v.get("recall@10_h7") or 0.0 for k, v in metrics.items() if k not in SID_POLICIES and not is_blend(k)}
-        best_base = max(base, key=base.get)
+        best_base = best_baseline(metrics, 7)
+        base_r10 = metrics[best_base].get("recall@10_h7") or 0.0
         ours = metrics.get("grpo", {}).get("recall@10_h7")
-        goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base[best_base], "negrec_r10": ours,
-                     "relative_gain": None if ours is None or base[best_base] == 0 else ours / base[best_base] - 1,
+        goals[ds] = {"best_baseline": best_base, "best_baseline_r10": base_r10, "negrec_r10": ours,
+                     "relative_gain": None if ours is None or base_r10 == 0 else ours / base_r10 - 1,
                      "gap_ci": gap_ci(res["paired"], "grpo", best_base)}
         # the re-ranked rows (blend.baselines): rows of their own, never the policy's goal
         goals[ds]["blends"] = {k: {"r10": v.get("recall@10_h7"), "vs_grpo": gap_ci(res["paired"], k, "grpo"),

@@ -29,8 +29,13 @@ class BlendConfig:
     rrf_k: int = 60
 
     def __post_init__(self):
-        if self.weight < 0 or self.rrf_k < 0:
-            raise ValueError(f"blend.weight and blend.rrf_k must be >= 0, got {self.weight} and {self.rrf_k}")
+        check_fusion(self.weight, self.rrf_k)
+
+
+def check_fusion(weight: float, rrf_k: float) -> None:
+    """Refuse a negative weight or rank offset (the config's check and `rerank`'s)."""
+    if weight < 0 or rrf_k < 0:
+        raise ValueError(f"blend.weight and blend.rrf_k must be >= 0, got {weight} and {rrf_k}")
 
 
 def blend_name(policy: str, baseline: str) -> str:
@@ -45,8 +50,7 @@ def rerank(policy: pd.DataFrame, baseline: pd.DataFrame, weight: float = 0.5, rr
     """`policy`'s items per (user, cut) row ordered by the fused score above; both frames in the
     predictions layout (user_id, cut_ts, rank, item_id, score), and so is the result (score: the
     fused score). Rows the baseline lacks keep the policy's order."""
-    if weight < 0 or rrf_k < 0:
-        raise ValueError(f"blend.weight and blend.rrf_k must be >= 0, got {weight} and {rrf_k}")
+    check_fusion(weight, rrf_k)
     base = (baseline[KEYS + ["item_id", "rank"]].sort_values("rank")
             .drop_duplicates(KEYS + ["item_id"]).rename(columns={"rank": "base_rank"}))
     out = policy[KEYS + ["item_id", "rank"]].merge(base, on=KEYS + ["item_id"], how="left")

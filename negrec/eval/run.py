@@ -359,6 +359,12 @@ def main_policy(methods) -> str | None:
     return "grpo" if "grpo" in methods else (policies[-1] if policies else None)
 
 
+def best_baseline(metrics: dict[str, dict], h: int) -> str | None:
+    """The baseline (a method neither a SID policy nor a re-ranked row) with the highest Recall@10."""
+    base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS and not is_blend(k)}
+    return max(base, key=base.get) if base else None
+
+
 def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = None) -> list[tuple[str, str]]:
     """Method pairs (a, b) to compare. Default: the main policy (`grpo`, else the last SID policy
     present) against the best baseline by Recall@10 (baselines: every method that is not a SID
@@ -366,8 +372,7 @@ def resolve_pairs(metrics: dict[str, dict], h: int, wanted: list[str] | None = N
     replaces the defaults; by default each re-ranked row (`negrec.eval.blend`) is also compared with
     the main policy and the best baseline. Pairs with a missing method, or a method against itself,
     are skipped."""
-    base = {k: v.get(f"recall@10_h{h}") or 0.0 for k, v in metrics.items() if k not in POLICY_DIRS and not is_blend(k)}
-    best = max(base, key=base.get) if base else None
+    best = best_baseline(metrics, h)
     main = main_policy(metrics)
     if wanted:
         pairs = [tuple(s.split(":", 1)) for s in wanted]
@@ -495,6 +500,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     h = cfg.metrics.main_horizon
     keep = _metric_keys(PAIR_METRICS + SLICE_METRICS, cfg.metrics, h)
     metrics, rows, frames = {}, {}, {}
+    needed = {main_policy([f.stem for f in files]), *bcfg.baselines}
 
     def score(name: str, pred: pd.DataFrame, cand_scores) -> None:
         m = evaluate_predictions(pred, targets, log=log, cfg=cfg.metrics, train_log=train_log, sid_tok=sid_tok,
@@ -513,7 +519,7 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         # candidate accuracy by the method's own scores when it wrote them, else by its ranking's order
         cand_file = ev / "candidates" / f.name
         score(f.stem, pred, pd.read_parquet(cand_file) if cand_file.exists() and not predictions else None)
-        if f.stem in POLICY_DIRS or f.stem in bcfg.baselines:  # only what a re-ranked row needs stays in memory
+        if f.stem in needed:  # only what a re-ranked row needs stays in memory
             frames[f.stem] = pred
     labels = dict(policy_labels(run_dir))
     for name, (policy, baseline, pred) in ({} if predictions else _blends(frames, bcfg, ev, id_maps)).items():
