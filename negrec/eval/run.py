@@ -144,8 +144,8 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
     from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy, score_items
 
     model, hf_tok, sid_tok = load_policy(policy_dir, device=shard.device if shard else None, dtype=dtype)
-    constraint = SidConstraint(sid_tok, hf_tok)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
+    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
     start, end = shard.span(len(samples), cfg.batch_size) if shard else (0, len(samples))
     records = samples.iloc[start:end].to_dict("records")
     prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records]

@@ -26,11 +26,17 @@ DEAD_ROW_SCORE = -1.0e4  # a row with no valid continuation may only end, ranked
 
 
 class SidConstraint:
-    """Token-level trie over the SID token ids of `sid_tok`, for an HF tokenizer already extended with them."""
+    """Token-level trie over the SID token ids of `sid_tok`, for an HF tokenizer already extended with them.
 
-    def __init__(self, sid_tok, hf_tokenizer):
+    `eos`: a SID answer ends with EOS (verbose prompts and the alignment tasks, whose completions
+    TRL ends so); False: the SID tokens alone (compact timelines, whose events carry no EOS:
+    `negrec.llm.prompts.PromptBuilder.answer_eos`). `new_tokens` is an answer's length either way."""
+
+    def __init__(self, sid_tok, hf_tokenizer, eos: bool = True):
         self.sid_tok = sid_tok
         self.levels = sid_tok.levels
+        self.eos = bool(eos)
+        self.new_tokens = self.levels + int(self.eos)
         self.vocab_size = len(hf_tokenizer)
         self.eos_id = hf_tokenizer.eos_token_id
         if self.eos_id is None:
@@ -281,13 +287,14 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     `generate(num_beams=B)` copies every prompt B times before its first forward pass, so for a
     SID (a handful of tokens after a few hundred prompt tokens) almost all the work is B identical
     prefills. Here each prompt is prefilled once and the L + 1 decoding steps (L SID tokens, then
-    EOS) run on its KV cache. With `tree` (the default where the attention takes a 4D mask) the
+    EOS unless the constraint's answers end without it) run on its KV cache. With `tree` (the default where the attention takes a 4D mask) the
     beams share that cache: each step feeds every beam's tokens at once, each attending to the prompt
     and to its own beam (`_tree_step`), and the cache is cropped back to the prompt; without it
     (`tree=False`, or a model `_shares_prompt_cache` refuses) the cache is repeated for the beams and
     reordered every step, which copies it each time (bench_decode.py: 4 to 5 times slower on the tiny
     model at 50 and 150 beams, 1.4 and 2.7 times on SmolLM2-135M). The scores are what `generate` computes with
-    length_penalty=0: the sum of the raw token log-probabilities, EOS included, with disallowed
+    length_penalty=0: the sum of the raw token log-probabilities, EOS included where the answers end
+    with it (`SidConstraint.eos`), with disallowed
     tokens masked out (tests check the engines agree).
     Returns (items (P, num_beams), scores (P, num_beams)); -1 / -inf where the trie has fewer
     valid SIDs than beams.
@@ -306,7 +313,7 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
     prompt_of_row = torch.arange(P, device=device)
     generated = torch.empty(P, 0, dtype=torch.long, device=device)
     scores = torch.zeros(P, device=device)
-    for t in range(constraint.levels + 1):
+    for t in range(constraint.new_tokens):
         mask = constraint.allowed_mask(generated, prompt_of_row, dead, vocab_size=V)
         cand = (scores[:, None] + logp).masked_fill_(~mask, NEG_INF)
         if t == constraint.levels:  # the SID is complete: its score includes log p(EOS)
@@ -318,6 +325,8 @@ def _cached_beam_batch(model, constraint: SidConstraint, input_ids, attn, num_be
         token = (idx % V).view(-1, 1)
         generated = torch.cat([generated[src], token], 1)
         scores, prompt_of_row = top.view(-1), prompt_of_row[src]
+        if t + 1 == constraint.new_tokens:  # a SID without EOS is complete: no forward pass after its last token
+            break
         if tree:
             logits = _tree_step(model, cache, attn, next_pos, generated.view(P, num_beams, -1), keep_logits)
         else:
@@ -386,7 +395,7 @@ def constrained_beam_search(model, hf_tok, constraint: SidConstraint, prompts: S
         from tqdm.auto import tqdm
         spans = tqdm(spans, desc="beam search", unit="batch")
     settings = dict(do_sample=False, num_beams=num_beams, num_return_sequences=num_beams,
-                    max_new_tokens=constraint.levels + 1, length_penalty=0.0, early_stopping=True,
+                    max_new_tokens=constraint.new_tokens, length_penalty=0.0, early_stopping=True,
                     return_dict_in_generate=True, output_scores=True)
     for s, e in spans:
         input_ids, attn = encode_prompts(hf_tok, prompts[s:e], device)
@@ -430,7 +439,7 @@ def constrained_sample(model, hf_tok, constraint: SidConstraint, prompts: Sequen
     if seed is not None:
         torch.manual_seed(seed)
     settings = dict(do_sample=True, num_beams=1, num_return_sequences=num_generations, temperature=float(temperature),
-                    max_new_tokens=constraint.levels + 1)
+                    max_new_tokens=constraint.new_tokens)
     results: list[list[dict]] = []
     for s, e in _batches(len(prompts), batch_size):
         input_ids, attn = encode_prompts(hf_tok, prompts[s:e], device)

@@ -90,11 +90,13 @@ def _pad_id(hf_tok) -> int:
 @torch.no_grad()
 def score_items(model, hf_tok, constraint: SidConstraint, prompts: Sequence[str], rows: Sequence[int],
                 items: Sequence[int], batch_size: int = 16) -> np.ndarray:
-    """log p(SID of items[j], then EOS | prompts[rows[j]]) for each pair: the score beam search gives
-    that item (sum of raw token log-probs, EOS included), teacher-forced. Items without a SID score -inf."""
+    """log p(SID of items[j], then EOS where the constraint's answers end with it | prompts[rows[j]])
+    for each pair: the score beam search gives that item (sum of raw token log-probs), teacher-forced.
+    Items without a SID score -inf."""
     model.eval()
+    end = [constraint.eos_id] if constraint.eos else []
     targets = [constraint.sid_token_ids(int(i)) for i in items]
-    targets = [[] if t is None else t + [constraint.eos_id] for t in targets]
+    targets = [[] if t is None else t + end for t in targets]
     prompt_ids = hf_tok(list(prompts))["input_ids"] if len(prompts) else []
     return teacher_forced_logprobs(model, prompt_ids, rows, targets, _pad_id(hf_tok), batch_size)
 

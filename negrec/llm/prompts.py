@@ -5,8 +5,9 @@ Two formats (`prompt.format`):
 - "verbose" (for pretrained LMs): words, headers and a chat template; negatives and positives in
   their own segments, each item with its feedback kind next to its SID.
 - "compact" (for small models trained from scratch): the user's timeline as token ids only,
-  `<|neg|><a_3><b_7><c_1></s> <|pos|>...` (one feedback token, the SID tokens and EOS per event,
-  oldest first), ending with the query token `<|neg|>`: "the next item this user dislikes is".
+  `<|neg|><a_3><b_7><c_1><|pos|>...` (one feedback token and the SID tokens per event, oldest
+  first), ending with the query token `<|neg|>`: "the next item this user dislikes is"; the answer
+  is the SID alone (`prompt.event_eos: true` ends every event and the answer with EOS, as before).
   The next-negative trainer (`negrec.train.timeline`) learns from every event of such timelines
   at once, and `CompactCodec` builds the very same token ids the prompt strings tokenize to.
   With `prompt.like_tokens` a non-negative event's SID is written with like tokens (`<pa_3>...`).
@@ -101,8 +102,13 @@ class PromptConfig:
     format: str = "compact"
     max_events: int = 50         # compact: events of the timeline shown (at context_mix = 1)
     # compact: up to this many of the user's negatives older than the shown events, before them (as
-    # negative events): a long history's earlier dislikes at 6 tokens each, its other events left out
+    # negative events): a long history's earlier dislikes at 5 tokens each, its other events left out
     older_negatives: int = 0
+    # compact: EOS after every event's SID and after the answer. Off: every SID has the same length,
+    # so the next feedback token already marks where an event ends, and constrained decoding stops
+    # after the SID's last token (the EOS it forced there scored log p(EOS) ~ 0 for every item):
+    # an event is 5 tokens instead of 6 (README "Tokens per event")
+    event_eos: bool = False
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
     # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
     # by build-model), so that picking the dislikes out of a history does not hinge on the feedback
@@ -125,6 +131,8 @@ class PromptConfig:
             raise ValueError("prompt.like_tokens needs format: compact and feedback_tokens: true")
         if self.day_breaks and self.format != "compact":
             raise ValueError("prompt.day_breaks needs format: compact (verbose prompts have no day tokens)")
+        if self.event_eos and self.format != "compact":
+            raise ValueError("prompt.event_eos needs format: compact (a verbose answer always ends with EOS)")
         if self.older_negatives and self.format != "compact":
             raise ValueError("prompt.older_negatives needs format: compact (verbose prompts have a negative segment)")
         for name in ("max_neg", "max_pos", "max_mixed", "title_words", "max_events", "older_negatives"):
@@ -210,6 +218,13 @@ class PromptBuilder:
             return self.compact_text(sample_row, context_mix, neg_window_days)
         return self.wrap(self.history_text(sample_row, context_mix, neg_window_days))
 
+    @property
+    def answer_eos(self) -> bool:
+        """Whether an answer (an item's SID) ends with EOS: always in verbose prompts (TRL ends every
+        completion so), under the compact format only with `event_eos`. The SID constraint of every
+        decoder of these prompts follows it (`SidConstraint(..., eos=builder.answer_eos)`)."""
+        return self.cfg.format != "compact" or self.cfg.event_eos
+
     # ---- the compact timeline -----------------------------------------------------------
     def timeline_events(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> list[tuple[int, int]]:
         """(item, feedback) of the shown events, oldest first: up to `older_negatives` negatives from
@@ -244,7 +259,7 @@ class PromptBuilder:
         return older[-self.cfg.older_negatives:]
 
     def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
-        """The compact prompt: each shown event as feedback token + SID + EOS, then the query token;
+        """The compact prompt: each shown event as feedback token + SID (+ EOS with `event_eos`), then the query token;
         the older negatives first, with no day breaks among them."""
         if self._codec is None:  # built once: it reads the whole SID table
             self._codec = compact_codec(self.sid_tok, self.hf_tokenizer, self.cfg)
@@ -270,7 +285,7 @@ def new_day_flags(ts) -> np.ndarray:
 
 def compact_codec(sid_tok, hf_tokenizer, cfg: PromptConfig) -> "CompactCodec":
     return CompactCodec(sid_tok, hf_tokenizer, cfg.feedback_tokens, cfg.like_tokens, bool(cfg.day_breaks),
-                        cfg.older_negatives)
+                        cfg.older_negatives, cfg.event_eos)
 
 
 def prompt_config(raw: dict) -> PromptConfig:
@@ -287,14 +302,15 @@ def prompt_config(raw: dict) -> PromptConfig:
 class CompactCodec:
     """Token ids (and the equivalent text) of compact timelines for one HF tokenizer.
 
-    An event is [feedback token, SID tokens..., EOS], after DAY_TOKEN where it opens a new day (with
-    `day_breaks`); a prompt is the tokenizer's own prefix (BOS where it adds one), the events, and
-    the query token <|neg|>; with `older_negatives`, the user's negatives from before the first event
-    come first, as negative events with no day breaks. EOS after every SID is what
-    constrained decoding scores after a complete SID, so training and decoding agree."""
+    An event is [feedback token, SID tokens...] (and EOS with `event_eos`), after DAY_TOKEN where it
+    opens a new day (with `day_breaks`); a prompt is the tokenizer's own prefix (BOS where it adds
+    one), the events, and the query token <|neg|>; with `older_negatives`, the user's negatives from
+    before the first event come first, as negative events with no day breaks. With `event_eos` the
+    EOS after every SID is what constrained decoding scores after a complete SID; without, decoding
+    ends at the SID's last token (`PromptBuilder.answer_eos`): either way training and decoding agree."""
 
     def __init__(self, sid_tok, hf_tokenizer, feedback_tokens: bool = True, like_tokens: bool = False,
-                 day_breaks: bool = False, older_negatives: int = 0):
+                 day_breaks: bool = False, older_negatives: int = 0, event_eos: bool = False):
         if hf_tokenizer is None:
             raise ValueError("the compact prompt format needs the policy's HF tokenizer")
         vocab = hf_tokenizer.get_vocab()
@@ -312,6 +328,8 @@ class CompactCodec:
         self.fb_id = {f: vocab[t] for f, t in FEEDBACK_TOKENS.items()}
         self.day_id = vocab.get(DAY_TOKEN)
         self.eos_id = hf_tokenizer.eos_token_id
+        self.event_eos = bool(event_eos)
+        self.end_ids = [self.eos_id] if self.event_eos else []  # what closes an event's SID
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
         self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
         self.like_table = self.table  # the non-negative events' SID tokens: their own with like_tokens
@@ -323,18 +341,19 @@ class CompactCodec:
 
     @property
     def tokens_per_event(self) -> int:
-        return self.sid_tok.levels + 2
+        return self.sid_tok.levels + 1 + len(self.end_ids)
 
     def target_ids(self) -> np.ndarray:
-        """Sorted ids of every token a timeline's loss can target: the SID tokens (and like tokens) and EOS."""
-        return np.unique(np.r_[self.table.ravel(), self.like_table.ravel(), self.eos_id])
+        """Sorted ids of every token a timeline's loss can target: the SID tokens (and like tokens),
+        and EOS with `event_eos`."""
+        return np.unique(np.r_[self.table.ravel(), self.like_table.ravel(), self.end_ids].astype(np.int64))
 
     def fb_token(self, feedback: int) -> str:
         return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
 
     def text(self, events: list[tuple[int, int]], breaks=None) -> str:
         """The prompt text; `breaks` (one per event and one for the query) says where DAY_TOKEN goes."""
-        eos = self.tok.eos_token
+        eos = self.tok.eos_token if self.event_eos else ""
         day = [DAY_TOKEN if b else "" for b in breaks] if breaks is not None else [""] * (len(events) + 1)
         body = "".join(f"{d}{self.fb_token(f)}{self.sid_text(i, f)}{eos}" for d, (i, f) in zip(day, events))
         return body + day[-1] + self.fb_token(-1)
@@ -346,7 +365,7 @@ class CompactCodec:
     def event_ids(self, item: int, feedback: int) -> list[int]:
         fb = self.fb_id[int(np.sign(feedback)) if self.feedback_tokens else 0]
         table = self.table if feedback < 0 else self.like_table
-        return [fb, *table[self.row_of_item[int(item)]].tolist(), self.eos_id]
+        return [fb, *table[self.row_of_item[int(item)]].tolist(), *self.end_ids]
 
 
 # ---- item-level alignment and next-negative examples (prompt/completion pairs for SFT) -------

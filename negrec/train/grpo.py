@@ -81,7 +81,7 @@ class ProgressiveGRPOConfig:
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"  # constant: every stage gets the same step size
     max_grad_norm: float = 1.0
-    max_completion_length: int | None = None  # None: SID levels + 1 (the EOS)
+    max_completion_length: int | None = None  # None: the SID's levels (+ 1 for EOS where answers end with it)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -720,10 +720,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
+    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
     summary = train_progressive_grpo(
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
-        reward_weights=rewards.weights, sid_constraint=SidConstraint(sid_tok, hf_tok),
-        completion_length=cfg.max_completion_length or sid_tok.levels + 1,
+        reward_weights=rewards.weights, sid_constraint=constraint,
+        completion_length=cfg.max_completion_length or constraint.new_tokens,
         out_dir=work, tb_dir=run_dir / "tb" / name, stop_after_steps=stop_after_steps,
         run_key=fingerprint(raw, run_dir, stage), peft=peft, validate=validate if is_main_process() else None,
         model_dtype=model_cfg.dtype)

@@ -166,7 +166,7 @@ class SidGRPOTrainer(TRLPrivateHooks):
         if levels is None and getattr(sid_constraint, "sid_tok", None) is not None:
             levels = sid_constraint.sid_tok.levels
         max_new = self.max_completion_length
-        # A SID is `levels` tokens, then EOS; min_new_tokens never bans the EOS that ends a full SID.
+        # A SID is `levels` tokens (then EOS where answers end with it); min_new_tokens never bans that EOS.
         min_new = min(int(levels), max_new - 1) if levels else 0
         common = dict(max_new_tokens=max_new, min_new_tokens=max(min_new, 0), repetition_penalty=1.0,
                       no_repeat_ngram_size=0, use_cache=True, disable_compile=True,

@@ -3,9 +3,9 @@ training sequence is a target, in one forward pass per window.
 
 A user's events before their cut (`training_log`: the test cut, or the validation cut for the users
 whose validation picks the epoch) become one token sequence in the
-compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token, the item's
-SID tokens (like tokens for a non-negative event under `prompt.like_tokens`) and EOS. The loss
-sits on the SID tokens (and EOS) of every event, weighted 1 for a
+compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token and the item's
+SID tokens (like tokens for a non-negative event under `prompt.like_tokens`; EOS after them under
+`prompt.event_eos`). The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
 negative event and `other_weight` for the others; the feedback token before each SID is the
 condition, so at inference the prompt's final <|neg|> asks for the next item the user dislikes.
 Under `prompt.day_breaks` a <|day|> token (also a condition) opens each later day, and a day-cut
@@ -44,7 +44,7 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     """(token ids, loss weights) per window of each user's events before `limit[user]` (seconds).
 
     Weights sit on the tokens to predict: 0 on the prefix, feedback and day tokens, 1 on the SID
-    tokens and EOS of a negative event, `other_weight` on those of other events. With `shuffle`,
+    tokens (and EOS under `codec.event_eos`) of a negative event, `other_weight` on those of other events. With `shuffle`,
     each day's events (UTC) come in a random order; the windows' bounds stay where they were. With
     `codec.older_negatives`, a window opens with the user's last negatives before it (weight 0)."""
     log = log[log["item_id"].isin(list(codec.row_of_item))]
@@ -58,7 +58,7 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     fb = np.sign(log["feedback"].to_numpy()).astype(np.int64)
     fb_ids = np.array([codec.fb_id[int(f) if codec.feedback_tokens else 0] for f in (-1, 0, 1)])
     sids = np.where((fb < 0)[:, None], codec.table[rows], codec.like_table[rows])
-    tokens = np.concatenate([fb_ids[fb + 1][:, None], sids, np.full((len(rows), 1), codec.eos_id)], 1)
+    tokens = np.concatenate([fb_ids[fb + 1][:, None], sids, np.tile(np.asarray(codec.end_ids, np.int64), (len(rows), 1))], 1)
     w = np.where(fb < 0, 1.0, other_weight)[:, None] * np.r_[0.0, np.ones(tokens.shape[1] - 1)][None]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(users)]
@@ -216,7 +216,7 @@ def validation_recalls(model, hf_tok, sid_tok, builder: PromptBuilder, rows: lis
         mine = rows[ranks.span(len(rows), batch_size)]
         return ranks.gather(validation_recalls(model, hf_tok, sid_tok, builder, mine, horizon, k, num_beams, batch_size)
                             if mine else np.zeros(0))
-    constraint = SidConstraint(sid_tok, hf_tok)
+    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
     prompts = [builder.build(r) for r in rows]
     exclude = [list(r["context_items"]) for r in rows]
     ranked = constrained_beam_search(model, hf_tok, constraint, prompts, num_beams=max(num_beams, k), top_k=k,

@@ -70,19 +70,20 @@ def test_items_for_token_ids_round_trip(hand_trie):
     assert c.items_for_token_ids(bad)[0].item() == -1
 
 
-def _sid_logprob(model, hf, sid_tok, prompt, item):
-    """Teacher-forced log p(SID tokens + EOS | prompt)."""
+def _sid_logprob(model, hf, sid_tok, prompt, item, eos=True):
+    """Teacher-forced log p(SID tokens (+ EOS) | prompt)."""
     p = hf(prompt)["input_ids"]
-    target = hf.convert_tokens_to_ids(sid_tok.token_list(item)) + [hf.eos_token_id]
+    target = hf.convert_tokens_to_ids(sid_tok.token_list(item)) + ([hf.eos_token_id] if eos else [])
     ids = torch.tensor([p + target])
     with torch.no_grad():
         logp = torch.log_softmax(model(ids).logits[0].float(), -1)
     return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(target)))
 
 
-def test_beam_search_returns_k_distinct_valid_items(tiny_policy):
+@pytest.mark.parametrize("eos", [True, False])
+def test_beam_search_returns_k_distinct_valid_items(tiny_policy, eos):
     model, hf, sid_tok, items = tiny_policy
-    c = SidConstraint(sid_tok, hf)
+    c = SidConstraint(sid_tok, hf, eos=eos)
     prompts = [f"user {u} dislikes red night story" for u in range(6)]
     exclude = [list(sid_tok.item_ids[u * 3:(u + 1) * 3]) for u in range(6)]
     out = constrained_beam_search(model, hf, c, prompts, num_beams=20, top_k=10, exclude=exclude, batch_size=4)
@@ -94,16 +95,20 @@ def test_beam_search_returns_k_distinct_valid_items(tiny_policy):
         assert set(got) <= valid and not set(got) & set(exclude[p])
         scores = [s for _, s in ranked]
         assert scores == sorted(scores, reverse=True)
-        # scores are the model's log-probability of the SID (+ EOS)
+        # scores are the model's log-probability of the SID (+ EOS where answers end with it)
         for item, s in ranked[:3]:
-            assert s == pytest.approx(_sid_logprob(model, hf, sid_tok, prompts[p], item), abs=1e-3)
+            assert s == pytest.approx(_sid_logprob(model, hf, sid_tok, prompts[p], item, eos), abs=1e-3)
+            if not eos:  # the EOS term is left out, not zero: the tiny random model gives it mass elsewhere
+                assert s != pytest.approx(_sid_logprob(model, hf, sid_tok, prompts[p], item, True), abs=1e-3)
 
 
-def test_cached_engine_matches_generate(tiny_policy):
+@pytest.mark.parametrize("eos", [True, False])
+def test_cached_engine_matches_generate(tiny_policy, eos):
     """The prefill-once engine and `model.generate` + the LogitsProcessor rank the same items with
-    the same scores, on prompts of different lengths (left padding) and with exclusions."""
+    the same scores, on prompts of different lengths (left padding) and with exclusions, whether
+    answers end with EOS or not."""
     model, hf, sid_tok, _ = tiny_policy
-    c = SidConstraint(sid_tok, hf)
+    c = SidConstraint(sid_tok, hf, eos=eos)
     prompts = ["a user", "user 7 dislikes red night story and a much longer history of dark river items", "user 9"]
     exclude = [list(sid_tok.item_ids[:5]), [], list(sid_tok.item_ids[10:40])]
     fast = constrained_beam_search(model, hf, c, prompts, num_beams=12, top_k=12, exclude=exclude, batch_size=3)
@@ -115,15 +120,15 @@ def test_cached_engine_matches_generate(tiny_policy):
         assert [s for _, s in f] == pytest.approx([s for _, s in g], abs=1e-3)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_beams_sharing_the_prompt_cache_match_beams_with_copies_of_it(tiny_policy, attention):
+@pytest.mark.parametrize("attention,eos", [("sdpa", True), ("eager", True), ("sdpa", False)])
+def test_beams_sharing_the_prompt_cache_match_beams_with_copies_of_it(tiny_policy, attention, eos):
     """The tree steps (every beam's tokens in one pass over the shared prompt cache, a 4D mask
     keeping each beam to itself) give the beams, items and scores of the repeated-cache steps,
     with left padding, exclusions and more beams than the first level has codes."""
     from negrec.llm.constrained import _cached_beam_batch, encode_prompts
 
     model, hf, sid_tok, _ = tiny_policy
-    c = SidConstraint(sid_tok, hf)
+    c = SidConstraint(sid_tok, hf, eos=eos)
     prompts = ["a user", "user 7 dislikes red night story and a much longer history of dark river items", "user 9"]
     exclude = [list(sid_tok.item_ids[:5]), [], list(sid_tok.item_ids[10:40])]
     ids, attn = encode_prompts(hf, prompts, "cpu")
@@ -179,9 +184,10 @@ def test_beam_search_ignores_model_generation_defaults(tiny_policy, engine):
     assert again == ref
 
 
-def test_sampling_gives_valid_items_only(tiny_policy):
+@pytest.mark.parametrize("eos", [True, False])
+def test_sampling_gives_valid_items_only(tiny_policy, eos):
     model, hf, sid_tok, _ = tiny_policy
-    c = SidConstraint(sid_tok, hf)
+    c = SidConstraint(sid_tok, hf, eos=eos)
     prompts = ["a user", "another user with a longer history text"]
     exclude = [list(sid_tok.item_ids[:30]), []]
     groups = constrained_sample(model, hf, c, prompts, num_generations=16, temperature=1.5, exclude=exclude, seed=0)
@@ -196,11 +202,16 @@ def test_sampling_gives_valid_items_only(tiny_policy):
 
 def test_score_items_reproduces_beam_scores(tiny_policy):
     """The candidate scorer (one prefill per prompt) gives each item the score beam search gave it,
-    prompts of different lengths in one batch, items unknown to the trie score -inf."""
+    prompts of different lengths in one batch, items unknown to the trie score -inf; with or without
+    the EOS after a SID."""
+    model, hf, sid_tok, _ = tiny_policy
+    for c in (SidConstraint(sid_tok, hf), SidConstraint(sid_tok, hf, eos=False)):
+        _scores_match_beam_search(model, hf, c)
+
+
+def _scores_match_beam_search(model, hf, c):
     from negrec.llm.evaluation import score_items
 
-    model, hf, sid_tok, _ = tiny_policy
-    c = SidConstraint(sid_tok, hf)
     prompts = ["a user", "another user with a much longer history text than the first one", "dark river"]
     ranked = constrained_beam_search(model, hf, c, prompts, num_beams=12, top_k=6)
     rows = [p for p, lst in enumerate(ranked) for _ in lst] + [1]
