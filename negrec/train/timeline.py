@@ -4,8 +4,8 @@ training sequence is a target, in one forward pass per window.
 A user's events before their cut (`training_log`: the test cut, or the validation cut for the users
 whose validation picks the epoch) become one token sequence in the
 compact prompt format (`negrec.llm.prompts.CompactCodec`): per event a feedback token and the item's
-SID tokens (like tokens for a non-negative event under `prompt.like_tokens`; EOS after them under
-`prompt.event_eos`). The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
+SID tokens (like tokens for a non-negative event under `prompt.like_tokens`) and EOS (none under
+`prompt.event_eos: false`). The loss sits on the SID tokens (and EOS) of every event, weighted 1 for a
 negative event and `other_weight` for the others; the feedback token before each SID is the
 condition, so at inference the prompt's final <|neg|> asks for the next item the user dislikes.
 Under `prompt.day_breaks` a <|day|> token (also a condition) opens each later day, and a day-cut
@@ -44,7 +44,7 @@ def timeline_windows(log, limit: dict | None, codec: CompactCodec, window_events
     """(token ids, loss weights) per window of each user's events before `limit[user]` (seconds).
 
     Weights sit on the tokens to predict: 0 on the prefix, feedback and day tokens, 1 on the SID
-    tokens (and EOS under `codec.event_eos`) of a negative event, `other_weight` on those of other events. With `shuffle`,
+    tokens (and EOS, with `codec.event_eos`) of a negative event, `other_weight` on those of other events. With `shuffle`,
     each day's events (UTC) come in a random order; the windows' bounds stay where they were. With
     `codec.older_negatives`, a window opens with the user's last negatives before it (weight 0)."""
     log = log[log["item_id"].isin(list(codec.row_of_item))]

@@ -169,10 +169,11 @@ def test_the_letter_of_a_stepwise_answer(text, letter):
 
 
 def test_event_eos_is_a_compact_setting(small_sid_tok):
-    """EOS after every event's SID (`event_eos`) is the compact format's choice: a verbose answer
-    always ends with EOS, so asking for it there is refused, and the builder says which it is."""
-    assert not PromptBuilder(PromptConfig(format="compact"), small_sid_tok).answer_eos
-    assert PromptBuilder(PromptConfig(format="compact", event_eos=True), small_sid_tok).answer_eos
+    """Leaving out the EOS after every event's SID (`event_eos: false`) is the compact format's
+    choice: a verbose answer always ends with EOS, so asking for none there is refused, and the
+    builder says which it is."""
+    assert PromptBuilder(PromptConfig(format="compact"), small_sid_tok).answer_eos
+    assert not PromptBuilder(PromptConfig(format="compact", event_eos=False), small_sid_tok).answer_eos
     assert PromptBuilder(PromptConfig(format="verbose"), small_sid_tok).answer_eos
-    with pytest.raises(ValueError, match="event_eos needs format: compact"):
-        PromptConfig(format="verbose", event_eos=True)
+    with pytest.raises(ValueError, match="event_eos: false needs format: compact"):
+        PromptConfig(format="verbose", event_eos=False)

@@ -73,10 +73,10 @@ def setup():
     return model, hf, sid, builder, planted_log(ids, clusters=[ids[first == c] for c in range(N_CLUSTERS)])
 
 
-@pytest.mark.parametrize("event_eos", [False, True])
+@pytest.mark.parametrize("event_eos", [True, False])
 def test_compact_prompt_tokenizes_as_the_training_windows(setup, event_eos):
-    """An event is its feedback token and SID (then EOS only under `event_eos`), in prompt and
-    training window alike."""
+    """An event is its feedback token and SID, then EOS (none with `event_eos: false`), in prompt
+    and training window alike."""
     model, hf, sid, _, log = setup
     builder = PromptBuilder(PromptConfig(format="compact", max_events=50, event_eos=event_eos), sid, None, hf)
     row = sample_rows(log, [1])[0]
@@ -154,11 +154,11 @@ def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
     assert ids == codec.prefix_ids + [t for e in events for t in e] + [codec.fb_id[-1]]
     (window, _), = timeline_windows(log[log.user_id == 1].iloc[:N_CONTEXT], None, codec, 100, other_weight=0.5)
     assert window.tolist() == ids[:-1]
-    vocab = hf.get_vocab()  # the targets: every SID token an item uses and its like token (EOS with event_eos)
+    vocab = hf.get_vocab()  # the targets: every SID token an item uses, its like token, and EOS (unless event_eos is off)
     used = {t for i in sid.item_ids for t in sid.token_list(int(i))}
     want = {vocab[t] for t in used} | {vocab[like_token(t)] for t in used}
-    assert set(codec.target_ids().tolist()) == want
-    assert set(CompactCodec(sid, hf, like_tokens=True, event_eos=True).target_ids().tolist()) == want | {hf.eos_token_id}
+    assert set(codec.target_ids().tolist()) == want | {hf.eos_token_id}
+    assert set(CompactCodec(sid, hf, like_tokens=True, event_eos=False).target_ids().tolist()) == want
     for bad in (dict(format="verbose"), dict(format="compact", feedback_tokens=False)):
         with pytest.raises(ValueError, match="like_tokens needs format: compact and feedback_tokens: true"):
             PromptConfig(like_tokens=True, **bad)
@@ -417,8 +417,9 @@ def test_sid_loss_vocab_is_the_cross_entropy_over_the_sid_tokens_and_eos(setup):
     from negrec.train.timeline import _collate, batch_loss, check_loss_targets, weighted_lm_loss
 
     model, hf, sid, builder, log = setup
-    assert CompactCodec(sid, hf).target_ids().tolist() == sorted(set(CompactCodec(sid, hf).table.ravel().tolist()))
-    codec = CompactCodec(sid, hf, event_eos=True)
+    no_eos = CompactCodec(sid, hf, event_eos=False)
+    assert no_eos.target_ids().tolist() == sorted(set(no_eos.table.ravel().tolist()))
+    codec = CompactCodec(sid, hf)
     vocab = codec.target_ids()
     assert vocab.tolist() == sorted({*codec.table.ravel().tolist(), hf.eos_token_id})
     windows = timeline_windows(log[log.user_id <= 3], None, codec, 8, 0.5)
