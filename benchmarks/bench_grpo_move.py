@@ -128,11 +128,11 @@ def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward
                                 save_steps=10_000, generation=generation, select="last")
     out = RUNS / name
     shutil.rmtree(out, ignore_errors=True)
+    constraint = SidConstraint(start.sid_tok, start.hf_tok, eos=start.builder.answer_eos)
     t0 = time.time()
     train_progressive_grpo(cfg, sft_dir=start.sft, samples=rows, build_prompt=start.builder.build,
-                           reward_funcs=reward_funcs, reward_weights=reward_weights,
-                           sid_constraint=SidConstraint(start.sid_tok, start.hf_tok),
-                           completion_length=start.sid_tok.levels + 1, out_dir=out)
+                           reward_funcs=reward_funcs, reward_weights=reward_weights, sid_constraint=constraint,
+                           completion_length=constraint.new_tokens, out_dir=out)
     return {"seconds": round(time.time() - t0, 1), "steps": steps, "learning_rate": 5e-4, "generation": generation,
             "prompts_per_step": prompts_per_step, "log": read_jsonl(out / "log.jsonl")}
 

@@ -94,7 +94,7 @@ def rank_users(model_dir: Path, samples, raw: dict, top_k: int = 10, num_beams: 
     builder = PromptBuilder(prompt_config(raw), sid_tok, None, hf_tok)
     prompts = [builder.build(r, context_mix=1.0) for r in samples.to_dict("records")]
     exclude = [list(map(int, c)) for c in samples["context_items"]]
-    ranked = constrained_beam_search(model, hf_tok, SidConstraint(sid_tok, hf_tok), prompts, num_beams=num_beams,
+    ranked = constrained_beam_search(model, hf_tok, SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos), prompts, num_beams=num_beams,
                                      top_k=top_k, exclude=exclude, batch_size=16)
     out = np.full((len(prompts), top_k), -1, dtype=np.int64)
     for i, r in enumerate(ranked):
@@ -146,7 +146,7 @@ def main():
     builder = PromptBuilder(prompt_config(raw), sid_tok, prepared.items, hf_tok)
     rows = training_rows(prepared, rcfg.horizon, raw["grpo"].get("max_samples"), seed=0)
     rewards = build_rewards(rcfg, sid_tok, train_log=prepared.fit_log("train"))
-    constraint = SidConstraint(sid_tok, hf_tok)
+    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
 
     # The forgetting probe asks about the items alignment SFT taught (same pick as alignment_examples).
     align_cfg = section_config(SFTStageConfig, raw, "sft_align")
@@ -177,7 +177,7 @@ def main():
             out = run_dir / "bench" / name
             summary = train_progressive_grpo(
                 cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
-                reward_weights=rewards.weights, sid_constraint=constraint, completion_length=sid_tok.levels + 1,
+                reward_weights=rewards.weights, sid_constraint=constraint, completion_length=constraint.new_tokens,
                 out_dir=out, tb_dir=run_dir / "tb" / f"bench_{name}")
             grpo_info[name] = {"steps": summary["total_steps"], "seconds": summary["seconds"],
                                "stage_steps": [s["steps"] for s in summary["stages"]],

@@ -117,6 +117,32 @@ def test_rollouts_never_produce_the_rows_context_items(tiny, tmp_path, generatio
     assert len(got) == 8 and all(item is not None and item not in ctx for item, ctx in got), got
 
 
+@pytest.mark.parametrize("generation", ["sample", "beam"])
+def test_answers_without_eos_are_the_sid_alone(tiny, tmp_path, generation):
+    """Under `prompt.event_eos: false` (compact events without EOS) a group's answers are the SID
+    tokens alone: `completion_length` is the constraint's `new_tokens` (the levels), and every
+    completion is a valid item's SID with nothing after it."""
+    from negrec.llm import SidConstraint
+
+    constraint = SidConstraint(tiny["sid"], tiny["hf"], eos=False)
+    assert constraint.new_tokens == LEVELS
+    got = []
+
+    def record(prompts, completions, completion_ids, **kwargs):
+        got.extend(zip(completions, completion_ids))
+        return [0.0] * len(completions)
+
+    cfg = _cfg(generation=generation, stages=[GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None,
+                                                              max_steps=1, beta=0.0)])
+    train_progressive_grpo(cfg, sft_dir=tiny["sft"], samples=tiny_samples(), build_prompt=RecordingPrompts(tiny["sid"]),
+                           reward_funcs=[record], sid_constraint=constraint, completion_length=constraint.new_tokens,
+                           out_dir=tmp_path / "grpo")
+    assert len(got) == 4
+    for text, ids in got:
+        assert len(ids) == LEVELS and tiny["hf"].eos_token_id not in ids
+        assert tiny["sid"].item_for_tokens(text) is not None
+
+
 def test_plain_grpo_runs_final_context_for_same_total_steps():
     cfg = _cfg(progressive=False)
     plan = stage_plan(cfg)
