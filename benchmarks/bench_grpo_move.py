@@ -118,7 +118,6 @@ def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward
                    generation: str = "sample", prompts_per_step: int = 4) -> dict:
     """GRPO (one plain stage, lr 5e-4, G = 8) from the base run's SFT policy on `rows`; the per-step log."""
     from negrec.io import read_jsonl
-    from negrec.llm import SidConstraint
     from negrec.train.grpo import GRPOStageConfig, ProgressiveGRPOConfig, train_progressive_grpo
 
     start = sft_start(base)
@@ -128,7 +127,7 @@ def _grpo_from_sft(base: Path, name: str, rows: list[dict], reward_funcs, reward
                                 save_steps=10_000, generation=generation, select="last")
     out = RUNS / name
     shutil.rmtree(out, ignore_errors=True)
-    constraint = SidConstraint(start.sid_tok, start.hf_tok, eos=start.builder.answer_eos)
+    constraint = start.builder.sid_constraint(start.hf_tok)
     t0 = time.time()
     train_progressive_grpo(cfg, sft_dir=start.sft, samples=rows, build_prompt=start.builder.build,
                            reward_funcs=reward_funcs, reward_weights=reward_weights, sid_constraint=constraint,

@@ -87,14 +87,14 @@ def sft_policy(raw: dict, run_dir: Path) -> Path:
 def rank_users(model_dir: Path, samples, raw: dict, top_k: int = 10, num_beams: int = 20):
     """(n, top_k) item rankings: constrained beam search over the full-context prompt, context excluded."""
     from negrec.data import Prepared  # noqa: F401  (documents where `samples` comes from)
-    from negrec.llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy
+    from negrec.llm import PromptBuilder, constrained_beam_search, load_policy
     from negrec.llm.prompts import prompt_config
 
     model, hf_tok, sid_tok = load_policy(model_dir, device="cpu")
     builder = PromptBuilder(prompt_config(raw), sid_tok, None, hf_tok)
     prompts = [builder.build(r, context_mix=1.0) for r in samples.to_dict("records")]
     exclude = [list(map(int, c)) for c in samples["context_items"]]
-    ranked = constrained_beam_search(model, hf_tok, SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos), prompts, num_beams=num_beams,
+    ranked = constrained_beam_search(model, hf_tok, builder.sid_constraint(hf_tok), prompts, num_beams=num_beams,
                                      top_k=top_k, exclude=exclude, batch_size=16)
     out = np.full((len(prompts), top_k), -1, dtype=np.int64)
     for i, r in enumerate(ranked):
@@ -116,7 +116,7 @@ def main():
     from negrec.config import apply_overrides, section_config
     from negrec.data import Prepared
     from negrec.eval.metrics import MetricsConfig, evaluate_samples
-    from negrec.llm import PromptBuilder, SidConstraint, load_policy
+    from negrec.llm import PromptBuilder, load_policy
     from negrec.llm.prompts import prompt_config
     from negrec.pipeline import run_pipeline
     from negrec.rewards import RewardConfig, build_rewards
@@ -146,7 +146,7 @@ def main():
     builder = PromptBuilder(prompt_config(raw), sid_tok, prepared.items, hf_tok)
     rows = training_rows(prepared, rcfg.horizon, raw["grpo"].get("max_samples"), seed=0)
     rewards = build_rewards(rcfg, sid_tok, train_log=prepared.fit_log("train"))
-    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
+    constraint = builder.sid_constraint(hf_tok)
 
     # The forgetting probe asks about the items alignment SFT taught (same pick as alignment_examples).
     align_cfg = section_config(SFTStageConfig, raw, "sft_align")

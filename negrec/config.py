@@ -194,6 +194,7 @@ def check_config(raw: dict, sections=None) -> list[str]:
             section_config(cls, raw, name)
     if "prompt" in (SECTIONS if sections is None else sections):
         _check_prompt_history(raw)
+        _check_answer_end(raw)
     # every command, whatever sections it checks: the stages' fingerprints hold the resolved value, so
     # `negrec evaluate` on a day-cut run judged its inputs stale without it (predict reads `prompt`)
     _fill_day_breaks(raw)
@@ -215,6 +216,23 @@ def _check_prompt_history(raw: dict) -> None:
             f" + prompt.older_negatives ({prompt.older_negatives})" if prompt.older_negatives else "")
         raise ConfigError(f"{raw.get('_source', '<config>')}: {asked} exceeds data.split.max_history ({history}), "
                           f"the events and negatives a sample keeps: raise data.split.max_history to at least {need}")
+
+
+def _check_answer_end(raw: dict) -> None:
+    """Refuse `prompt.event_eos: false` (answers are the SID alone) with a stage that would end them
+    with EOS all the same: the prompt-mode SFT (TRL's SFTTrainer appends EOS to every completion) and
+    a GRPO `max_completion_length` (the constraint forces EOS after a complete SID)."""
+    from negrec.llm.prompts import PromptConfig
+
+    if section_config(PromptConfig, raw, "prompt").event_eos:
+        return
+    src = raw.get("_source", "<config>")
+    if ((raw.get("sft_next") or {}).get("mode") or "timeline") == "prompt":
+        raise ConfigError(f"{src}: prompt.event_eos: false needs sft_next.mode: timeline (the prompt-mode SFT "
+                          "ends every answer with EOS)")
+    if (raw.get("grpo") or {}).get("max_completion_length") is not None:
+        raise ConfigError(f"{src}: grpo.max_completion_length is set while prompt.event_eos is false: leave it "
+                          "unset (answers are the SID's tokens alone; past them the constraint forces EOS)")
 
 
 def _fill_day_breaks(raw: dict) -> None:

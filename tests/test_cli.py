@@ -58,6 +58,20 @@ def test_a_prompt_longer_than_the_kept_history_is_refused(tmp_path, capsys):
     check_config(load_config(str(cfg), [*older, "data.split.max_history=70"]))
 
 
+def test_answers_without_eos_are_refused_where_a_stage_would_end_them_with_eos(tmp_path):
+    """`prompt.event_eos: false` makes an answer the SID alone: the prompt-mode SFT (TRL appends EOS)
+    and a GRPO `max_completion_length` (EOS forced past the SID) would contradict it."""
+    from negrec.config import check_config, load_config
+
+    base = ["prompt.event_eos=false"]
+    check_config(load_config("configs/ml100k.yaml", base))  # the timeline SFT, GRPO's own length: accepted
+    with pytest.raises(ConfigError, match="event_eos: false needs sft_next.mode: timeline"):
+        check_config(load_config("configs/ml100k.yaml", [*base, "sft_next.mode=prompt"]))
+    with pytest.raises(ConfigError, match="grpo.max_completion_length is set while prompt.event_eos is false"):
+        check_config(load_config("configs/ml100k.yaml", [*base, "grpo.max_completion_length=5"]))
+    check_config(load_config("configs/ml100k.yaml", ["sft_next.mode=prompt", "grpo.max_completion_length=5"]))
+
+
 @pytest.mark.parametrize("command", [["sft", "--task", "next"], ["grpo"], ["predict"]])
 def test_a_stage_names_a_bad_field_of_what_its_inputs_were_built_from(tmp_path, capsys, command):
     """sft, grpo and predict read the prompt and model sections that build-model was built from: a bad

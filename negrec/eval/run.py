@@ -141,11 +141,11 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
 
     With a `shard` (`negrec.eval.data_parallel.current_shard()`) this process ranks its share of the
     rows on its own device; rank 0 returns the merged result, the others (None, None)."""
-    from ..llm import PromptBuilder, SidConstraint, constrained_beam_search, load_policy, score_items
+    from ..llm import PromptBuilder, constrained_beam_search, load_policy, score_items
 
     model, hf_tok, sid_tok = load_policy(policy_dir, device=shard.device if shard else None, dtype=dtype)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
-    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
+    constraint = builder.sid_constraint(hf_tok)
     start, end = shard.span(len(samples), cfg.batch_size) if shard else (0, len(samples))
     records = samples.iloc[start:end].to_dict("records")
     prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records]

@@ -29,8 +29,9 @@ class SidConstraint:
     """Token-level trie over the SID token ids of `sid_tok`, for an HF tokenizer already extended with them.
 
     `eos`: a SID answer ends with EOS (verbose prompts and the alignment tasks, whose completions
-    TRL ends so); False: the SID tokens alone (compact timelines, whose events carry no EOS:
-    `negrec.llm.prompts.PromptBuilder.answer_eos`). `new_tokens` is an answer's length either way."""
+    TRL ends so, and compact timelines by default); False: the SID tokens alone (compact timelines
+    under `prompt.event_eos: false`, whose events carry no EOS; `PromptBuilder.sid_constraint` picks
+    for its prompts). `new_tokens` is an answer's length either way."""
 
     def __init__(self, sid_tok, hf_tokenizer, eos: bool = True):
         self.sid_tok = sid_tok

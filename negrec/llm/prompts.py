@@ -106,8 +106,8 @@ class PromptConfig:
     older_negatives: int = 0
     # compact: EOS after every event's SID and after the answer. False: every SID has the same length,
     # so the next feedback token already marks where an event ends, and constrained decoding stops
-    # after the SID's last token: 5 tokens an event instead of 6, the timeline SFT 20% and predict 30%
-    # faster, but FHR@20 leaned down over two seeds (README "EOS after each event")
+    # after the SID's last token: 5 tokens an event instead of 6, the timeline SFT 12-20% and predict
+    # 30% faster, but FHR@20 leaned down over two seeds (README "EOS after each event")
     event_eos: bool = True
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
     # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
@@ -221,9 +221,15 @@ class PromptBuilder:
     @property
     def answer_eos(self) -> bool:
         """Whether an answer (an item's SID) ends with EOS: always in verbose prompts (TRL ends every
-        completion so), under the compact format unless `event_eos` is off. The SID constraint of every
-        decoder of these prompts follows it (`SidConstraint(..., eos=builder.answer_eos)`)."""
+        completion so), under the compact format unless `event_eos` is off. Every decoder of these
+        prompts takes its constraint from `sid_constraint`, which follows it."""
         return self.cfg.format != "compact" or self.cfg.event_eos
+
+    def sid_constraint(self, hf_tokenizer):
+        """The SID trie for decoding answers to these prompts: ending with EOS or not (`answer_eos`)."""
+        from negrec.llm.constrained import SidConstraint
+
+        return SidConstraint(self.sid_tok, hf_tokenizer, eos=self.answer_eos)
 
     # ---- the compact timeline -----------------------------------------------------------
     def timeline_events(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> list[tuple[int, int]]:

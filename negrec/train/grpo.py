@@ -685,7 +685,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     `plain=True` is the ablation: plain GRPO (grpo.progressive forced to false, same total steps),
     written to run_dir/grpo_plain/ so that both policies live in one run folder."""
     from negrec.data import Prepared
-    from negrec.llm import PromptBuilder, SidConstraint
+    from negrec.llm import PromptBuilder
     from negrec.llm.prompts import prompt_config
     from negrec.rewards import RewardConfig, build_rewards
 
@@ -720,7 +720,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
-    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
+    constraint = builder.sid_constraint(hf_tok)
     summary = train_progressive_grpo(
         cfg, sft_dir=sft_dir, samples=rows, build_prompt=builder.build, reward_funcs=rewards.functions,
         reward_weights=rewards.weights, sid_constraint=constraint,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from negrec.data.splits import DAY
-from negrec.llm.constrained import SidConstraint, constrained_beam_search
+from negrec.llm.constrained import constrained_beam_search
 from negrec.llm.peft import is_peft_model
 from negrec.llm.prompts import CompactCodec, PromptBuilder, new_day_flags
 from negrec.rewards.matching import ItemSets, clean_rankings, hits
@@ -216,7 +216,7 @@ def validation_recalls(model, hf_tok, sid_tok, builder: PromptBuilder, rows: lis
         mine = rows[ranks.span(len(rows), batch_size)]
         return ranks.gather(validation_recalls(model, hf_tok, sid_tok, builder, mine, horizon, k, num_beams, batch_size)
                             if mine else np.zeros(0))
-    constraint = SidConstraint(sid_tok, hf_tok, eos=builder.answer_eos)
+    constraint = builder.sid_constraint(hf_tok)
     prompts = [builder.build(r) for r in rows]
     exclude = [list(r["context_items"]) for r in rows]
     ranked = constrained_beam_search(model, hf_tok, constraint, prompts, num_beams=max(num_beams, k), top_k=k,

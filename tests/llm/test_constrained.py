@@ -232,3 +232,15 @@ def test_the_kv_cache_goes_under_the_name_the_forward_takes(tiny_policy):
 
     assert list(cached(tiny_policy[0], "kv")) == ["cache"]
     assert cached(OldForward(), "kv") == {"past_key_values": "kv"}
+
+
+def test_prompts_hand_their_decoders_the_constraint_of_their_answers(tiny_policy):
+    """Every decoder of next-negative prompts (predict, the SFT's validation, GRPO) takes its trie
+    from the prompt builder: answers end with EOS unless compact events go without it."""
+    from negrec.llm.prompts import PromptBuilder, PromptConfig
+
+    _, hf, sid_tok, _ = tiny_policy
+    for cfg, eos in ((PromptConfig(format="compact"), True), (PromptConfig(format="verbose"), True),
+                     (PromptConfig(format="compact", event_eos=False), False)):
+        c = PromptBuilder(cfg, sid_tok, None, hf).sid_constraint(hf)
+        assert c.eos == eos and c.new_tokens == sid_tok.levels + eos
