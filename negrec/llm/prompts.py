@@ -107,7 +107,7 @@ class PromptConfig:
     # compact: EOS after every event's SID and after the answer. False: every SID has the same length,
     # so the next feedback token already marks where an event ends, and constrained decoding stops
     # after the SID's last token: 5 tokens an event instead of 6, the timeline SFT 12-20% and predict
-    # 30% faster, but FHR@20 leaned down over two seeds (README "EOS after each event")
+    # 30% faster, but recall leaned down over three seeds (README "EOS after each event")
     event_eos: bool = True
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
     # compact: the SIDs of non-negative events written with tokens of their own (`like_token`, added
