@@ -227,6 +227,8 @@ def _check_answer_end(raw: dict) -> None:
     if section_config(PromptConfig, raw, "prompt").event_eos:
         return
     src = raw.get("_source", "<config>")
+    # read from the raw sections, not SFTNextConfig / ProgressiveGRPOConfig: their modules import torch,
+    # and the check runs for every command (evaluate runs where torch is blocked); "timeline" is the default
     if ((raw.get("sft_next") or {}).get("mode") or "timeline") == "prompt":
         raise ConfigError(f"{src}: prompt.event_eos: false needs sft_next.mode: timeline (the prompt-mode SFT "
                           "ends every answer with EOS)")

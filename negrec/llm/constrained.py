@@ -37,7 +37,6 @@ class SidConstraint:
         self.sid_tok = sid_tok
         self.levels = sid_tok.levels
         self.eos = bool(eos)
-        self.new_tokens = self.levels + int(self.eos)
         self.vocab_size = len(hf_tokenizer)
         self.eos_id = hf_tokenizer.eos_token_id
         if self.eos_id is None:
@@ -73,6 +72,11 @@ class SidConstraint:
         self._row_of_item = {int(i): r for r, i in enumerate(sid_tok.item_ids.tolist())}
         self._items_per_node = [np.bincount(node_of_item[d], minlength=self.num_nodes[d]) for d in range(L + 1)]
         self._device_cache: dict = {}
+
+    @property
+    def new_tokens(self) -> int:
+        """An answer's length in tokens: the SID's levels, and EOS where answers end with it."""
+        return self.levels + int(self.eos)
 
     # ---- tables on the scores' device ---------------------------------------------
     def _on(self, device) -> dict:

@@ -335,7 +335,6 @@ class CompactCodec:
         self.day_id = vocab.get(DAY_TOKEN)
         self.eos_id = hf_tokenizer.eos_token_id
         self.event_eos = bool(event_eos)
-        self.end_ids = [self.eos_id] if self.event_eos else []  # what closes an event's SID
         self.prefix_ids = list(hf_tokenizer("")["input_ids"])
         self.table = sid_tok.token_id_table(hf_tokenizer)  # (n_items, levels), rows in sid_tok.item_ids order
         self.like_table = self.table  # the non-negative events' SID tokens: their own with like_tokens
@@ -344,6 +343,11 @@ class CompactCodec:
             to_like[[vocab[t] for t in sid_tok.all_tokens()]] = [vocab[like_token(t)] for t in sid_tok.all_tokens()]
             self.like_table = to_like[self.table]
         self.row_of_item = {int(i): r for r, i in enumerate(np.asarray(sid_tok.item_ids).tolist())}
+
+    @property
+    def end_ids(self) -> list[int]:
+        """What closes an event's SID: EOS, or nothing without `event_eos`."""
+        return [self.eos_id] if self.event_eos else []
 
     @property
     def tokens_per_event(self) -> int:
