@@ -87,6 +87,8 @@ def _run_pipeline(raw: dict, run_dir) -> dict:
             result = getattr(importlib.import_module(module), func)(raw, run_dir, **kwargs) or {}
         secs = time.perf_counter() - t0
         summary[name] = {"status": "ran", "seconds": round(secs, 1)}
+        if isinstance(result, dict) and result.get("skipped"):  # the stage found nothing to do, and said why
+            summary[name]["status"] = f"skipped ({result['skipped']})"
         bar.write(f"[{name}] done in {secs:.1f}s")
         if isinstance(result, dict) and result.get("table"):
             summary["table"] = result["table"]

@@ -378,3 +378,50 @@ def test_status_of_a_file_or_a_missing_folder(tmp_path, capsys):
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["status", "--config", "configs/ml100k.yaml", "--run-dir", str(tmp_path / "typo")]) == 0
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_an_unquoted_yaml_date_stays_the_text_written(tmp_path):
+    """YAML reads 2020-10-08 as a date object, which the str settings refused and the run's JSON
+    config could not hold: the config loader keeps it as written, in the file and in --set."""
+    from negrec.config import check_config, load_config
+
+    cfg = tmp_path / "dates.yaml"
+    cfg.write_text("data:\n  split:\n    global_test_date: 2020-10-08\n")
+    raw = load_config(str(cfg), ["data.split.global_valid_date=2020-10-01"])
+    assert raw["data"]["split"] == {"global_test_date": "2020-10-08", "global_valid_date": "2020-10-01"}
+    check_config(raw)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("data.generic.columns=[user, item, ts]", "data.generic.columns: expected a mapping"),
+    ("data.generic.feature_columns=genre", "data.generic.feature_columns: expected a list"),
+])
+def test_bare_list_and_mapping_fields_are_type_checked(override, named):
+    """Fields typed plain `dict` / `list` went unchecked: a list of columns failed later in Python's
+    words, and a string feature column was split into its letters."""
+    from negrec.config import check_config, load_config
+
+    with pytest.raises(ConfigError, match=named):
+        check_config(load_config("configs/generic.yaml", [override]))
+
+
+@pytest.mark.parametrize("override, named", [
+    ("sft_next.epochs=-1", "sft_next.epochs must be positive"),
+    ("sft_next.batch_size=0", "sft_next.batch_size must be at least 1"),
+    ("sft_align.learning_rate=-0.001", "sft_align.learning_rate must be positive"),
+    ("sft_next.max_steps=-5", "sft_next.max_steps must be at least 1, or -1"),
+    ("sft_align.phases=[{tasks: [text_to_sid], max_steps: 10, learning_rate: -1}]", "phase 2: learning_rate must be positive"),
+    ("tokenize.epochs=-3", "tokenize.epochs: must be at least 1"),
+    ("tokenize.lr=0", "tokenize: lr must be positive"),
+    ("eval.k=0", "eval.k must be at least 1"),
+    ("eval.num_beams=0", "eval.num_beams must be at least 1"),
+    ("grpo.learning_rate=0", "grpo.learning_rate must be positive"),
+])
+def test_numbers_out_of_range_are_refused_before_any_stage(override, named):
+    """Refused when the config is read, naming the field, not accepted (a run of 0 epochs or an
+    empty top-0 that exits 0) or failing stages later as a division by zero or torch's message."""
+    from negrec.config import check_config, load_config
+
+    with pytest.raises(ConfigError, match=named):
+        check_config(load_config("configs/ml100k.yaml", [override]))
+    check_config(load_config("configs/ml100k.yaml"))  # the shipped values pass

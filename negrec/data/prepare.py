@@ -130,7 +130,7 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, 
             raise DataError(f"{source}: field {c!r} must be integers, got {cols[c].dtype}")
     fb = check_feedback(cols.pop("feedback"), origin, source)
 
-    items, n_no_text = clean_items(items, source, cfg.require_text)
+    items, n_no_text = clean_items(items, source, cfg.require_text, id_maps["items"].to_original if id_maps else None)
     if cfg.require_text:
         report["items_without_text"] = n_no_text
     known = ItemLookup(items["item_id"].to_numpy()).known(cols["item_id"])
@@ -510,6 +510,9 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"
                           for h in horizons)
         lines.append(f"{split:<6} samples {stats[f'{split}_samples']:,}, users {stats[f'{split}_users']:,}; non-empty F_H: {parts}")
+    if not stats["train_samples"]:
+        lines.append("warning          no train samples: every cut needs data.split.min_context events before "
+                     "it; GRPO (which trains on them) will not run: lower min_context for it")
     if all(f"test_mean_F{h}_all" in stats for h in horizons):
         lines.append("test   mean |F_H| over all test users (empty included): "
                      + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))

@@ -50,8 +50,18 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
         n_bad = int(sum(int(((ts[c:d] < lo) | (ts[c:d] > hi)).sum()) for c, d in chunks(len(ts))))
         x = int(v[i])
         rule = f"before {_date(lo)}" if x < lo else f"after {_date(hi)} (now + 1 year)"
+        if n_bad == len(ts):  # one unit for all: it must bring the smallest and the largest into range
+            smallest = min(int(ts[c:d].min()) for c, d in chunks(len(ts)))
+            largest = max(int(ts[c:d].max()) for c, d in chunks(len(ts)))
+            hints = {_unit_hint(smallest, True), _unit_hint(largest, True)}
+            hint = hints.pop() if len(hints) == 1 else ""
+        else:
+            hint = _unit_hint(x, False)
+        if not hint and n_bad == len(ts) and x < lo:  # e.g. seconds or day numbers since the log's start
+            hint = ("; every timestamp is that early: relative times (seconds or days since a start)? "
+                    "add the start's Unix time in seconds to them")
         raise DataError(f"{locate(origin, a + i, source)}: field {field_name(origin, 'ts')}: timestamp {x} s "
-                        f"({_date(x)}) is {rule}: outside the plausible range{_unit_hint(x, n_bad == len(ts))} "
+                        f"({_date(x)}) is {rule}: outside the plausible range{hint} "
                         f"({n_bad} such row{'s' if n_bad > 1 else ''})")
 
 
@@ -114,7 +124,8 @@ def conflict_error(origin, rows: np.ndarray, user, item, ts, source: str) -> Dat
     other = locate(origin, int(rows[1]), source).rsplit(": ", 1)[-1] if len(rows) > 1 else "another row"
     return DataError(f"{locate(origin, i, source)}: field 'feedback': conflicting duplicate: user {user}, item {item} "
                      f"at ts {ts} has a different feedback on {other}; a log must not say both "
-                     f"(remove one, or aggregate them before loading) ({len(rows)} such rows)")
+                     f"(remove one, aggregate them before loading, or set data.conflicts: negative to keep the dislike) "
+                     f"({len(rows)} such rows)")
 
 
 def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int, source: str,

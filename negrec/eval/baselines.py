@@ -403,6 +403,7 @@ class SASRec(Baseline):
     def _val_recall(self, vx, vf, vt, k):
         self.model.eval()
         logits = self._logits_last(vx, vf)
+        k = min(k, logits.shape[1])  # a catalogue smaller than k: every item is in the top k
         top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         return float((top == vt[:, None]).any(1).mean())
 

@@ -41,6 +41,13 @@ class TokenizeConfig:
                               ("activation", ("relu", "gelu", "silu"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"tokenize.{name}: expected {' | '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "latent_dim", "kmeans_iters", "kmeans_init_items", "sinkhorn_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tokenize.{name}: must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or min(self.weight_decay, self.beta, self.warmup_steps, self.dead_code_steps, self.save_every) < 0:
+            raise ConfigError(f"tokenize: lr must be positive and weight_decay, beta, warmup_steps, dead_code_steps, save_every "
+                              f"not negative (got {self.lr}, {self.weight_decay}, {self.beta}, {self.warmup_steps}, "
+                              f"{self.dead_code_steps}, {self.save_every})")
         if self.levels < 1 or self.codebook_size == 1 or self.codebook_size < 0:
             raise ConfigError(f"tokenize: levels must be >= 1 and codebook_size >= 2 or 0 (sized to the catalogue) "
                               f"(got {self.levels}, {self.codebook_size})")

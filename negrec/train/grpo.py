@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,10 @@ class ProgressiveGRPOConfig:
             raise ValueError(f"grpo.generation: {self.generation!r} is not one of {GENERATION_MODES}")
         if not self.stages:
             raise ValueError("grpo.stages: at least one stage is needed")
+        if not self.learning_rate > 0 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError(f"grpo.learning_rate must be positive and grpo.per_device_train_batch_size and "
+                             f"gradient_accumulation_steps at least 1, got {self.learning_rate}, "
+                             f"{self.per_device_train_batch_size} and {self.gradient_accumulation_steps}")
         if self.num_generations < 2:
             raise ValueError(f"grpo.num_generations: GRPO needs groups of 2 or more, got {self.num_generations}")
         if self.per_device_train_batch_size % self.num_generations:
@@ -717,6 +722,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
     rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
             else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
+    if not rows:  # short histories: no cut with data.split.min_context events before it and a dislike after
+        return _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
@@ -749,6 +756,16 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
         _print_summary(summary)
     ranks_meet()
     return summary
+
+
+def _nothing_to_train(stage: str, rows: str, horizon: int) -> dict:
+    """No rows to train on: the stage writes nothing, so predict and evaluate rank the SFT policy
+    as the main one (as with the stage in pipeline.skip), and says why in one line."""
+    why = (f"no {rows} rows with a dislike in the {horizon} days after the cut (a cut needs "
+           f"data.split.min_context events before it)")
+    print(f"[{stage}] warning: {why}: GRPO not run, the SFT policy stands; lower data.split.min_context "
+          f"to give GRPO rows, or add {stage} to pipeline.skip", file=sys.stderr)
+    return {"skipped": why}
 
 
 def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path], list[float]] | None:

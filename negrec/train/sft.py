@@ -127,6 +127,7 @@ class SFTStageConfig:
             raise ValueError(f"sft loss_vocab must be full or sid, got {self.loss_vocab!r}")
         if self.val_every < 1:
             raise ValueError("sft val_every must be at least 1")
+        check_ranges(self)
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
         self.phases = [checked_phase(phase, k) for k, phase in enumerate(self.phases, 2)]
@@ -180,6 +181,30 @@ def sft_config(raw: dict, task: str) -> SFTStageConfig:
 PHASE_KEYS = {"tasks": list, "max_steps": int, "learning_rate": float, "item_repeats": int}
 
 
+# the SFT stages' numbers and the least each may be (`check_ranges`): caught when the config is read,
+# before any stage runs, not as a division by zero or torch's "Invalid learning rate" stages later
+MINIMUM = {"batch_size": 1, "grad_accum": 1, "item_repeats": 1, "targets_per_sample": 1, "window_events": 1,
+           "val_beams": 1, "patience": 1, "max_items": 0, "max_samples": 0, "val_rows": 0, "align_per_batch": 0}
+NON_NEGATIVE = ("weight_decay", "warmup_ratio", "other_weight", "align_weight")
+
+
+def check_ranges(cfg: SFTStageConfig) -> None:
+    """Refuse a stage's numbers out of range, naming the section and field."""
+    section = {"SFTAlignConfig": "sft_align", "SFTNextConfig": "sft_next"}.get(type(cfg).__name__, "sft")
+    for name, least in MINIMUM.items():
+        if getattr(cfg, name) < least:
+            raise ValueError(f"{section}.{name} must be at least {least}, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{section}.{name} must not be negative, got {getattr(cfg, name)}")
+    if not cfg.learning_rate > 0:
+        raise ValueError(f"{section}.learning_rate must be positive, got {cfg.learning_rate}")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ValueError(f"{section}.max_steps must be at least 1, or -1 to train for `epochs`, got {cfg.max_steps}")
+    if cfg.max_steps == -1 and not cfg.epochs > 0:
+        raise ValueError(f"{section}.epochs must be positive (or set max_steps), got {cfg.epochs}")
+
+
 def checked_phase(phase, k: int) -> dict:
     """One entry of `sft_align.phases` (phase k of the stage), its values typed as the stage's own
     fields are (YAML reads 3e-3 as text): known keys, known tasks, a positive step budget."""
@@ -203,6 +228,9 @@ def checked_phase(phase, k: int) -> dict:
             raise ValueError(f"{where}: {key} must be a whole number, got {value!r}")
     if out.get("max_steps", 0) < 1:
         raise ValueError(f"{where} needs max_steps of at least 1 (a budget in steps), got {phase.get('max_steps')!r}")
+    if out.get("learning_rate", 1.0) <= 0 or out.get("item_repeats", 1) < 1:
+        raise ValueError(f"{where}: learning_rate must be positive and item_repeats at least 1, got "
+                         f"{phase.get('learning_rate')!r} and {phase.get('item_repeats')!r}")
     return out
 
 

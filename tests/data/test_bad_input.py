@@ -146,6 +146,13 @@ def _items_typo(tmp):
                         item_columns={"item_id": "iid", "title": "movie_name"})
 
 
+def _items_duplicate_string_id(tmp):
+    """String item ids are mapped to dense numbers at load: the duplicate is named as the file writes it."""
+    _write(tmp / "items.csv", "iid,name\n" + "".join(f"m{i},Movie {i}\n" for i in range(12)) + "m3,Again\n")
+    rows = [f"{u},m{i},{TS24 + DAY * (i % 9) + u},{1 + (u + i) % 5}" for u in range(1, 7) for i in range(12)]
+    return _generic_csv(tmp, rows, items_path=str(tmp / "items.csv"), item_columns={"item_id": "iid", "title": "name"})
+
+
 # (id, make(tmp) -> (argv, env), substrings the single stderr line must hold: file, line, field, rule)
 def _repeated_header(tmp):
     cfg = _generic_csv(tmp, [r + ",1" for r in _gen_rows()])
@@ -217,6 +224,9 @@ DATA_CASES = [
     ("features-without-items", D(lambda t: _generic_csv(t, _gen_rows(), feature_columns=["genre"])),
      ["data.generic.feature_columns", "items_path"]),
     ("item-column-typo", D(_items_typo), ["items.csv", "line 1", "'movie_name'", "data.item_columns"]),
+    ("item-duplicate-string-id", D(_items_duplicate_string_id), ["items.csv", "line 14", "'iid'", "duplicate item id m3"]),
+    ("ts-relative-to-a-start", D(lambda t: _generic_csv(t, _gen_rows(when=lambda u, i: 3600 * i + u)),
+                                 ), ["log.csv", "line 2", "'when'", "before 1995", "relative times"]),
     ("ts-int64-overflow", D(lambda t: _generic_csv(t, _gen_rows(), "1,10,9223372036854775808,1"),
                             ), ["log.csv", "line 3", "'when'", "int64 overflow"]),
     ("ts-before-1995", D(lambda t: _ml100k(t, _ml_rows(), f"1\t1\t3\t{-883612800}")),
@@ -253,7 +263,7 @@ DATA_CASES = [
      ["k.tsv", "line 5", "'label'", "out of range"]),
     ("conflicting-duplicate", D(lambda t: _ml100k(t, _ml_rows(rating=lambda u, i: 4 if (u, i) == (1, 2) else 1 + (u * i) % 5),
                                                   f"1\t2\t1\t{T0 + DAY * 2 + 1}", at=20)),
-     ["u.data", "line 2", "'feedback'", "conflicting duplicate"]),
+     ["u.data", "line 2", "'feedback'", "conflicting duplicate", "data.conflicts: negative"]),
     ("no-negatives", D(lambda t: _ml100k(t, _ml_rows(rating=lambda u, i: 4 + (u + i) % 2))),
      ["ml", "'feedback'", "no negative feedback", "negative_max"]),
     ("one-user", D(lambda t: _ml100k(t, _ml_rows(users=1))), ["ml", "'user_id'", "1 user(s)", "at least 2"]),

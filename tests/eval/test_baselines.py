@@ -74,3 +74,17 @@ def test_score_pairs_matches_dense_scores_and_unknown_items_score_minus_inf():
     want = [dense[r, model.index([i])[0]] for r, i in zip(rows[:4], items[:4])]
     assert got[[0, 1, 2, 4]].tolist() == pytest.approx([want[0], want[1], want[2], dense[0, model.index([10])[0]]])
     assert got[3] == -np.inf  # item 99 was never in the log
+
+
+@pytest.mark.parametrize("sequence", ["negative", "mixed"])
+def test_sasrec_fits_a_catalogue_smaller_than_its_validation_k(sequence):
+    """8 items: SASRec's validation Recall@10 looked for a top 10 among 8 logits and crashed a valid log."""
+    rng = np.random.default_rng(0)
+    rows = [(u, int(rng.integers(8)), 100 * u + t, int(rng.choice([-1, 1]))) for u in range(30) for t in range(12)]
+    log = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "feedback"])
+    model = SASRec(SASRecConfig(sequence=sequence, epochs=2, patience=1, hidden=16, max_len=10, batch_size=64))
+    model.fit(log, items=np.arange(8))
+    samples = pd.DataFrame({"user_id": [0, 1], "cut_ts": [10**6, 10**6], "context_items": [[0], []],
+                            "neg_items": [[0], []], "mixed_items": [[0], []], "mixed_feedback": [[-1], []]})
+    rec = model.recommend(samples, 10)
+    assert rec.shape[0] == 2 and 0 not in rec[0][rec[0] >= 0]  # ranked, the context left out

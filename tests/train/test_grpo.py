@@ -411,3 +411,25 @@ def test_grpo_validation_loads_each_policy_in_the_configured_model_dtype(monkeyp
     validate = validator({"model": {"dtype": "float32"}}, prepared, None, None, None)
     assert validate(tmp_path / "stage0") == [0.5]
     assert loaded == [(tmp_path / "stage0", "float32")]
+
+
+def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, monkeypatch, capsys):
+    """A log of short histories has no train cut with a dislike after it: GRPO says so in one line
+    and writes nothing, so predict ranks the SFT policy as the main one, instead of stopping the
+    pipeline after the SFT with an error naming no setting."""
+    import shutil
+
+    from negrec.config import load_config
+    from negrec.contract import mark_done
+    from negrec.train import grpo
+    from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
+
+    run = prepare_tiny_run(tmp_path / "run")
+    raw = load_config(str(CONFIG), tiny_overrides())
+    shutil.copytree(run / "model", run / "sft_next" / "final")
+    mark_done(raw, run, "sft-next")
+    monkeypatch.setattr(grpo, "training_rows", lambda *a, **k: [])
+    out = grpo.run_grpo(raw, run)
+    assert "no train rows" in out["skipped"] and "min_context" in out["skipped"]
+    assert not (run / "grpo").exists()
+    assert "GRPO not run, the SFT policy stands" in capsys.readouterr().err
