@@ -17,17 +17,17 @@ from typing import Any
 import yaml
 
 
-class _Loader(yaml.SafeLoader):
+class _DatesAsTextLoader(yaml.SafeLoader):
     """YAML as the safe loader reads it, but an unquoted date (2020-10-08) stays the text it is: the
     settings that take dates parse them themselves, and a date object is not JSON for the run's config."""
 
 
-_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+_DatesAsTextLoader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
                                    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
-def _parse(text: str):
-    return yaml.load(text, Loader=_Loader)
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_DatesAsTextLoader)
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = _parse(path.read_text()) or {}
+        raw = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -60,7 +60,7 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse(value)
+        node[parts[-1]] = _yaml_load(value)
     return raw
 
 

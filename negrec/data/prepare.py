@@ -510,9 +510,10 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"
                           for h in horizons)
         lines.append(f"{split:<6} samples {stats[f'{split}_samples']:,}, users {stats[f'{split}_users']:,}; non-empty F_H: {parts}")
-    if not stats["train_samples"]:
-        lines.append("warning          no train samples: every cut needs data.split.min_context events before "
-                     "it; GRPO (which trains on them) will not run: lower min_context for it")
+    if not stats[f"train_users_nonempty_F{max(horizons)}"]:
+        lines.append(f"warning          no train sample with a dislike in the {max(horizons)} days after its cut "
+                     "(a cut needs data.split.min_context events before it): GRPO, which trains on them, "
+                     "will not run; lower min_context for it")
     if all(f"test_mean_F{h}_all" in stats for h in horizons):
         lines.append("test   mean |F_H| over all test users (empty included): "
                      + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))

@@ -144,7 +144,7 @@ def clean_items(items: pd.DataFrame, source: str, require_text: bool = False, or
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise DataError(f"{locate(origin, i, source + ' (items)')}: field {field_name(origin, 'item_id')}: "
-                        f"duplicate item id {as_written(items['item_id'].to_numpy()[i:i + 1], original)}")
+                        f"duplicate item id {as_written(int(items['item_id'].iloc[i]), original)}")
     n_dropped = 0
     if require_text:
         empty = (items["text"].str.strip() == "").to_numpy()
@@ -153,16 +153,16 @@ def clean_items(items: pd.DataFrame, source: str, require_text: bool = False, or
     return items.sort_values("item_id").reset_index(drop=True), n_dropped
 
 
-def as_written(internal_id: np.ndarray, original=None):
-    """One internal id (an array of one) as the file wrote it, through `original` when ids were mapped."""
-    value = original(internal_id)[0] if original is not None else int(internal_id[0])
+def as_written(internal_id: int, original=None):
+    """An internal id as the file wrote it, through `original` when ids were mapped."""
+    value = original(np.array([internal_id], np.int64))[0] if original is not None else int(internal_id)
     return value.item() if hasattr(value, "item") else value
 
 
 def unknown_item_error(origin, item_ids: np.ndarray, known: np.ndarray, source: str, original=None) -> DataError:
     """`original`: internal id -> the id as the file wrote it (an `ids.IdMap.to_original`)."""
     i = int(np.flatnonzero(~known)[0])
-    value = as_written(np.asarray(item_ids)[i:i + 1], original)
+    value = as_written(int(item_ids[i]), original)
     return DataError(f"{locate(origin, i, source)}: field {field_name(origin, 'item_id')} = {value} "
                      f"is not in the items table ({int((~known).sum())} rows with unknown items)")
 

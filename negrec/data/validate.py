@@ -2,7 +2,8 @@
 it into wrong numbers. Each rule has one owner:
 
 - `check_timestamps`: every timestamp (UTC seconds, after the loader's unit) lies in
-  [1995-01-01, now + 1 year]; a value that would fit at 1000x or 1/1000x is named as mixed units.
+  [1995-01-01, now + 1 year]; a value that would fit at 1000x or 1/1000x is named as mixed units
+  (every value: a `ts_unit` to set), and a log whose every value is that early as relative times.
   (Parsing and int64 overflow: `loaders.parse_ts`.)
 - `check_values`: a column's values lie in a declared range or set (ratings in
   `data.ratings.min_rating..max_rating`, KuaiRand labels and flags in {0, 1}).
@@ -50,19 +51,26 @@ def check_timestamps(ts: np.ndarray, origin, source: str) -> None:
         n_bad = int(sum(int(((ts[c:d] < lo) | (ts[c:d] > hi)).sum()) for c, d in chunks(len(ts))))
         x = int(v[i])
         rule = f"before {_date(lo)}" if x < lo else f"after {_date(hi)} (now + 1 year)"
-        if n_bad == len(ts):  # one unit for all: it must bring the smallest and the largest into range
-            smallest = min(int(ts[c:d].min()) for c, d in chunks(len(ts)))
-            largest = max(int(ts[c:d].max()) for c, d in chunks(len(ts)))
-            hints = {_unit_hint(smallest, True), _unit_hint(largest, True)}
-            hint = hints.pop() if len(hints) == 1 else ""
-        else:
-            hint = _unit_hint(x, False)
-        if not hint and n_bad == len(ts) and x < lo:  # e.g. seconds or day numbers since the log's start
-            hint = ("; every timestamp is that early: relative times (seconds or days since a start)? "
-                    "add the start's Unix time in seconds to them")
+        hint = _range_hint(ts, x, every=n_bad == len(ts))
         raise DataError(f"{locate(origin, a + i, source)}: field {field_name(origin, 'ts')}: timestamp {x} s "
                         f"({_date(x)}) is {rule}: outside the plausible range{hint} "
                         f"({n_bad} such row{'s' if n_bad > 1 else ''})")
+
+
+def _range_hint(ts: np.ndarray, x: int, every: bool) -> str:
+    """What an implausible timestamp `x` suggests: a unit (for every value, one that brings the smallest
+    and the largest into range), mixed units, or, every value being early, times relative to a start."""
+    if not every:
+        return _unit_hint(x, False)
+    smallest = min(int(ts[c:d].min()) for c, d in chunks(len(ts)))
+    largest = max(int(ts[c:d].max()) for c, d in chunks(len(ts)))
+    hints = {_unit_hint(smallest, True), _unit_hint(largest, True)}
+    if len(hints) == 1 and "" not in hints:
+        return hints.pop()
+    if largest < TS_MIN:  # e.g. seconds or day numbers since the log's start
+        return ("; every timestamp is that early: relative times (seconds or days since a start)? "
+                "add the start's Unix time in seconds to them")
+    return _unit_hint(x, False)
 
 
 TS_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}  # each 1000x finer

@@ -46,9 +46,10 @@ class EvalConfig:
         for name in ("k", "num_beams", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_users < 0 or not 0.0 <= self.context_mix <= 1.0:
-            raise ValueError(f"eval.max_users must not be negative and eval.context_mix must be in [0, 1], "
-                             f"got {self.max_users} and {self.context_mix}")
+        if self.max_users < 0:
+            raise ValueError(f"eval.max_users must not be negative, got {self.max_users}")
+        if not 0.0 <= self.context_mix <= 1.0:
+            raise ValueError(f"eval.context_mix must be in [0, 1], got {self.context_mix}")
 
 
 @dataclass

@@ -124,10 +124,11 @@ class ProgressiveGRPOConfig:
             raise ValueError(f"grpo.generation: {self.generation!r} is not one of {GENERATION_MODES}")
         if not self.stages:
             raise ValueError("grpo.stages: at least one stage is needed")
-        if not self.learning_rate > 0 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError(f"grpo.learning_rate must be positive and grpo.per_device_train_batch_size and "
-                             f"gradient_accumulation_steps at least 1, got {self.learning_rate}, "
-                             f"{self.per_device_train_batch_size} and {self.gradient_accumulation_steps}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"grpo.learning_rate must be positive, got {self.learning_rate}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_generations < 2:
             raise ValueError(f"grpo.num_generations: GRPO needs groups of 2 or more, got {self.num_generations}")
         if self.per_device_train_batch_size % self.num_generations:
@@ -400,7 +401,7 @@ def pick_policy(candidates: list[dict]) -> dict:
     noise check, turned round); then the best such stage, a later one on a tie. GRPO's start is the
     safe choice: a stage 0.9 SE below it on 200 validation users, within noise, lost 0.024 test
     Recall@10 (bench_grpo_move.py); a lead within noise shows nothing, and shipping it costs a
-    second predict pass (README "What GRPO does here").
+    second predict pass (docs/RESULTS.md "What GRPO does here").
     Candidates come in training order; each holds `name`, `step`, `model` and per-user `recalls`."""
     import numpy as np
 
@@ -709,6 +710,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     out_dir = run_dir / name
     if up_to_date(raw, run_dir, stage):
         return read_json(out_dir / "summary.json")
+    prepared = Prepared.load(run_dir / "data")
+    rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
+            else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
+    if not rows:  # before the SFT policy is read or merged: nothing of it is needed
+        return _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
     policy = find_sft_policy(run_dir, cfg.policy)
     # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
     work = work_dir(run_dir, stage)
@@ -716,14 +722,9 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
 
     from transformers import AutoTokenizer
 
-    prepared = Prepared.load(run_dir / "data")
     sid_tok = _load_sid_tokenizer(run_dir, sft_dir)
     hf_tok = AutoTokenizer.from_pretrained(sft_dir)
     builder = PromptBuilder(prompt_cfg, sid_tok, prepared.items, hf_tok)
-    rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
-            else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
-    if not rows:  # short histories: no cut with data.split.min_context events before it and a dislike after
-        return _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
     # Swing co-negatives from the training log only (what the valid/test users did later stays unseen).
     rewards = build_rewards(reward_cfg, sid_tok, train_log=prepared.fit_log("train"))
     validate = validator(raw, prepared, sid_tok, hf_tok, builder) if cfg.select == "validation" else None
@@ -758,13 +759,19 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     return summary
 
 
-def _nothing_to_train(stage: str, rows: str, horizon: int) -> dict:
+def _nothing_to_train(stage: str, row_source: str, horizon: int) -> dict:
     """No rows to train on: the stage writes nothing, so predict and evaluate rank the SFT policy
     as the main one (as with the stage in pipeline.skip), and says why in one line."""
-    why = (f"no {rows} rows with a dislike in the {horizon} days after the cut (a cut needs "
-           f"data.split.min_context events before it)")
-    print(f"[{stage}] warning: {why}: GRPO not run, the SFT policy stands; lower data.split.min_context "
-          f"to give GRPO rows, or add {stage} to pipeline.skip", file=sys.stderr)
+    if row_source == "sft_validation":
+        why = (f"no validation rows with a dislike in the {horizon} days after the cut (sft_next.val_rows is 0, "
+               f"or its users have none)")
+        fix = "raise sft_next.val_rows or set grpo.rows: train"
+    else:
+        why = (f"no train rows with a dislike in the {horizon} days after the cut (a cut needs "
+               f"data.split.min_context events before it)")
+        fix = "lower data.split.min_context to give GRPO rows"
+    print(f"[{stage}] warning: {why}: GRPO not run, the SFT policy stands; {fix}, or add {stage} to "
+          f"pipeline.skip", file=sys.stderr)
     return {"skipped": why}
 
 

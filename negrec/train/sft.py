@@ -125,8 +125,6 @@ class SFTStageConfig:
             raise ValueError("sft context_mix must be in [0, 1]")
         if self.loss_vocab not in ("full", "sid"):
             raise ValueError(f"sft loss_vocab must be full or sid, got {self.loss_vocab!r}")
-        if self.val_every < 1:
-            raise ValueError("sft val_every must be at least 1")
         check_ranges(self)
         if self.align_weight > 0 and self.align_per_batch < 1:
             raise ValueError("sft align_per_batch must be at least 1 when align_weight > 0 (0 would train no alignment)")
@@ -184,13 +182,13 @@ PHASE_KEYS = {"tasks": list, "max_steps": int, "learning_rate": float, "item_rep
 # the SFT stages' numbers and the least each may be (`check_ranges`): caught when the config is read,
 # before any stage runs, not as a division by zero or torch's "Invalid learning rate" stages later
 MINIMUM = {"batch_size": 1, "grad_accum": 1, "item_repeats": 1, "targets_per_sample": 1, "window_events": 1,
-           "val_beams": 1, "patience": 1, "max_items": 0, "max_samples": 0, "val_rows": 0, "align_per_batch": 0}
+           "val_beams": 1, "val_every": 1, "patience": 1, "max_items": 0, "max_samples": 0, "val_rows": 0, "align_per_batch": 0}
 NON_NEGATIVE = ("weight_decay", "warmup_ratio", "other_weight", "align_weight")
 
 
 def check_ranges(cfg: SFTStageConfig) -> None:
     """Refuse a stage's numbers out of range, naming the section and field."""
-    section = {"SFTAlignConfig": "sft_align", "SFTNextConfig": "sft_next"}.get(type(cfg).__name__, "sft")
+    section = {c: f"sft_{task}" for task, c in SFT_SECTIONS.items()}.get(type(cfg), "sft")
     for name, least in MINIMUM.items():
         if getattr(cfg, name) < least:
             raise ValueError(f"{section}.{name} must be at least {least}, got {getattr(cfg, name)}")
@@ -228,9 +226,10 @@ def checked_phase(phase, k: int) -> dict:
             raise ValueError(f"{where}: {key} must be a whole number, got {value!r}")
     if out.get("max_steps", 0) < 1:
         raise ValueError(f"{where} needs max_steps of at least 1 (a budget in steps), got {phase.get('max_steps')!r}")
-    if out.get("learning_rate", 1.0) <= 0 or out.get("item_repeats", 1) < 1:
-        raise ValueError(f"{where}: learning_rate must be positive and item_repeats at least 1, got "
-                         f"{phase.get('learning_rate')!r} and {phase.get('item_repeats')!r}")
+    if out.get("learning_rate", 1.0) <= 0:
+        raise ValueError(f"{where}: learning_rate must be positive, got {phase['learning_rate']!r}")
+    if out.get("item_repeats", 1) < 1:
+        raise ValueError(f"{where}: item_repeats must be at least 1, got {phase['item_repeats']!r}")
     return out
 
 

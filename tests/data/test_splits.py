@@ -193,6 +193,8 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
     assert len(kept) == 4 and st["duplicates_dropped"] == 1 and st["rows_dropped_subsampling"] == dropped > 0
     assert st["rows_read"] == len(p.interactions) + 1 + dropped
     assert f"duplicates 1, of items without text 0 (0 items dropped), subsampling {dropped}" in format_stats(st, p.horizons)
+    no_rows = format_stats({**st, f"train_users_nonempty_F{max(p.horizons)}": 0}, p.horizons)
+    assert "warning          no train sample with a dislike" in no_rows and "min_context" in no_rows
 
 
 # ---------------------------------------------------------------- event cuts (cut_unit: event)

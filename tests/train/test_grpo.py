@@ -322,7 +322,7 @@ def test_sft_validation_rows_are_the_sft_validation_users_held_out_rows(ml100k_p
 def test_grpo_raises_a_learnable_reward(tiny, tmp_path):
     """The GRPO machinery (constrained groups, advantages, the TRL loss) must move the policy toward a
     reward it can learn: 1 when the SID's first code is 0. On ML-100K the same check took that share
-    from 0.03 to 0.98 in 30 steps; the exact future-negative hit did not rise (see the README)."""
+    from 0.03 to 0.98 in 30 steps; the exact future-negative hit did not rise (see docs/RESULTS.md)."""
     sid = tiny["sid"]
 
     def first_code_zero(prompts, completions, **kwargs):
@@ -433,3 +433,8 @@ def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, mon
     assert "no train rows" in out["skipped"] and "min_context" in out["skipped"]
     assert not (run / "grpo").exists()
     assert "GRPO not run, the SFT policy stands" in capsys.readouterr().err
+    from negrec.config import apply_overrides
+    from negrec.pipeline import run_pipeline
+
+    summary = run_pipeline(apply_overrides(raw, ["pipeline.skip=[sft-align]", "pipeline.stop_after=grpo"]), run)
+    assert summary["grpo"]["status"].startswith("skipped (no train rows"), summary  # the pipeline says so, and goes on
