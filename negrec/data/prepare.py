@@ -130,14 +130,14 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, 
             raise DataError(f"{source}: field {c!r} must be integers, got {cols[c].dtype}")
     fb = check_feedback(cols.pop("feedback"), origin, source)
 
-    items, n_no_text = clean_items(items, source, cfg.require_text, id_maps["items"].to_original if id_maps else None)
+    original_item_id = id_maps["items"].to_original if id_maps else None  # item ids in messages, as the files write them
+    items, n_no_text = clean_items(items, source, cfg.require_text, original_item_id)
     if cfg.require_text:
         report["items_without_text"] = n_no_text
     known = ItemLookup(items["item_id"].to_numpy()).known(cols["item_id"])
     if not known.all():
         if not cfg.require_text:
-            raise unknown_item_error(origin, cols["item_id"], known, source,
-                                     id_maps["items"].to_original if id_maps else None)
+            raise unknown_item_error(origin, cols["item_id"], known, source, original_item_id)
         report["interactions_of_dropped_items"] = int((~known).sum())
         cols = {c: v[known] for c, v in cols.items()}
         fb, implicit = fb[known], implicit[known]

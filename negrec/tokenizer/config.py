@@ -44,10 +44,11 @@ class TokenizeConfig:
         for name in ("epochs", "batch_size", "latent_dim", "kmeans_iters", "kmeans_init_items", "sinkhorn_iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"tokenize.{name}: must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or min(self.weight_decay, self.beta, self.warmup_steps, self.dead_code_steps, self.save_every) < 0:
-            raise ConfigError(f"tokenize: lr must be positive and weight_decay, beta, warmup_steps, dead_code_steps, save_every "
-                              f"not negative (got {self.lr}, {self.weight_decay}, {self.beta}, {self.warmup_steps}, "
-                              f"{self.dead_code_steps}, {self.save_every})")
+        if not self.lr > 0:
+            raise ConfigError(f"tokenize: lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "beta", "warmup_steps", "dead_code_steps", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"tokenize: {name} must not be negative, got {getattr(self, name)}")
         if self.levels < 1 or self.codebook_size == 1 or self.codebook_size < 0:
             raise ConfigError(f"tokenize: levels must be >= 1 and codebook_size >= 2 or 0 (sized to the catalogue) "
                               f"(got {self.levels}, {self.codebook_size})")
