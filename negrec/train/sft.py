@@ -136,8 +136,8 @@ class SFTStageConfig:
 # section out, as configs/generic.yaml does, trains as the default run does. The base class's
 # defaults are what the two sections share.
 ALIGN_PHASES = (  # the stepwise 4-choice alone until the lookup forms, then all three tasks
-    {"tasks": ["choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 1e-3, "item_repeats": 2},
-    {"tasks": ["text_to_sid", "sid_to_text", "choose_sid_stepwise"], "max_steps": 1500, "learning_rate": 1e-3,
+    {"tasks": ["choose_sid_stepwise"], "max_steps": 1000, "learning_rate": 1e-3, "item_repeats": 2},
+    {"tasks": ["text_to_sid", "sid_to_text", "choose_sid_stepwise"], "max_steps": 1000, "learning_rate": 1e-3,
      "item_repeats": 2},
 )
 
@@ -155,7 +155,7 @@ class SFTAlignConfig(SFTStageConfig):
 class SFTNextConfig(SFTStageConfig):
     """Section `sft_next`: the timeline SFT, the epoch picked on validation, alignment co-trained."""
     epochs: float = 12.0
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     window_events: int = 50
     val_rows: int = 200
     val_every: int = 2
@@ -525,7 +525,7 @@ def _loss_curve(trainer) -> list[float]:
 
 
 def _warn_pretrained_rate(model_cfg: ModelConfig, cfg: SFTStageConfig, task: str) -> None:
-    """The shipped configs' rates (1e-3 to 3e-3) suit the tiny model trained from scratch; at them a
+    """The shipped configs' rates (1e-3 to 5e-3) suit the tiny model trained from scratch; at them a
     pretrained LM's loss rises (SmolLM2: 21 -> 38 in 3 steps), so say so before the stage runs
     (not when only the new token rows train: sid_embeddings_only)."""
     rate = max([cfg.learning_rate] + [float(p.get("learning_rate", cfg.learning_rate)) for p in cfg.phases])
