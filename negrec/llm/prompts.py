@@ -102,7 +102,7 @@ class PromptConfig:
     format: str = "compact"
     max_events: int = 50         # compact: events of the timeline shown (at context_mix = 1)
     # compact: up to this many of the user's negatives older than the shown events, before them (as
-    # negative events): a long history's earlier dislikes at 6 tokens each, its other events left out
+    # negative events): a long history's earlier dislikes at 5 tokens each, its other events left out
     older_negatives: int = 0
     # compact: EOS after every event's SID and after the answer. False: every SID has the same length,
     # so the next feedback token already marks where an event ends, and constrained decoding stops
