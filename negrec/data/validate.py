@@ -62,8 +62,8 @@ def _range_hint(ts: np.ndarray, x: int, every: bool) -> str:
     and the largest into range), mixed units, or, every value being early, times relative to a start."""
     if not every:
         return _unit_hint(x, False)
-    smallest = min(int(ts[c:d].min()) for c, d in chunks(len(ts)))
-    largest = max(int(ts[c:d].max()) for c, d in chunks(len(ts)))
+    bounds = [(int(ts[c:d].min()), int(ts[c:d].max())) for c, d in chunks(len(ts))]  # one pass over the log
+    smallest, largest = min(lo for lo, _ in bounds), max(hi for _, hi in bounds)
     hints = {_unit_hint(smallest, True), _unit_hint(largest, True)}
     if len(hints) == 1 and "" not in hints:
         return hints.pop()
