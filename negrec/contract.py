@@ -3,9 +3,9 @@
 
 Freshness. A stage's fingerprint hashes its name, the config sections it reads (registry
 `sections`), the fingerprint of each input stage (registry `inputs`; None for an input that is not
-done), for raw inputs outside the run folder the registry's `fingerprint` function (sizes,
-mtimes and content hashes), and the source of the negrec subpackages its module reaches by its
-imports (`code_fingerprint`): a stage made by other code, as after an upgrade, is stale. A stage
+done), for raw inputs outside the run folder the registry's `fingerprint` function (sizes
+and content hashes), and the code (syntax trees, docstrings left out) of the negrec subpackages its
+module reaches by its imports (`code_fingerprint`): a stage made by other code, as after an upgrade, is stale. A stage
 is *done* when its marker holds that fingerprint and its key outputs exist whole. The marker is
 `<folder>/_DONE`, or `<folder>/_DONE.<stage>` where several stages write one folder (`eval/`:
 baselines, predict, evaluate; the run folder itself: report). It holds the fingerprint and its
@@ -234,7 +234,7 @@ def _imported_subpackages(sub: str) -> frozenset[str]:
     out = set()
     for path in sorted((PACKAGE / sub).rglob("*.py")):
         here = ["negrec", *path.relative_to(PACKAGE).parent.parts]  # the package the file is in
-        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        for node in ast.walk(_syntax_tree(path)):
             if isinstance(node, ast.ImportFrom):
                 named = [(here[:len(here) - node.level + 1] if node.level else []) + (node.module or "").split(".")]
             elif isinstance(node, ast.Import):
@@ -261,11 +261,32 @@ def code_reach(module: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=None)
 def _source_hash(sub: str) -> str:
-    """sha256 over the source files of negrec/<sub>, names and contents."""
+    """sha256 over the source files of negrec/<sub>: their names and what their code does (the
+    syntax tree, `_code_text`), so an upgrade that edits only comments, docstrings or layout leaves
+    the stages it made done (retraining a policy for a reworded docstring costs hours on real logs)."""
     h = hashlib.sha256()
     for path in sorted((PACKAGE / sub).rglob("*.py")):
-        h.update(f"{path.relative_to(PACKAGE).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+        h.update(f"{path.relative_to(PACKAGE).as_posix()}\0".encode() + _code_text(path) + b"\0")
     return h.hexdigest()[:16]
+
+
+def _code_text(path: Path) -> bytes:
+    """A file's syntax tree as text: comments and layout are not in it, nor docstrings (`_syntax_tree`);
+    the Python version's tree format is, so a new Python makes stages stale, as it may change results."""
+    return ast.dump(_syntax_tree(path)).encode()
+
+
+@lru_cache(maxsize=None)
+def _syntax_tree(path: Path) -> ast.Module:
+    """The parsed file without its docstrings (module, class and function), parsed once a process."""
+    tree = ast.parse(path.read_bytes(), str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:]  # dumped and walked, never compiled: an empty body is fine
+    return tree
 
 
 def code_fingerprint(module: str) -> dict[str, str]:

@@ -169,8 +169,10 @@ _EDGE = 1 << 20
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """Size, mtime (ns) and a sha256 of a raw input file (whole below 64 MiB, else first + last MiB
-    and the size), so that an edited, truncated or replaced input makes its stage stale."""
+    """Size and a sha256 of a raw input file, so that an edited, truncated or replaced input makes its
+    stage stale: what the file holds, not where it lies or when it was written (a run folder copied
+    to another machine or checkout stays done). A file of 64 MiB or more is hashed by its first and
+    last MiB and its size, and its mtime (ns) is kept too, since the hash does not cover its middle."""
     path = Path(path)
     st = path.stat()
     h = hashlib.sha256()
@@ -183,25 +185,30 @@ def file_fingerprint(path: str | Path) -> dict:
             f.seek(st.st_size - _EDGE)
             h.update(f.read(_EDGE))
             h.update(str(st.st_size).encode())
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()[:16]}
+    out = {"size": st.st_size, "sha256": h.hexdigest()[:16]}
+    return out if st.st_size < FULL_HASH_MAX else {**out, "mtime_ns": st.st_mtime_ns}
 
 
 def inputs_fingerprint(spec: str | Path) -> dict:
     """`file_fingerprint` of every file a path names: the file, every file under a folder (hidden
-    ones left out), or every match of a glob; {path: "missing"} when it names nothing. Files are
-    named by their resolved path: one file reached through a symlink (a linked virtualenv holding
-    the embedded ML-100K, a linked data folder) is the same input from every process."""
+    ones left out), or every match of a glob; {spec: "missing"} when it names nothing. Files are
+    named relative to what the spec names (the file by its own name, the others by their path under
+    the folder or under the glob's fixed leading part): the config says where the inputs lie, so the
+    same files reached from another checkout (the embedded ML-100K lies inside each checkout's
+    virtualenv), through a symlink or after a move are the same input."""
     import glob
 
     spec = str(spec)
     p = Path(spec)
     if p.is_file():
-        files = [p]
+        files, root = [p], p.parent
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        files, root = sorted(f for f in p.rglob("*") if f.is_file()
+                             and not any(part.startswith(".") for part in f.relative_to(p).parts)), p
     else:
         files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+        wild = [k for k, part in enumerate(p.parts) if glob.escape(part) != part]  # parts with a wildcard
+        root = Path(*p.parts[:wild[0]]) if wild and wild[0] else Path(".")
     if not files:
         return {spec: "missing"}
-    return {str(f.resolve()): file_fingerprint(f) for f in files}
+    return {f.relative_to(root).as_posix(): file_fingerprint(f) for f in files}

@@ -283,16 +283,22 @@ def test_a_stages_code_is_its_subpackage_and_what_it_imports(tmp_path, monkeypat
     (pkg / "io.py").write_text("import negrec.d\n")
     (pkg / "a" / "z.py").write_text("from . import q\nfrom negrec import io\n")
     monkeypatch.setattr(contract, "PACKAGE", pkg)
-    for name in ("code_reach", "_imported_subpackages", "_source_hash"):  # uncached: the test edits files
+    for name in ("code_reach", "_imported_subpackages", "_source_hash", "_syntax_tree"):  # uncached: the test edits files
         monkeypatch.setattr(contract, name, getattr(contract, name).__wrapped__)
     assert contract.code_reach("negrec.a") == ("a", "b", "c")
     assert contract.code_reach("negrec.d") == ("a", "b", "c", "d")
     before = contract.code_fingerprint("negrec.a")
     (pkg / "io.py").write_text("# the run machinery: not a stage's code\n")
     assert contract.code_fingerprint("negrec.a") == before
+    (pkg / "c" / "__init__.py").write_text('"""A docstring."""\n\n# a comment\n')
+    assert contract.code_fingerprint("negrec.a") == before  # words about the code are not the code
     (pkg / "c" / "__init__.py").write_text("K = 2\n")
     after = contract.code_fingerprint("negrec.a")
     assert after["c"] != before["c"] and after["a"] == before["a"]
+    (pkg / "b" / "x.py").write_text('def f():\n    "a docstring"\n')
+    stub = contract.code_fingerprint("negrec.a")
+    (pkg / "b" / "x.py").write_text('def f():\n    "a docstring"\n    return "not one"\n')
+    assert contract.code_fingerprint("negrec.a")["b"] != stub["b"]  # a string that is not the docstring counts
 
 
 def test_real_stages_reach_only_what_data_flow_allows():

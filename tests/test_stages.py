@@ -211,6 +211,41 @@ def test_editing_a_raw_input_reruns_data(tmp_path, tiny, monkeypatch):
     assert users < 6
 
 
+def test_a_raw_input_touched_or_copied_keeps_data_done(tmp_path, tiny, monkeypatch):
+    """The data stage records what its raw inputs hold, not when they were written: a log copied
+    without its times (to another machine, beside a copy of the run folder) leaves data done."""
+    import negrec.data.prepare as prep
+
+    calls = []
+    real = prep.prepare_data
+    monkeypatch.setattr(prep, "prepare_data", lambda cfg, out=None: calls.append(1) or real(cfg, out))
+    args = ["data", "prepare", *_data_args(tiny), "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 0 and len(calls) == 1
+    os.utime(tiny, ns=(1, 1))  # the same bytes, other times
+    assert main(args) == 0 and len(calls) == 1  # up to date
+    with tiny.open("a") as f:
+        f.write("1,3,1577836861,1\n")
+    os.utime(tiny, ns=(1, 1))  # other bytes, the same times
+    assert main(args) == 0 and len(calls) == 2
+
+
+def test_the_embedded_log_is_the_same_input_from_another_checkout(tmp_path, monkeypatch):
+    """The embedded ML-100K lies inside each checkout's virtualenv: its fingerprint names its files
+    relative to that folder, so a run folder made in one checkout is done in another."""
+    import negrec.data.prepare as prep
+
+    src = prep.recbole_ml100k_path()
+    prints = []
+    for where in ("a", "b"):
+        copy = tmp_path / where / "venv" / "ml-100k"
+        shutil.copytree(src, copy)
+        monkeypatch.setattr(prep, "recbole_ml100k_path", lambda copy=copy: copy)
+        prints.append(prep.raw_inputs_fingerprint({"data": {"format": "embedded"}}))
+    assert prints[0] == prints[1] and "ml-100k.inter" in prints[0]
+    (copy / "ml-100k.inter").write_text("user_id:token\n")  # the same name, other bytes
+    assert prep.raw_inputs_fingerprint({"data": {"format": "embedded"}}) != prints[0]
+
+
 def test_editing_a_raw_input_reruns_the_pipeline_from_data(tmp_path, tiny, monkeypatch):
     from tests.test_pipeline import _fake_stages
 

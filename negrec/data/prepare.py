@@ -557,7 +557,7 @@ def input_paths(cfg: DataConfig) -> list[str]:
 
 
 def inputs_of(cfg: DataConfig) -> dict:
-    """Size, mtime and content hash of every raw input file (`negrec.io.inputs_fingerprint`)."""
+    """Size and content hash of every raw input file (`negrec.io.inputs_fingerprint`)."""
     out: dict = {}
     for p in input_paths(cfg):
         out.update(inputs_fingerprint(p))
@@ -571,7 +571,7 @@ def raw_inputs_fingerprint(raw: dict) -> dict:
 
 def run_prepare(raw: dict, run_dir) -> dict:
     """CLI/pipeline entry: prepare into run_dir/data unless it is done by the stage contract
-    (`negrec.contract`: the data config and the raw input files' sizes, mtimes and content hashes
+    (`negrec.contract`: the data config and the raw input files' sizes and content hashes
     unchanged); print the statistics. The folder is written beside and swapped in whole."""
     from ..contract import stage_folder, up_to_date
 
