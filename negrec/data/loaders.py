@@ -180,9 +180,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         df.attrs["skipped_lines"] = blanks
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)} "
-                        f"(wrong separator {sep!r}?)" if len(df.columns) == 1 else
-                        f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)}")
+        raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)}"
+                        f"{separator_hint(list(df.columns), sep)}")
     for col in numeric:
         if df[col].dtype.kind in "iuf":
             if df[col].isna().any():
@@ -615,6 +614,9 @@ def load_kuairand(path, duration_buckets: int = 8):
 
 
 # ---------------------------------------------------------------- any CSV / Parquet log
+TAB = "\t"
+
+
 @dataclass
 class GenericLogSpec:
     """A YAML column mapping and the rules for negative / positive (pandas `eval` expressions
@@ -630,6 +632,11 @@ class GenericLogSpec:
     negative_if: str = "rating <= 2"
     positive_if: str = "rating >= 4"
     feature_columns: list = field(default_factory=list)
+
+    def __post_init__(self):
+        # `--set data.generic.sep='\t'` and YAML's plain or single-quoted \t give a backslash and a t, not
+        # a tab; no log is separated by those two characters, so they are read as the tab they mean
+        self.sep, self.items_sep = (TAB if s == "\\t" else s for s in (self.sep, self.items_sep))
 
 
 def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[str, ...] = (),
@@ -661,6 +668,17 @@ def _read_any(path: Path, sep: str, required: tuple[str, ...] = (), ids: tuple[s
             if (num.notna() | blank).all() and num.notna().any():
                 df[col] = num
     return df
+
+
+def separator_hint(found: list, sep: str, key: str = "") -> str:
+    """' (wrong separator ...?)' when a header read as one column, naming the separator it holds
+    (a tab-separated file read with ',') and the setting that takes it."""
+    if len(found) != 1:
+        return ""
+    held = next((s for s in ("\t", ";", "|", ",") if s != sep and s in str(found[0])), None)
+    if held is None:
+        return f" (wrong separator {sep!r}?)"
+    return f" (wrong separator {sep!r}? the header holds {held!r}" + (f": set {key}={held!r}" if key else "") + ")"
 
 
 def check_mapping(path: Path, found, mapping: dict, key: str, where: str = "line 1: ") -> None:
@@ -725,8 +743,8 @@ def _feedback(df: pd.DataFrame, spec: "GenericLogSpec", path) -> np.ndarray:
         try:
             result = df.eval(expr) if expr else pd.Series(np.zeros(len(df), bool))
         except Exception as e:  # noqa: BLE001 - pandas raises many kinds here
-            raise DataError(f"data.{name}: cannot evaluate {expr!r} on {path} (columns {list(df.columns)}): {e}") from e
-        masks[name] = _rule_mask(result, len(df), f"data.{name}: {expr!r} on {path}")
+            raise DataError(f"data.generic.{name}: cannot evaluate {expr!r} on {path} (columns {list(df.columns)}): {e}") from e
+        masks[name] = _rule_mask(result, len(df), f"data.generic.{name}: {expr!r} on {path}")
     return np.where(masks["negative_if"], NEGATIVE, np.where(masks["positive_if"], POSITIVE, NEUTRAL)).astype("int8")
 
 
@@ -796,7 +814,7 @@ def load_generic(spec: GenericLogSpec):
     cols = dict(spec.columns)
     for need in ("user_id", "item_id", "ts"):
         if need not in cols:
-            raise DataError(f"data.columns: mapping for {need!r} is missing")
+            raise DataError(f"data.generic.columns: mapping for {need!r} is missing")
     if not spec.path:
         raise DataError("data.generic.path: required for format 'generic' (or set data.path)")
     if not spec.sep:
@@ -830,13 +848,13 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         it = _read_any(ipath, spec.items_sep or spec.sep, ids=(spec.item_columns.get("item_id", "item_id"),),
                        texts=(spec.item_columns.get("title", "title"), spec.item_columns.get("text", "text")))
         csv, blanks = True, _blanks(it)
-    check_mapping(ipath, it.columns, spec.item_columns, "data.item_columns", "line 1: " if csv else "")
+    check_mapping(ipath, it.columns, spec.item_columns, "data.generic.item_columns", "line 1: " if csv else "")
     named = [src for canon, src in spec.item_columns.items() if src != canon] + list(spec.feature_columns)
     absent = [c for c in named if c not in it.columns]  # a typo would leave titles or features out silently
     if absent:
         hint = " (wrong separator? data.generic.items_sep)" if csv and len(it.columns) == 1 else ""
         raise DataError(f"{ipath}: {'line 1: ' if csv else ''}missing column(s) {absent} named in "
-                        f"data.item_columns / data.feature_columns; found {list(it.columns)}{hint}")
+                        f"data.generic.item_columns / data.generic.feature_columns; found {list(it.columns)}{hint}")
     it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
     if "title" in it.columns:  # the text encoder reads `text`: an item without one is described by its title
         title = it["title"].fillna("").astype(str)
@@ -856,10 +874,9 @@ def _load_generic_csv(spec: GenericLogSpec, path: Path, cols: dict) -> tuple[pd.
     first_line, blanks = 2, _blanks(raw)
     missing = [src for src in cols.values() if src not in raw.columns]
     if missing:
-        hint = f" (wrong separator {spec.sep!r}?)" if len(raw.columns) == 1 else ""
-        raise DataError(f"{path}: line 1: missing column(s) {missing} named in data.columns; "
-                        f"found {list(raw.columns)}{hint}")
-    check_mapping(path, raw.columns, cols, "data.columns")
+        raise DataError(f"{path}: line 1: missing column(s) {missing} named in data.generic.columns; "
+                        f"found {list(raw.columns)}{separator_hint(list(raw.columns), spec.sep, 'data.generic.sep')}")
+    check_mapping(path, raw.columns, cols, "data.generic.columns")
     df = raw.rename(columns={v: k for k, v in cols.items()})
     ts = parse_ts(df["ts"], spec.ts_unit, path, cols["ts"], first_line, skipped=blanks, fmt=spec.ts_format)
     opts = {}
@@ -916,8 +933,8 @@ def _load_generic_parquet(spec: GenericLogSpec, path: Path, cols: dict, keys: di
     names = pf.schema_arrow.names + [k for k in keys if k not in pf.schema_arrow.names]
     missing = [src for src in cols.values() if src not in names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing} named in data.columns; found {names}")
-    check_mapping(path, names, cols, "data.columns", "")
+        raise DataError(f"{path}: missing column(s) {missing} named in data.generic.columns; found {names}")
+    check_mapping(path, names, cols, "data.generic.columns", "")
     n = pf.metadata.num_rows
     if n == 0:
         raise DataError(f"{path}: no data rows (empty file?)")

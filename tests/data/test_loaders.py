@@ -182,6 +182,9 @@ BROKEN = [
     ("generic-csv", "missing column", lambda t: _generic_csv(
         t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n", {**GEN_COLUMNS, "user_id": "user"}), "log.csv", 1, "user",
      "missing column"),
+    ("generic-csv", "wrong separator", lambda t: _generic_csv(  # a tab-separated log read with ',': names the tab
+        t, "uid\tiid\twhen\tstars\n1\t10\t2024-01-01 10:00\t1\n"), "log.csv", 1, "uid",
+     "the header holds '\\t': set data.generic.sep='\\t'"),
     ("generic-csv", "unparsable timestamp", lambda t: _generic_csv(
         t, "uid,iid,when,stars\n1,10,2024-01-01 10:00,1\n2,11,not a date,5\n"), "log.csv", 3, "when", "timestamp"),
     ("generic-csv", "unparsable timestamp", lambda t: _generic_csv(
@@ -279,8 +282,18 @@ def test_generic_good_file_and_bad_rule(tmp_path):
     inter, items = load_generic(spec)
     assert inter.feedback.tolist() == [-1, 1] and inter.ts.iloc[0] == 1704103200
     spec.negative_if = "stars <=>"
-    with pytest.raises(DataError, match=r"data.negative_if: cannot evaluate"):
+    with pytest.raises(DataError, match=r"data.generic.negative_if: cannot evaluate"):
         load_generic(spec)
+
+
+def test_a_tab_separator_written_as_backslash_t_is_a_tab(tmp_path):
+    """`--set data.generic.sep='\\t'` (and YAML's unquoted \\t) give backslash-t: read as the tab it means."""
+    log = _write(tmp_path / "log.tsv", "uid\tiid\twhen\tstars\n1\t10\t2024-01-01 10:00\t1\n2\t11\t2024-01-02 10:00\t5\n")
+    spec = GenericLogSpec(path=str(log), sep="\\t", items_sep="\\t", columns=dict(GEN_COLUMNS), ts_unit="datetime")
+    assert (spec.sep, spec.items_sep) == ("\t", "\t")
+    inter, _ = load_generic(spec)
+    assert inter.feedback.tolist() == [-1, 1] and inter.user_id.tolist() == [1, 2]
+    assert GenericLogSpec(sep="||").sep == "||"  # other separators stay as written
 
 
 def test_generic_parquet_matches_csv(tmp_path):
