@@ -852,7 +852,7 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
     named = [src for canon, src in spec.item_columns.items() if src != canon] + list(spec.feature_columns)
     absent = [c for c in named if c not in it.columns]  # a typo would leave titles or features out silently
     if absent:
-        hint = " (wrong separator? data.generic.items_sep)" if csv and len(it.columns) == 1 else ""
+        hint = separator_hint(list(it.columns), spec.items_sep or spec.sep, "data.generic.items_sep") if csv else ""
         raise DataError(f"{ipath}: {'line 1: ' if csv else ''}missing column(s) {absent} named in "
                         f"data.generic.item_columns / data.generic.feature_columns; found {list(it.columns)}{hint}")
     it = it.rename(columns={v: k for k, v in spec.item_columns.items()})
@@ -861,7 +861,7 @@ def _generic_items(spec: GenericLogSpec, out: pd.DataFrame) -> pd.DataFrame:
         text = it["text"].fillna("").astype(str) if "text" in it.columns else pd.Series("", index=it.index)
         it["text"] = text.where(text.str.strip() != "", title)
     if "item_id" not in it.columns:
-        hint = " (wrong separator? data.generic.items_sep)" if len(it.columns) == 1 else ""
+        hint = separator_hint(list(it.columns), spec.items_sep or spec.sep, "data.generic.items_sep")
         raise DataError(f"{ipath}: line 1: missing item id column {spec.item_columns.get('item_id')!r}; "
                         f"found {list(it.columns)}{hint}")
     set_origin(it, [(ipath, 2 if csv else 1, len(it), "line" if csv else "row", blanks)],

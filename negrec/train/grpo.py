@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 from negrec.config import section_config, to_dict
 from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
-from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, is_main_process,
-                                       main_print, ranks_meet, reports_to, train_or_take)
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, checkpointing_setting, default_bf16,
+                                       is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
 GRPO_ROWS = ("train", "sft_validation")
 GRPO_SELECT = ("validation", "last")
@@ -157,11 +157,7 @@ def grpo_args(cfg: ProgressiveGRPOConfig, stage: GRPOStageConfig, output_dir: Pa
     import torch
     from trl import GRPOConfig
 
-    # transformers >= 5 renamed gradient_checkpointing to activation_checkpointing (the old name is an
-    # alias that is ignored once the new one is set): pass the knob under every name this version has.
-    names = {f.name for f in dataclasses.fields(GRPOConfig)}
-    checkpointing = {k: cfg.gradient_checkpointing for k in ("gradient_checkpointing", "activation_checkpointing")
-                     if k in names}
+    checkpointing = checkpointing_setting(GRPOConfig, cfg.gradient_checkpointing)
     overrides = dict(cfg.trainer)
     reporters = reports_to(overrides.pop("report_to", "none"))  # TensorBoard: a callback into run_dir/tb (_stage_trainer)
     overrides["report_to"] = [r for r in reporters if r != "tensorboard"] or "none"

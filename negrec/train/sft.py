@@ -34,8 +34,8 @@ from negrec.llm.peft import apply_peft, is_peft_model, load_token_rows, new_toke
 from negrec.llm.prompts import (ALIGN_TASKS, PromptBuilder, aligned_item_ids, alignment_examples, can_align,
                                 labelled_items, next_negative_examples, prompt_config)
 from negrec.train.ranks import join_launch
-from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, default_bf16, full_weights,
-                                       is_main_process, main_print, ranks_meet, reports_to, train_or_take)
+from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, checkpointing_setting, default_bf16,
+                                       full_weights, is_main_process, main_print, ranks_meet, reports_to, train_or_take)
 
 SFT_RESERVED = ("output_dir",)  # trl.SFTConfig fields negrec sets itself
 
@@ -447,8 +447,8 @@ def sft_trainer_args(cfg: SFTStageConfig, out_dir: Path, tb_dir: Path | None = N
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
         bf16=default_bf16() if bf16 is None else bf16, use_cpu=not on_gpu, dataloader_num_workers=0,
-        disable_tqdm=False, dataset_num_proc=None, gradient_checkpointing=cfg.gradient_checkpointing,
-        deepspeed=cfg.deepspeed,
+        disable_tqdm=False, dataset_num_proc=None, deepspeed=cfg.deepspeed,
+        **checkpointing_setting(SFTConfig, cfg.gradient_checkpointing),
     )
     overrides = dict(cfg.trainer)
     # report_to: TensorBoard goes to tb_dir through negrec's own callback; every other reporter is TRL's

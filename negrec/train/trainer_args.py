@@ -86,6 +86,14 @@ def check_trainer_overrides(cls_path: str, overrides: dict | None, section: str,
         raise ValueError(f"{section}.trainer: {owned[0]!r} is set by negrec ({section} settings); remove it here")
 
 
+def checkpointing_setting(cls, on: bool) -> dict:
+    """Gradient checkpointing for TRL config class `cls`, under the name this transformers has:
+    version 5 renamed it `activation_checkpointing` (which sets the old alias too) and warns at
+    every stage given the old name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
+
+
 def build_trainer_config(cls, pinned: dict, overrides: dict | None):
     """`cls(**pinned)` with the pass-through `overrides` on top (already checked)."""
     kwargs = dict(pinned)

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -293,8 +294,10 @@ def test_grpo_args_pin_trl_settings(tmp_path, checkpointing):
     from negrec.train.grpo import grpo_args
 
     cfg = _cfg(gradient_checkpointing=checkpointing, loss_type="grpo", scale_rewards="group", top_k=0)
-    args = grpo_args(cfg, cfg.stages[1], tmp_path, max_steps=2, completion_length=LEVELS + 1, seed=0,
-                     reward_weights=[1.0, 0.5])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing.*deprecated")  # the name this version has
+        args = grpo_args(cfg, cfg.stages[1], tmp_path, max_steps=2, completion_length=LEVELS + 1, seed=0,
+                         reward_weights=[1.0, 0.5])
     assert args.beta == cfg.stages[1].beta and args.loss_type == "grpo" and args.scale_rewards == "group"
     assert args.reward_weights == [1.0, 0.5] and args.max_completion_length == LEVELS + 1
     assert (args.temperature, args.top_p, args.top_k, args.repetition_penalty) == (1.0, 1.0, 0, 1.0)

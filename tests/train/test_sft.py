@@ -413,3 +413,19 @@ def test_a_pretrained_lm_at_the_tiny_models_learning_rate_is_warned_about(capsys
     _warn_pretrained_rate(ModelConfig(source="smollm2"), SFTStageConfig(learning_rate=1e-4, phases=phases), "align")
     out = capsys.readouterr().out
     assert "warning: learning rate 0.003" in out and "smollm2" in out
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_trl_args_set_checkpointing_under_this_versions_name(tmp_path, checkpointing):
+    """`gradient_checkpointing` reaches TRL's SFTConfig under the name this transformers has (5 renamed
+    it `activation_checkpointing` and warned at every stage given the old one)."""
+    import warnings
+
+    from negrec.train.sft import SFTNextConfig, sft_trainer_args
+
+    cfg = SFTNextConfig(mode="prompt", gradient_checkpointing=checkpointing)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing.*deprecated")
+        args, _ = sft_trainer_args(cfg, tmp_path)
+    assert args.gradient_checkpointing is checkpointing
+    assert getattr(args, "activation_checkpointing", checkpointing) is checkpointing
