@@ -167,8 +167,20 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions=None) -> t
               "(encode.collab_weight 1.0)")
         _add_collab(parts, weights, meta, cfg, item_ids, interactions, 1.0)
     emb = fuse(parts, weights)
-    meta.update({"n_items": len(item_ids), "dim": emb.shape[1], "weights": weights})
+    blank = int((~emb.any(axis=1)).sum())
+    meta.update({"n_items": len(item_ids), "dim": emb.shape[1], "weights": weights, "items_without_signal": blank})
+    if blank:
+        _warn_blank_items(blank, len(item_ids))
     return emb, meta
+
+
+def _warn_blank_items(blank: int, n: int) -> None:
+    """Items with no text, no features and no interactions in the fitting log (on a log without an
+    items table: the items first seen after the cuts) get a zero vector, so the tokenizer gives them
+    one code tuple and its collision step alone tells them apart: say so, it is not a bug."""
+    print(f"[encode] warning: {blank:,} of {n:,} items ({blank / n:.0%}) have no text, features or interactions "
+          "before the cuts: their vectors are zero, so they share one SID prefix, told apart by the collision "
+          "step alone (an items table with text or features gives them vectors)")
 
 
 def _add_collab(parts: dict, weights: dict, meta: dict, cfg: EncodeConfig, item_ids, interactions, weight: float) -> None:

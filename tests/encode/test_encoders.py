@@ -77,3 +77,15 @@ def test_items_without_text_or_features_get_collaborative_vectors(capsys):
     assert "collaborative vectors only" in capsys.readouterr().out
     with pytest.raises(ValueError, match="encode.collab_weight"):
         encode_items(EncodeConfig(text_weight=1.0, collab_weight=0.0, svd_dim=2), items)
+
+
+def test_items_with_no_signal_are_counted_and_warned_about(capsys):
+    """An item with no text, features or interactions before the cuts (first seen later) has a zero
+    vector: the stage counts such items and says what it means for their SIDs."""
+    items = pd.DataFrame({"item_id": [1, 2, 3, 4], "title": [""] * 4, "text": [""] * 4})
+    inter = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [1, 2, 2, 3, 3], "feedback": [-1, -1, 1, 1, -1]})  # not 4
+    emb, meta = encode_items(EncodeConfig(text_weight=1.0, collab_weight=1.0, svd_dim=2), items, inter)
+    assert meta["items_without_signal"] == 1 and not emb[3].any() and emb[:3].any(axis=1).all()
+    assert "1 of 4 items (25%) have no text, features or interactions" in capsys.readouterr().out
+    emb, meta = encode_items(EncodeConfig(text_weight=1.0, collab_weight=1.0, svd_dim=2), items.iloc[:3], inter)
+    assert meta["items_without_signal"] == 0 and "warning" not in capsys.readouterr().out
