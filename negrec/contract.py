@@ -262,18 +262,14 @@ def code_reach(module: str) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def _source_hash(sub: str) -> str:
     """sha256 over the source files of negrec/<sub>: their names and what their code does (the
-    syntax tree, `_code_text`), so an upgrade that edits only comments, docstrings or layout leaves
-    the stages it made done (retraining a policy for a reworded docstring costs hours on real logs)."""
+    syntax tree without docstrings, `_syntax_tree`), so an upgrade that edits only comments,
+    docstrings or layout leaves the stages it made done (retraining a policy for a reworded docstring
+    costs hours on real logs). The Python version's tree format is in it: a new Python makes stages
+    stale, as it may change results."""
     h = hashlib.sha256()
     for path in sorted((PACKAGE / sub).rglob("*.py")):
-        h.update(f"{path.relative_to(PACKAGE).as_posix()}\0".encode() + _code_text(path) + b"\0")
+        h.update(f"{path.relative_to(PACKAGE).as_posix()}\0".encode() + ast.dump(_syntax_tree(path)).encode() + b"\0")
     return h.hexdigest()[:16]
-
-
-def _code_text(path: Path) -> bytes:
-    """A file's syntax tree as text: comments and layout are not in it, nor docstrings (`_syntax_tree`);
-    the Python version's tree format is, so a new Python makes stages stale, as it may change results."""
-    return ast.dump(_syntax_tree(path)).encode()
 
 
 @lru_cache(maxsize=None)
