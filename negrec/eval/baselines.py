@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from negrec.rewards.matching import ItemSets, index_table, lookup
+from negrec.rewards.matching import ItemSets, UserNeighbours, binary_matrix, index_table, lookup
 
 
 def _as_log(data, split: str) -> tuple[pd.DataFrame, np.ndarray | None]:
@@ -75,14 +75,10 @@ class Baseline:
 
     def _history(self, samples: pd.DataFrame, column: str = "neg_items"):
         """Sparse (rows, items) binary matrix of each row's history column."""
-        import scipy.sparse as sp
-
         sets = _sets(samples, column)
         idx = self.index(sets.indices)
         ok = idx >= 0
-        m = sp.csr_matrix((np.ones(ok.sum()), (sets.rows[ok], idx[ok])), shape=(len(samples), len(self.item_ids)))
-        m.data[:] = 1.0
-        return m
+        return binary_matrix(sets.rows[ok], idx[ok], (len(samples), len(self.item_ids)))
 
     def score_pairs(self, samples: pd.DataFrame, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Scores of (row, item) pairs (e.g. same-day candidates); an item the model never saw scores -inf."""
@@ -154,15 +150,6 @@ class NegativeRatio(Baseline):
         return np.broadcast_to(self.ratio, (len(samples), len(self.item_ids))).copy()
 
 
-def _binary(rows, cols, shape):
-    import scipy.sparse as sp
-
-    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
-
-
 class ItemKNN(Baseline):
     name = "item_knn"
 
@@ -173,7 +160,7 @@ class ItemKNN(Baseline):
         import scipy.sparse as sp
 
         users, u = np.unique(neg["user_id"].to_numpy(), return_inverse=True)
-        a = _binary(u, self.index(neg["item_id"].to_numpy()), (len(users), len(self.item_ids)))
+        a = binary_matrix(u, self.index(neg["item_id"].to_numpy()), (len(users), len(self.item_ids)))
         co = (a.T @ a).tocsr().astype(np.float64)
         norm = np.sqrt(np.asarray(a.sum(0)).reshape(-1))
         co = co.tocoo()
@@ -193,22 +180,11 @@ class UserKNN(Baseline):
         self.neighbors = neighbors
 
     def _fit(self, log, neg):
-        self.users, u = np.unique(neg["user_id"].to_numpy(), return_inverse=True)
-        a = _binary(u, self.index(neg["item_id"].to_numpy()), (len(self.users), len(self.item_ids)))
-        self.user_negs = a
-        self.user_norm = np.sqrt(np.asarray(a.sum(1)).reshape(-1))
+        self.knn = UserNeighbours(neg["user_id"].to_numpy(), self.index(neg["item_id"].to_numpy()),
+                                  len(self.item_ids), self.neighbors)
 
     def score(self, samples):
-        q = self._history(samples)
-        q_norm = np.sqrt(np.asarray(q.sum(1)).reshape(-1))
-        sims = np.asarray((q @ self.user_negs.T).todense()) / (q_norm[:, None] * self.user_norm[None, :] + 1e-9)
-        same = samples["user_id"].to_numpy()[:, None] == self.users[None, :]
-        sims[same] = 0.0  # the row's own training negatives are its context anyway
-        k = min(self.neighbors, sims.shape[1])
-        if k < sims.shape[1]:
-            cut = np.partition(sims, -k, axis=1)[:, -k][:, None]
-            sims = np.where(sims >= cut, sims, 0.0)
-        return np.asarray(self.user_negs.T.dot(sims.T).T)
+        return self.knn.scores(self._history(samples), samples["user_id"].to_numpy())
 
 
 def _top_per_row(m, k: int):

@@ -26,14 +26,18 @@ from negrec.rewards.matching import (
     ItemEmbeddings,
     ItemSets,
     ItemSimilarity,
+    UserNeighbours,
+    binary_matrix,
+    index_table,
     isin_rows,
+    lookup,
     max_cosine_to_sets,
     prefix_match_level,
     swing_from_log,
     widen_with_co_negatives,
 )
 
-REWARD_NAMES = ("future_neg_hit", "conrec", "sid_prefix", "validity", "rank_penalty")
+REWARD_NAMES = ("future_neg_hit", "conrec", "sid_prefix", "validity", "rank_penalty", "neighbour_neg")
 
 
 @dataclass
@@ -48,13 +52,16 @@ class RewardConfig:
     swing_max_items_per_user: int = 200
     prefix_credit: list | None = None  # credit for sharing 1, 2, ... SID levels; default level / L
     invalid_penalty: float = -1.0  # `validity` reward of a completion that is not a known SID
+    neighbour_k: int = 50  # neighbour_neg: nearest training users whose dislikes score an item (user-kNN)
+    neighbour_depth: int = 50  # neighbour_neg: credit 1 - rank / depth in that ranking, 0 beyond it
 
     def __post_init__(self):
         unknown = sorted(set(self.weights) - set(REWARD_NAMES))
         if unknown:
             raise ValueError(f"rewards.weights: unknown reward(s) {unknown}; known: {list(REWARD_NAMES)}")
-        if self.horizon <= 0:
-            raise ValueError(f"rewards.horizon must be positive, got {self.horizon}")
+        for name in ("horizon", "neighbour_k", "neighbour_depth"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"rewards.{name} must be positive, got {getattr(self, name)}")
 
 
 def completion_text(completion) -> str:
@@ -163,6 +170,47 @@ class SidPrefixCredit(RewardFunction):
         return table[level]
 
 
+class NeighbourNegatives(RewardFunction):
+    """Cross-user credit: 1 - rank / `neighbour_depth` for the generated item's place in user-kNN's
+    ranking of the row (its history's dislikes against the training users', `UserNeighbours`), 0
+    beyond that depth or where no neighbour disliked it. Dense where `future_neg_hit` is sparse, and
+    it rewards what carries across users: a user's own future negatives all lie in that user's
+    later test context, never scored there (docs/RESULTS.md "A cross-user reward for GRPO").
+    Needs the dataset columns `user_id` and `neg_items` (the row's disliked history)."""
+
+    __name__ = "neighbour_neg"
+
+    def __init__(self, cfg, sid_tok, neighbours: UserNeighbours, item_ids: np.ndarray):
+        super().__init__(cfg, sid_tok)
+        self.neighbours, self.item_ids = neighbours, np.asarray(item_ids, dtype=np.int64)
+        self.item_index = index_table(self.item_ids)
+
+    def _ranked(self, kwargs: dict, n: int) -> np.ndarray:
+        """(n, n_items) user-kNN scores of each completion's row, its context items at -inf."""
+        if "user_id" not in kwargs:
+            raise KeyError(f"reward neighbour_neg needs dataset column 'user_id'; got columns {sorted(kwargs)}")
+        history = column(kwargs, "neg_items", None, n)
+        cols = lookup(self.item_index, history.indices)
+        ok = cols >= 0
+        q = binary_matrix(history.rows[ok], cols[ok], (n, len(self.item_ids)))
+        scores = self.neighbours.scores(q, np.asarray(kwargs["user_id"]))
+        context = column(kwargs, "context_items", None, n, required=False)
+        cols = lookup(self.item_index, context.indices)
+        ok = cols >= 0
+        scores[context.rows[ok], cols[ok]] = -np.inf
+        return scores
+
+    def score(self, items, kwargs):
+        n = len(items)
+        scores = self._ranked(kwargs, n)
+        col = lookup(self.item_index, np.maximum(items, 0))
+        known = (items >= 0) & (col >= 0)
+        mine = np.where(known, scores[np.arange(n), np.maximum(col, 0)], -np.inf)
+        rank = (scores > mine[:, None]).sum(1)
+        credit = np.clip(1.0 - rank / self.cfg.neighbour_depth, 0.0, 1.0)
+        return np.where(known & (mine > 0), credit, 0.0)
+
+
 class RankPenalty(RewardFunction):
     """Rank-aware shaping for beam-group rollouts (MiniOneRec): a completion that misses F_H costs
     1 / log2(rank + 2), rank being its 0-based place in its beam group, so a group's advantages
@@ -242,12 +290,25 @@ def build_rewards(cfg: RewardConfig, sid_tok, train_log=None, swing: ItemSimilar
     if swing is None and train_log is not None and cfg.weights.get("conrec", 0.0) and cfg.swing_top_n > 0:
         swing = swing_from_log(train_log, alpha=cfg.swing_alpha, top_n=cfg.swing_top_n,
                                max_items_per_user=cfg.swing_max_items_per_user)
+    if cfg.weights.get("neighbour_neg", 0.0) and train_log is None:
+        raise ValueError("rewards.weights.neighbour_neg needs the training log (build_rewards(..., train_log=...))")
     makers = {
         "future_neg_hit": lambda: FutureNegativeHit(cfg, sid_tok),
         "conrec": lambda: CoNRecReward(cfg, sid_tok, swing),
         "sid_prefix": lambda: SidPrefixCredit(cfg, sid_tok),
         "validity": lambda: Validity(cfg, sid_tok),
         "rank_penalty": lambda: RankPenalty(cfg, sid_tok),
+        "neighbour_neg": lambda: _neighbour_reward(cfg, sid_tok, train_log),
     }
     chosen = [(name, float(w)) for name, w in cfg.weights.items() if float(w) != 0.0]
     return Rewards([makers[name]() for name, _ in chosen], [w for _, w in chosen], swing)
+
+
+def _neighbour_reward(cfg: RewardConfig, sid_tok, train_log) -> NeighbourNegatives:
+    """`neighbour_neg` fitted on the training log's negatives, over the SID tokenizer's items."""
+    neg = train_log[train_log["feedback"].to_numpy() < 0]
+    items = np.unique(np.concatenate([np.asarray(sid_tok.item_ids, dtype=np.int64),
+                                      neg["item_id"].to_numpy(dtype=np.int64)]))
+    cols = lookup(index_table(items), neg["item_id"].to_numpy(dtype=np.int64))
+    return NeighbourNegatives(cfg, sid_tok, UserNeighbours(neg["user_id"].to_numpy(), cols, len(items),
+                                                           cfg.neighbour_k), items)

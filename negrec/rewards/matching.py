@@ -322,6 +322,42 @@ def widen_with_co_negatives(targets: ItemSets, swing: ItemSimilarity | None, top
                                np.concatenate([targets.indices, extra[ok]]), len(targets))
 
 
+# ---- user neighbours (user-kNN over training dislikes) -------------------------------------
+def binary_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]):
+    """Sparse 0/1 CSR matrix with a one at each (row, col), duplicates counted once."""
+    import scipy.sparse as sp
+
+    m = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+class UserNeighbours:
+    """User-kNN over training negatives: a row's disliked items (a sparse 0/1 row over item
+    columns) against every training user's, by cosine; its `neighbors` nearest users, the row's
+    own user left out, score each item by their summed similarity. What the user-kNN baseline
+    ranks by and the `neighbour_neg` reward credits: the one place it is computed."""
+
+    def __init__(self, user_ids: np.ndarray, item_cols: np.ndarray, n_items: int, neighbors: int = 50):
+        self.users, u = np.unique(np.asarray(user_ids), return_inverse=True)
+        self.user_negs = binary_matrix(u, np.asarray(item_cols, dtype=np.int64), (len(self.users), n_items))
+        self.user_norm = np.sqrt(np.asarray(self.user_negs.sum(1)).reshape(-1))
+        self.neighbors = neighbors
+
+    def scores(self, history, row_users: np.ndarray) -> np.ndarray:
+        """(n_rows, n_items) dense scores of the rows whose negatives `history` (sparse (n_rows,
+        n_items) 0/1) holds; `row_users` (n_rows,) names each row's user."""
+        q_norm = np.sqrt(np.asarray(history.sum(1)).reshape(-1))
+        sims = np.asarray((history @ self.user_negs.T).todense()) / (q_norm[:, None] * self.user_norm[None, :] + 1e-9)
+        sims[np.asarray(row_users)[:, None] == self.users[None, :]] = 0.0  # the row's own past is its context anyway
+        k = min(self.neighbors, sims.shape[1])
+        if k < sims.shape[1]:
+            cut = np.partition(sims, -k, axis=1)[:, -k][:, None]
+            sims = np.where(sims >= cut, sims, 0.0)
+        return np.asarray(self.user_negs.T.dot(sims.T).T)
+
+
 # ---- embedding closeness ---------------------------------------------------------------------
 class ItemEmbeddings:
     """Unit-normalised item embeddings with an id -> row table (e.g. decoded from SIDs)."""

@@ -101,3 +101,26 @@ def test_rank_penalty_by_place_in_beam_group(tok):
     assert got == pytest.approx([-1.0, 0.0, -1 / np.log2(4), 0.0, -1 / np.log2(3), -1 / np.log2(4)])
     with pytest.raises(ValueError, match="prompts"):
         fn(prompts=None, completions=comps, future_neg_h7=fneg)
+
+
+def test_neighbour_reward_credits_what_similar_users_disliked(tok):
+    # user 0 disliked 12, 13; user 1 disliked 12, 13, 14; user 3 disliked 10 only (no overlap with 12)
+    log = pd.DataFrame({"user_id": [0, 0, 1, 1, 1, 3, 2], "item_id": [12, 13, 12, 13, 14, 10, 11],
+                        "ts": range(7), "feedback": [-1, -1, -1, -1, -1, -1, 1]})
+    cfg = RewardConfig(weights={"neighbour_neg": 1.0}, neighbour_depth=2)
+    fn = build_rewards(cfg, tok, log).functions[0]
+    assert fn.__name__ == "neighbour_neg"
+    comps = [sid(tok, 13), sid(tok, 14), sid(tok, 10), sid(tok, 12), "junk", sid(tok, 13), sid(tok, 14)]
+    # rows 0-4: user 2 with 12 disliked, 12 in its context; rows 5-6: user 1 itself (its own dislikes don't count)
+    cols = {"user_id": [2] * 5 + [1] * 2, "neg_items": [[12]] * 7, "context_items": [[12]] * 7}
+    got = fn(prompts=["p"] * 7, completions=comps, **cols)
+    # 13: both neighbours, rank 0 -> 1; 14: one neighbour, rank 1 -> 1 - 1/2; 10: no similar user disliked it;
+    # 12: the row's context; junk: no item; for user 1 only user 0 is a neighbour: 13 ranks first, 14 not at all
+    assert got == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0, 1.0, 0.0])
+    pickle.loads(pickle.dumps(fn))
+    with pytest.raises(KeyError, match="user_id"):
+        fn(prompts=["p"], completions=[sid(tok, 13)], neg_items=[[12]])
+    with pytest.raises(ValueError, match="training log"):
+        build_rewards(cfg, tok, None)
+    with pytest.raises(ValueError, match="neighbour_depth"):
+        RewardConfig(neighbour_depth=0)
