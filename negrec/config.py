@@ -60,8 +60,20 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _yaml_load(value)
+        node[parts[-1]] = _override_value(item, value)
     return raw
+
+
+def _override_value(item: str, value: str) -> Any:
+    """An override's value parsed as YAML; whitespace alone (a literal tab given as a separator)
+    stays as written, which YAML would refuse."""
+    if value and not value.strip():
+        return value
+    try:
+        return _yaml_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "quote it, e.g. key='value'") from e
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict:

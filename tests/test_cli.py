@@ -161,6 +161,13 @@ def test_from_dict_types_and_errors():
         from_dict(_Outer, {"a": "fast"})
 
 
+def test_a_set_value_that_is_not_yaml_names_the_setting():
+    # a literal tab (a TSV's separator typed into the shell) is kept as written; YAML refuses it
+    assert apply_overrides({}, ["data.generic.sep=\t"])["data"]["generic"]["sep"] == "\t"
+    with pytest.raises(ConfigError, match=r"--set 'data\.generic\.columns=\{user_id: u': the value is not valid YAML"):
+        apply_overrides({}, ["data.generic.columns={user_id: u"])
+
+
 # ---- `negrec export-codebook --verify` where torch cannot be imported (a serving stack) ----------
 @pytest.fixture(scope="module")
 def small_sid_run(tmp_path_factory):

@@ -178,6 +178,8 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         blanks = sorted(set(blanks) | set(continuation_lines(path, sep, encoding)))  # a blank line in quotes: once
     if blanks:
         df.attrs["skipped_lines"] = blanks
+    # "user, item, rating": a hand-written header's spaces after the separators are not in the names
+    df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)}"
@@ -370,7 +372,8 @@ def _refuse_repeated_header(path: Path, sep: str, encoding: str) -> None:
 def _refuse_repeated_names(path, names, where: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
-        if str(name).strip() == "":  # trailing separators (spreadsheet exports): unnamed, unused columns
+        name = str(name).strip()  # read_table strips the names: " a" and "a" are one name
+        if name == "":  # trailing separators (spreadsheet exports): unnamed, unused columns
             continue
         if name in seen:
             raise DataError(f"{path}: {where}column {name!r} is named twice (fields {seen[name] + 1} and {i + 1}); "

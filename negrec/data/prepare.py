@@ -14,15 +14,15 @@ import pyarrow.parquet as pq
 
 from ..io import atomic_path, inputs_fingerprint, read_json, write_json, write_parquet
 from .implicit import SkipRule
-from .loaders import (GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens, load_recbole,
-                      recbole_ml100k_path)
+from .loaders import (OPTIONAL_FLOATS, GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens,
+                      load_recbole, recbole_ml100k_path)
 from .arrays import narrow_int, release_memory, run_starts
 from .ids import IdMap, encode_ids
 from .implicit import skip_mask
 from .schema import (EXPLICIT, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback, clean_items,
                      implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
 from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
-from .validate import check_ratings, check_splittable, check_timestamps, conflict_error
+from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
 CONFLICT_RULES = ("error", "negative")
@@ -410,6 +410,7 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     t0 = time.perf_counter()
     raw_inter, raw_items, source = load_log(cfg)
     id_maps = validate_loaded(raw_inter, raw_items, cfg, source)
+    blanks = blank_values(raw_inter, source, OPTIONAL_FLOATS) if cfg.format == "generic" else {}
     box = [raw_inter]
     del raw_inter  # _canonicalize frees the raw columns as it goes
     release_memory()
@@ -421,6 +422,8 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     samples = build_samples(inter, cuts, cfg)
     release_memory()
     report["source"] = source
+    if blanks:
+        report["blank_values"] = blanks
     report["id_map"] = {k: ("original ids" if m.identity else f"mapped {len(m.original)} ids (data/{ID_MAP_FILES[k]})")
                         for k, m in id_maps.items()}
     report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -506,14 +509,14 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
            if "conflicts_resolved" in stats else ""),
         f"cuts             {_describe_cuts(stats)}",
     ]
+    for field, blank in stats.get("blank_values", {}).items():
+        lines.append(f"blank cells      {field}: {blank['cells']:,} (the first at {blank['first']}), no value: "
+                     "a rule reading it is false there")
     for split in ("train", "valid", "test"):
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"
                           for h in horizons)
         lines.append(f"{split:<6} samples {stats[f'{split}_samples']:,}, users {stats[f'{split}_users']:,}; non-empty F_H: {parts}")
-    if not stats[f"train_users_nonempty_F{max(horizons)}"]:
-        lines.append(f"warning          no train sample with a dislike in the {max(horizons)} days after its cut "
-                     "(a cut needs data.split.min_context events before it): GRPO, which trains on them, "
-                     "will not run; lower min_context for it")
+    lines += _split_warnings(stats, max(horizons))
     if all(f"test_mean_F{h}_all" in stats for h in horizons):
         lines.append("test   mean |F_H| over all test users (empty included): "
                      + ", ".join(f"H={h}: {stats[f'test_mean_F{h}_all']}" for h in horizons))
@@ -532,6 +535,21 @@ def _describe_unlogged(stats: dict) -> str:
         line += ("\n                 (warning: most future negatives are items the log never shows before the cut: "
                  "exact-item recall is capped for every method; see SID-prefix recall)")
     return line
+
+
+def _split_warnings(stats: dict, horizon: int) -> list[str]:
+    """Warnings on splits that leave a stage without its rows, each with the setting that gives them."""
+    fix = ("set data.split.cut_unit: event (a day cut needs min_context events on earlier days, which a log "
+           "of few days lacks) or lower data.split.min_context" if stats.get("cut_unit", "day") == "day"
+           else "lower data.split.min_context")
+    out = []
+    if not stats["valid_samples"]:
+        out.append("warning          no validation sample: the SFT's epoch and GRPO's stage cannot be chosen on "
+                   f"validation, and the SFT keeps its last epoch; {fix}")
+    if not stats[f"train_users_nonempty_F{horizon}"]:
+        out.append(f"warning          no train sample with a dislike in the {horizon} days after its cut "
+                   f"(a cut needs data.split.min_context events before it): GRPO, which trains on them, will not run; {fix}")
+    return out
 
 
 def _describe_cuts(stats: dict) -> str:

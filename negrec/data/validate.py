@@ -118,6 +118,18 @@ def check_values(values: np.ndarray, where: Callable[[int], str], field: str, *,
                         f"{' (' + rule + ')' if rule else ''} ({int(bad.sum())} such rows)")
 
 
+def blank_values(frame: pd.DataFrame, source: str, columns) -> dict:
+    """{field as the file names it: {"cells": how many are blank, "first": where the first is}} for
+    the numeric `columns` a log may leave blank (a rule reading one is false there): said, not dropped."""
+    origin, out = frame.attrs.get("origin"), {}
+    for col in columns:
+        if col in frame.columns:
+            blank = np.flatnonzero(pd.isna(frame[col].to_numpy()))
+            if len(blank):
+                out[field_name(origin, col)] = {"cells": int(len(blank)), "first": locate(origin, int(blank[0]), source)}
+    return out
+
+
 def check_ratings(frame: pd.DataFrame, source: str, lo: float, hi: float) -> None:
     if "rating" not in frame.columns:
         return

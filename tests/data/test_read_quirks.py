@@ -123,6 +123,18 @@ def test_trailing_separators_in_the_header_are_unnamed_columns(tmp_path):
     assert len(out) == len(_rows())
 
 
+def test_spaces_after_the_separators_are_not_part_of_the_names(tmp_path):
+    """A hand-written "uid, iid, when, stars" header names the columns the config maps."""
+    path = tmp_path / "log.csv"
+    path.write_text("uid, iid, when, stars\n" + "\n".join(", ".join(map(str, r)) for r in _rows()) + "\n")
+    out, _ = load_generic(_spec(path))
+    plain, _ = load_generic(_spec(_csv(tmp_path / "plain.csv", ["uid", "iid", "when", "stars"], _rows())))
+    assert len(out) == len(_rows()) and out["feedback"].tolist() == plain["feedback"].tolist()
+    path.write_text("uid, iid, when, uid\n1, 10, 1704067200, 1\n")
+    with pytest.raises(DataError, match="named twice"):
+        load_generic(_spec(path))
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_microsecond_timestamps_read_as_microseconds(tmp_path, fmt):
     rows = [(u, i, (t - TS24 % DAY) * 1_000_000 + 123, r) for u, i, t, r in _rows()]
@@ -161,3 +173,24 @@ def test_a_kuairand_folder_of_gzipped_logs_is_read(tmp_path):
     (tmp_path / "kr" / "log_random_b.csv").write_text(text)
     out, _ = load_kuairand(tmp_path / "kr")
     assert len(out) == 2 * len(rows) and int((out["feedback"] == NEGATIVE).sum()) == 6
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_blank_ratings_are_counted_and_located_in_the_stats(tmp_path, fmt):
+    """A blank rating matches neither rule: the row stays, and the stats say how many and where."""
+    from negrec.data import DataConfig, SplitConfig, data_stats, format_stats, prepare_data
+    from negrec.data.loaders import GenericLogSpec as Spec
+
+    rows = [(u, 10 + i, TS24 + DAY * i + u, 1 + (u + i) % 5) for u in range(1, 9) for i in range(12)]
+    blank = {5, 17, 40}
+    frame = pd.DataFrame([(*r[:3], np.nan if k in blank else r[3]) for k, r in enumerate(rows)],
+                         columns=["uid", "iid", "when", "stars"])
+    path = tmp_path / f"log.{fmt}"
+    frame.to_parquet(path) if fmt == "parquet" else frame.to_csv(path, index=False)
+    spec = Spec(path=str(path), columns=dict(COLS), ts_unit="s")
+    p = prepare_data(DataConfig(format="generic", generic=spec, split=SplitConfig(cut_unit="event")))
+    st = data_stats(p)
+    where = f"line {min(blank) + 2}" if fmt == "csv" else f"row {min(blank) + 1}"
+    assert st["blank_values"] == {"'stars' (rating)": {"cells": 3, "first": f"{path}: {where}"}}
+    assert len(p.interactions) == len(rows)
+    assert "blank cells      'stars' (rating): 3 (the first at" in format_stats(st, p.horizons)

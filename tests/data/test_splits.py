@@ -195,6 +195,10 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
     assert f"duplicates 1, of items without text 0 (0 items dropped), subsampling {dropped}" in format_stats(st, p.horizons)
     no_rows = format_stats({**st, f"train_users_nonempty_F{max(p.horizons)}": 0}, p.horizons)
     assert "warning          no train sample with a dislike" in no_rows and "min_context" in no_rows
+    assert "no validation sample" not in no_rows
+    no_valid = format_stats({**st, "valid_samples": 0, "cut_unit": "day"}, p.horizons)
+    assert "warning          no validation sample" in no_valid and "data.split.cut_unit: event" in no_valid
+    assert "cut_unit: event" not in format_stats({**st, "valid_samples": 0, "cut_unit": "event"}, p.horizons)
 
 
 # ---------------------------------------------------------------- event cuts (cut_unit: event)
