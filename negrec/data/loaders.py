@@ -305,6 +305,8 @@ def _parse_dates(values: pd.Series, where, fmt: str = "", path=None, fmt_guessed
         day_month = re.match(DAY_MONTH, str(values.iloc[i]))
         if (not fmt or fmt_guessed) and day_month:
             hint += f" (day/month? set data.generic.ts_format, e.g. {_day_month_format(day_month)!r})"
+        elif re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", str(values.iloc[i])):
+            hint += " (a number among dates: one form per column, all dates or all numbers)"
         raise DataError(f"{where(i)}: cannot parse timestamp {values.iloc[i]!r}{hint}")
     # pandas' datetime resolution varies (ns, us): go through a Timedelta, not raw int64
     return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy("int64")

@@ -68,6 +68,10 @@ def test_iso_dates_in_mixed_forms(tmp_path):
     out, _ = load_generic(_spec(path, ts_unit="auto"))
     days = np.asarray(out["ts"]) // DAY
     assert np.array_equal(days, np.asarray([ts for _, _, ts, _ in _rows()]) // DAY)
+    rows[3] = (*rows[3][:2], TS24, rows[3][3])  # an epoch number among the dates: refused, and why
+    _csv(path, ["uid", "iid", "when", "stars"], rows)
+    with pytest.raises(DataError, match=r"line 5: field 'when'.*cannot parse timestamp '1704067200' \(a number among dates"):
+        load_generic(_spec(path, ts_unit="auto"))
 
 
 def test_utf8_movielens_titles_are_not_mojibake(tmp_path):
