@@ -185,28 +185,35 @@ class NeighbourNegatives(RewardFunction):
         self.neighbours, self.item_ids = neighbours, np.asarray(item_ids, dtype=np.int64)
         self.item_index = index_table(self.item_ids)
 
-    def _ranked(self, kwargs: dict, n: int) -> np.ndarray:
-        """(n, n_items) user-kNN scores of each completion's row, its context items at -inf."""
+    def _ranked(self, kwargs: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user-kNN scores of each distinct row, its context items at -inf; each completion's row).
+        A group's completions share their prompt's row: scored once, not once per completion."""
         if "user_id" not in kwargs:
             raise KeyError(f"reward neighbour_neg needs dataset column 'user_id'; got columns {sorted(kwargs)}")
+        users = np.asarray(kwargs["user_id"])
         history = column(kwargs, "neg_items", None, n)
+        context = column(kwargs, "context_items", None, n, required=False)
+        seen: dict = {}
+        back = np.array([seen.setdefault((users[r], history.row(r).tobytes(), context.row(r).tobytes()), len(seen))
+                         for r in range(n)], dtype=np.int64)
+        first = np.unique(back, return_index=True)[1]
+        history, context = history.take(first), context.take(first)
         cols = lookup(self.item_index, history.indices)
         ok = cols >= 0
-        q = binary_matrix(history.rows[ok], cols[ok], (n, len(self.item_ids)))
-        scores = self.neighbours.scores(q, np.asarray(kwargs["user_id"]))
-        context = column(kwargs, "context_items", None, n, required=False)
+        q = binary_matrix(history.rows[ok], cols[ok], (len(first), len(self.item_ids)))
+        scores = self.neighbours.scores(q, users[first])
         cols = lookup(self.item_index, context.indices)
         ok = cols >= 0
         scores[context.rows[ok], cols[ok]] = -np.inf
-        return scores
+        return scores, back
 
     def score(self, items, kwargs):
         n = len(items)
-        scores = self._ranked(kwargs, n)
+        scores, row = self._ranked(kwargs, n)
         col = lookup(self.item_index, np.maximum(items, 0))
         known = (items >= 0) & (col >= 0)
-        mine = np.where(known, scores[np.arange(n), np.maximum(col, 0)], -np.inf)
-        rank = (scores > mine[:, None]).sum(1)
+        mine = np.where(known, scores[row, np.maximum(col, 0)], -np.inf)
+        rank = (scores[row] > mine[:, None]).sum(1)
         credit = np.clip(1.0 - rank / self.cfg.neighbour_depth, 0.0, 1.0)
         return np.where(known & (mine > 0), credit, 0.0)
 
@@ -305,10 +312,9 @@ def build_rewards(cfg: RewardConfig, sid_tok, train_log=None, swing: ItemSimilar
 
 
 def _neighbour_reward(cfg: RewardConfig, sid_tok, train_log) -> NeighbourNegatives:
-    """`neighbour_neg` fitted on the training log's negatives, over the SID tokenizer's items."""
+    """`neighbour_neg` fitted on the training log's negatives."""
     neg = train_log[train_log["feedback"].to_numpy() < 0]
-    items = np.unique(np.concatenate([np.asarray(sid_tok.item_ids, dtype=np.int64),
-                                      neg["item_id"].to_numpy(dtype=np.int64)]))
-    cols = lookup(index_table(items), neg["item_id"].to_numpy(dtype=np.int64))
+    # items no training user disliked score 0 everywhere, so never credited: only the disliked are columns
+    items, cols = np.unique(neg["item_id"].to_numpy(dtype=np.int64), return_inverse=True)
     return NeighbourNegatives(cfg, sid_tok, UserNeighbours(neg["user_id"].to_numpy(), cols, len(items),
                                                            cfg.neighbour_k), items)
