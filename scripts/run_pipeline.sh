@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-config=${1:-configs/ml100k.yaml}
-shift || true
+config=configs/ml100k.yaml
+# the config is the first argument when one is given: `--set k=v` alone keeps the default config
+if [[ $# -gt 0 && $1 != -* ]]; then config=$1; shift; fi
 exec .venv/bin/negrec pipeline --config "$config" "$@"

@@ -23,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     --zero) ZERO="$2"; shift 2 ;;
     --launcher) LAUNCHER="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "train_grpo.sh: unknown option $1 (put negrec's arguments after --)" >&2; exit 2 ;;
   esac
 done

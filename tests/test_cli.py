@@ -36,6 +36,15 @@ def test_bad_config_names_file_and_field(tmp_path, capsys):
     assert "bad.yaml: data" in err and "fromat" in err
 
 
+def test_a_path_the_embedded_format_would_ignore_is_refused(tmp_path, capsys):
+    """configs/ml100k.yaml reads the embedded log: a path set without data.format ran it silently."""
+    rc = main(["data", "--config", "configs/ml100k.yaml", "--set", "data.path=/data/ml-1m",
+               "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.path" in err and "data.format" in err and "movielens" in err
+    assert not (tmp_path / "r" / "data").exists()
+
+
 def test_a_prompt_longer_than_the_kept_history_is_refused(tmp_path, capsys):
     """Samples keep data.split.max_history events per cut: a compact prompt asking for more would
     be cut short at test while the timeline SFT trains on windows of the full length."""

@@ -25,6 +25,9 @@ from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, 
 from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
+# what an items table's columns can be mapped to: the id, the words the text encoder and alignment read,
+# and genres (words for the tiny model's tokenizer)
+ITEM_COLUMNS = ("item_id", "title", "text", "genres")
 CONFLICT_RULES = ("error", "negative")
 
 
@@ -66,6 +69,13 @@ def check_data_config(cfg: "DataConfig") -> None:
 
     if cfg.format not in FORMATS:
         raise ConfigError(f"data.format: {cfg.format!r} is not one of {'|'.join(FORMATS)}")
+    if cfg.format == "embedded" and cfg.path:  # the embedded log reads no path: this one would be ignored
+        raise ConfigError(f"data.path: {cfg.path!r} is set but data.format is embedded (the ML-100K inside the "
+                          f"recbole wheel); set data.format to what the path holds ({'|'.join(FORMATS[1:])})")
+    unknown = [k for k in cfg.generic.item_columns if k not in ITEM_COLUMNS]  # a typo would drop its column silently
+    if unknown:
+        raise ConfigError(f"data.generic.item_columns: {unknown[0]!r} is not one of {'|'.join(ITEM_COLUMNS)}"
+                          f"{nearest(unknown[0], ITEM_COLUMNS)} (categorical features: data.generic.feature_columns)")
     hs = list(cfg.horizons)
     if not hs or any(h <= 0 for h in hs):
         raise ConfigError(f"data.horizons: every horizon must be a positive number of days, got {hs}")

@@ -88,6 +88,7 @@ class PromptConfig:
     pos_header: str = "Positive feedback (oldest first):"
     mixed_header: str = "Recent timeline (oldest first):"
     empty: str = "(none)"
+    # the segments and words below (headers, max_neg ... title_words) shape format: verbose alone
     max_neg: int = 10            # budget of the negative segment (always shown)
     max_pos: int = 10            # budget of the positive segment at context_mix = 1
     max_mixed: int = 0           # budget of the mixed timeline segment at context_mix = 1 (0 = no timeline)
@@ -106,7 +107,7 @@ class PromptConfig:
     older_negatives: int = 0
     # compact: EOS after every event's SID and after the answer. False: every SID has the same length,
     # so the next feedback token already marks where an event ends, and constrained decoding stops
-    # after the SID's last token: 5 tokens an event instead of 6, the timeline SFT 12-20% and predict
+    # after the SID's last token: one token fewer an event, the timeline SFT 12-20% and predict
     # 30% faster, but recall leaned down over three seeds (README "EOS after each event")
     event_eos: bool = True
     feedback_tokens: bool = True  # compact: false = every event gets <|neu|> (the context-discerning ablation)
