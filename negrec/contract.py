@@ -303,6 +303,16 @@ def is_done(raw: dict, run_dir, name: str) -> bool:
     return _Rule(raw, run_dir).done(name)
 
 
+def left_out(raw: dict, run_dir, name: str) -> bool:
+    """Stage `name` is in `pipeline.skip` and its folder is not done for this config and these inputs
+    (an older run's): this run leaves it out, and its readers do not read it (nor refuse to run)."""
+    return name in _skipped(raw) and stage_dir(raw, run_dir, name).exists() and not is_done(raw, run_dir, name)
+
+
+def _skipped(raw: dict) -> list:
+    return (raw.get("pipeline") or {}).get("skip") or []
+
+
 def _check_inputs(rule: _Rule, name: str) -> None:
     """Refuse to read an input stage whose folder exists without a marker matching the current
     config and inputs (killed, unfinished, or made from another config): one line naming it. An
@@ -315,6 +325,8 @@ def _check_inputs(rule: _Rule, name: str) -> None:
                             or not stage_dir(raw, run_dir, i).exists()):
             continue
         if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
+            continue
+        if i in _skipped(rule.raw):  # left out (`left_out`): its readers do not read it
             continue
         raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
                             f"run `negrec {stage(i).command_line}` (or `negrec pipeline`) first")

@@ -202,6 +202,32 @@ def test_killed_stage_reruns_to_the_uninterrupted_result(name, point, base_run, 
     assert not contract.work_dir(straight, name).exists()
 
 
+@pytest.mark.timeout(900)
+def test_an_older_grpo_folder_never_blocks_predict(uninterrupted, tmp_path, monkeypatch, capsys):
+    """A later run that leaves GRPO out (pipeline.skip) or gives it no rows: the earlier run's grpo/
+    is left out by predict (skipped: kept on disk) or replaced by a folder saying why (no rows),
+    where predict used to refuse it as out of date on every run."""
+    from negrec.cli import main
+    from negrec.io import read_json
+    from negrec.train import grpo as grpo_stage
+
+    raw, straight = uninterrupted("grpo")
+    skipped = _overridden(raw, ["grpo.learning_rate=3e-5", "pipeline.skip=[grpo, grpo-plain]"])
+    run = _run_copy(straight, tmp_path / "skipped", skipped)
+    assert main(["predict", "--run-dir", str(run)]) == 0
+    assert f"grpo: in pipeline.skip, and {run / 'grpo'} is an older run's: left out" in capsys.readouterr().out
+    assert {p.stem for p in (run / "eval" / "predictions").glob("*.parquet")} == {"sft_next"}
+    assert (run / "grpo" / "final" / "config.json").exists()  # left out, not deleted
+
+    run = _run_copy(straight, tmp_path / "no_rows", _overridden(raw, ["grpo.learning_rate=3e-5"]))
+    monkeypatch.setattr(grpo_stage, "training_rows", lambda *args, **kwargs: [])
+    assert main(["grpo", "--run-dir", str(run)]) == 0
+    assert "no train rows" in read_json(run / "grpo" / "summary.json")["skipped"]
+    assert not (run / "grpo" / "final").exists()
+    assert main(["predict", "--run-dir", str(run)]) == 0
+    assert {p.stem for p in (run / "eval" / "predictions").glob("*.parquet")} == {"sft_next"}
+
+
 # ---- readers refuse a folder without a matching marker ----
 def test_readers_refuse_a_folder_without_a_matching_marker(base_run, base_raw, tmp_path, capsys):
     from negrec.cli import main

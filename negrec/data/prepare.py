@@ -428,7 +428,7 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     release_memory()
     cuts = compute_cuts(inter, cfg.split)
     check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
-                     source, _negative_rule(cfg), cfg.split.min_context)
+                     source, _negative_rule(cfg), cfg.split.min_context, cfg.split.cut_unit)
     samples = build_samples(inter, cuts, cfg)
     release_memory()
     report["source"] = source
@@ -559,6 +559,11 @@ def _split_warnings(stats: dict, horizon: int) -> list[str]:
     if not stats[f"train_users_nonempty_F{horizon}"]:
         out.append(f"warning          no train sample with a dislike in the {horizon} days after its cut "
                    f"(a cut needs data.split.min_context events before it): GRPO, which trains on them, will not run; {fix}")
+    main = stats.get("main_horizon", horizon)
+    if stats["test_samples"] and not stats[f"test_users_nonempty_F{main}"]:
+        out.append(f"warning          no test sample has a dislike in the {main} days after its cut: evaluation has "
+                   f"nothing to score (every metric empty); raise data.main_horizon (with data.horizons) or lower "
+                   f"data.split.test_frac, so that more of each user's log lies after the test cut")
     return out
 
 

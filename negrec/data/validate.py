@@ -149,7 +149,7 @@ def conflict_error(origin, rows: np.ndarray, user, item, ts, source: str) -> Dat
 
 
 def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int, source: str,
-                     negative_rule: str, min_context: int) -> None:
+                     negative_rule: str, min_context: int, cut_unit: str = "day") -> None:
     """Refuse a log that cannot give a single evaluable test user."""
     if not (np.asarray(feedback) == NEGATIVE).any():
         raise DataError(f"{source}: field 'feedback': no negative feedback in {len(feedback)} rows under the rule "
@@ -158,6 +158,9 @@ def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int,
     if n_users < 2:
         raise DataError(f"{source}: field 'user_id': {n_users} user(s) in the log; a test split needs at least 2")
     if n_test_users == 0:
+        where = ("under cut_unit: day, on days before the cut's: for a log of one or a few days set "
+                 "data.split.cut_unit: event" if cut_unit == "day" else
+                 "under cut_unit: event, at earlier seconds than the events after it: events sharing one "
+                 "timestamp cannot be cut apart")
         raise DataError(f"{source}: field 'user_id': no user of {n_users} has a test cut: each needs at least "
-                        f"data.split.min_context = {min_context} events before it (under cut_unit: day, on days "
-                        f"before the cut's: for a log of one or a few days set data.split.cut_unit: event)")
+                        f"data.split.min_context = {min_context} events before it ({where})")

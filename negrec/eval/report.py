@@ -106,6 +106,8 @@ def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
 
 def grpo_selection_text(summary: dict) -> str:
     """Which policy the GRPO stage shipped (`grpo.select`), with the validation curve it chose on."""
+    if summary.get("skipped"):
+        return f"GRPO did not run ({summary['skipped']}): the `grpo` policy is left out and the SFT policy stands.\n"
     kept = summary.get("kept") or {}
     curve = ", ".join(f"{v['name']} (step {v['step']}) {v['val_recall@10']:.4f}" for v in summary.get("validation") or [])
     if not curve:
@@ -252,6 +254,7 @@ def run_report(raw: dict, run_dir) -> dict:
 
 
 def _report(raw: dict, run_dir: Path) -> dict:
+    from ..contract import left_out
     from ..data import Prepared
     from .run import EvalConfig
 
@@ -271,20 +274,26 @@ def _report(raw: dict, run_dir: Path) -> dict:
                      "Coll = F_H widened by Swing co-negatives. [lo, hi] = 95% CI by a bootstrap over users "
                      "(all rows of a user resampled together).\n")
         parts.append(new_targets_text(run_dir / "data" / "stats.json"))
+        if metrics and not any(m.get(f"n_eval_h{h}") for m in metrics.values() if isinstance(m, dict)):
+            parts.append(f"**No test row has a dislike in the {h} days after its cut: every metric above is empty.** "
+                         "Raise `data.main_horizon` or lower `data.split.test_frac` (the data stats count the futures).\n")
     parts += _comparison_sections(ev)
     if metrics:
         ks = sorted(mcfg.ks)
         parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")
         parts.append(f"![Recall by H](plots/{plot_recall_by_horizon(metrics, sorted(mcfg.horizons), 10, plots / 'recall_by_horizon.png')})\n")
-    for src, read, plot, png, title in (  # a section per stage output that exists and plots
-            (run_dir / "grpo" / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"),
-            (run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
-            (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")):
+    grpo = run_dir / "grpo"
+    older_grpo = left_out(raw, run_dir, "grpo")  # in pipeline.skip, its folder an older run's: not this run's
+    sections = [  # a section per stage output that exists and plots
+        (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"),
+        (run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
+        (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
+    for src, read, plot, png, title in sections[older_grpo:]:
         name = plot(read(src), plots / png) if src.exists() else None
         if name:
             parts.append(f"{title}(plots/{name})\n")
-    if (run_dir / "grpo" / "summary.json").exists():
-        parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
+    if not older_grpo and (grpo / "summary.json").exists():
+        parts.append(grpo_selection_text(read_json(grpo / "summary.json")))
     sft = read_json(run_dir / "sft_next" / "summary.json") if (run_dir / "sft_next" / "summary.json").exists() else {}
     if sft.get("alignment"):
         parts.append(alignment_text(sft["alignment"]))

@@ -6,6 +6,7 @@ scores every such file against `eval/targets.parquet` and the log, and nothing e
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import section_config, to_dict
-from ..contract import UNRECORDED, shared_stage_files, stage_files, stage_folder, up_to_date
+from ..contract import UNRECORDED, left_out, shared_stage_files, stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
@@ -211,6 +212,10 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
     done, seen = {}, {}  # seen: policy folder digest -> the policy whose predictions it has
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
+        if left_out(raw, run_dir, name.replace("_", "-")):
+            if writes:
+                print(f"[predict] {name}: in pipeline.skip, and {path.parent} is an older run's: left out")
+            continue
         if not (path / "config.json").exists():
             if writes:
                 print(f"[predict] {name}: no model at {path}, skipped")
@@ -535,6 +540,9 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         score(name, pred, None)
         labels[name] = f"{labels.get(policy, policy)} re-ranked by {baseline}"
     first = metrics[files[0].stem]
+    if not first["n_eval_h" + str(h)]:
+        print(f"[evaluate] warning: no {cfg.split} row has a dislike in the {h} days after its cut: every metric is "
+              f"empty (the data stats say how many futures are empty; raise data.main_horizon)", file=sys.stderr)
     table = results_table_ci(metrics, h, cfg.metrics.fhr_k, labels)
     text = format_table(table,
                         f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
@@ -662,7 +670,9 @@ def run_filter(raw: dict, run_dir) -> dict:
                          ItemSets.from_lists(samples[f"future_pos_h{h}"]), cfg.thetas)
     with stage_folder(raw, run_dir, "filter") as tmp:
         write_json(tmp / "curve.json", {"method": method, "k": cfg.k, "horizon": h, "curve": curve})
-    print(f"[filter] {method}, top-{cfg.k} predicted dislikes, H={h}: theta -> negatives removed / positives removed")
+    print(f"[filter] {method}, top-{cfg.k} predicted dislikes, H={h}: theta -> negatives removed / positives removed"
+          " (-: the test futures hold none)")
+    share = lambda x: "-" if x is None else f"{x:.3f}"  # None: no future item of that kind to remove
     for r in curve:
-        print(f"  {r['theta']:.2f}  {r['neg_removed'] or 0:.3f} / {r['pos_removed'] or 0:.3f}")
+        print(f"  {r['theta']:.2f}  {share(r['neg_removed'])} / {share(r['pos_removed'])}")
     return {"curve": curve}

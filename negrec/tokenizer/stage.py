@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,4 +105,22 @@ def run_tokenize(raw: dict, run_dir) -> dict:
     print(format_metrics(metrics))
     print(f"  recon MSE {metrics['recon_mse']:.3g} per coordinate (relative error {metrics['recon_rel_err']:.1%}); "
           f"{metrics['seconds']}s -> {out}")
+    warning = collapse_warning(metrics)
+    if warning:
+        print(f"[tokenize] warning: {warning}", file=sys.stderr)
     return metrics
+
+
+def collapse_warning(metrics: dict) -> str:
+    """A line when most items share their quantized codes (the SIDs then tell items apart by the
+    collision step alone), else "". ML-100K's default: 14% share them."""
+    share = metrics["collision_rate"]
+    if share <= 0.5:
+        return ""
+    worst = min(metrics["levels"], key=lambda lv: lv["used"] / lv["size"])
+    cfg = metrics.get("config") or {}
+    tries = ([] if cfg.get("codebook_size") == 0 else ["tokenize.codebook_size: 0 (sized to the catalogue)"]) + \
+        ([] if cfg.get("method") == "rqkmeans" else ["tokenize.method: rqkmeans"])
+    return (f"{share:.0%} of the {metrics['n_items']} items share their quantized codes with another item (level "
+            f"{worst['level']} uses {worst['used']} of {worst['size']} codes): the item vectors carry little to tell "
+            f"them apart (encode's warnings say which have none)" + (f"; try {' or '.join(tries)}" if tries else ""))

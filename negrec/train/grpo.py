@@ -710,7 +710,11 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
             else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
     if not rows:  # before the SFT policy is read or merged: nothing of it is needed
-        return _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
+        summary = _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
+        if is_main_process():  # in place of an older run's folder, which predict would refuse as out of date
+            with stage_folder(raw, run_dir, stage) as tmp:
+                write_json(tmp / "summary.json", summary)
+        return summary
     policy = find_sft_policy(run_dir, cfg.policy)
     # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
     work = work_dir(run_dir, stage)
@@ -756,8 +760,8 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
 
 
 def _nothing_to_train(stage: str, row_source: str, horizon: int) -> dict:
-    """No rows to train on: the stage writes nothing, so predict and evaluate rank the SFT policy
-    as the main one (as with the stage in pipeline.skip), and says why in one line."""
+    """No rows to train on: the stage's folder holds no policy, only why (its summary), so predict
+    and evaluate rank the SFT policy as the main one; says why in one line."""
     if row_source == "sft_validation":
         why = (f"no validation rows with a dislike in the {horizon} days after the cut (sft_next.val_rows is 0, "
                f"or its users have none)")

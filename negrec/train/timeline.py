@@ -346,9 +346,14 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return {"epochs_run": state["epoch"], "steps": state["step"], "kept_epoch": state["kept_epoch"],
-            "kept_val_recall@10": round(state["kept_recall"], 4), "best_epoch": state["best_epoch"],
-            "best_val_recall@10": round(state["best"], 4), "history": copy.deepcopy(state["history"]),
+            "kept_val_recall@10": _recall_or_none(state["kept_recall"]), "best_epoch": state["best_epoch"],
+            "best_val_recall@10": _recall_or_none(state["best"]), "history": copy.deepcopy(state["history"]),
             "stopped_early": state["bad"] >= cfg.patience}
+
+
+def _recall_or_none(recall: float) -> float | None:
+    """A validation recall for the summary; None (JSON null, not NaN) where no epoch was validated."""
+    return round(recall, 4) if recall >= 0 else None  # NaN and the -1 start both fail the test
 
 
 def _step(model, opt, ranks: Ranks, mixed, loss_of) -> float:

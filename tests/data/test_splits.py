@@ -199,6 +199,11 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
     no_valid = format_stats({**st, "valid_samples": 0, "cut_unit": "day"}, p.horizons)
     assert "warning          no validation sample" in no_valid and "data.split.cut_unit: event" in no_valid
     assert "cut_unit: event" not in format_stats({**st, "valid_samples": 0, "cut_unit": "event"}, p.horizons)
+    main = st["main_horizon"]
+    assert "no test sample has a dislike" not in format_stats(st, p.horizons)
+    no_test = format_stats({**st, f"test_users_nonempty_F{main}": 0}, p.horizons)
+    assert f"warning          no test sample has a dislike in the {main} days" in no_test
+    assert "data.main_horizon" in no_test
 
 
 # ---------------------------------------------------------------- event cuts (cut_unit: event)

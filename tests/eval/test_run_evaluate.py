@@ -250,3 +250,25 @@ def test_evaluate_scores_what_the_stages_wrote_and_refuses_a_deleted_file(run_di
     assert main(["evaluate", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "popular_negatives.parquet: missing (`negrec baselines` wrote it)" in err[0]
+
+
+def test_a_split_without_future_dislikes_is_said_and_not_scored_silently(run_dir, tmp_path, capsys):
+    """No test row with a dislike in its F_H (a log whose futures hold none): every metric is empty,
+    and evaluate and the report say so, where the table used to be dashes without a word."""
+    import shutil
+
+    from negrec.eval.report import run_report
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run)
+    pd.read_parquet(run / "eval" / "targets.parquet").iloc[:0].to_parquet(run / "eval" / "targets.parquet")
+    raw = {"eval": {"metrics": {"ks": [5, 10], "horizons": [1, 7], "main_horizon": 7, "bootstrap": 50,
+                                "swing_top_n": 0}}}
+    capsys.readouterr()
+    run_evaluate(raw, run)
+    assert "no test row has a dislike in the 7 days after its cut: every metric is empty" in capsys.readouterr().err
+    report = tmp_path / "report"
+    shutil.copytree(run / "eval", report / "eval")  # no data/: the report skips the example users
+    (report / "eval" / "_DONE.evaluate").unlink()  # its marker names the other run's data: outputs only
+    run_report(raw, report)
+    assert "No test row has a dislike in the 7 days after its cut" in (report / "report.md").read_text()

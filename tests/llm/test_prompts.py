@@ -177,3 +177,16 @@ def test_event_eos_is_a_compact_setting(small_sid_tok):
     assert PromptBuilder(PromptConfig(format="verbose"), small_sid_tok).answer_eos
     with pytest.raises(ValueError, match="event_eos: false needs format: compact"):
         PromptConfig(format="verbose", event_eos=False)
+
+
+def test_item_labels_are_cut_to_a_few_words_and_characters():
+    """A catalogue's run-on titles or descriptions would make every alignment example thousands of
+    tokens long (the timeline loop does not truncate): labels are cut, short titles kept as written."""
+    from negrec.llm.prompts import LABEL_CHARS, LABEL_WORDS, item_label
+
+    title = "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1963)"
+    assert item_label({"title": f"  {title} ", "text": "x"}) == title
+    assert item_label({"title": "", "text": "a b c"}) == "a b c"
+    long = item_label({"title": " ".join(f"word{i}" for i in range(5000))})
+    assert long.split() == [f"word{i}" for i in range(LABEL_WORDS)]
+    assert len(item_label({"title": "x" * 10_000})) == LABEL_CHARS

@@ -97,3 +97,19 @@ def test_extend_hf_tokenizer_adds_unsplittable_tokens():
         assert ids == table[r].tolist()  # each SID token is one id, never split
         text = hf.decode(ids, skip_special_tokens=True).replace(" ", "")
         assert tok.item_for_tokens(text) == item_ids[r]
+
+
+def test_collapsed_codes_are_warned_of_with_what_to_try():
+    """Most items sharing their quantized codes (item vectors with little signal, a tiny log) gets a
+    warning naming the least used level and the settings not yet tried; a healthy catalogue none."""
+    from negrec.tokenizer.stage import collapse_warning
+
+    levels = [{"level": 0, "used": 3, "size": 16}, {"level": 1, "used": 1, "size": 16}]
+    healthy = {"collision_rate": 0.14, "n_items": 1682, "levels": levels, "config": {}}
+    assert collapse_warning(healthy) == ""
+    collapsed = {**healthy, "collision_rate": 0.97, "n_items": 99, "config": {"method": "rqvae", "codebook_size": 16}}
+    line = collapse_warning(collapsed)
+    assert "97% of the 99 items" in line and "level 1 uses 1 of 16 codes" in line
+    assert "tokenize.codebook_size: 0" in line and "tokenize.method: rqkmeans" in line
+    tried = collapse_warning({**collapsed, "config": {"method": "rqkmeans", "codebook_size": 0}})
+    assert "try" not in tried and "97%" in tried

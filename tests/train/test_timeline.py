@@ -482,3 +482,16 @@ def test_a_killed_timeline_run_resumes_to_the_same_weights(setup, tmp_path, monk
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], model.state_dict()[k]) for k in a)  # and it trained
+
+
+def test_a_run_without_validation_records_null_recalls_not_nan(setup):
+    """No validation rows (a log without a validation sample): the summary's recalls are JSON null;
+    NaN, which strict JSON readers refuse, was written before."""
+    import json
+
+    model, hf, sid, builder, log = setup
+    windows = timeline_windows(log[log.user_id <= 4], None, CompactCodec(sid, hf), 50, other_weight=1.0)
+    cfg = SFTStageConfig(mode="timeline", epochs=1, learning_rate=1e-3, batch_size=8, resume=False)
+    fit = train_timeline(copy.deepcopy(model), hf, sid, windows, [], builder, cfg, horizon=7)
+    assert fit["kept_val_recall@10"] is None and fit["best_val_recall@10"] is None and fit["kept_epoch"] == 1
+    json.dumps(fit, allow_nan=False)
