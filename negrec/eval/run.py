@@ -672,7 +672,7 @@ def run_filter(raw: dict, run_dir) -> dict:
         write_json(tmp / "curve.json", {"method": method, "k": cfg.k, "horizon": h, "curve": curve})
     print(f"[filter] {method}, top-{cfg.k} predicted dislikes, H={h}: theta -> negatives removed / positives removed"
           " (-: the test futures hold none)")
-    share = lambda x: "-" if x is None else f"{x:.3f}"  # None: no future item of that kind to remove
-    for r in curve:
-        print(f"  {r['theta']:.2f}  {share(r['neg_removed'])} / {share(r['pos_removed'])}")
+    for r in curve:  # None: the futures hold no item of that kind to remove
+        neg, pos = ("-" if x is None else f"{x:.3f}" for x in (r["neg_removed"], r["pos_removed"]))
+        print(f"  {r['theta']:.2f}  {neg} / {pos}")
     return {"curve": curve}

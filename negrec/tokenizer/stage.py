@@ -119,8 +119,8 @@ def collapse_warning(metrics: dict) -> str:
         return ""
     worst = min(metrics["levels"], key=lambda lv: lv["used"] / lv["size"])
     cfg = metrics.get("config") or {}
-    tries = ([] if cfg.get("codebook_size") == 0 else ["tokenize.codebook_size: 0 (sized to the catalogue)"]) + \
-        ([] if cfg.get("method") == "rqkmeans" else ["tokenize.method: rqkmeans"])
+    tries = [setting for setting, tried in (("tokenize.codebook_size: 0 (sized to the catalogue)", cfg.get("codebook_size") == 0),
+                                            ("tokenize.method: rqkmeans", cfg.get("method") == "rqkmeans")) if not tried]
     return (f"{share:.0%} of the {metrics['n_items']} items share their quantized codes with another item (level "
             f"{worst['level']} uses {worst['used']} of {worst['size']} codes): the item vectors carry little to tell "
             f"them apart (encode's warnings say which have none)" + (f"; try {' or '.join(tries)}" if tries else ""))

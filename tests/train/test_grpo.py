@@ -418,12 +418,13 @@ def test_grpo_validation_loads_each_policy_in_the_configured_model_dtype(monkeyp
 
 def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, monkeypatch, capsys):
     """A log of short histories has no train cut with a dislike after it: GRPO says so in one line
-    and writes nothing, so predict ranks the SFT policy as the main one, instead of stopping the
-    pipeline after the SFT with an error naming no setting."""
+    and writes no policy (its folder holds only why), so predict ranks the SFT policy as the main
+    one, instead of stopping the pipeline after the SFT with an error naming no setting."""
     import shutil
 
     from negrec.config import load_config
     from negrec.contract import mark_done
+    from negrec.io import read_json
     from negrec.train import grpo
     from tests._tiny_run import CONFIG, prepare_tiny_run, tiny_overrides
 
@@ -434,7 +435,7 @@ def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, mon
     monkeypatch.setattr(grpo, "training_rows", lambda *a, **k: [])
     out = grpo.run_grpo(raw, run)
     assert "no train rows" in out["skipped"] and "min_context" in out["skipped"]
-    assert not (run / "grpo").exists()
+    assert not (run / "grpo" / "final").exists() and read_json(run / "grpo" / "summary.json") == out
     assert "GRPO not run, the SFT policy stands" in capsys.readouterr().err
     from negrec.config import apply_overrides
     from negrec.pipeline import run_pipeline
