@@ -256,7 +256,7 @@ def run_report(raw: dict, run_dir) -> dict:
 def _report(raw: dict, run_dir: Path) -> dict:
     from ..contract import left_out
     from ..data import Prepared
-    from .run import EvalConfig
+    from .run import EvalConfig, scored_rows_warning
 
     cfg = section_config(ReportConfig, raw, "report")
     ecfg = section_config(EvalConfig, raw, "eval")
@@ -274,9 +274,10 @@ def _report(raw: dict, run_dir: Path) -> dict:
                      "Coll = F_H widened by Swing co-negatives. [lo, hi] = 95% CI by a bootstrap over users "
                      "(all rows of a user resampled together).\n")
         parts.append(new_targets_text(run_dir / "data" / "stats.json"))
-        if metrics and not any(m.get(f"n_eval_h{h}") for m in metrics.values() if isinstance(m, dict)):
-            parts.append(f"**No test row has a dislike in the {h} days after its cut: every metric above is empty.** "
-                         "Raise `data.main_horizon` or lower `data.split.test_frac` (the data stats count the futures).\n")
+        scored = [m for m in metrics.values() if isinstance(m, dict)]
+        warning = scored_rows_warning(scored[0], h, ecfg.split) if scored else ""
+        if warning:
+            parts.append(f"**Warning: {warning}.**\n")
     parts += _comparison_sections(ev)
     if metrics:
         ks = sorted(mcfg.ks)

@@ -540,9 +540,9 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
         score(name, pred, None)
         labels[name] = f"{labels.get(policy, policy)} re-ranked by {baseline}"
     first = metrics[files[0].stem]
-    if not first["n_eval_h" + str(h)]:
-        print(f"[evaluate] warning: no {cfg.split} row has a dislike in the {h} days after its cut: every metric is "
-              f"empty (the data stats say how many futures are empty; raise data.main_horizon)", file=sys.stderr)
+    warning = scored_rows_warning(first, h, cfg.split)
+    if warning:
+        print(f"[evaluate] warning: {warning}", file=sys.stderr)
     table = results_table_ci(metrics, h, cfg.metrics.fhr_k, labels)
     text = format_table(table,
                         f"Future-negative metrics, H = {h} days, {first['n_eval_h' + str(h)]} test rows "
@@ -558,6 +558,22 @@ def _evaluate(raw: dict, run_dir: Path, predictions, targets, log) -> dict:
     paired_text = _write_comparisons(ev, rows, keys, log, train_log, metrics, cfg)
     print(text + "\n\n" + paired_text)
     return {"metrics": metrics, "table": text, "paired": paired_text}
+
+
+FEW_USERS = 20  # below this many scored users a bootstrap over users says little
+
+
+def scored_rows_warning(metrics: dict, h: int, split: str) -> str:
+    """Why a method's metrics (`metrics`, one method's entry of metrics.json) say little: no row
+    with a dislike in its F_H, or too few users for the bootstrap CIs; "" when neither."""
+    rows, users = metrics.get(f"n_eval_h{h}") or 0, metrics.get(f"n_users_h{h}") or 0
+    if not rows:
+        return (f"no {split} row has a dislike in the {h} days after its cut: every metric is empty; raise "
+                f"data.main_horizon or lower data.split.test_frac (the data stats count the empty futures)")
+    if users < FEW_USERS:
+        return (f"only {users} {split} user(s) have a dislike in the {h} days after the cut: bootstrap CIs over so "
+                f"few users understate the uncertainty (one user: an interval of zero width)")
+    return ""
 
 
 def _blends(frames: dict[str, pd.DataFrame], cfg: BlendConfig, ev: Path, id_maps) -> dict[str, tuple]:

@@ -266,9 +266,22 @@ def test_a_split_without_future_dislikes_is_said_and_not_scored_silently(run_dir
                                 "swing_top_n": 0}}}
     capsys.readouterr()
     run_evaluate(raw, run)
-    assert "no test row has a dislike in the 7 days after its cut: every metric is empty" in capsys.readouterr().err
+    assert "[evaluate] warning: no test row has a dislike in the 7 days after its cut: every metric is empty" \
+        in capsys.readouterr().err
     report = tmp_path / "report"
     shutil.copytree(run / "eval", report / "eval")  # no data/: the report skips the example users
     (report / "eval" / "_DONE.evaluate").unlink()  # its marker names the other run's data: outputs only
     run_report(raw, report)
-    assert "No test row has a dislike in the 7 days after its cut" in (report / "report.md").read_text()
+    assert "**Warning: no test row has a dislike in the 7 days after its cut" in (report / "report.md").read_text()
+
+
+def test_few_scored_users_are_warned_of():
+    """One test user gives every bootstrap CI zero width: evaluate and the report say the intervals
+    understate the uncertainty below FEW_USERS users; none at the fixture's 80."""
+    from negrec.eval.run import FEW_USERS, scored_rows_warning
+
+    assert scored_rows_warning({"n_eval_h7": 80, "n_users_h7": 80}, 7, "test") == ""
+    one = scored_rows_warning({"n_eval_h7": 3, "n_users_h7": 1}, 7, "test")
+    assert "only 1 test user(s)" in one and "zero width" in one
+    assert scored_rows_warning({"n_eval_h7": FEW_USERS, "n_users_h7": FEW_USERS}, 7, "test") == ""
+    assert "every metric is empty" in scored_rows_warning({"n_eval_h7": 0, "n_users_h7": 0}, 7, "test")

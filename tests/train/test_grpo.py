@@ -422,6 +422,7 @@ def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, mon
     one, instead of stopping the pipeline after the SFT with an error naming no setting."""
     import shutil
 
+    from negrec import contract
     from negrec.config import load_config
     from negrec.contract import mark_done
     from negrec.io import read_json
@@ -437,8 +438,11 @@ def test_grpo_without_training_rows_leaves_the_sft_policy_standing(tmp_path, mon
     assert "no train rows" in out["skipped"] and "min_context" in out["skipped"]
     assert not (run / "grpo" / "final").exists() and read_json(run / "grpo" / "summary.json") == out
     assert "GRPO not run, the SFT policy stands" in capsys.readouterr().err
+    assert contract.is_done(raw, run, "grpo")
     from negrec.config import apply_overrides
     from negrec.pipeline import run_pipeline
 
-    summary = run_pipeline(apply_overrides(raw, ["pipeline.skip=[sft-align]", "pipeline.stop_after=grpo"]), run)
+    pipeline = apply_overrides(raw, ["pipeline.skip=[sft-align]", "pipeline.stop_after=grpo"])
+    summary = run_pipeline(pipeline, run)
     assert summary["grpo"]["status"].startswith("skipped (no train rows"), summary  # the pipeline says so, and goes on
+    assert run_pipeline(pipeline, run)["grpo"]["status"] == "up to date"  # done: a later run does not ask again
