@@ -180,7 +180,7 @@ SECTIONS = {
     "eval": "negrec.eval.run:EvalConfig", "blend": "negrec.eval.blend:BlendConfig",
     "baselines": "negrec.eval.run:BaselinesConfig",
     "filter": "negrec.eval.run:FilterConfig", "report": "negrec.eval.report:ReportConfig",
-    "pipeline": "negrec.pipeline:PipelineConfig",
+    "pipeline": "negrec.stages:PipelineConfig",
 }
 RUN_KEYS = ("name", "root")
 

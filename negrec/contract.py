@@ -36,10 +36,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from .config import ConfigError
+from .config import ConfigError, section_config
 from .io import atomic_dir, config_hash, recording_writes, write_json
 from .runlock import launched_rank, launched_world
-from .stages import STAGES, stage
+from .stages import STAGES, PipelineConfig, stage
 
 MARKER = "_DONE"
 RUNNING = "_RUNNING"  # <folder>/_RUNNING.<stage>: a stage sharing its folder has started, not finished
@@ -305,12 +305,13 @@ def is_done(raw: dict, run_dir, name: str) -> bool:
 
 def left_out(raw: dict, run_dir, name: str) -> bool:
     """Stage `name` is in `pipeline.skip` and its folder is not done for this config and these inputs
-    (an older run's): this run leaves it out, and its readers do not read it (nor refuse to run)."""
+    (an older run's): this run leaves it out, and the stages that list it in `skippable_inputs` do
+    not read it (nor refuse to run); every other reader refuses it (`_check_inputs`)."""
     return name in _skipped(raw) and stage_dir(raw, run_dir, name).exists() and not is_done(raw, run_dir, name)
 
 
-def _skipped(raw: dict) -> list:
-    return (raw.get("pipeline") or {}).get("skip") or []
+def _skipped(raw: dict) -> list[str]:
+    return section_config(PipelineConfig, raw, "pipeline").skip
 
 
 def _check_inputs(rule: _Rule, name: str) -> None:
@@ -326,7 +327,7 @@ def _check_inputs(rule: _Rule, name: str) -> None:
             continue
         if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
             continue
-        if i in _skipped(rule.raw):  # left out (`left_out`): its readers do not read it
+        if i in stage(name).skippable_inputs and i in _skipped(rule.raw):  # the reader leaves it out (`left_out`)
             continue
         raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
                             f"run `negrec {stage(i).command_line}` (or `negrec pipeline`) first")

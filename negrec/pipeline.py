@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -21,25 +20,10 @@ from .config import check_config, section_config
 from .io import write_json
 from .runlock import run_lock
 from .stages import STAGES as REGISTRY
+from .stages import PipelineConfig
 
 # views of the one registry (negrec.stages): (name, module, function, YAML sections it reads, extra kwargs)
 STAGES = [(s.name, s.module, s.func, list(s.sections), dict(s.kwargs)) for s in REGISTRY]
-
-
-@dataclass
-class PipelineConfig:
-    skip: list[str] = field(default_factory=list)   # stage names to leave out
-    stop_after: str = ""                            # run up to and including this stage
-    force: list[str] = field(default_factory=list)  # stage names to rerun even if up to date
-    # processes for the timeline SFT stages and predict (`RANKED`), launched under torchrun on this
-    # machine: data-parallel training (negrec.train.ranks), the users split (negrec.eval.data_parallel);
-    # 0: one per GPU (one process without a GPU)
-    ranks: int = 0
-
-    def __post_init__(self):
-        if self.ranks < 0:
-            raise ValueError(f"pipeline.ranks must be 0 (auto) or a number of processes, got {self.ranks}")
-
 
 RANKED = ("sft-align", "sft-next", "predict")  # the stages the pipeline runs on `ranks` processes (SFT: in timeline mode)
 

@@ -26,6 +26,9 @@ class Stage:
     fingerprint: str = ""       # "module:function(raw) -> json-able": raw inputs outside the run folder
     folder: str = ""            # the folder it writes, relative to the run folder ("{export}": export.out_dir,
                                 # ".": the run folder); shared by several stages -> marker _DONE.<name>
+    # inputs it does without when they are in pipeline.skip and their folder is an older run's: it asks
+    # `contract.left_out` and leaves them out; any other input not done is refused
+    skippable_inputs: tuple = ()
 
     @property
     def command_line(self) -> str:
@@ -70,7 +73,7 @@ STAGES: tuple[Stage, ...] = (
           "write predictions.parquet and targets.parquet for the test users",
           ("eval", "prompt"), ("data", "tokenize", "sft-next", "grpo", "grpo-plain"),
           # predictions.parquet only when a policy exists
-          ("eval/targets.parquet", "eval/predict_summary.json"), folder="eval"),
+          ("eval/targets.parquet", "eval/predict_summary.json"), folder="eval", skippable_inputs=("grpo", "grpo-plain")),
     Stage("evaluate", "evaluate", "negrec.eval", "run_evaluate", "score predictions.parquet against targets.parquet",
           ("eval", "blend"), ("data", "predict", "baselines"), ("eval/metrics.json", "eval/results_table.txt"),
           torch_free=True, folder="eval"),
@@ -80,8 +83,25 @@ STAGES: tuple[Stage, ...] = (
           "export codebooks, SID tables, trie and manifest for serving",
           ("export",), ("data", "tokenize"), ("{export}/manifest.json",), torch_free=True, folder="{export}"),
     Stage("report", "report", "negrec.eval", "run_report", "report.md and plots in the run folder",
-          ("report", "eval"), ("evaluate", "filter", "grpo", "tokenize"), ("report.md",), torch_free=True, folder="."),
+          ("report", "eval"), ("evaluate", "filter", "grpo", "tokenize"), ("report.md",), torch_free=True, folder=".",
+          skippable_inputs=("grpo",)),
 )
+
+
+@dataclass
+class PipelineConfig:
+    """Section `pipeline`: which stages `negrec pipeline` runs, and on how many processes."""
+    skip: list[str] = field(default_factory=list)   # stage names to leave out
+    stop_after: str = ""                            # run up to and including this stage
+    force: list[str] = field(default_factory=list)  # stage names to rerun even if up to date
+    # processes for the timeline SFT stages and predict (`RANKED`), launched under torchrun on this
+    # machine: data-parallel training (negrec.train.ranks), the users split (negrec.eval.data_parallel);
+    # 0: one per GPU (one process without a GPU)
+    ranks: int = 0
+
+    def __post_init__(self):
+        if self.ranks < 0:
+            raise ValueError(f"pipeline.ranks must be 0 (auto) or a number of processes, got {self.ranks}")
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,23 @@ def test_an_older_grpo_folder_never_blocks_predict(uninterrupted, tmp_path, monk
     assert {p.stem for p in (run / "eval" / "predictions").glob("*.parquet")} == {"sft_next"}
 
 
+def test_only_a_reader_that_leaves_it_out_passes_an_older_skipped_input(tmp_path):
+    """pipeline.skip exempts an older run's folder only where the reader leaves it out (`skippable_inputs`:
+    predict and report, for GRPO); sft-next still refuses an older sft_align/ when sft-align is skipped,
+    rather than fine-tune from a policy made on other SIDs."""
+    run = tmp_path / "run"
+    for folder in ("sft_align", "grpo"):
+        (run / folder).mkdir(parents=True)
+        (run / folder / contract.MARKER).write_text('{"fingerprint": "an older run"}')
+    skipping = {"pipeline": {"skip": ["sft-align", "grpo"]}}
+    assert contract.left_out(skipping, run, "grpo") and not contract.left_out({}, run, "grpo")
+    assert contract.up_to_date(skipping, run, "predict") is False  # grpo left out: predict may run
+    with pytest.raises(contract.StageNotReady, match="grpo is not done"):
+        contract.up_to_date({}, run, "predict")
+    with pytest.raises(contract.StageNotReady, match="sft-align is not done"):
+        contract.up_to_date(skipping, run, "sft-next")
+
+
 # ---- readers refuse a folder without a matching marker ----
 def test_readers_refuse_a_folder_without_a_matching_marker(base_run, base_raw, tmp_path, capsys):
     from negrec.cli import main

@@ -19,15 +19,12 @@ from .loaders import (OPTIONAL_FLOATS, GenericLogSpec, RatingRule, load_generic,
 from .arrays import narrow_int, release_memory, run_starts
 from .ids import IdMap, encode_ids
 from .implicit import skip_mask
-from .schema import (EXPLICIT, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback, clean_items,
-                     implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
+from .schema import (EXPLICIT, ITEM_COLUMNS, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback,
+                     clean_items, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
 from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
 from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
-# what an items table's columns can be mapped to: the id, the words the text encoder and alignment read,
-# and genres (words for the tiny model's tokenizer)
-ITEM_COLUMNS = ("item_id", "title", "text", "genres")
 CONFLICT_RULES = ("error", "negative")
 
 

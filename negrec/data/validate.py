@@ -149,7 +149,7 @@ def conflict_error(origin, rows: np.ndarray, user, item, ts, source: str) -> Dat
 
 
 def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int, source: str,
-                     negative_rule: str, min_context: int, cut_unit: str = "day") -> None:
+                     negative_rule: str, min_context: int, cut_unit: str) -> None:
     """Refuse a log that cannot give a single evaluable test user."""
     if not (np.asarray(feedback) == NEGATIVE).any():
         raise DataError(f"{source}: field 'feedback': no negative feedback in {len(feedback)} rows under the rule "

@@ -253,8 +253,27 @@ def run_report(raw: dict, run_dir) -> dict:
         return _report(raw, run_dir)
 
 
-def _report(raw: dict, run_dir: Path) -> dict:
+def _stage_sections(raw: dict, run_dir: Path, plots: Path) -> list[str]:
+    """A plotted section per stage output that exists, and which policy GRPO shipped; an older run's
+    GRPO (in pipeline.skip, `left_out`) is not this run's and is not shown."""
     from ..contract import left_out
+
+    grpo = None if left_out(raw, run_dir, "grpo") else run_dir / "grpo"
+    sources = [(run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
+               (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
+    if grpo:
+        sources.insert(0, (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"))
+    parts = []
+    for src, read, plot, png, title in sources:
+        name = plot(read(src), plots / png) if src.exists() else None
+        if name:
+            parts.append(f"{title}(plots/{name})\n")
+    if grpo and (grpo / "summary.json").exists():
+        parts.append(grpo_selection_text(read_json(grpo / "summary.json")))
+    return parts
+
+
+def _report(raw: dict, run_dir: Path) -> dict:
     from ..data import Prepared
     from .run import EvalConfig, scored_rows_warning
 
@@ -283,18 +302,7 @@ def _report(raw: dict, run_dir: Path) -> dict:
         ks = sorted(mcfg.ks)
         parts.append(f"![Recall@K](plots/{plot_recall_at_k(metrics, h, ks, plots / 'recall_at_k.png')})\n")
         parts.append(f"![Recall by H](plots/{plot_recall_by_horizon(metrics, sorted(mcfg.horizons), 10, plots / 'recall_by_horizon.png')})\n")
-    grpo = run_dir / "grpo"
-    older_grpo = left_out(raw, run_dir, "grpo")  # in pipeline.skip, its folder an older run's: not this run's
-    sections = [  # a section per stage output that exists and plots
-        (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"),
-        (run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
-        (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
-    for src, read, plot, png, title in sections[older_grpo:]:
-        name = plot(read(src), plots / png) if src.exists() else None
-        if name:
-            parts.append(f"{title}(plots/{name})\n")
-    if not older_grpo and (grpo / "summary.json").exists():
-        parts.append(grpo_selection_text(read_json(grpo / "summary.json")))
+    parts += _stage_sections(raw, run_dir, plots)
     sft = read_json(run_dir / "sft_next" / "summary.json") if (run_dir / "sft_next" / "summary.json").exists() else {}
     if sft.get("alignment"):
         parts.append(alignment_text(sft["alignment"]))

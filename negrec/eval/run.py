@@ -19,6 +19,7 @@ from ..contract import UNRECORDED, left_out, shared_stage_files, stage_files, st
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
+from ..stages import STAGES
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
 from .blend import BlendConfig, blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
@@ -65,6 +66,12 @@ POLICY_DIRS = {"sft_align": "sft_align/final", "sft_next": "sft_next/final", "gr
                "grpo_plain": "grpo_plain/final"}
 POLICY_LABELS = {"sft_align": "SID LM, alignment SFT", "sft_next": "SID LM, SFT", "grpo_plain": "SID LM, plain GRPO",
                  "grpo": "negrec (progressive GRPO)"}
+
+
+def policy_stage(name: str) -> str:
+    """The stage whose folder holds policy `name` (`POLICY_DIRS`), e.g. grpo_plain -> grpo-plain."""
+    folder = POLICY_DIRS.get(name, name).split("/")[0]
+    return next((s.name for s in STAGES if s.folder == folder), "")
 
 
 def policy_labels(run_dir: Path) -> dict[str, str]:
@@ -212,7 +219,7 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
     done, seen = {}, {}  # seen: policy folder digest -> the policy whose predictions it has
     for name in cfg.policies:
         path = run_dir / POLICY_DIRS.get(name, name)
-        if left_out(raw, run_dir, name.replace("_", "-")):
+        if left_out(raw, run_dir, policy_stage(name)):
             if writes:
                 print(f"[predict] {name}: in pipeline.skip, and {path.parent} is an older run's: left out")
             continue

@@ -85,6 +85,7 @@ def run_tokenize(raw: dict, run_dir) -> dict:
     if up_to_date(raw, run_dir, "tokenize"):
         return read_json(out / "metrics.json")
     item_ids, x, _ = load_encoded(run_dir)
+    auto_sized = cfg.codebook_size == 0  # before sizing: the metrics record the sized codebooks
     cfg = sized_config(cfg, len(item_ids))
     work = work_dir(run_dir, "tokenize")  # the RQ-VAE checkpoint: outside the folder that is swapped
     work.mkdir(parents=True, exist_ok=True)
@@ -105,21 +106,22 @@ def run_tokenize(raw: dict, run_dir) -> dict:
     print(format_metrics(metrics))
     print(f"  recon MSE {metrics['recon_mse']:.3g} per coordinate (relative error {metrics['recon_rel_err']:.1%}); "
           f"{metrics['seconds']}s -> {out}")
-    warning = collapse_warning(metrics)
+    warning = collapse_warning(metrics, auto_sized)
     if warning:
         print(f"[tokenize] warning: {warning}", file=sys.stderr)
     return metrics
 
 
-def collapse_warning(metrics: dict) -> str:
+def collapse_warning(metrics: dict, auto_sized: bool) -> str:
     """A line when most items share their quantized codes (the SIDs then tell items apart by the
-    collision step alone), else "". ML-100K's default: 14% share them."""
+    collision step alone), else "", naming the settings not yet tried (`auto_sized`: the config asked
+    for codebook_size 0). ML-100K's default: 14% share them."""
     share = metrics["collision_rate"]
     if share <= 0.5:
         return ""
     worst = min(metrics["levels"], key=lambda lv: lv["used"] / lv["size"])
     cfg = metrics.get("config") or {}
-    tries = [setting for setting, tried in (("tokenize.codebook_size: 0 (sized to the catalogue)", cfg.get("codebook_size") == 0),
+    tries = [setting for setting, tried in (("tokenize.codebook_size: 0 (sized to the catalogue)", auto_sized),
                                             ("tokenize.method: rqkmeans", cfg.get("method") == "rqkmeans")) if not tried]
     return (f"{share:.0%} of the {metrics['n_items']} items share their quantized codes with another item (level "
             f"{worst['level']} uses {worst['used']} of {worst['size']} codes): the item vectors carry little to tell "

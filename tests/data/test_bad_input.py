@@ -418,9 +418,10 @@ def test_ctrl_c_is_one_line_exit_130(tmp_path, monkeypatch, capsys):
 def test_partial_match_warns_with_counts(tmp_path, monkeypatch, capsys):
     argv, env = E(user_id=[1, 1, 9, 9])(tmp_path)
     rc, lines = _run(argv, env, monkeypatch, capsys)
-    assert rc == 0 and len(lines) == 1, lines
+    assert rc == 0 and len(lines) == 2, lines
     assert "warning" in lines[0] and "1 of 2 (user_id, cut_ts) pairs match no target row" in lines[0]
     assert "1 of 2 target rows have no predictions" in lines[0]
+    assert "warning: only 2 test user(s)" in lines[1]  # two users scored: CIs from two users say little
 
 
 # ---------------------------------------------------------------- benign: accepted, counted
