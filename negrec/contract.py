@@ -327,10 +327,13 @@ def _check_inputs(rule: _Rule, name: str) -> None:
             continue
         if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
             continue
-        if i in stage(name).skippable_inputs and i in _skipped(rule.raw):  # the reader leaves it out (`left_out`)
+        skipped = i in _skipped(raw)
+        if skipped and i in stage(name).skippable_inputs:  # the reader leaves it out (`left_out`)
             continue
-        raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); "
-                            f"run `negrec {stage(i).command_line}` (or `negrec pipeline`) first")
+        # in pipeline.skip, the pipeline would never make it again: say what to change
+        how = (f"take {i} out of pipeline.skip (or run `negrec {stage(i).command_line}`)" if skipped else
+               f"run `negrec {stage(i).command_line}` (or `negrec pipeline`)")
+        raise StageNotReady(f"{stage_dir(raw, run_dir, i)}: {i} is not done ({rule.state(i)['why']}); {how} first")
 
 
 def up_to_date(raw: dict, run_dir, name: str) -> bool:

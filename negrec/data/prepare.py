@@ -20,7 +20,7 @@ from .arrays import narrow_int, release_memory, run_starts
 from .ids import IdMap, encode_ids
 from .implicit import skip_mask
 from .schema import (EXPLICIT, ITEM_COLUMNS, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback,
-                     clean_items, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
+                     clean_items, cut_label, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
 from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
 from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
@@ -334,7 +334,8 @@ class Prepared:
     def item_text(self, item_id: int) -> str:
         if self._titles is None:
             self._titles = dict(zip(self.items["item_id"].to_numpy().tolist(), self.items["title"]))
-        return self._titles.get(int(item_id)) or f"item {item_id}"  # an item without a title: its id
+        title = self._titles.get(int(item_id))
+        return (cut_label(title) if isinstance(title, str) else "") or f"item {item_id}"  # no title: its id
 
     def fit_log(self, split: str = "train") -> pd.DataFrame:
         """What a model fitted for `split` may see: per user, events before that user's cut

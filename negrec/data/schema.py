@@ -14,6 +14,15 @@ INTERACTION_COLUMNS = ["user_id", "item_id", "ts", "feedback", "source", "kind"]
 OPTIONAL_INTERACTION_COLUMNS = ["rating", "play_time_s", "duration_s"]
 ITEM_COLUMNS = ["item_id", "title", "text", "genres"]
 FEATURE_PREFIX = "feat_"             # categorical item features (data.generic.feature_columns) become feat_<name>
+# What is shown of an item's title or text (alignment examples, the report) is cut to this many words and
+# characters: a title is a few words (ML-100K's longest 16 words, 81 characters), and a catalogue's long
+# descriptions or run-on titles would otherwise make every alignment example thousands of tokens long
+LABEL_WORDS, LABEL_CHARS = 32, 256
+
+
+def cut_label(text: str) -> str:
+    """`text` with its whitespace runs made single spaces, cut to `LABEL_WORDS` words and `LABEL_CHARS` characters."""
+    return " ".join(str(text).split()[:LABEL_WORDS])[:LABEL_CHARS].strip()
 
 
 def feature_columns(items: pd.DataFrame) -> list[str]:

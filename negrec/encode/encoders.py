@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from negrec.config import section_config, to_dict
-from negrec.data.schema import feature_columns
+from negrec.data.schema import FEATURE_PREFIX, feature_columns
 from negrec.io import atomic_path, read_json, write_json
 from negrec.encode.config import PACKAGED_MINILM, EncodeConfig
 from negrec.runtime import resolve_device
@@ -162,6 +163,10 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions=None) -> t
             meta["parts"]["features"] = {"dim": feats.shape[1], "columns": sorted({n.split("=")[0] for n in names})}
         else:
             print("[encode] items have no feat_* columns: features part skipped")
+    elif feature_columns(items):  # named in data.generic.feature_columns, then left out of the vectors
+        print(f"[encode] warning: the items' feature columns {[c[len(FEATURE_PREFIX):] for c in feature_columns(items)]} "
+              "are not in the item vectors (encode.features_weight: 0); set encode.features_weight (e.g. 0.5, as "
+              "configs/kuairand.yaml) to use them", file=sys.stderr)
     if not parts and interactions is not None:
         print("[encode] no text or feature vectors (none in the items, or weight 0): collaborative vectors only "
               "(encode.collab_weight 1.0)")

@@ -41,7 +41,8 @@ def _int_column(pred: pd.DataFrame, col: str, path) -> np.ndarray:
     bad = num.isna().to_numpy() | (num.to_numpy(dtype=float) != np.floor(num.to_numpy(dtype=float)))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "is empty (NaN)" if pd.isna(v.iloc[i]) else f"{v.iloc[i]!r} is not an integer id"
+        value = v.iloc[i].item() if hasattr(v.iloc[i], "item") else v.iloc[i]  # 1.5, not np.float64(1.5)
+        what = "is empty (NaN)" if pd.isna(value) else f"{value!r} is not an integer id"
         raise DataError(f"{path}: row {i + 1}: field {col!r} {what} ({int(bad.sum())} such rows)")
     return num.to_numpy(dtype=float).astype(np.int64)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from negrec.data.schema import feature_columns
+from negrec.data.schema import cut_label, feature_columns
 from negrec.data.splits import DAY
 
 # Item-level alignment instructions (SFT align stage); also fed to the BPE trainer of the tiny model.
@@ -380,17 +380,10 @@ class CompactCodec:
 
 
 # ---- item-level alignment and next-negative examples (prompt/completion pairs for SFT) -------
-# An item's label is cut to this many words and characters: a title is a few words (ML-100K's longest
-# 16 words, 81 characters), and a catalogue's long descriptions or run-on titles would otherwise make
-# every alignment example thousands of tokens long (no truncation in the timeline loop)
-LABEL_WORDS, LABEL_CHARS = 32, 256
-
-
 def item_label(row: dict) -> str:
-    """What the model reads about an item: its title, else its text (both may be empty), cut to
-    `LABEL_WORDS` words and `LABEL_CHARS` characters."""
-    label = str(row.get("title") or "").strip() or str(row.get("text") or "").strip()
-    return " ".join(label.split()[:LABEL_WORDS])[:LABEL_CHARS].strip()
+    """What the model reads about an item: its title, else its text (both may be empty), cut
+    (`negrec.data.schema.cut_label`: the timeline loop does not truncate)."""
+    return cut_label(str(row.get("title") or "").strip() or str(row.get("text") or "").strip())
 
 
 def labelled_items(items) -> int:

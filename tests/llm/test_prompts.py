@@ -182,7 +182,8 @@ def test_event_eos_is_a_compact_setting(small_sid_tok):
 def test_item_labels_are_cut_to_a_few_words_and_characters():
     """A catalogue's run-on titles or descriptions would make every alignment example thousands of
     tokens long (the timeline loop does not truncate): labels are cut, short titles kept as written."""
-    from negrec.llm.prompts import LABEL_CHARS, LABEL_WORDS, item_label
+    from negrec.data.schema import LABEL_CHARS, LABEL_WORDS
+    from negrec.llm.prompts import item_label
 
     title = "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1963)"
     assert item_label({"title": f"  {title} ", "text": "x"}) == title
