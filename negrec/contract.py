@@ -320,6 +320,7 @@ def _check_inputs(rule: _Rule, name: str) -> None:
     input that never ran, or whose marker matches but lacks a file, is left to the reader (it
     names the file it needs and the command to run, or does without)."""
     raw, run_dir = rule.raw, rule.run_dir
+    skip = _skipped(raw)
     for i in stage(name).inputs:
         rec = rule.recorded(i)
         if rec is None and (_shared(i) and not running_path(raw, run_dir, i).exists()
@@ -327,7 +328,7 @@ def _check_inputs(rule: _Rule, name: str) -> None:
             continue
         if rec is not None and rec.get("fingerprint") == rule.fingerprint(i):
             continue
-        skipped = i in _skipped(raw)
+        skipped = i in skip
         if skipped and i in stage(name).skippable_inputs:  # the reader leaves it out (`left_out`)
             continue
         # in pipeline.skip, the pipeline would never make it again: say what to change

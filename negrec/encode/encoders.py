@@ -163,8 +163,8 @@ def encode_items(cfg: EncodeConfig, items: pd.DataFrame, interactions=None) -> t
             meta["parts"]["features"] = {"dim": feats.shape[1], "columns": sorted({n.split("=")[0] for n in names})}
         else:
             print("[encode] items have no feat_* columns: features part skipped")
-    elif feature_columns(items):  # named in data.generic.feature_columns, then left out of the vectors
-        print(f"[encode] warning: the items' feature columns {[c[len(FEATURE_PREFIX):] for c in feature_columns(items)]} "
+    elif unused := [c[len(FEATURE_PREFIX):] for c in feature_columns(items)]:  # named in data.generic.feature_columns
+        print(f"[encode] warning: the items' feature columns {unused} "
               "are not in the item vectors (encode.features_weight: 0); set encode.features_weight (e.g. 0.5, as "
               "configs/kuairand.yaml) to use them", file=sys.stderr)
     if not parts and interactions is not None:

@@ -383,7 +383,7 @@ class CompactCodec:
 def item_label(row: dict) -> str:
     """What the model reads about an item: its title, else its text (both may be empty), cut
     (`negrec.data.schema.cut_label`: the timeline loop does not truncate)."""
-    return cut_label(str(row.get("title") or "").strip() or str(row.get("text") or "").strip())
+    return cut_label(row.get("title") or "") or cut_label(row.get("text") or "")
 
 
 def labelled_items(items) -> int:
