@@ -7,18 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from ..config import section_config, to_dict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..config import section_config, to_dict
 from ..io import atomic_path, inputs_fingerprint, read_json, write_json, write_parquet
-from .implicit import SkipRule
-from .loaders import (OPTIONAL_FLOATS, GenericLogSpec, RatingRule, load_generic, load_kuairand, load_movielens,
-                      load_recbole, recbole_ml100k_path)
 from .arrays import narrow_int, release_memory, run_starts
+from .generic import OPTIONAL_FLOATS, GenericLogSpec, load_generic
 from .ids import IdMap, encode_ids
-from .implicit import skip_mask
+from .implicit import SkipRule, skip_mask
+from .loaders import RatingRule, load_kuairand, load_movielens, load_recbole, recbole_ml100k_path
 from .schema import (EXPLICIT, ITEM_COLUMNS, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback,
                      clean_items, cut_label, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
 from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts

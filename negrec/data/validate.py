@@ -4,7 +4,7 @@ it into wrong numbers. Each rule has one owner:
 - `check_timestamps`: every timestamp (UTC seconds, after the loader's unit) lies in
   [1995-01-01, now + 1 year]; a value that would fit at 1000x or 1/1000x is named as mixed units
   (every value: a `ts_unit` to set), and a log whose every value is that early as relative times.
-  (Parsing and int64 overflow: `loaders.parse_ts`.)
+  (Parsing and int64 overflow: `timestamps.parse_ts`.)
 - `check_values`: a column's values lie in a declared range or set (ratings in
   `data.ratings.min_rating..max_rating`, KuaiRand labels and flags in {0, 1}).
 - ids (empty, fractional, 64-bit, strings): `ids.id_keys`.

@@ -388,7 +388,7 @@ def test_a_blank_line_in_a_gzipped_log_is_counted(tmp_path):
 
 
 def test_blank_lines_are_the_lines_pandas_skips():
-    from negrec.data.loaders import blank_lines
+    from negrec.data.reading import blank_lines
 
     assert blank_lines(b"a,b\n1,2\n \t\n3,4\n\n", ",") == [3, 5]
     assert blank_lines(b"a\tb\n1\t2\n\t\n3\t4\n", "\t") == []  # a tab line is a row of empty fields there

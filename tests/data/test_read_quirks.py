@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from negrec.data.loaders import GenericLogSpec, load_generic, load_movielens_dat
+from negrec.data.generic import GenericLogSpec, load_generic
+from negrec.data.loaders import load_movielens_dat
 from negrec.data.schema import NEGATIVE, POSITIVE, DataError
 
 DAY = 86_400
@@ -183,7 +184,7 @@ def test_a_kuairand_folder_of_gzipped_logs_is_read(tmp_path):
 def test_blank_ratings_are_counted_and_located_in_the_stats(tmp_path, fmt):
     """A blank rating matches neither rule: the row stays, and the stats say how many and where."""
     from negrec.data import DataConfig, SplitConfig, data_stats, format_stats, prepare_data
-    from negrec.data.loaders import GenericLogSpec as Spec
+    from negrec.data.generic import GenericLogSpec as Spec
 
     rows = [(u, 10 + i, TS24 + DAY * i + u, 1 + (u + i) % 5) for u in range(1, 9) for i in range(12)]
     blank = {5, 17, 40}
