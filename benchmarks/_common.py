@@ -65,6 +65,15 @@ def rerun_from_base(base: Path, run: Path, config: Path, overrides: list[str]) -
     return round(time.time() - t0, 1)
 
 
+def trained_grpo_summary(run: Path) -> dict:
+    """`grpo/summary.json` of a run whose GRPO trained; a GRPO that found no rows to train on (its
+    summary holds only why) stops the benchmark with that reason, not a KeyError."""
+    summary = json.loads((run / "grpo" / "summary.json").read_text())
+    if "skipped" in summary:
+        raise SystemExit(f"{run}: GRPO did not train ({summary['skipped']}); nothing to compare")
+    return summary
+
+
 def paired_rows(run: Path, a: str, b: str, metrics) -> dict:
     """{metric: {diff, lo, hi, p}} of `a - b` in the run's eval/paired.json."""
     return {p["metric"]: {k: p[k] for k in ("diff", "lo", "hi", "p")}

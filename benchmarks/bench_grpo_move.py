@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_result, paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
+from _common import load_result, paired_rows, print_table, rerun_from_base, save_result, trained_grpo_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -78,11 +78,11 @@ def by_eighths(values: list[float]) -> list[float]:
 
 
 def run_variant(name: str, base: Path) -> dict:
-    from negrec.io import read_json, read_jsonl
+    from negrec.io import read_jsonl
 
     run = RUNS / name
     seconds = rerun_from_base(base, run, CONFIG, VARIANTS[name])
-    summary = read_json(run / "grpo" / "summary.json")
+    summary = trained_grpo_summary(run)
     log = read_jsonl(run / "grpo" / "log.jsonl")
     paired = paired_rows(run, "grpo", "sft_next", METRICS)
     shared, distinct = top10_moves(run)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import paired_rows, print_table, rerun_from_base, save_result  # noqa: E402
+from _common import paired_rows, print_table, rerun_from_base, save_result, trained_grpo_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -29,11 +29,11 @@ METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 
 def run_variant(name: str, base: Path) -> dict:
     """GRPO (and what reads it) re-run under the variant's overrides in a copy of the base run."""
-    from negrec.io import read_json, read_jsonl
+    from negrec.io import read_jsonl
 
     run = RUNS / name
     seconds = rerun_from_base(base, run, CONFIG, VARIANTS[name])
-    summary = read_json(run / "grpo" / "summary.json")
+    summary = trained_grpo_summary(run)
     rewards = [r["reward"] for r in read_jsonl(run / "grpo" / "log.jsonl") if "reward" in r]
     paired = paired_rows(run, "grpo", "sft_next", METRICS)
     return {"overrides": VARIANTS[name], "seconds": seconds, "train_rows": summary["train_rows"],
