@@ -104,6 +104,33 @@ def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
     return _save(fig, path)
 
 
+def plot_sft(summary: dict, path: Path) -> str | None:
+    """An SFT stage's training loss by epoch (a grey line where an alignment phase begins) and, where
+    it validated, validation Recall@10 with the kept epoch marked."""
+    losses = summary.get("loss_curve") or []
+    if not losses:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = np.arange(1, len(losses) + 1)
+    ax.plot(epochs, losses, marker=".", label="training loss")
+    start = 0
+    for phase in (summary.get("phases") or [])[:-1]:
+        start += len(phase.get("loss_curve") or [])
+        ax.axvline(start + 0.5, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel="epoch", ylabel="training loss", title=f"SFT ({summary.get('task', '?')}): learning curve")
+    val = [(h["epoch"], h["val_recall@10"]) for h in summary.get("history") or [] if h.get("val_recall@10") is not None]
+    if val:
+        right = ax.twinx()
+        right.plot(*zip(*val), "o-", color="C1", label="validation Recall@10")
+        if summary.get("kept_epoch"):
+            right.axvline(summary["kept_epoch"], color="C1", ls=":", lw=1, label=f"kept: epoch {summary['kept_epoch']}")
+        right.set_ylabel("validation Recall@10")
+        right.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
 def grpo_selection_text(summary: dict) -> str:
     """Which policy the GRPO stage shipped (`grpo.select`), with the validation curve it chose on."""
     if summary.get("skipped"):
@@ -263,6 +290,9 @@ def _stage_sections(raw: dict, run_dir: Path, plots: Path) -> list[str]:
                (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
     if grpo:
         sources.insert(0, (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"))
+    sources[:0] = [(run_dir / d / "summary.json", read_json, plot_sft, f"{d}_curve.png", f"## {title}\n\n![{d} curve]")
+                   for d, title in (("sft_align", "Alignment SFT (loss by epoch; a grey line where a phase begins)"),
+                                    ("sft_next", "Next-negative SFT (loss and validation Recall@10 by epoch)"))]
     parts = []
     for src, read, plot, png, title in sources:
         name = plot(read(src), plots / png) if src.exists() else None

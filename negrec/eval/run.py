@@ -75,11 +75,15 @@ def policy_stage(name: str) -> str:
 
 
 def policy_labels(run_dir: Path) -> dict[str, str]:
-    """The table's names for the policies: the `grpo` stage run with `grpo.progressive: false` is plain GRPO."""
-    summary = Path(run_dir) / "grpo" / "summary.json"
-    if summary.exists() and read_json(summary).get("progressive") is False:
-        return {**POLICY_LABELS, "grpo": "negrec (plain GRPO)"}
-    return POLICY_LABELS
+    """The table's names for the policies: the `grpo` stage run with `grpo.progressive: false` is plain
+    GRPO, and a GRPO whose validation kept its SFT start says so (its row is the SFT policy's)."""
+    path = Path(run_dir) / "grpo" / "summary.json"
+    summary = read_json(path) if path.exists() else {}
+    kind = "plain" if summary.get("progressive") is False else "progressive"
+    kept_sft = (summary.get("kept") or {}).get("name") == "sft"
+    if kind == "progressive" and not kept_sft:
+        return POLICY_LABELS
+    return {**POLICY_LABELS, "grpo": f"negrec ({kind} GRPO{', validation kept its SFT start' if kept_sft else ''})"}
 
 
 def _eval_samples(prepared, cfg: EvalConfig) -> pd.DataFrame:

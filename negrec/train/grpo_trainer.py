@@ -6,6 +6,8 @@ Kept apart from negrec.train.grpo (configs and the stage driver) because it impo
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,16 @@ from trl.trainer.utils import pad
 from negrec.llm.constrained import pinned_generation_config
 
 GENERATION_MODES = ("sample", "beam")
+
+
+@contextmanager
+def _quiet_checkpointing_renames():
+    """TRL turns gradient checkpointing off and on around generation and scoring under transformers' old
+    method names: FutureWarnings in every GRPO stage that no setting of a user's can silence (negrec's
+    own settings use the new name: `trainer_args.checkpointing_setting`). Only those are hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
+        yield
 
 
 class StageCallback(TrainerCallback, ExportableState):
@@ -119,7 +131,8 @@ class TRLPrivateHooks(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         # the rows being generated for, in prompt order: their dataset columns (context_items) reach generation
         self.batch_rows = inputs
-        return super()._generate_and_score_completions(inputs)
+        with _quiet_checkpointing_renames():  # TRL toggles checkpointing around generation and scoring here
+            return super()._generate_and_score_completions(inputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         return self.generate_completions(prompt_ids, num_generations), None  # (completion ids, no logprobs)

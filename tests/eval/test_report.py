@@ -1,3 +1,4 @@
+import json
 
 
 def test_report_says_which_policy_grpo_shipped():
@@ -30,3 +31,24 @@ def test_report_states_the_new_item_cap(tmp_path):
     write_json(tmp_path / "stats.json", {"test_targets_unlogged_share": 0.94, "test_logged_recall@10_ceiling": 0.083})
     assert "94% of the test targets" in new_targets_text(tmp_path / "stats.json")
     assert "at most Recall@10 0.083" in new_targets_text(tmp_path / "stats.json")
+
+
+def test_report_plots_each_sft_stage_learning_curve(tmp_path):
+    """The SFT stages' curves reach report.md: the alignment loss with its phases, the next-negative
+    loss with validation Recall@10; a stage that trained nothing is not plotted."""
+    from negrec.eval.report import _stage_sections
+
+    align = {"task": "align", "loss_curve": [4.8, 2.1, 0.4, 1.7, 0.5],
+             "phases": [{"loss_curve": [4.8, 2.1, 0.4]}, {"loss_curve": [1.7, 0.5]}]}
+    nxt = {"task": "next", "loss_curve": [2.3, 1.7, 1.5, 1.4], "kept_epoch": 4,
+           "history": [{"epoch": 1, "train_loss": 2.3}, {"epoch": 2, "train_loss": 1.7, "val_recall@10": 0.10},
+                       {"epoch": 3, "train_loss": 1.5}, {"epoch": 4, "train_loss": 1.4, "val_recall@10": 0.15}]}
+    for stage, summary in (("sft_align", align), ("sft_next", nxt)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "summary.json").write_text(json.dumps(summary))
+    md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots"))
+    assert "(plots/sft_align_curve.png)" in md and "(plots/sft_next_curve.png)" in md
+    assert (tmp_path / "plots" / "sft_align_curve.png").stat().st_size > 1000
+    (tmp_path / "sft_align" / "summary.json").write_text(json.dumps({"task": "align", "skipped": "nothing", "steps": 0}))
+    md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots2"))
+    assert "sft_align_curve" not in md and "(plots/sft_next_curve.png)" in md

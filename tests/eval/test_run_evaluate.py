@@ -200,6 +200,19 @@ def test_the_grpo_row_is_named_plain_grpo_when_it_ran_without_progression(tmp_pa
     assert policy_labels(tmp_path)["grpo"] == "negrec (plain GRPO)"
 
 
+@pytest.mark.parametrize("progressive", [True, False])
+def test_the_grpo_row_says_when_validation_kept_the_sft_start(tmp_path, progressive):
+    from negrec.eval.run import policy_labels
+
+    (tmp_path / "grpo").mkdir()
+    summary = {"progressive": progressive, "kept": {"name": "neg_pos"}}
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps(summary))
+    assert "SFT start" not in policy_labels(tmp_path)["grpo"]
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({**summary, "kept": {"name": "sft"}}))
+    kind = "progressive" if progressive else "plain"
+    assert policy_labels(tmp_path)["grpo"] == f"negrec ({kind} GRPO, validation kept its SFT start)"
+
+
 def _stage_writes(raw, run, stage, methods):
     """Write `methods`' predictions as stage `stage` would (the fixture's files, rewritten)."""
     from negrec.contract import shared_stage_files

@@ -84,6 +84,16 @@ def test_progressive_grpo_changes_stage_logs_rewards_and_resumes(tiny, tmp_path)
     assert not list(out.glob("stage*/checkpoint-*"))  # checkpoints are dropped once a stage is done
 
 
+def test_trls_checkpointing_renames_are_not_shown(tiny, tmp_path):
+    """TRL toggles gradient checkpointing around generation under transformers' deprecated method names;
+    those FutureWarnings (no setting of the user's silences them) are not shown."""
+    stages = [GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.02)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(tiny, _cfg(stages=stages, gradient_checkpointing=True), tmp_path / "grpo")
+    assert not [str(w.message) for w in caught if "gradient_checkpointing" in str(w.message)]
+
+
 def test_beam_groups_are_distinct_valid_sids(tiny, tmp_path):
     seen = []
     cfg = _cfg(generation="beam", stages=[GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None,
