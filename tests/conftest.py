@@ -34,11 +34,15 @@ def kuairand_dir(shared_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ml100k_prepared(ml100k_dir, tmp_path_factory):
-    """ML-100K from the shared raw files, prepared once per test session (about a second)."""
+def ml100k_prepared(tmp_path_factory):
+    """ML-100K prepared once per test session (about a second): from the shared raw files when
+    ../shared is there, else from the copy inside the recbole wheel (the same ratings, the embedded
+    default), so the tests that train on it run on every checkout."""
     from negrec.data import DataConfig, SplitConfig, prepare_data
 
-    cfg = DataConfig(format="movielens", path=str(ml100k_dir), split=SplitConfig(train_event_stride=10))
+    raw = SHARED / "ml-100k"
+    where = dict(format="movielens", path=str(raw)) if raw.exists() else dict(format="embedded")
+    cfg = DataConfig(**where, split=SplitConfig(train_event_stride=10))
     return prepare_data(cfg, tmp_path_factory.mktemp("ml100k") / "data")
 
 
