@@ -2,7 +2,7 @@
 
 The results table with 95% CIs over users, paired differences of the main method against its
 rivals (eval/paired.json), metrics by user slice (eval/slices.json), Recall@K per method (with
-CI error bars), recall by horizon H, GRPO reward and stage over steps, SID code usage per
+CI error bars), recall by horizon H, the SFT stages' learning curves, GRPO reward and stage over steps, SID code usage per
 level, the dislike-filter curve, and five example users: their history, the predicted dislikes
 (titles decoded from SIDs) and what they actually disliked.
 """
@@ -105,20 +105,22 @@ def plot_grpo(log_rows: list[dict], path: Path) -> str | None:
 
 
 def plot_sft(summary: dict, path: Path) -> str | None:
-    """An SFT stage's training loss by epoch (a grey line where an alignment phase begins) and, where
-    it validated, validation Recall@10 with the kept epoch marked."""
+    """An SFT stage's training loss (by epoch in the timeline loop, by logged step under TRL's
+    `mode: prompt`; a grey line where an alignment phase begins) and, where it validated, validation
+    Recall@10 with the kept epoch marked."""
     losses = summary.get("loss_curve") or []
     if not losses:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     epochs = np.arange(1, len(losses) + 1)
+    unit = "epoch" if summary.get("mode") == "timeline" else "logged step"
     ax.plot(epochs, losses, marker=".", label="training loss")
     start = 0
     for phase in (summary.get("phases") or [])[:-1]:
         start += len(phase.get("loss_curve") or [])
         ax.axvline(start + 0.5, color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="epoch", ylabel="training loss", title=f"SFT ({summary.get('task', '?')}): learning curve")
+    ax.set(xlabel=unit, ylabel="training loss", title=f"SFT ({summary.get('task', '?')}): learning curve")
     val = [(h["epoch"], h["val_recall@10"]) for h in summary.get("history") or [] if h.get("val_recall@10") is not None]
     if val:
         right = ax.twinx()
@@ -282,17 +284,20 @@ def run_report(raw: dict, run_dir) -> dict:
 
 def _stage_sections(raw: dict, run_dir: Path, plots: Path) -> list[str]:
     """A plotted section per stage output that exists, and which policy GRPO shipped; an older run's
-    GRPO (in pipeline.skip, `left_out`) is not this run's and is not shown."""
+    SFT or GRPO folder (in pipeline.skip, `left_out`) is not this run's and is not shown."""
     from ..contract import left_out
 
     grpo = None if left_out(raw, run_dir, "grpo") else run_dir / "grpo"
+    sft = [(folder, title) for stage, folder, title in (
+        ("sft-align", "sft_align", "Alignment SFT (training loss; a grey line where a phase begins)"),
+        ("sft-next", "sft_next", "Next-negative SFT (training loss and validation Recall@10)"))
+        if not left_out(raw, run_dir, stage)]
     sources = [(run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
                (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
     if grpo:
         sources.insert(0, (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"))
     sources[:0] = [(run_dir / d / "summary.json", read_json, plot_sft, f"{d}_curve.png", f"## {title}\n\n![{d} curve]")
-                   for d, title in (("sft_align", "Alignment SFT (loss by epoch; a grey line where a phase begins)"),
-                                    ("sft_next", "Next-negative SFT (loss and validation Recall@10 by epoch)"))]
+                   for d, title in sft]
     parts = []
     for src, read, plot, png, title in sources:
         name = plot(read(src), plots / png) if src.exists() else None

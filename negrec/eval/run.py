@@ -80,7 +80,8 @@ def policy_labels(run_dir: Path) -> dict[str, str]:
     path = Path(run_dir) / "grpo" / "summary.json"
     summary = read_json(path) if path.exists() else {}
     kind = "plain" if summary.get("progressive") is False else "progressive"
-    kept_sft = (summary.get("kept") or {}).get("name") == "sft"
+    kept = summary.get("kept") or {}
+    kept_sft = kept.get("name") == "sft" and kept.get("step") == 0  # the start, not a stage a user named "sft"
     if kind == "progressive" and not kept_sft:
         return POLICY_LABELS
     return {**POLICY_LABELS, "grpo": f"negrec ({kind} GRPO{', validation kept its SFT start' if kept_sft else ''})"}

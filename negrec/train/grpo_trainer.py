@@ -27,7 +27,9 @@ GENERATION_MODES = ("sample", "beam")
 def _quiet_checkpointing_renames():
     """TRL turns gradient checkpointing off and on around generation and scoring under transformers' old
     method names: FutureWarnings in every GRPO stage that no setting of a user's can silence (negrec's
-    own settings use the new name: `trainer_args.checkpointing_setting`). Only those are hidden."""
+    own settings use the new name: `trainer_args.checkpointing_setting`). Only those are hidden, over a
+    whole stage's `train` (entering catch_warnings resets which warnings were shown once: per step,
+    every other once-only warning would repeat every step)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*gradient_checkpointing\w*` is deprecated", category=FutureWarning)
         yield
@@ -131,8 +133,7 @@ class TRLPrivateHooks(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         # the rows being generated for, in prompt order: their dataset columns (context_items) reach generation
         self.batch_rows = inputs
-        with _quiet_checkpointing_renames():  # TRL toggles checkpointing around generation and scoring here
-            return super()._generate_and_score_completions(inputs)
+        return super()._generate_and_score_completions(inputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         return self.generate_completions(prompt_ids, num_generations), None  # (completion ids, no logprobs)
@@ -150,6 +151,10 @@ class SidGRPOTrainer(TRLPrivateHooks):
     gets one of its own context items (dataset column `context_items`), as at inference, where
     they are excluded too: rewards score them 0, and a group should not spend rollouts on them.
     """
+
+    def train(self, *args, **kwargs):
+        with _quiet_checkpointing_renames():
+            return super().train(*args, **kwargs)
 
     def __init__(self, *args, sid_constraint=None, generation: str = "sample", stage_callback=None,
                  on_checkpoint=None, **kwargs):

@@ -38,7 +38,7 @@ def test_report_plots_each_sft_stage_learning_curve(tmp_path):
     loss with validation Recall@10; a stage that trained nothing is not plotted."""
     from negrec.eval.report import _stage_sections
 
-    align = {"task": "align", "loss_curve": [4.8, 2.1, 0.4, 1.7, 0.5],
+    align = {"task": "align", "mode": "timeline", "loss_curve": [4.8, 2.1, 0.4, 1.7, 0.5],
              "phases": [{"loss_curve": [4.8, 2.1, 0.4]}, {"loss_curve": [1.7, 0.5]}]}
     nxt = {"task": "next", "loss_curve": [2.3, 1.7, 1.5, 1.4], "kept_epoch": 4,
            "history": [{"epoch": 1, "train_loss": 2.3}, {"epoch": 2, "train_loss": 1.7, "val_recall@10": 0.10},
@@ -49,6 +49,9 @@ def test_report_plots_each_sft_stage_learning_curve(tmp_path):
     md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots"))
     assert "(plots/sft_align_curve.png)" in md and "(plots/sft_next_curve.png)" in md
     assert (tmp_path / "plots" / "sft_align_curve.png").stat().st_size > 1000
+    # an older run's folder of a stage this run skips is not this run's: not shown
+    md = "\n".join(_stage_sections({"pipeline": {"skip": ["sft-align"]}}, tmp_path, tmp_path / "plots3"))
+    assert "sft_align_curve" not in md and "(plots/sft_next_curve.png)" in md
     (tmp_path / "sft_align" / "summary.json").write_text(json.dumps({"task": "align", "skipped": "nothing", "steps": 0}))
     md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots2"))
     assert "sft_align_curve" not in md and "(plots/sft_next_curve.png)" in md

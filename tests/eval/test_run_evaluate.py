@@ -208,7 +208,9 @@ def test_the_grpo_row_says_when_validation_kept_the_sft_start(tmp_path, progress
     summary = {"progressive": progressive, "kept": {"name": "neg_pos"}}
     (tmp_path / "grpo" / "summary.json").write_text(json.dumps(summary))
     assert "SFT start" not in policy_labels(tmp_path)["grpo"]
-    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({**summary, "kept": {"name": "sft"}}))
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({**summary, "kept": {"name": "sft", "step": 8}}))
+    assert "SFT start" not in policy_labels(tmp_path)["grpo"]  # a stage its user named "sft"
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({**summary, "kept": {"name": "sft", "step": 0}}))
     kind = "progressive" if progressive else "plain"
     assert policy_labels(tmp_path)["grpo"] == f"negrec ({kind} GRPO, validation kept its SFT start)"
 

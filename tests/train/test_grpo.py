@@ -87,6 +87,12 @@ def test_progressive_grpo_changes_stage_logs_rewards_and_resumes(tiny, tmp_path)
 def test_trls_checkpointing_renames_are_not_shown(tiny, tmp_path):
     """TRL toggles gradient checkpointing around generation under transformers' deprecated method names;
     those FutureWarnings (no setting of the user's silences them) are not shown."""
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings(record=True) as caught:  # the control: this transformers does warn
+        warnings.simplefilter("always")
+        AutoModelForCausalLM.from_pretrained(tiny["sft"]).gradient_checkpointing_enable()
+    assert [w for w in caught if "gradient_checkpointing_enable` is deprecated" in str(w.message)]
     stages = [GRPOStageConfig("neg_pos", context_mix=1.0, neg_window_days=None, max_steps=1, beta=0.02)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
