@@ -113,9 +113,8 @@ def plot_sft(summary: dict, path: Path) -> str | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    epochs = np.arange(1, len(losses) + 1)
     unit = "epoch" if summary.get("mode") == "timeline" else "logged step"
-    ax.plot(epochs, losses, marker=".", label="training loss")
+    ax.plot(np.arange(1, len(losses) + 1), losses, marker=".", label="training loss")
     start = 0
     for phase in (summary.get("phases") or [])[:-1]:
         start += len(phase.get("loss_curve") or [])
@@ -287,24 +286,22 @@ def _stage_sections(raw: dict, run_dir: Path, plots: Path) -> list[str]:
     SFT or GRPO folder (in pipeline.skip, `left_out`) is not this run's and is not shown."""
     from ..contract import left_out
 
-    grpo = None if left_out(raw, run_dir, "grpo") else run_dir / "grpo"
-    sft = [(folder, title) for stage, folder, title in (
-        ("sft-align", "sft_align", "Alignment SFT (training loss; a grey line where a phase begins)"),
-        ("sft-next", "sft_next", "Next-negative SFT (training loss and validation Recall@10)"))
-        if not left_out(raw, run_dir, stage)]
-    sources = [(run_dir / "tokenize" / "metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
-               (run_dir / "filter" / "curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
-    if grpo:
-        sources.insert(0, (grpo / "log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"))
-    sources[:0] = [(run_dir / d / "summary.json", read_json, plot_sft, f"{d}_curve.png", f"## {title}\n\n![{d} curve]")
-                   for d, title in sft]
+    sources = [  # (stage left out when an older run's, its file, reader, plot, png, title); None: always shown
+        ("sft-align", "sft_align/summary.json", read_json, plot_sft, "sft_align_curve.png",
+         "## Alignment SFT (training loss; a grey line where a phase begins)\n\n![sft_align curve]"),
+        ("sft-next", "sft_next/summary.json", read_json, plot_sft, "sft_next_curve.png",
+         "## Next-negative SFT (training loss and validation Recall@10)\n\n![sft_next curve]"),
+        ("grpo", "grpo/log.jsonl", read_jsonl, plot_grpo, "grpo_reward.png", "## GRPO (reward by step)\n\n![GRPO reward]"),
+        (None, "tokenize/metrics.json", read_json, plot_code_usage, "code_usage.png", "## Semantic IDs\n\n![code usage]"),
+        (None, "filter/curve.json", read_json, plot_filter, "filter_curve.png", "## Dislike filter\n\n![filter]")]
+    shown = {stage for stage in ("sft-align", "sft-next", "grpo") if not left_out(raw, run_dir, stage)}
     parts = []
-    for src, read, plot, png, title in sources:
-        name = plot(read(src), plots / png) if src.exists() else None
+    for stage, src, read, plot, png, title in sources:
+        name = plot(read(run_dir / src), plots / png) if (stage is None or stage in shown) and (run_dir / src).exists() else None
         if name:
             parts.append(f"{title}(plots/{name})\n")
-    if grpo and (grpo / "summary.json").exists():
-        parts.append(grpo_selection_text(read_json(grpo / "summary.json")))
+    if "grpo" in shown and (run_dir / "grpo" / "summary.json").exists():
+        parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
     return parts
 
 

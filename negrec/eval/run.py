@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import section_config, to_dict
+from ..config import section_config
 from ..contract import UNRECORDED, left_out, shared_stage_files, stage_files, stage_folder, up_to_date
 from ..data.prepare import load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
-from ..stages import STAGES
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
+from ..stages import STAGES
 from .blend import BlendConfig, blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
