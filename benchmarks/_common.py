@@ -84,6 +84,8 @@ def paired_rows(run: Path, a: str, b: str, metrics) -> dict:
 def score_on_base(base: Path, files: dict, pairs: list, metrics, config: Path) -> tuple[list[dict], list[dict]]:
     """(rows, paired): each predictions file ({row name: path}) scored on the base run's test rows by
     negrec's own metric code, and the paired differences a - b asked for (bootstrap over users).
+    A row given a list of files (one policy under several training seeds) scores each user's mean
+    over them, so its pairs hold the training noise the bootstrap over users does not see.
     Scoring outside a run folder: the `evaluate` stage would refuse a folder without the policies'
     own stages."""
     import pandas as pd
@@ -96,12 +98,18 @@ def score_on_base(base: Path, files: dict, pairs: list, metrics, config: Path) -
     targets = pd.read_parquet(base / "eval" / "targets.parquet")
     log = pd.read_parquet(base / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
     keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
-    scored, rows = {}, []
-    for name, path in files.items():
+    def per_row(path):
         m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
                                  cfg=mcfg, per_row=True)
-        scored[name] = _aligned(m.pop("per_row"), keys)
-        rows.append({"method": name, **{k: m.get(k) for k in metrics}})
+        return _aligned(m.pop("per_row"), keys)
+
+    scored, rows = {}, []
+    for name, paths in files.items():
+        seeds = [per_row(p) for p in (paths if isinstance(paths, list) else [paths])]
+        # the same rows in the same order (_aligned), so the seeds' mean is taken cell by cell
+        scored[name] = sum(s.drop(columns=["user_id", "cut_ts"]) for s in seeds) / len(seeds)
+        scored[name][["user_id", "cut_ts"]] = seeds[0][["user_id", "cut_ts"]]
+        rows.append({"method": name, **{k: scored[name][k].mean() for k in metrics}})
     pairs = [(a, b) for a, b in pairs if a in scored and b in scored]  # a row left out of the run: unpaired
     paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(metrics), mcfg)
     return rows, [{k: p.get(k) for k in ("a", "b", "metric", "diff", "lo", "hi", "p")} for p in paired]

@@ -1,25 +1,31 @@
-"""What each part of negrec's recipe adds, on ML-100K test users (H = 7), with paired 95% CIs.
+"""What each part of negrec's shipped recipe adds, over training seeds, on ML-100K test users (H = 7).
 
-Starts from a base run (`configs/ml100k.yaml` with the 6-epoch timeline SFT it had before 12 epochs
-became the default: `BASE_SETS`; run once under runs/bench_ablation/base, then resumed) and trains
-one variant per row, each in its own run folder that shares the base run's data, item encodings,
-semantic IDs and base model:
+Starts from the default run (`configs/ml100k.yaml` as shipped; runs/bench_ablation/base, run once,
+then resumed) and retrains the timeline SFT under each variant at every seed of `--seeds` (the
+default SFT itself at the seeds other than the base's 0), each in a run folder that shares the base
+run's data, item encodings, semantic IDs, base model and, unless the variant drops it, alignment stage:
 
-- sft_seed1, sft_seed2: the default timeline SFT under other seeds (batch order, dropout): the
-  spread between reruns, which the bootstrap over users does not see;
-- sft_12_epochs: twice the base's epochs (its validation curve was still rising at epoch 6): today's default;
-- sft_no_feedback: the timeline SFT with every event's feedback token replaced by <|neu|>, so the
-  model cannot tell negative from positive history (the context-discerning ablation);
-- sft_align_cotrain: the timeline SFT co-trained with the four item-level alignment tasks
-  (title -> SID, SID -> title, both 4-choice forms); its alignment accuracy is reported too;
-- grpo_beam_rank: GRPO from the base SFT with MiniOneRec's beam-group rollouts and the rank-aware
-  reward at a 5x learning rate (the setting under which the reward curve rises).
+- no_alignment: neither the alignment stage nor its co-training (`bench_align.py`'s variant, which
+  also reports what alignment teaches);
+- no_feedback: every event's feedback token replaced by <|neu|>, so the model cannot tell the
+  disliked history from the rest (the context-discerning ablation);
+- sft_10_epochs: 10 epochs instead of 12 (17% of the SFT's steps: the 10-minute run's margin);
 
-Every variant's predictions are scored beside the base run's policies on the base's test rows by
-negrec's own metric code (`_common.score_on_base`), which gives the paired differences (variant -
-reference, same test rows).
+and GRPO at every seed of `--grpo-seeds`, seed s from the default SFT of seed s, kept as trained
+(`grpo.select=last`, not the validation pick, so that what GRPO does to the policy shows whichever
+way it falls):
 
-    python benchmarks/bench_ablation.py [--variants sft_no_feedback ...] [--fresh]
+- grpo_progressive: the default GRPO (progressive stages);
+- grpo_plain: plain GRPO, the same steps on the final stage's context (the paper's ablation);
+- grpo_beam_rank: MiniOneRec's beam-group rollouts and rank-aware reward at 5x the learning rate.
+
+Each policy is ranked and scored on the base's test rows by negrec's own metric code
+(`_common.score_on_base`). A variant is paired with the default SFT as each user's mean over the
+same seeds (default - SFT variant: what the dropped part adds; GRPO variant - default: what GRPO
+adds to its starts), progressive with plain GRPO likewise. A single run's CI over users does not
+hold the training noise; the seed rows (default seed s - seed 0) show how large it is.
+
+    python benchmarks/bench_ablation.py [--variants no_feedback ...] [--seeds 0 1] [--grpo-seeds 0 1 2] [--fresh]
 """
 from __future__ import annotations
 
@@ -32,26 +38,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_result, score_on_base  # noqa: E402
+from bench_align import ALIGN, VARIANTS as ALIGN_VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
 RUNS = ROOT / "runs" / "bench_ablation"
 SHARED_STAGES = ("data", "encode", "tokenize", "model")  # copied from the base run, never retrained
-# the base recipe: the default config as it was before 12 epochs became the default (sft_12_epochs),
-# validated after every epoch as it was then (the default now validates every second one)
-BASE_SETS = ["sft_next.epochs=6", "sft_next.patience=2", "sft_next.val_every=1"]
 
-# name -> (stage it retrains, the policy folder it yields, config overrides, reference rows compared)
+# name -> (stage it retrains, overrides, base folders it reuses besides SHARED_STAGES)
 VARIANTS = {
-    # the default recipe again under other training seeds: how far a rerun moves the figures
-    "sft_seed1": ("sft-next", "sft_next", ["sft_next.seed=1"], ["sft_next"]),
-    "sft_seed2": ("sft-next", "sft_next", ["sft_next.seed=2"], ["sft_next"]),
-    "sft_12_epochs": ("sft-next", "sft_next", ["sft_next.epochs=12", "sft_next.patience=3"], ["sft_next"]),
-    "sft_no_feedback": ("sft-next", "sft_next", ["prompt.feedback_tokens=false"], ["sft_next"]),
-    "sft_align_cotrain": ("sft-next", "sft_next", [
-        "sft_next.align_weight=1.0", "sft_next.tasks=[text_to_sid,sid_to_text,choose_text,choose_sid]"], ["sft_next"]),
-    "grpo_beam_rank": ("grpo", "grpo", ["grpo.generation=beam", "grpo.learning_rate=0.0001",
-                                        "rewards.weights.rank_penalty=1.0"], ["grpo", "sft_next"]),
+    "default": ("sft-next", [], ("sft_align",)),
+    "no_alignment": ("sft-next", [s for s in ALIGN_VARIANTS["no_alignment"] if s not in ALIGN], ()),
+    "no_feedback": ("sft-next", ["prompt.feedback_tokens=false"], ("sft_align",)),
+    "sft_10_epochs": ("sft-next", ["sft_next.epochs=10"], ("sft_align",)),
+    # GRPO as trained (its last stage, not the validation pick), from the base run's SFT
+    "grpo_progressive": ("grpo", ["grpo.select=last"], ("sft_align", "sft_next")),
+    "grpo_plain": ("grpo", ["grpo.progressive=false", "grpo.select=last"], ("sft_align", "sft_next")),
+    "grpo_beam_rank": ("grpo", ["grpo.generation=beam", "grpo.learning_rate=0.0001", "rewards.weights.rank_penalty=1.0",
+                                "grpo.select=last"], ("sft_align", "sft_next")),
 }
 METRICS = ("recall@5_h7", "recall@10_h7", "recall@50_h7", "fhr@20_h7")
 
@@ -64,43 +68,51 @@ def base_run(fresh: bool) -> Path:
     base = RUNS / "base"
     if fresh and RUNS.exists():
         shutil.rmtree(RUNS)
-    run_pipeline(load_config(str(CONFIG), BASE_SETS), base)
+    run_pipeline(load_config(str(CONFIG)), base)
     return base
 
 
-def train_variant(name: str, base: Path) -> tuple[Path, dict]:
-    """Retrain one stage under the variant's overrides and predict with the policy it yields.
+def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
+    """Retrain one stage under the variant's overrides and the seed, and predict with the policy it yields.
 
-    The variant's folder starts as a copy of the base run's shared stages; the pipeline then redoes
-    whatever the overrides make stale (e.g. build-model for a prompt change) up to the variant's stage."""
+    The variant's folder starts as a copy of the base run's shared stages (a GRPO variant's SFT: the
+    default SFT of the same seed); the pipeline then redoes whatever the overrides make stale (e.g.
+    build-model for a prompt change) up to the variant's stage."""
     from negrec.config import load_config
     from negrec.eval import run_predict
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
 
-    stage, policy, sets, _ = VARIANTS[name]
-    run = RUNS / name
-    for part in SHARED_STAGES + (("sft_next",) if stage == "grpo" else ()):
+    stage, sets, reused = VARIANTS[name]
+    policy = stage.replace("-", "_")
+    run = RUNS / f"{name}_seed{seed}"
+    sft_source = base if seed == 0 else RUNS / f"default_seed{seed}"
+    for part in SHARED_STAGES + reused:
         if not (run / part).exists():
-            shutil.copytree(base / part, run / part)
-    raw = load_config(str(CONFIG), [*BASE_SETS, *sets, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
+            shutil.copytree((sft_source if part == "sft_next" else base) / part, run / part)
+    # seed 0 is the config's own: set explicitly, it would make the copied stages stale (the
+    # fingerprint covers the config as written)
+    seeds = [f"sft_next.seed={seed}"] + (["grpo.seed=" + str(seed)] if stage == "grpo" else []) if seed else []
+    raw = load_config(str(CONFIG), [*sets, *seeds, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
     t0 = time.time()
     run_pipeline(raw, run)
     seconds = round(time.time() - t0, 1)
-    run_predict(raw, run)
-    summary = read_json(run / policy / "summary.json")
-    return run / "eval" / "predictions" / f"{policy}.parquet", {"train_seconds": seconds, **_summary_view(summary)}
+    predictions = run / "eval" / "predictions" / f"{policy}.parquet"
+    summary_path = run / policy / "summary.json"
+    # ranked once per trained policy: a resumed benchmark does not rank an unchanged policy again
+    if not predictions.exists() or predictions.stat().st_mtime < summary_path.stat().st_mtime:
+        run_predict(raw, run)
+    return predictions, {"train_seconds": seconds, **_summary_view(read_json(summary_path))}
 
 
 def _summary_view(summary: dict) -> dict:
-    """What the table shows of a stage's summary: validation curve, alignment, reward curve."""
+    """What the JSON keeps of a stage's summary: validation curve, alignment, reward curve."""
     out = {}
     if "history" in summary:
         out["val_recall@10_by_epoch"] = [h.get("val_recall@10") for h in summary["history"]]  # None: not validated
     if "alignment" in summary:
-        out["alignment"] = {k: summary["alignment"][k] for k in (
-            "title_to_sid", "sid_to_title", "choose_text", "choose_sid", "choice_text_likelihood",
-            "choice_sid_likelihood", "chance_choice")}
+        out["alignment"] = {k: summary["alignment"].get(k) for k in (
+            "title_to_sid", "sid_to_title", "choice_text_likelihood", "choice_sid_likelihood", "chance_choice")}
     if "log" in summary:  # GRPO: the mean reward of every 4 steps, in training order
         from negrec.io import read_jsonl
 
@@ -110,9 +122,43 @@ def _summary_view(summary: dict) -> dict:
     return out
 
 
+def comparisons(base: Path, files: dict) -> tuple[dict, list]:
+    """(rows to score, pairs): every run on its own, the seed means, and what is paired with what.
+
+    A variant is paired with the default SFT over the seeds both ran (default - SFT variant: what the
+    dropped part adds; GRPO variant - default: what GRPO adds to the SFT it starts from); progressive
+    with plain GRPO over the same seeds."""
+    predictions = base / "eval" / "predictions"
+    seeds = {"default": {0: predictions / "sft_next.parquet"}}
+    for (name, seed), path in files.items():
+        seeds.setdefault(name, {})[seed] = path
+    rows = {"grpo (base run, as selected)": predictions / "grpo.parquet"}
+    rows.update({f"{n}_seed{s}": p for n, by_seed in seeds.items() for s, p in by_seed.items()})
+
+    def mean_row(name: str, over: list[int]) -> str:
+        if len(over) == 1:
+            return f"{name}_seed{over[0]}"
+        rows[f"{name} (seeds {','.join(map(str, over))})"] = [seeds[name][s] for s in over]
+        return f"{name} (seeds {','.join(map(str, over))})"
+
+    pairs = [(f"default_seed{s}", "default_seed0") for s in seeds["default"] if s != 0]
+    for name, by_seed in seeds.items():
+        if name != "default":  # GRPO seed s starts from the default SFT of seed s: both sides over the same seeds
+            both = sorted(set(by_seed) & set(seeds["default"]))
+            pairs.append((mean_row(name, both), mean_row("default", both)) if VARIANTS[name][0] == "grpo"
+                         else (mean_row("default", both), mean_row(name, both)))
+    if "grpo_progressive" in seeds and "grpo_plain" in seeds:
+        both = sorted(set(seeds["grpo_progressive"]) & set(seeds["grpo_plain"]))
+        pairs.append((mean_row("grpo_progressive", both), mean_row("grpo_plain", both)))
+    return rows, pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=[n for n in VARIANTS if n != "default"],
+                    choices=[n for n in VARIANTS if n != "default"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds of the SFT variants")
+    ap.add_argument("--grpo-seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds of the GRPO variants")
     ap.add_argument("--fresh", action="store_true", help="delete runs/bench_ablation first")
     a = ap.parse_args()
 
@@ -121,21 +167,23 @@ def main() -> None:
     set_threads(None)
     t0 = time.time()
     base = base_run(a.fresh)
+    grpo_seeds = a.grpo_seeds if any(VARIANTS[n][0] == "grpo" for n in a.variants) else []
+    runs = [("default", s) for s in sorted(set(a.seeds) | set(grpo_seeds)) if s != 0]  # GRPO's starts too
+    runs += [(n, s) for n in a.variants for s in (a.seeds if VARIANTS[n][0] == "sft-next" else a.grpo_seeds)]
     files, details = {}, {}
-    for name in a.variants:
-        files[name], details[name] = train_variant(name, base)
-    # the base run's policies and every variant, scored on the base's test rows; each variant against its references
-    refs = {m: base / "eval" / "predictions" / f"{m}.parquet" for m in ("sft_next", "grpo")}
-    pairs = [(name, ref) for name in files for ref in VARIANTS[name][3]]
-    rows, paired = score_on_base(base, {**refs, **files}, pairs, METRICS, CONFIG)
-    print_table(rows, "Test users, H = 7 days: the base run's policies and each variant")
+    for name, seed in runs:
+        files[name, seed], details[f"{name}_seed{seed}"] = train_variant(name, seed, base)
+    rows, pairs = comparisons(base, files)
+    table, paired = score_on_base(base, rows, pairs, METRICS, CONFIG)
+    print_table(table, "Test users, H = 7 days: each policy, and each user's mean over the seeds named")
     print_table(paired, "Paired differences a - b on the same test rows (95% CI, paired bootstrap p)")
     for name, d in details.items():
         print(f"{name}: {json.dumps(d)}")
     save_result("bench_ablation_ml100k", {
-        "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]), "base_overrides": BASE_SETS,
-        "variants": {n: {"stage": VARIANTS[n][0], "overrides": VARIANTS[n][2], **details[n]} for n in files},
-        "table": rows, "paired": paired, "seconds": round(time.time() - t0, 1)})
+        "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]), "seeds": a.seeds,
+        "grpo_seeds": a.grpo_seeds,
+        "variants": {n: {"stage": VARIANTS[n][0], "overrides": VARIANTS[n][1]} for n in ["default", *a.variants]},
+        "runs": details, "table": table, "paired": paired, "seconds": round(time.time() - t0, 1)})
 
 
 if __name__ == "__main__":
