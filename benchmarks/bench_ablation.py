@@ -9,7 +9,7 @@ run's data, item encodings, semantic IDs, base model and, unless the variant dro
   also reports what alignment teaches);
 - no_feedback: every event's feedback token replaced by <|neu|>, so the model cannot tell the
   disliked history from the rest (the context-discerning ablation);
-- sft_10_epochs: 10 epochs instead of 12 (17% of the SFT's steps: the 10-minute run's margin);
+- sft_12_epochs: 12 epochs instead of 10 (the default until 5 December 2026, 20% more of the SFT's steps);
 
 and GRPO at every seed of `--grpo-seeds`, seed s from the default SFT of seed s, kept as trained
 (`grpo.select=last`, not the validation pick, so that what GRPO does to the policy shows whichever
@@ -50,7 +50,7 @@ VARIANTS = {
     "default": ("sft-next", [], ("sft_align",)),
     "no_alignment": ("sft-next", [s for s in ALIGN_VARIANTS["no_alignment"] if s not in ALIGN], ()),
     "no_feedback": ("sft-next", ["prompt.feedback_tokens=false"], ("sft_align",)),
-    "sft_10_epochs": ("sft-next", ["sft_next.epochs=10"], ("sft_align",)),
+    "sft_12_epochs": ("sft-next", ["sft_next.epochs=12"], ("sft_align",)),
     # GRPO as trained (its last stage, not the validation pick), from the base run's SFT
     "grpo_progressive": ("grpo", ["grpo.select=last"], ("sft_align", "sft_next")),
     "grpo_plain": ("grpo", ["grpo.progressive=false", "grpo.select=last"], ("sft_align", "sft_next")),

@@ -154,7 +154,7 @@ class SFTAlignConfig(SFTStageConfig):
 @dataclass
 class SFTNextConfig(SFTStageConfig):
     """Section `sft_next`: the timeline SFT, the epoch picked on validation, alignment co-trained."""
-    epochs: float = 12.0
+    epochs: float = 10.0
     learning_rate: float = 5e-3
     window_events: int = 50
     val_rows: int = 200
