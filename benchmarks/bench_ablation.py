@@ -94,20 +94,19 @@ def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
     # fingerprint covers the config as written)
     seeds = [f"sft_next.seed={seed}"] + (["grpo.seed=" + str(seed)] if stage == "grpo" else []) if seed else []
     raw = load_config(str(CONFIG), [*sets, *seeds, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
-    t0 = time.time()
     run_pipeline(raw, run)
-    seconds = round(time.time() - t0, 1)
     predictions = run / "eval" / "predictions" / f"{policy}.parquet"
     summary_path = run / policy / "summary.json"
     # ranked once per trained policy: a resumed benchmark does not rank an unchanged policy again
     if not predictions.exists() or predictions.stat().st_mtime < summary_path.stat().st_mtime:
         run_predict(raw, run)
-    return predictions, {"train_seconds": seconds, **_summary_view(read_json(summary_path))}
+    return predictions, _summary_view(read_json(summary_path))
 
 
 def _summary_view(summary: dict) -> dict:
-    """What the JSON keeps of a stage's summary: validation curve, alignment, reward curve."""
-    out = {}
+    """What the JSON keeps of a stage's summary: its training time (that of the run that trained it,
+    also when a later call resumed it), validation curve, alignment, reward curve."""
+    out = {"stage_seconds": summary.get("seconds")}
     if "history" in summary:
         out["val_recall@10_by_epoch"] = [h.get("val_recall@10") for h in summary["history"]]  # None: not validated
     if "alignment" in summary:
