@@ -51,7 +51,7 @@ VARIANTS = {
     "no_alignment": ("sft-next", [s for s in ALIGN_VARIANTS["no_alignment"] if s not in ALIGN], ()),
     "no_feedback": ("sft-next", ["prompt.feedback_tokens=false"], ("sft_align",)),
     "sft_12_epochs": ("sft-next", ["sft_next.epochs=12"], ("sft_align",)),
-    # GRPO as trained (its last stage, not the validation pick), from the base run's SFT
+    # GRPO as trained (its last stage, not the validation pick), from the default SFT of the same seed
     "grpo_progressive": ("grpo", ["grpo.select=last"], ("sft_align", "sft_next")),
     "grpo_plain": ("grpo", ["grpo.progressive=false", "grpo.select=last"], ("sft_align", "sft_next")),
     "grpo_beam_rank": ("grpo", ["grpo.generation=beam", "grpo.learning_rate=0.0001", "rewards.weights.rank_penalty=1.0",
@@ -92,7 +92,7 @@ def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
             shutil.copytree((sft_source if part == "sft_next" else base) / part, run / part)
     # seed 0 is the config's own: set explicitly, it would make the copied stages stale (the
     # fingerprint covers the config as written)
-    seeds = [f"sft_next.seed={seed}"] + (["grpo.seed=" + str(seed)] if stage == "grpo" else []) if seed else []
+    seeds = ([f"sft_next.seed={seed}"] + ([f"grpo.seed={seed}"] if stage == "grpo" else [])) if seed else []
     raw = load_config(str(CONFIG), [*sets, *seeds, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
     run_pipeline(raw, run)
     predictions = run / "eval" / "predictions" / f"{policy}.parquet"
