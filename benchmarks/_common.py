@@ -98,17 +98,21 @@ def score_on_base(base: Path, files: dict, pairs: list, metrics, config: Path) -
     targets = pd.read_parquet(base / "eval" / "targets.parquet")
     log = pd.read_parquet(base / "data" / "interactions.parquet", columns=["user_id", "item_id", "ts", "feedback"])
     keys = targets[["user_id", "cut_ts"]].drop_duplicates().sort_values(["user_id", "cut_ts"]).astype("int64")
-    def per_row(path):
-        m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
-                                 cfg=mcfg, per_row=True)
-        return _aligned(m.pop("per_row"), keys)
+    per_file = {}  # a file in several rows (one seed alone and in the seeds' mean) is scored once
+
+    def score_file(path) -> pd.DataFrame:
+        if path not in per_file:
+            m = evaluate_predictions(pd.read_parquet(path).merge(keys, on=["user_id", "cut_ts"]), targets, log=log,
+                                     cfg=mcfg, per_row=True)
+            per_file[path] = _aligned(m.pop("per_row"), keys)
+        return per_file[path]
 
     scored, rows = {}, []
     for name, paths in files.items():
-        seeds = [per_row(p) for p in (paths if isinstance(paths, list) else [paths])]
+        per_seed = [score_file(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
         # the same rows in the same order (_aligned), so the seeds' mean is taken cell by cell
-        scored[name] = sum(s.drop(columns=["user_id", "cut_ts"]) for s in seeds) / len(seeds)
-        scored[name][["user_id", "cut_ts"]] = seeds[0][["user_id", "cut_ts"]]
+        scored[name] = sum(f.drop(columns=["user_id", "cut_ts"]) for f in per_seed) / len(per_seed)
+        scored[name][["user_id", "cut_ts"]] = per_seed[0][["user_id", "cut_ts"]]
         rows.append({"method": name, **{k: scored[name][k].mean() for k in metrics}})
     pairs = [(a, b) for a, b in pairs if a in scored and b in scored]  # a row left out of the run: unpaired
     paired = paired_comparisons(scored, keys["user_id"].to_numpy(), pairs, list(metrics), mcfg)

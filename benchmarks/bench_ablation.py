@@ -88,19 +88,34 @@ def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
     run = RUNS / f"{name}_seed{seed}"
     sft_source = base if seed == 0 else RUNS / f"default_seed{seed}"
     for part in SHARED_STAGES + reused:
-        if not (run / part).exists():
-            shutil.copytree((sft_source if part == "sft_next" else base) / part, run / part)
+        copy_stage(sft_source / part if part == "sft_next" else base / part, run / part)
     # seed 0 is the config's own: set explicitly, it would make the copied stages stale (the
     # fingerprint covers the config as written)
-    seeds = ([f"sft_next.seed={seed}"] + ([f"grpo.seed={seed}"] if stage == "grpo" else [])) if seed else []
-    raw = load_config(str(CONFIG), [*sets, *seeds, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
+    seed_sets = ([f"sft_next.seed={seed}"] + ([f"grpo.seed={seed}"] if stage == "grpo" else [])) if seed else []
+    raw = load_config(str(CONFIG), [*sets, *seed_sets, f"eval.policies=[{policy}]", f"pipeline.stop_after={stage}"])
     run_pipeline(raw, run)
     predictions = run / "eval" / "predictions" / f"{policy}.parquet"
     summary_path = run / policy / "summary.json"
-    # ranked once per trained policy: a resumed benchmark does not rank an unchanged policy again
+    # a stage that trains rewrites its summary: predictions older than it are of an earlier policy
     if not predictions.exists() or predictions.stat().st_mtime < summary_path.stat().st_mtime:
         run_predict(raw, run)
+    if not predictions.exists():
+        raise RuntimeError(f"{name} seed {seed}: predict wrote no {predictions}")
     return predictions, _summary_view(read_json(summary_path))
+
+
+def copy_stage(source: Path, copy: Path) -> None:
+    """`copy` as a copy of the stage folder `source`, made again when `source` was redone since (its
+    completion marker changed, e.g. the base rerun after a config change): a copy the variant's own
+    config made stale and the pipeline redid in place (a rebuilt model) is kept."""
+    stamp = copy.parent / ".copied" / copy.name
+    marker = b"".join(m.read_bytes() for m in sorted(source.glob("_DONE*")))
+    if copy.exists() and stamp.exists() and stamp.read_bytes() != marker:
+        shutil.rmtree(copy)
+    if not copy.exists():
+        shutil.copytree(source, copy)
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_bytes(marker)
 
 
 def _summary_view(summary: dict) -> dict:
@@ -128,26 +143,26 @@ def comparisons(base: Path, files: dict) -> tuple[dict, list]:
     dropped part adds; GRPO variant - default: what GRPO adds to the SFT it starts from); progressive
     with plain GRPO over the same seeds."""
     predictions = base / "eval" / "predictions"
-    seeds = {"default": {0: predictions / "sft_next.parquet"}}
+    paths_by_seed = {"default": {0: predictions / "sft_next.parquet"}}
     for (name, seed), path in files.items():
-        seeds.setdefault(name, {})[seed] = path
+        paths_by_seed.setdefault(name, {})[seed] = path
     rows = {"grpo (base run, as selected)": predictions / "grpo.parquet"}
-    rows.update({f"{n}_seed{s}": p for n, by_seed in seeds.items() for s, p in by_seed.items()})
+    rows.update({f"{n}_seed{s}": p for n, by_seed in paths_by_seed.items() for s, p in by_seed.items()})
 
     def mean_row(name: str, over: list[int]) -> str:
-        if len(over) == 1:
-            return f"{name}_seed{over[0]}"
-        rows[f"{name} (seeds {','.join(map(str, over))})"] = [seeds[name][s] for s in over]
-        return f"{name} (seeds {','.join(map(str, over))})"
+        """The row of `name` over the seeds `over` (one seed: its own row; more: a row added for their mean)."""
+        label = f"{name}_seed{over[0]}" if len(over) == 1 else f"{name} (seeds {','.join(map(str, over))})"
+        rows.setdefault(label, [paths_by_seed[name][s] for s in over])
+        return label
 
-    pairs = [(f"default_seed{s}", "default_seed0") for s in seeds["default"] if s != 0]
-    for name, by_seed in seeds.items():
+    pairs = [(f"default_seed{s}", "default_seed0") for s in paths_by_seed["default"] if s != 0]
+    for name, by_seed in paths_by_seed.items():
         if name != "default":  # GRPO seed s starts from the default SFT of seed s: both sides over the same seeds
-            both = sorted(set(by_seed) & set(seeds["default"]))
+            both = sorted(set(by_seed) & set(paths_by_seed["default"]))
             pairs.append((mean_row(name, both), mean_row("default", both)) if VARIANTS[name][0] == "grpo"
                          else (mean_row("default", both), mean_row(name, both)))
-    if "grpo_progressive" in seeds and "grpo_plain" in seeds:
-        both = sorted(set(seeds["grpo_progressive"]) & set(seeds["grpo_plain"]))
+    if "grpo_progressive" in paths_by_seed and "grpo_plain" in paths_by_seed:
+        both = sorted(set(paths_by_seed["grpo_progressive"]) & set(paths_by_seed["grpo_plain"]))
         pairs.append((mean_row("grpo_progressive", both), mean_row("grpo_plain", both)))
     return rows, pairs
 
@@ -180,7 +195,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(d)}")
     save_result("bench_ablation_ml100k", {
         "command": " ".join(["python", "benchmarks/bench_ablation.py", *sys.argv[1:]]), "seeds": a.seeds,
-        "grpo_seeds": a.grpo_seeds,
+        "grpo_seeds": grpo_seeds,
         "variants": {n: {"stage": VARIANTS[n][0], "overrides": VARIANTS[n][1]} for n in ["default", *a.variants]},
         "runs": details, "table": table, "paired": paired, "seconds": round(time.time() - t0, 1)})
 

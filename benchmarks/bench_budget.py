@@ -1,14 +1,14 @@
 """What the default run's training budget buys, on ML-100K test users (H = 7), with paired 95% CIs.
 
 The default recipe is sized to the 10-minute run (`configs/ml100k.yaml`): 5,200 alignment steps and
-12 epochs of timeline SFT at lr 5e-3 (6,200 steps and 3e-3 until 5 December 2026, when the committed
-JSON was written: its `sft_lr_5e-3` variant is today's rate). Starting from a finished default run
+10 epochs of timeline SFT at lr 5e-3 (12 epochs until the night of 5 December 2026; 6,200 steps and
+3e-3 before that day, when the committed JSON was written: its `sft_lr_5e-3` variant is today's rate). Starting from a finished default run
 (`--base`, or one made under runs/bench_budget/base), each variant retrains the timeline SFT in its
 own folder, sharing the base's data, item encodings, semantic IDs and base model, and its SFT policy
 is paired with the base's on the same test users:
 
-- sft_24_epochs: twice the epochs (is the 12-epoch SFT converged?);
-- sft_lr_3e-3: the same 12 epochs at the rate before 5 December (what the higher default rate buys);
+- sft_24_epochs: 2.4 times the epochs (is the default SFT converged?);
+- sft_lr_3e-3: the same epochs at the rate before 5 December (what the higher default rate buys);
 - no_alignment: neither the alignment stage nor the co-trained alignment examples (the run's
   fastest recipe: what alignment costs in time and gives in recall), then progressive and plain
   GRPO from that SFT policy (`no_alignment_grpo`, `no_alignment_grpo_plain`: paired with their SFT
