@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def save_result(name: str, payload: dict) -> Path:
 def rerun_from_base(base: Path, run: Path, config: Path, overrides: list[str]) -> float:
     """Seconds to bring `run` (a copy of the `base` run folder, made once) up to date under `overrides`:
     the pipeline re-runs only what the overrides make stale."""
-    import shutil
-
     from negrec.config import load_config
     from negrec.pipeline import run_pipeline
 
@@ -63,6 +62,20 @@ def rerun_from_base(base: Path, run: Path, config: Path, overrides: list[str]) -
     t0 = time.time()
     run_pipeline(load_config(str(config), overrides), run)
     return round(time.time() - t0, 1)
+
+
+def copy_stage(source: Path, copy: Path) -> None:
+    """`copy` as a copy of the stage folder `source`, made again when `source` was redone since (its
+    completion marker changed, e.g. the base rerun after a config change): a copy the variant's own
+    config made stale and the pipeline redid in place (a rebuilt model) is kept."""
+    stamp = copy.parent / ".copied" / copy.name
+    marker = b"".join(m.read_bytes() for m in sorted(source.glob("_DONE*")))
+    if copy.exists() and stamp.exists() and stamp.read_bytes() != marker:
+        shutil.rmtree(copy)
+    if not copy.exists():
+        shutil.copytree(source, copy)
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_bytes(marker)
 
 
 def trained_grpo_summary(run: Path) -> dict:

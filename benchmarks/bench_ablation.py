@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result, score_on_base  # noqa: E402
+from _common import copy_stage, print_table, save_result, score_on_base  # noqa: E402
 from bench_align import ALIGN, VARIANTS as ALIGN_VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +82,10 @@ def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
     from negrec.eval import run_predict
     from negrec.io import read_json
     from negrec.pipeline import run_pipeline
+    from negrec.stages import stage as stage_of
 
     stage, sets, reused = VARIANTS[name]
-    policy = stage.replace("-", "_")
+    policy = stage_of(stage).folder  # the policy is named after the folder its stage writes
     run = RUNS / f"{name}_seed{seed}"
     sft_source = base if seed == 0 else RUNS / f"default_seed{seed}"
     for part in SHARED_STAGES + reused:
@@ -102,20 +103,6 @@ def train_variant(name: str, seed: int, base: Path) -> tuple[Path, dict]:
     if not predictions.exists():
         raise RuntimeError(f"{name} seed {seed}: predict wrote no {predictions}")
     return predictions, _summary_view(read_json(summary_path))
-
-
-def copy_stage(source: Path, copy: Path) -> None:
-    """`copy` as a copy of the stage folder `source`, made again when `source` was redone since (its
-    completion marker changed, e.g. the base rerun after a config change): a copy the variant's own
-    config made stale and the pipeline redid in place (a rebuilt model) is kept."""
-    stamp = copy.parent / ".copied" / copy.name
-    marker = b"".join(m.read_bytes() for m in sorted(source.glob("_DONE*")))
-    if copy.exists() and stamp.exists() and stamp.read_bytes() != marker:
-        shutil.rmtree(copy)
-    if not copy.exists():
-        shutil.copytree(source, copy)
-    stamp.parent.mkdir(exist_ok=True)
-    stamp.write_bytes(marker)
 
 
 def _summary_view(summary: dict) -> dict:

@@ -24,13 +24,12 @@ default stage. These variants train one phase (`sft_align.phases=[]`), as before
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_result, print_table, save_result  # noqa: E402
+from _common import copy_stage, load_result, print_table, save_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -77,11 +76,10 @@ def paired(a, b) -> dict:
 
 
 def seeded_run(name: str, base: Path, parts) -> Path:
-    """RUNS/name with the base run's `parts` copied in (once): the pipeline retrains only what is stale."""
+    """RUNS/name with the base run's `parts` copied in (again when the base redid one): the pipeline retrains only what is stale."""
     run = RUNS / name
     for part in parts:
-        if not (run / part).exists():
-            shutil.copytree(base / part, run / part)
+        copy_stage(base / part, run / part)
     return run
 
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result, score_on_base  # noqa: E402
+from _common import copy_stage, print_table, save_result, score_on_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ml100k.yaml"
@@ -74,8 +73,7 @@ def train_variant(name: str, base: Path) -> tuple[dict[str, Path], dict]:
     sets, (source, parts), policies = VARIANTS[name]
     run, source = RUNS / name, base if source == "base" else RUNS / source
     for part in parts:
-        if not (run / part).exists():
-            shutil.copytree(source / part, run / part)
+        copy_stage(source / part, run / part)
     last = "grpo-plain" if "grpo_plain" in policies else "grpo" if "grpo" in policies else "sft-next"
     raw = load_config(str(CONFIG), [*sets, f"eval.policies=[{', '.join(policies)}]", f"pipeline.stop_after={last}"])
     run_pipeline(raw, run)  # a stage already done in the variant's folder is not trained again
