@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import json
 import re
 import typing
 from pathlib import Path
@@ -262,12 +263,36 @@ def _check_answer_end(raw: dict) -> None:
                           "unset (answers are the SID's tokens alone; past them the constraint forces EOS)")
 
 
+def fill_cut_unit(raw: dict, run_dir) -> None:
+    """Under `data.split.cut_unit: auto`, the unit the data stage chose from the log (recorded in its
+    data/data_config.json) into `raw["_cut_unit"]`, and `prompt.day_breaks` resolved from it. Before
+    the data stage has run there is nothing to read, and no stage that needs it runs before it."""
+    if str(((raw.get("data") or {}).get("split") or {}).get("cut_unit")) != "auto":
+        return
+    try:
+        unit = json.loads((Path(run_dir) / "data" / "data_config.json").read_text())["split"]["cut_unit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    from negrec.data.splits import CUT_UNITS
+
+    if unit not in CUT_UNITS or raw.get("_cut_unit") == unit:
+        return
+    if "prompt.day_breaks" in raw.get("_filled", []):  # filled for another unit: resolved again below
+        raw["_filled"].remove("prompt.day_breaks")
+        del raw["prompt"]["day_breaks"]
+    raw["_cut_unit"] = unit
+    _fill_day_breaks(raw)
+
+
 def _fill_day_breaks(raw: dict) -> None:
     """Write `prompt.day_breaks` as resolved from the data's cuts (`negrec.llm.prompts.prompt_config`)
     into `raw` when unset, so that the stages' fingerprints hold it: a run folder built without the
     <|day|> token is then rebuilt, not reused."""
+    from negrec.data.prepare import cut_unit_of
     from negrec.llm.prompts import prompt_config
 
+    if cut_unit_of(raw) is None:  # `auto` before the data stage chose (`fill_cut_unit` fills it then)
+        return
     if (raw.get("prompt") or {}).get("day_breaks") is None and prompt_config(raw).day_breaks:
         # only when on: off is what a run folder from before the token was built with
         _node(raw, "prompt", create=True)["day_breaks"] = True

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import contract
-from .config import check_config, section_config
+from .config import check_config, fill_cut_unit, section_config
 from .io import write_json
 from .runlock import run_lock
 from .stages import STAGES as REGISTRY
@@ -51,6 +51,8 @@ def _run_pipeline(raw: dict, run_dir) -> dict:
     for name, module, func, sections, kwargs in bar:
         if name not in todo:
             break
+        if name != "data":  # `cut_unit: auto`: as the data stage chose it (a no-op otherwise)
+            fill_cut_unit(raw, run_dir)
         if name in cfg.skip:
             summary[name] = {"status": "skipped (config)"}
             continue

@@ -257,7 +257,7 @@ def test_every_command_resolves_day_breaks_as_the_pipeline_does(tmp_path, cli_wi
     from negrec.cli import SECTIONS_OF
     from negrec.config import check_config, load_config
 
-    raw = load_config("configs/generic.yaml")
+    raw = load_config("configs/generic.yaml", ["data.split.cut_unit=day"])  # its `auto`: the test below
     assert (raw.get("prompt") or {}).get("day_breaks") is None  # the template leaves it to the cuts
     for command, sections in SECTIONS_OF.items():
         resolved = copy.deepcopy(raw)
@@ -265,6 +265,51 @@ def test_every_command_resolves_day_breaks_as_the_pipeline_does(tmp_path, cli_wi
         assert resolved["prompt"]["day_breaks"] is True, command
     proc = cli_without_torch("evaluate", "--config", "configs/generic.yaml", "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "torch" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_auto_cut_unit_resolves_as_the_data_stage_chose(tmp_path):
+    """Under `cut_unit: auto` the config alone cannot say whether cuts fall at day starts: the config
+    check leaves `prompt.day_breaks` unset, `fill_cut_unit` reads the unit the data stage recorded
+    in data/data_config.json (day: the breaks on; event: off), again when the stage chose otherwise,
+    and a stage asking before the data stage ran is told to run it."""
+    import json
+
+    from negrec.config import as_set, check_config, fill_cut_unit, load_config
+    from negrec.data.prepare import cuts_at_day_start
+
+    raw = load_config("configs/generic.yaml", ["data.split.cut_unit=auto"])
+    check_config(raw)
+    assert (raw.get("prompt") or {}).get("day_breaks") is None
+    with pytest.raises(ValueError, match="run `negrec data`"):
+        cuts_at_day_start(raw)
+    fill_cut_unit(raw, tmp_path)  # no data folder yet: nothing to read
+    assert "_cut_unit" not in raw
+    (tmp_path / "data").mkdir()
+    for unit, breaks in (("day", True), ("event", None), ("day", True)):
+        (tmp_path / "data" / "data_config.json").write_text(json.dumps({"split": {"cut_unit": unit}}))
+        fill_cut_unit(raw, tmp_path)
+        assert raw["_cut_unit"] == unit and cuts_at_day_start(raw) is (unit == "day")
+        assert (raw.get("prompt") or {}).get("day_breaks") is breaks
+        assert as_set(raw)["data"]["split"]["cut_unit"] == "auto"  # config.yaml keeps what was written
+        assert "day_breaks" not in (as_set(raw).get("prompt") or {})
+
+
+def test_data_stage_chooses_the_cut_unit_of_a_bursty_log(tmp_path, capsys):
+    """`negrec data prepare` under `cut_unit: auto` on a log where every user rates in one sitting:
+    day cuts would give no user a test cut, so event cuts are taken; the stats say so, and
+    data_config.json records the unit for the later stages."""
+    import json
+
+    rows = [f"{u},{i},{1 + (u * i) % 5},{1_704_067_200 + 86_400 * u + 60 * i}" for u in range(8) for i in range(12)]
+    (tmp_path / "log.csv").write_text("user,item,rating,timestamp\n" + "\n".join(rows) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"format": "generic", "generic": {
+        "path": str(tmp_path / "log.csv"), "columns": {"user_id": "user", "item_id": "item", "ts": "timestamp",
+                                                      "rating": "rating"}}, "split": {"cut_unit": "auto"}}}))
+    assert main(["data", "prepare", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 0
+    assert "(cut_unit auto: event; day cuts give 0 users a test cut, event cuts 8)" in capsys.readouterr().out
+    recorded = json.loads((tmp_path / "r" / "data" / "data_config.json").read_text())
+    assert recorded["split"]["cut_unit"] == "event"
 
 
 def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir, cli_without_torch):

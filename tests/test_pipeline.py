@@ -33,9 +33,14 @@ TINY = [
 
 @pytest.mark.timeout(900)
 def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
-    raw = load_config(str(ROOT / "configs" / "kuairand.yaml"), [f"data.path={kuairand_dir}", *TINY])
+    # `cut_unit: auto`: the data stage picks day cuts for this log of daily activity, and every later
+    # stage (and the resume below) reads that choice from data/data_config.json
+    raw = load_config(str(ROOT / "configs" / "kuairand.yaml"),
+                      [f"data.path={kuairand_dir}", *TINY, "data.split.cut_unit=auto"])
     run_dir = tmp_path / "run"
     summary = run_pipeline(raw, run_dir)
+    assert json.loads((run_dir / "data" / "data_config.json").read_text())["split"]["cut_unit"] == "day"
+    assert raw["_cut_unit"] == "day" and raw["prompt"]["day_breaks"] is True
     assert [n for n, *_ in STAGES] == [n for n in summary if n != "table"]
     assert all(v["status"] == "ran" for k, v in summary.items() if k != "table")
 
@@ -63,7 +68,8 @@ def test_pipeline_end_to_end_and_resume(kuairand_dir, tmp_path, capsys):
     assert {st["state"] for st in stage_states(raw, run_dir).values()} == {"done"}
     assert not (run_dir / ".pipeline").exists()
     changed = run_pipeline(load_config(str(ROOT / "configs" / "kuairand.yaml"),
-                                       [f"data.path={kuairand_dir}", *TINY, "filter.k=3"]), run_dir)
+                                       [f"data.path={kuairand_dir}", *TINY, "data.split.cut_unit=auto",
+                                        "filter.k=3"]), run_dir)
     assert changed["filter"]["status"] == "ran" and changed["evaluate"]["status"] == "up to date"
 
 

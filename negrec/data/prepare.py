@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from .implicit import SkipRule, skip_mask
 from .loaders import RatingRule, load_kuairand, load_movielens, load_recbole, recbole_ml100k_path
 from .schema import (EXPLICIT, ITEM_COLUMNS, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback,
                      clean_items, cut_label, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
-from .splits import DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, train_cuts
+from .splits import (DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, resolve_cut_unit,
+                     train_cuts)
 from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
@@ -49,13 +50,24 @@ class DataConfig:
         check_data_config(self)
 
 
+def cut_unit_of(raw: dict) -> str | None:
+    """`data.split.cut_unit`, `auto` as the data stage chose it from the log (`raw["_cut_unit"]`,
+    `negrec.config.fill_cut_unit`); None while that choice is not made yet."""
+    from ..config import section_config
+
+    unit = section_config(DataConfig, raw, "data").split.cut_unit
+    return raw.get("_cut_unit") if unit == "auto" else unit
+
+
 def cuts_at_day_start(raw: dict) -> bool:
     """Whether the config's cuts fall at the start (00:00 UTC) of a day (`data.split.cut_unit: day`):
     what is predicted is then the user's next days, seen from before they start, not the rest of a
     burst. The compact format's day breaks and the timeline SFT's day shuffle follow it unless set."""
-    from ..config import section_config
-
-    return section_config(DataConfig, raw, "data").split.cut_unit == "day"
+    unit = cut_unit_of(raw)
+    if unit is None:
+        raise ValueError("data.split.cut_unit: auto is chosen from the log by the data stage: run `negrec data` "
+                         "in this run folder first")
+    return unit == "day"
 
 
 def check_data_config(cfg: "DataConfig") -> None:
@@ -422,6 +434,10 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     release_memory()
     inter, items, report = _canonicalize(box, raw_items, cfg, source, id_maps)
     release_memory()
+    split, chosen = resolve_cut_unit(inter, cfg.split)
+    if chosen:
+        cfg = replace(cfg, split=split)  # data_config.json records the unit chosen; later stages read it
+        report["cut_unit_auto"] = chosen
     cuts = compute_cuts(inter, cfg.split)
     check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
                      source, _negative_rule(cfg), cfg.split.min_context, cfg.split.cut_unit)
@@ -567,6 +583,10 @@ def _describe_cuts(stats: dict) -> str:
     where = {"day": "per-user day boundaries",
              "event": "per-user event positions (mid-day; ties at the cut second go to the future)"}
     text = f"{where[stats.get('cut_unit', 'day')]}, >= {stats['min_context']} context events"
+    if "cut_unit_auto" in stats:
+        auto = stats["cut_unit_auto"]
+        text += (f" (cut_unit auto: {auto['chosen']}; day cuts give {auto['test_users_day']:,} users a test cut, "
+                 f"event cuts {auto['test_users_event']:,})")
     if stats.get("rolling_every", 0) > 0:
         most = f", at most {stats['rolling_max']} per user" if stats.get("rolling_max", 0) > 0 else ""
         text += f"; rolling test cuts every {stats['rolling_every']} events after the test cut{most}"

@@ -342,7 +342,7 @@ def test_event_cut_position_is_not_fooled_by_float_rounding():
 def test_cut_unit_is_checked():
     from negrec.data.splits import compute_cuts
 
-    with pytest.raises(ValueError, match="cut_unit.*'week'.*day\\|event"):
+    with pytest.raises(ValueError, match="cut_unit.*'week'.*day\\|event\\|auto"):
         SplitConfig(cut_unit="week")
     with pytest.raises(ValueError, match="rolling_every"):
         SplitConfig(rolling_every=-1)
@@ -350,6 +350,27 @@ def test_cut_unit_is_checked():
     cfg.cut_unit = "hour"
     with pytest.raises(ValueError, match="cut_unit"):
         compute_cuts(_toy_log([(1, 1, 0, 1)]), cfg)
+
+
+def test_auto_cut_unit_follows_how_users_spread_their_events():
+    """Ten users with 20 events each. Spread over 20 days, every user has a day cut: auto keeps day.
+    All on one day, no user has one (event cuts give all ten): auto takes event. Seven users in one
+    burst and three spread: day cuts give 3 of the 10 event cuts give, under half: event. A written
+    unit is kept, with no counts; a cut of `auto` not yet chosen is refused."""
+    from negrec.data.splits import compute_cuts, resolve_cut_unit
+
+    def log(bursty_users):
+        return _toy_log([(u, k, (1 if u < bursty_users else DAY) * (k + 1) + 100, -1 if k % 3 == 0 else 1)
+                         for u in range(10) for k in range(20)])
+
+    auto = SplitConfig(cut_unit="auto")
+    for bursty, unit, day_users in ((0, "day", 10), (10, "event", 0), (7, "event", 3), (4, "day", 6)):
+        cfg, chosen = resolve_cut_unit(log(bursty), auto)
+        assert cfg.cut_unit == unit and chosen == {"chosen": unit, "test_users_day": day_users, "test_users_event": 10}
+        assert auto.cut_unit == "auto"  # the config given is not changed
+    assert resolve_cut_unit(log(10), SplitConfig(cut_unit="day")) == (SplitConfig(cut_unit="day"), {})
+    with pytest.raises(ValueError, match="auto is chosen from the log first"):
+        compute_cuts(log(0), auto)
 
 
 def test_rolling_test_cuts():
