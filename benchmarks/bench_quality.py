@@ -5,7 +5,7 @@ user's log would go (not in the default `--datasets`: `--datasets ml100k_csv`).
 
 For each dataset: the whole pipeline (`negrec pipeline`, fixed seeds) in its own run folder under
 runs/bench_quality/, which fits and scores every baseline beside the SID policies (SFT alone,
-plain GRPO, progressive GRPO). Then one table over both datasets (test users, H = 7): Recall@10/50,
+plain GRPO, progressive GRPO). Then one table over the datasets (test users, H = 7): Recall@10/50,
 FHR@20, NDCG@10, next-negative Hit@10, Swing-widened recall, SID-prefix recall, long-tail users
 and items, candidate accuracy, with 95% CIs over users for Recall@10 and FHR@20; the paired differences
 of negrec against its rivals (eval/paired.json); the filter curve of the main method; and the goal
@@ -115,8 +115,11 @@ def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     from negrec.llm.model import ModelConfig
     from negrec.llm.prompts import prompt_config
 
+    from negrec.config import fill_cut_unit
+
     out = run_dir.parent / f"{name}_grpo_last"
     config, raw = dataset_config(name, extra)
+    fill_cut_unit(raw, run_dir)  # generic.yaml's `cut_unit: auto`, as the run's data stage chose it
     cfg = section_config(EvalConfig, raw, "eval")
     t0, prepared, samples = time.time(), None, None
     files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet"}
@@ -169,7 +172,7 @@ def gap_ci(paired: list[dict], a: str, b: str, metric: str = "recall@10_h7") -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["ml100k", "kuairand"], choices=list(DATASETS))
-    ap.add_argument("--set", action="append", default=[], help="config override for both datasets, k=v")
+    ap.add_argument("--set", action="append", default=[], help="config override for every dataset, k=v")
     ap.add_argument("--fresh", action="store_true", help="delete the run folders first")
     a = ap.parse_args()
 

@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from .config import ConfigError, section_config
+from .config import ConfigError, fill_cut_unit, section_config
 from .io import atomic_dir, config_hash, recording_writes, write_json
 from .runlock import launched_rank, launched_world
 from .stages import STAGES, PipelineConfig, stage
@@ -106,6 +106,7 @@ class _Rule:
     """Fingerprints and states of one (config, run folder), each computed once per question."""
 
     def __init__(self, raw: dict, run_dir):
+        fill_cut_unit(raw, run_dir)  # `cut_unit: auto`: fingerprints hold the unit this folder's data stage chose
         self.raw, self.run_dir = raw, Path(run_dir)
         self._parts: dict[str, dict] = {}
         self._states: dict[str, dict] = {}
@@ -115,7 +116,9 @@ class _Rule:
             s = stage(name)
             self._parts[name] = {
                 "stage": name,
-                "config": config_hash({sec: self.raw.get(sec) for sec in s.sections}),
+                # an empty section is the defaults, as an absent one is (`prompt: {}` is left where
+                # `fill_cut_unit` takes back a day_breaks it filled for another unit)
+                "config": config_hash({sec: self.raw.get(sec) or None for sec in s.sections}),
                 "inputs": {i: (self.fingerprint(i) if self.done(i) else None) for i in s.inputs},
                 "raw": config_hash(_raw_inputs(self.raw, name)),
                 "code": code_fingerprint(s.module),

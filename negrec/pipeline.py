@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import contract
-from .config import check_config, fill_cut_unit, section_config
+from .config import as_set, check_config, section_config
 from .io import write_json
 from .runlock import run_lock
 from .stages import STAGES as REGISTRY
@@ -51,8 +51,6 @@ def _run_pipeline(raw: dict, run_dir) -> dict:
     for name, module, func, sections, kwargs in bar:
         if name not in todo:
             break
-        if name != "data":  # `cut_unit: auto`: as the data stage chose it (a no-op otherwise)
-            fill_cut_unit(raw, run_dir)
         if name in cfg.skip:
             summary[name] = {"status": "skipped (config)"}
             continue
@@ -119,7 +117,7 @@ def launch_stage(raw: dict, run_dir: Path, name: str, ranks: int) -> dict:
     stage = next(s for s in REGISTRY if s.name == name)
     config = contract.work_dir(run_dir, name).parent / f"{name}.config.yaml"  # beside the stage's work folder
     config.parent.mkdir(parents=True, exist_ok=True)
-    write_yaml(config, {k: v for k, v in raw.items() if not k.startswith("_")})
+    write_yaml(config, as_set(raw))  # as written: the ranks resolve what this process filled in, from the run folder
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
     env.update({HOLDER_ENV: str(os.getpid()), "NEGREC_THREADS": str(max(1, torch.get_num_threads() // ranks))})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",

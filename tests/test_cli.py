@@ -292,6 +292,15 @@ def test_auto_cut_unit_resolves_as_the_data_stage_chose(tmp_path):
         assert (raw.get("prompt") or {}).get("day_breaks") is breaks
         assert as_set(raw)["data"]["split"]["cut_unit"] == "auto"  # config.yaml keeps what was written
         assert "day_breaks" not in (as_set(raw).get("prompt") or {})
+    # a unit chosen again (the log changed) hashes as a fresh fill of it: no stage judged stale by the switch
+    from negrec.contract import _Rule
+
+    (tmp_path / "data" / "data_config.json").write_text(json.dumps({"split": {"cut_unit": "event"}}))
+    fresh = load_config("configs/generic.yaml", ["data.split.cut_unit=auto"])
+    check_config(fresh)
+    for stage in ("build-model", "sft-next", "predict"):  # every question to the contract reads the choice first
+        assert _Rule(raw, tmp_path).parts(stage)["config"] == _Rule(fresh, tmp_path).parts(stage)["config"], stage
+    assert raw["_cut_unit"] == fresh["_cut_unit"] == "event"
 
 
 def test_data_stage_chooses_the_cut_unit_of_a_bursty_log(tmp_path, capsys):
@@ -310,6 +319,10 @@ def test_data_stage_chooses_the_cut_unit_of_a_bursty_log(tmp_path, capsys):
     assert "(cut_unit auto: event; day cuts give 0 users a test cut, event cuts 8)" in capsys.readouterr().out
     recorded = json.loads((tmp_path / "r" / "data" / "data_config.json").read_text())
     assert recorded["split"]["cut_unit"] == "event"
+    # too few events for any cut under either unit: the one line says so (not "set cut_unit: event")
+    assert main(["data", "prepare", "--config", str(config), "--run-dir", str(tmp_path / "r2"),
+                 "--set", "data.split.min_context=20"]) == 2
+    assert "neither day nor event cuts give one" in capsys.readouterr().err
 
 
 def test_data_prepare_runs_without_torch(tmp_path, ml100k_dir, cli_without_torch):

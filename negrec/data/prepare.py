@@ -60,13 +60,15 @@ def cut_unit_of(raw: dict) -> str | None:
 
 
 def cuts_at_day_start(raw: dict) -> bool:
-    """Whether the config's cuts fall at the start (00:00 UTC) of a day (`data.split.cut_unit: day`):
+    """Whether the config's cuts fall at the start (00:00 UTC) of a day (`data.split.cut_unit: day`, or
+    `auto` where the data stage chose day):
     what is predicted is then the user's next days, seen from before they start, not the rest of a
     burst. The compact format's day breaks and the timeline SFT's day shuffle follow it unless set."""
     unit = cut_unit_of(raw)
     if unit is None:
         raise ValueError("data.split.cut_unit: auto is chosen from the log by the data stage: run `negrec data` "
-                         "in this run folder first")
+                         "in this run folder first (from Python: negrec.config.fill_cut_unit(raw, run_dir) reads "
+                         "its choice)")
     return unit == "day"
 
 
@@ -440,7 +442,7 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
         report["cut_unit_auto"] = chosen
     cuts = compute_cuts(inter, cfg.split)
     check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
-                     source, _negative_rule(cfg), cfg.split.min_context, cfg.split.cut_unit)
+                     source, _negative_rule(cfg), cfg.split.min_context, "auto" if chosen else cfg.split.cut_unit)
     samples = build_samples(inter, cuts, cfg)
     release_memory()
     report["source"] = source

@@ -100,11 +100,13 @@ def _day_starts(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 def resolve_cut_unit(log: pd.DataFrame, cfg: SplitConfig) -> tuple[SplitConfig, dict]:
     """`cut_unit: auto`: day cuts, unless fewer than `AUTO_DAY_SHARE` of the users that event cuts give a
-    test cut would get one (a bursty log, where most users are active on one day or two). Returns the
-    config with the unit chosen and the counts behind the choice ({} when the unit was written)."""
+    test cut would get one (a bursty log, where most users are active on one day or two; with a
+    `global_test_date`, a validation cut). Returns the config with the unit chosen and the counts
+    behind the choice ({} when the unit was written)."""
     if cfg.cut_unit != "auto":
         return cfg, {}
-    users = {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))["test_cut"] >= 0).sum()) for unit in CUT_UNITS}
+    cut = "valid_cut" if cfg.global_test_date else "test_cut"  # one global test cut: the units differ in the valid cuts
+    users = {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))[cut] >= 0).sum()) for unit in CUT_UNITS}
     unit = "event" if users["day"] < AUTO_DAY_SHARE * users["event"] else "day"
     return replace(cfg, cut_unit=unit), {"chosen": unit, **{f"test_users_{u}": n for u, n in users.items()}}
 

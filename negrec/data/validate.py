@@ -158,9 +158,11 @@ def check_splittable(feedback: np.ndarray, users: np.ndarray, n_test_users: int,
     if n_users < 2:
         raise DataError(f"{source}: field 'user_id': {n_users} user(s) in the log; a test split needs at least 2")
     if n_test_users == 0:
-        where = ("under cut_unit: day, on days before the cut's: for a log of one or a few days set "
-                 "data.split.cut_unit: event" if cut_unit == "day" else
-                 "under cut_unit: event, at earlier seconds than the events after it: events sharing one "
-                 "timestamp cannot be cut apart")
+        where = {"day": "under cut_unit: day, on days before the cut's: for a log of one or a few days set "
+                        "data.split.cut_unit: event",
+                 "event": "under cut_unit: event, at earlier seconds than the events after it: events sharing one "
+                          "timestamp cannot be cut apart",
+                 "auto": "under cut_unit: auto neither day nor event cuts give one: too few events per user, or "
+                         "events sharing one timestamp"}[cut_unit]
         raise DataError(f"{source}: field 'user_id': no user of {n_users} has a test cut: each needs at least "
                         f"data.split.min_context = {min_context} events before it ({where})")

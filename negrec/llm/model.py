@@ -397,13 +397,14 @@ def _genre_words(items) -> list[str]:
 
 def run_build_model(raw: dict, run_dir) -> dict:
     """Stage `build-model`: run_dir/data + run_dir/tokenize/sid_tokenizer -> run_dir/model/."""
-    from negrec.config import section_config, to_dict
+    from negrec.config import fill_cut_unit, section_config, to_dict
     from negrec.contract import stage_folder, up_to_date
     from negrec.data import Prepared
     from negrec.llm.prompts import PromptBuilder, prompt_config
     from negrec.tokenizer import SemanticIdTokenizer
 
     run_dir = Path(run_dir)
+    fill_cut_unit(raw, run_dir)  # `cut_unit: auto`: the prompt's day breaks follow the unit the data stage chose
     cfg = section_config(ModelConfig, raw, "model")
     pcfg = prompt_config(raw)
     out = run_dir / "model"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from negrec.config import section_config, to_dict
+from negrec.config import fill_cut_unit, section_config, to_dict
 from negrec.contract import copy_tree, fingerprint, stage_folder, up_to_date, work_dir
 from negrec.io import atomic_dir, config_hash, read_json, read_jsonl, write_json, write_text
 from negrec.train.trainer_args import (build_trainer_config, check_trainer_overrides, checkpointing_setting, default_bf16,
@@ -694,6 +694,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     from negrec.llm.model import ModelConfig
 
     run_dir = Path(run_dir)
+    fill_cut_unit(raw, run_dir)  # `cut_unit: auto`: the prompt's day breaks follow the unit the data stage chose
     cfg = section_config(ProgressiveGRPOConfig, raw, "grpo")
     model_cfg = section_config(ModelConfig, raw, "model")
     peft = model_cfg.peft

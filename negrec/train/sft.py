@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from negrec.config import section_config, to_dict
+from negrec.config import fill_cut_unit, section_config, to_dict
 from negrec.contract import fingerprint, stage_folder, up_to_date, work_dir
 from negrec.data.prepare import cuts_at_day_start
 from negrec.io import read_json, write_json
@@ -541,8 +541,9 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     checkpoints go to run_dir/.work/sft-<task>/checkpoints (outside the folder that is swapped)."""
     from negrec.data import Prepared
 
+    run_dir, name = Path(run_dir), f"sft-{task}"  # the stage (negrec.stages)
+    fill_cut_unit(raw, run_dir)  # `cut_unit: auto`: the day breaks and the day shuffle follow the unit chosen
     cfg = sft_config(raw, task)
-    run_dir = Path(run_dir)
     pcfg = prompt_config(raw)
     out = run_dir / f"sft_{task}"
     if cfg.init_from:
@@ -555,7 +556,6 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         raise ValueError(f"sft_{task}.phases: only the alignment stage in mode: timeline trains in phases")
     model_cfg = section_config(ModelConfig, raw, "model")
     peft = model_cfg.peft
-    name = f"sft-{task}"  # the stage (negrec.stages)
     if up_to_date(raw, run_dir, name):
         return read_json(out / "summary.json")
     _warn_pretrained_rate(model_cfg, cfg, task)
