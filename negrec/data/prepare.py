@@ -19,8 +19,8 @@ from .implicit import SkipRule, skip_mask
 from .loaders import RatingRule, load_kuairand, load_movielens, load_recbole, recbole_ml100k_path
 from .schema import (EXPLICIT, ITEM_COLUMNS, KIND_DTYPE, NEGATIVE, POSITIVE, DataError, ItemLookup, check_feedback,
                      clean_items, cut_label, implicit_mask, kind_codes, sort_log_owned, source_column, unknown_item_error)
-from .splits import (DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, resolve_cut_unit,
-                     train_cuts)
+from .splits import (DAY, SampleBuilder, SampleTable, SplitConfig, compute_cuts, cuts_for_test, day_cuts_drop_most,
+                     resolve_cut_unit, train_cuts, users_with_test_cut)
 from .validate import blank_values, check_ratings, check_splittable, check_timestamps, conflict_error
 
 FORMATS = ("embedded", "movielens", "recbole", "kuairand", "generic")
@@ -440,6 +440,8 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     if chosen:
         cfg = replace(cfg, split=split)  # data_config.json records the unit chosen; later stages read it
         report["cut_unit_auto"] = chosen
+    elif cfg.split.cut_unit == "day":  # day cuts written for a bursty log: the stats warn (`_split_warnings`)
+        report["test_users_by_unit"] = users_with_test_cut(inter, cfg.split)
     cuts = compute_cuts(inter, cfg.split)
     check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
                      source, _negative_rule(cfg), cfg.split.min_context, "auto" if chosen else cfg.split.cut_unit)
@@ -573,6 +575,11 @@ def _split_warnings(stats: dict, horizon: int) -> list[str]:
     if not stats[f"train_users_nonempty_F{horizon}"]:
         out.append(f"warning          no train sample with a dislike in the {horizon} days after its cut "
                    f"(a cut needs data.split.min_context events before it): GRPO, which trains on them, will not run; {fix}")
+    users = stats.get("test_users_by_unit")
+    if users and day_cuts_drop_most(users):
+        out.append(f"warning          day cuts give {users['day']:,} users a test cut, event cuts would give "
+                   f"{users['event']:,}: most users are active on a day or two (a bursty log); "
+                   "data.split.cut_unit: event (or auto, which chooses from the log) scores the others")
     main = stats.get("main_horizon", horizon)
     if stats["test_samples"] and not stats[f"test_users_nonempty_F{main}"]:
         out.append(f"warning          no test sample has a dislike in the {main} days after its cut: evaluation has "

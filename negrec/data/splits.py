@@ -105,10 +105,21 @@ def resolve_cut_unit(log: pd.DataFrame, cfg: SplitConfig) -> tuple[SplitConfig, 
     behind the choice ({} when the unit was written)."""
     if cfg.cut_unit != "auto":
         return cfg, {}
-    cut = "valid_cut" if cfg.global_test_date else "test_cut"  # one global test cut: the units differ in the valid cuts
-    users = {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))[cut] >= 0).sum()) for unit in CUT_UNITS}
-    unit = "event" if users["day"] < AUTO_DAY_SHARE * users["event"] else "day"
+    users = users_with_test_cut(log, cfg)
+    unit = "event" if day_cuts_drop_most(users) else "day"
     return replace(cfg, cut_unit=unit), {"chosen": unit, **{f"test_users_{u}": n for u, n in users.items()}}
+
+
+def users_with_test_cut(log: pd.DataFrame, cfg: SplitConfig) -> dict[str, int]:
+    """{unit: users that unit's cuts give a test cut} (with a `global_test_date`, every user shares the
+    test cut and the units differ in the validation cuts, which are counted instead)."""
+    cut = "valid_cut" if cfg.global_test_date else "test_cut"
+    return {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))[cut] >= 0).sum()) for unit in CUT_UNITS}
+
+
+def day_cuts_drop_most(users: dict[str, int]) -> bool:
+    """Day cuts give fewer than `AUTO_DAY_SHARE` of the users event cuts give: a bursty log."""
+    return users["day"] < AUTO_DAY_SHARE * users["event"]
 
 
 def compute_cuts(log: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:

@@ -187,6 +187,7 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
                                      encoding="latin-1")
     p = prepare_data(DataConfig(format="movielens", path=str(tmp_path), max_users=4))
     st = data_stats(p)
+    assert st["test_users_by_unit"] == {"day": 4, "event": 4}  # counted under written day cuts
     kept = set(p.interactions.user_id)
     per_user = pd.read_csv(tmp_path / "u.data", sep="\t", header=None).drop_duplicates().groupby(0).size()
     dropped = int(per_user[~per_user.index.isin(kept)].sum())
@@ -199,6 +200,11 @@ def test_stats_print_rows_dropped_per_reason(tmp_path):
     no_valid = format_stats({**st, "valid_samples": 0, "cut_unit": "day"}, p.horizons)
     assert "warning          no validation sample" in no_valid and "data.split.cut_unit: event" in no_valid
     assert "cut_unit: event" not in format_stats({**st, "valid_samples": 0, "cut_unit": "event"}, p.horizons)
+    # written day cuts that drop most of the users event cuts would give: said, with the setting
+    assert "event cuts would give" not in format_stats(st, p.horizons)  # this log's users span nine days
+    bursty = format_stats({**st, "test_users_by_unit": {"day": 338, "event": 943}}, p.horizons)
+    assert "warning          day cuts give 338 users a test cut, event cuts would give 943" in bursty
+    assert "data.split.cut_unit: event (or auto" in bursty
     main = st["main_horizon"]
     assert "no test sample has a dislike" not in format_stats(st, p.horizons)
     no_test = format_stats({**st, f"test_users_nonempty_F{main}": 0}, p.horizons)
