@@ -271,19 +271,21 @@ def fill_cut_unit(raw: dict, run_dir) -> None:
     asking it. Before the data stage has run there is nothing to read and nothing that needs it."""
     if ((raw.get("data") or {}).get("split") or {}).get("cut_unit") != "auto":
         return
+    from negrec.data.splits import CUT_UNITS
+
     try:
         unit = json.loads((Path(run_dir) / "data" / "data_config.json").read_text())["split"]["cut_unit"]
     except (OSError, ValueError, KeyError, TypeError):
-        return
-    from negrec.data.splits import CUT_UNITS
-
-    if unit not in CUT_UNITS or raw.get("_cut_unit") == unit:
+        unit = None  # no choice in this folder (yet): none carried over from another folder either
+    if raw.get("_cut_unit") == unit:
         return
     if "prompt.day_breaks" in raw.get("_filled", []):  # filled for another unit: resolved again below
         raw["_filled"].remove("prompt.day_breaks")
         del raw["prompt"]["day_breaks"]
-    raw["_cut_unit"] = unit
-    _fill_day_breaks(raw)
+    raw.pop("_cut_unit", None)
+    if unit in CUT_UNITS:
+        raw["_cut_unit"] = unit
+        _fill_day_breaks(raw)
 
 
 def _fill_day_breaks(raw: dict) -> None:

@@ -440,9 +440,11 @@ def prepare_data(cfg: DataConfig, out_dir=None) -> Prepared:
     if chosen:
         cfg = replace(cfg, split=split)  # data_config.json records the unit chosen; later stages read it
         report["cut_unit_auto"] = chosen
-    elif cfg.split.cut_unit == "day":  # day cuts written for a bursty log: the stats warn (`_split_warnings`)
-        report["test_users_by_unit"] = users_with_test_cut(inter, cfg.split)
     cuts = compute_cuts(inter, cfg.split)
+    if not chosen and cfg.split.cut_unit == "day" and not cfg.split.global_test_date:
+        # day cuts written for a bursty log: the stats warn (`_split_warnings`)
+        report["test_users_by_unit"] = {"day": int((cuts["test_cut"] >= 0).sum()),
+                                        **users_with_test_cut(inter, cfg.split, ("event",))}
     check_splittable(inter["feedback"].to_numpy(), inter["user_id"].to_numpy(), int((cuts["test_cut"] >= 0).sum()),
                      source, _negative_rule(cfg), cfg.split.min_context, "auto" if chosen else cfg.split.cut_unit)
     samples = build_samples(inter, cuts, cfg)
@@ -594,7 +596,8 @@ def _describe_cuts(stats: dict) -> str:
     text = f"{where[stats.get('cut_unit', 'day')]}, >= {stats['min_context']} context events"
     if "cut_unit_auto" in stats:
         auto = stats["cut_unit_auto"]
-        text += (f" (cut_unit auto: {auto['chosen']}; day cuts give {auto['test_users_day']:,} users a test cut, "
+        cut = auto.get("counted", "test")
+        text += (f" (cut_unit auto: {auto['chosen']}; day cuts give {auto['test_users_day']:,} users a {cut} cut, "
                  f"event cuts {auto['test_users_event']:,})")
     if stats.get("rolling_every", 0) > 0:
         most = f", at most {stats['rolling_max']} per user" if stats.get("rolling_max", 0) > 0 else ""

@@ -107,14 +107,20 @@ def resolve_cut_unit(log: pd.DataFrame, cfg: SplitConfig) -> tuple[SplitConfig, 
         return cfg, {}
     users = users_with_test_cut(log, cfg)
     unit = "event" if day_cuts_drop_most(users) else "day"
-    return replace(cfg, cut_unit=unit), {"chosen": unit, **{f"test_users_{u}": n for u, n in users.items()}}
+    return replace(cfg, cut_unit=unit), {"chosen": unit, "counted": counted_cut(cfg),
+                                         **{f"test_users_{u}": n for u, n in users.items()}}
 
 
-def users_with_test_cut(log: pd.DataFrame, cfg: SplitConfig) -> dict[str, int]:
-    """{unit: users that unit's cuts give a test cut} (with a `global_test_date`, every user shares the
-    test cut and the units differ in the validation cuts, which are counted instead)."""
-    cut = "valid_cut" if cfg.global_test_date else "test_cut"
-    return {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))[cut] >= 0).sum()) for unit in CUT_UNITS}
+def counted_cut(cfg: SplitConfig) -> str:
+    """The cut whose users tell the units apart: the test cut, or with a `global_test_date` (one test
+    cut for every user, whatever the unit) the validation cut."""
+    return "validation" if cfg.global_test_date else "test"
+
+
+def users_with_test_cut(log: pd.DataFrame, cfg: SplitConfig, units=CUT_UNITS) -> dict[str, int]:
+    """{unit: users that unit's cuts give a `counted_cut`}."""
+    cut = "valid_cut" if counted_cut(cfg) == "validation" else "test_cut"
+    return {unit: int((compute_cuts(log, replace(cfg, cut_unit=unit))[cut] >= 0).sum()) for unit in units}
 
 
 def day_cuts_drop_most(users: dict[str, int]) -> bool:

@@ -372,12 +372,14 @@ def test_auto_cut_unit_follows_how_users_spread_their_events():
     auto = SplitConfig(cut_unit="auto")
     for bursty, unit, day_users in ((0, "day", 10), (10, "event", 0), (7, "event", 3), (5, "day", 5), (4, "day", 6)):
         cfg, chosen = resolve_cut_unit(log(bursty), auto)
-        assert cfg.cut_unit == unit and chosen == {"chosen": unit, "test_users_day": day_users, "test_users_event": 10}
+        assert cfg.cut_unit == unit and chosen == {"chosen": unit, "counted": "test", "test_users_day": day_users,
+                                                   "test_users_event": 10}
         assert auto.cut_unit == "auto"  # the config given is not changed
     assert resolve_cut_unit(log(10), SplitConfig(cut_unit="day")) == (SplitConfig(cut_unit="day"), {})
     # one global test cut for all: the units differ in the validation cuts, which are counted instead
     dated, chosen = resolve_cut_unit(log(10), SplitConfig(cut_unit="auto", global_test_date="1970-01-15"))
     assert dated.cut_unit == "event" and chosen["test_users_day"] == 0 < chosen["test_users_event"]
+    assert chosen["counted"] == "validation" and resolve_cut_unit(log(10), auto)[1]["counted"] == "test"
     with pytest.raises(ValueError, match="auto is chosen from the log first"):
         compute_cuts(log(0), auto)
 
