@@ -108,14 +108,12 @@ def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     """GRPO's last stages, progressive and plain, paired with the run's SFT policy and with each other
     (module docstring): each stage keeps its last stage's end in `<stage>/last` when validation shipped
     something else (else `final` is it), ranked here for the run's test users as `negrec predict` ranks."""
-    from negrec.config import section_config
+    from negrec.config import fill_cut_unit, section_config
     from negrec.eval.checks import with_original_ids
     from negrec.eval.run import EvalConfig, _eval_rows, predict_with_policy
     from negrec.io import write_parquet
     from negrec.llm.model import ModelConfig
     from negrec.llm.prompts import prompt_config
-
-    from negrec.config import fill_cut_unit
 
     out = run_dir.parent / f"{name}_grpo_last"
     config, raw = dataset_config(name, extra)

@@ -9,7 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .config import ConfigError, as_set, check_config, fill_cut_unit, load_config
+from .config import ConfigError, as_set, check_config, load_config
 from .io import write_yaml
 from .runlock import launched_rank, run_lock
 from .stages import commands
@@ -296,7 +296,6 @@ def _run(args) -> int:
     if os.environ.get("NEGREC_THREADS"):
         positive_threads(os.environ["NEGREC_THREADS"], "NEGREC_THREADS")
     run_dir = resolve_run_dir(raw, args)
-    fill_cut_unit(raw, run_dir)  # `cut_unit: auto`: as this run's data stage chose it
     command = COMMANDS[args.command]
     fn = getattr(importlib.import_module(command.module), command.func)
     if read_only(args, raw, run_dir):

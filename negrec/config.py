@@ -267,8 +267,7 @@ def fill_cut_unit(raw: dict, run_dir) -> None:
     """Under `data.split.cut_unit: auto`, the unit the data stage chose from the log (recorded in its
     data/data_config.json) into `raw["_cut_unit"]`, and `prompt.day_breaks` resolved from it. Called
     by every question to the stage contract (`negrec.contract`: the stages' fingerprints hold the
-    resolved day breaks), by the CLI, and by the stages that read the prompt or SFT settings before
-    asking it. Before the data stage has run there is nothing to read and nothing that needs it."""
+    resolved day breaks) and by the stages that read the prompt or SFT settings before asking it. Before the data stage has run there is nothing to read and nothing that needs it."""
     if ((raw.get("data") or {}).get("split") or {}).get("cut_unit") != "auto":
         return
     from negrec.data.splits import CUT_UNITS
