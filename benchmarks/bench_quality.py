@@ -110,7 +110,7 @@ def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     something else (else `final` is it), ranked here for the run's test users as `negrec predict` ranks."""
     from negrec.config import fill_cut_unit, section_config
     from negrec.eval.checks import with_original_ids
-    from negrec.eval.run import EvalConfig, _eval_rows, predict_with_policy
+    from negrec.eval.run import _eval_rows, eval_config, predict_with_policy
     from negrec.io import write_parquet
     from negrec.llm.model import ModelConfig
     from negrec.llm.prompts import prompt_config
@@ -118,7 +118,7 @@ def grpo_as_trained(name: str, run_dir: Path, extra: list[str]) -> dict:
     out = run_dir.parent / f"{name}_grpo_last"
     config, raw = dataset_config(name, extra)
     fill_cut_unit(raw, run_dir)  # generic.yaml's `cut_unit: auto`, as the run's data stage chose it
-    cfg = section_config(EvalConfig, raw, "eval")
+    cfg = eval_config(raw)  # the ranking windows the pipeline's predict used (they follow the cut unit)
     t0, prepared, samples = time.time(), None, None
     files = {"sft_next": run_dir / "eval" / "predictions" / "sft_next.parquet"}
     for row, stage in (("grpo_last", "grpo"), ("grpo_plain_last", "grpo_plain")):

@@ -221,6 +221,8 @@ def check_config(raw: dict, sections=None) -> list[str]:
     if "prompt" in (SECTIONS if sections is None else sections):
         _check_prompt_history(raw)
         _check_answer_end(raw)
+    if "eval" in (SECTIONS if sections is None else sections):
+        _check_history_windows(raw)
     # every command, whatever sections it checks: the stages' fingerprints hold the resolved value, so
     # `negrec evaluate` on a day-cut run judged its inputs stale without it (predict reads `prompt`)
     _fill_day_breaks(raw)
@@ -242,6 +244,17 @@ def _check_prompt_history(raw: dict) -> None:
             f" + prompt.older_negatives ({prompt.older_negatives})" if prompt.older_negatives else "")
         raise ConfigError(f"{raw.get('_source', '<config>')}: {asked} exceeds data.split.max_history ({history}), "
                           f"the events and negatives a sample keeps: raise data.split.max_history to at least {need}")
+
+
+def _check_history_windows(raw: dict) -> None:
+    """Refuse `eval.history_windows` above 1 with a verbose prompt: the windows are slices of the
+    compact timeline (`negrec.eval.windows`); a verbose prompt shows worded segments instead."""
+    from negrec.llm.prompts import PromptConfig
+
+    windows = (raw.get("eval") or {}).get("history_windows")
+    if windows is not None and int(windows) > 1 and section_config(PromptConfig, raw, "prompt").format != "compact":
+        raise ConfigError(f"{raw.get('_source', '<config>')}: eval.history_windows: {windows} asks the policy from "
+                          "windows of a compact timeline; set prompt.format: compact or eval.history_windows: 1")
 
 
 def _check_answer_end(raw: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config import section_config
 from ..contract import UNRECORDED, left_out, shared_stage_files, stage_files, stage_folder, up_to_date
-from ..data.prepare import load_id_maps
+from ..data.prepare import cuts_at_day_start, load_id_maps
 from ..data.splits import DAY
 from ..io import folder_sha256, read_json, write_json, write_parquet, write_text
 from ..rewards.matching import ItemEmbeddings, ItemSets, swing_from_log
@@ -25,6 +25,7 @@ from .blend import BlendConfig, blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
+from .windows import DAY_CUT_WINDOWS, mix_rankings, older_window_rows
 from .stats import bootstrap_summary, format_ci, paired_differences, paired_summary
 
 
@@ -39,6 +40,10 @@ class EvalConfig:
     batch_size: int = 8
     exclude_context: bool = True       # never predict an item the user already touched
     max_users: int = 0                 # >0: evaluate a deterministic subset of users, all their rows (quick runs)
+    # the policy ranks from the last N windows of prompt.max_events events of each user's history, each
+    # item's probability summed over them (`negrec.eval.windows`). Unset: 4 under day cuts, where the
+    # future is the coming days, 1 under event cuts, where it is the rest of the prompt's burst
+    history_windows: int | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
     # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
@@ -50,8 +55,21 @@ class EvalConfig:
                 raise ValueError(f"eval.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_users < 0:
             raise ValueError(f"eval.max_users must not be negative, got {self.max_users}")
+        if self.history_windows is not None and self.history_windows < 1:
+            raise ValueError(f"eval.history_windows must be at least 1, got {self.history_windows}")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError(f"eval.context_mix must be in [0, 1], got {self.context_mix}")
+
+
+def eval_config(raw: dict) -> EvalConfig:
+    """Section `eval` of a loaded config, `history_windows` resolved from the data's cuts when unset."""
+    from ..llm.prompts import prompt_config
+
+    cfg = section_config(EvalConfig, raw, "eval")
+    if cfg.history_windows is None:  # a verbose prompt has no windows (a set value is refused: check_config)
+        compact = prompt_config(raw).format == "compact"
+        cfg = replace(cfg, history_windows=DAY_CUT_WINDOWS if compact and cuts_at_day_start(raw) else 1)
+    return cfg
 
 
 @dataclass
@@ -161,6 +179,9 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
                         dtype: str = "auto") -> tuple[pd.DataFrame, np.ndarray | None]:
     """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate.
 
+    With `cfg.history_windows` N > 1 each row is also asked from the N - 1 windows of its history
+    before its prompt's, and the windows' item probabilities are summed (`negrec.eval.windows`);
+    the candidates are scored from the row's own prompt.
     With a `shard` (`negrec.eval.data_parallel.current_shard()`) this process ranks its share of the
     rows on its own device; rank 0 returns the merged result, the others (None, None)."""
     from ..llm import PromptBuilder, constrained_beam_search, load_policy, score_items
@@ -170,11 +191,20 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
     constraint = builder.sid_constraint(hf_tok)
     start, end = shard.span(len(samples), cfg.batch_size) if shard else (0, len(samples))
     records = samples.iloc[start:end].to_dict("records")
-    prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records]
-    exclude = [list(r["context_items"]) for r in records] if cfg.exclude_context else None
-    ranked = constrained_beam_search(model, hf_tok, constraint, prompts,
-                                     num_beams=max(cfg.num_beams, cfg.k), top_k=cfg.k, exclude=exclude,
+    if cfg.history_windows is None:
+        raise ValueError("eval.history_windows is unresolved: build the config with negrec.eval.run.eval_config")
+    n_windows = cfg.history_windows
+    owners, older = older_window_rows(prepared.interactions, records, sid_tok.item_ids, prompt_cfg.max_events, n_windows)
+    owners = list(range(len(records))) + owners
+    prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records + older]
+    exclude = [list(records[o]["context_items"]) for o in owners] if cfg.exclude_context else None
+    beams = max(cfg.num_beams, cfg.k)
+    ranked = constrained_beam_search(model, hf_tok, constraint, prompts, num_beams=beams,
+                                     top_k=cfg.k if n_windows == 1 else beams, exclude=exclude,
                                      batch_size=cfg.batch_size, progress=shard is None or shard.is_main)
+    if n_windows > 1:
+        ranked = mix_rankings(ranked, owners, len(records), cfg.k)
+    prompts = prompts[:len(records)]
     # the policy's own score of each same-day candidate: the log-prob beam search would give its SID
     mine = None if cands is None else np.flatnonzero((cands["row"] >= start) & (cands["row"] < end))
     cand_scores = None
@@ -214,7 +244,7 @@ def _predict(raw: dict, run_dir: Path, out: Path, shard) -> dict:
     from ..llm.model import ModelConfig
     from ..llm.prompts import prompt_config
 
-    cfg = section_config(EvalConfig, raw, "eval")
+    cfg = eval_config(raw)
     prompt_cfg = prompt_config(raw)
     dtype = section_config(ModelConfig, raw, "model").dtype  # the precision the policy was built in
     writes = shard is None or shard.is_main
