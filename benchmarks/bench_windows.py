@@ -45,14 +45,13 @@ def trained_run(log: str, seed: int, csv: Path) -> Path:
     return run
 
 
-def rank_with_windows(run: Path, n_windows: int, csv: Path) -> tuple[Path, float]:
+def rank_with_windows(run: Path, log: str, n_windows: int, csv: Path) -> tuple[Path, float]:
     """The run's SFT policy ranked with `n_windows` windows: (predictions file, seconds)."""
-    from negrec.config import fill_cut_unit, load_config
+    from negrec.config import load_config
     from negrec.eval.run import _eval_rows, eval_config, predict_with_policy, with_original_ids
     from negrec.llm.prompts import prompt_config
 
-    raw = load_config(str(CONFIG), [f"data.generic.path={csv}", f"data.split.cut_unit={LOGS[run.name.rsplit('_seed', 1)[0]]}"])
-    fill_cut_unit(raw, run)
+    raw = load_config(str(CONFIG), [f"data.generic.path={csv}", f"data.split.cut_unit={LOGS[log]}"])
     cfg = replace(eval_config(raw), history_windows=n_windows)
     prepared, samples, _ = _eval_rows(run, cfg)
     t0 = time.perf_counter()
@@ -78,7 +77,7 @@ def main():
         runs = [trained_run(log, s, csv) for s in args.seeds]
         files, seconds = {}, {}
         for n in args.windows:
-            ranked = [rank_with_windows(r, n, csv) for r in runs]
+            ranked = [rank_with_windows(r, log, n, csv) for r in runs]
             files[f"w{n}"], seconds[f"w{n}"] = [p for p, _ in ranked], [s for _, s in ranked]
         base = runs[0]
         rows = {**files, **{b: base / "eval" / "predictions" / f"{b}.parquet" for b in BASELINES}}

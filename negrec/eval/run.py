@@ -25,8 +25,8 @@ from .blend import BlendConfig, blend_name, is_blend, rerank
 from .checks import check_predictions, with_original_ids
 from .filter import filter_curve
 from .metrics import MetricsConfig, candidate_sets, evaluate_predictions, rankings_from_frame, training_log
-from .windows import DAY_CUT_WINDOWS, mix_rankings, older_window_rows
 from .stats import bootstrap_summary, format_ci, paired_differences, paired_summary
+from .windows import DAY_CUT_WINDOWS, mix_rankings, older_window_rows
 
 
 
