@@ -44,6 +44,9 @@ class EvalConfig:
     # item's probability summed over them (`negrec.eval.windows`). Unset: 4 under day cuts, where the
     # future is the coming days, 1 under event cuts, where it is the rest of the prompt's burst
     history_windows: int | None = None
+    # older windows only for users whose latest event lies at least this many days before the cut: a
+    # user seen within the day continues that session, and older windows cost them (0: every user)
+    history_windows_gap_days: float = 1.0
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # method pairs "a:b" compared on the same rows (eval/paired.json); b may be `best_baseline`.
     # Empty: the main policy vs the best baseline, sft_next and grpo_plain (see `resolve_pairs`)
@@ -57,6 +60,8 @@ class EvalConfig:
             raise ValueError(f"eval.max_users must not be negative, got {self.max_users}")
         if self.history_windows is not None and self.history_windows < 1:
             raise ValueError(f"eval.history_windows must be at least 1, got {self.history_windows}")
+        if not self.history_windows_gap_days >= 0:  # NaN fails too
+            raise ValueError(f"eval.history_windows_gap_days must not be negative, got {self.history_windows_gap_days}")
         if not 0.0 <= self.context_mix <= 1.0:
             raise ValueError(f"eval.context_mix must be in [0, 1], got {self.context_mix}")
 
@@ -179,9 +184,9 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
                         dtype: str = "auto") -> tuple[pd.DataFrame, np.ndarray | None]:
     """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate.
 
-    With `cfg.history_windows` N > 1 each row is also asked from the N - 1 windows of its history
-    before its prompt's, and the windows' item probabilities are summed (`negrec.eval.windows`);
-    the candidates are scored from the row's own prompt.
+    With `cfg.history_windows` N > 1 each row whose user has been away `cfg.history_windows_gap_days`
+    is also asked from the N - 1 windows of its history before its prompt's, and the windows' item
+    probabilities are summed (`negrec.eval.windows`); the candidates are scored from the row's own prompt.
     With a `shard` (`negrec.eval.data_parallel.current_shard()`) this process ranks its share of the
     rows on its own device; rank 0 returns the merged result, the others (None, None)."""
     from ..llm import PromptBuilder, constrained_beam_search, load_policy, score_items
@@ -194,7 +199,8 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
     if cfg.history_windows is None:
         raise ValueError("eval.history_windows is unresolved: build the config with negrec.eval.run.eval_config")
     n_windows = cfg.history_windows
-    owners, older = older_window_rows(prepared.interactions, records, sid_tok.item_ids, prompt_cfg.max_events, n_windows)
+    owners, older = older_window_rows(prepared.interactions, records, sid_tok.item_ids, prompt_cfg.max_events, n_windows,
+                                      min_gap=cfg.history_windows_gap_days * DAY)
     owners = list(range(len(records))) + owners
     prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records + older]
     exclude = [list(records[o]["context_items"]) for o in owners] if cfg.exclude_context else None

@@ -1,5 +1,6 @@
 """`eval.history_windows`: the policy asked from older windows of a user's history, its item
-probabilities summed over them; the setting follows the cut unit, and predict ranks with it."""
+probabilities summed over them, for users away from the cut; the setting follows the cut unit, and
+predict ranks with it."""
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ def test_older_windows_are_the_events_before_the_prompts_own():
     cut = 1_000 + 11 * DAY  # user 1's last event falls at the cut: not history
     # the samples keep the last 4 events before the cut (data.split.max_history), 109 among them, so
     # the row's prompt of 4 events shows 3 (107, 108, 110); the windows go on from the event before 107
-    rows = [{"user_id": 1, "cut_ts": cut, "tag": "a", "mixed_items": [107, 108, 109, 110]},
-            {"user_id": 2, "cut_ts": 10**9, "tag": "b", "mixed_items": [200, 201, 202]}]
+    rows = [{"user_id": 1, "cut_ts": cut, "tag": "a", "mixed_items": [107, 108, 109, 110],
+             "mixed_ts": [1_000 + e * DAY for e in (7, 8, 9, 10)]},
+            {"user_id": 2, "cut_ts": 10**9, "tag": "b", "mixed_items": [200, 201, 202], "mixed_ts": [5_000, 5_001, 5_002]}]
     owners, older = older_window_rows(log, rows, known, window=4, n_windows=4)
     assert owners == [0, 0]  # user 1's 9 other known events fill two windows; user 2's 3 are all shown
     assert [list(r["mixed_items"]) for r in older] == [[103, 104, 105, 106], [100, 101, 102]]
@@ -40,6 +42,19 @@ def test_older_windows_are_the_events_before_the_prompts_own():
     assert [list(r["neg_items"]) for r in older] == [[100, 103, 106], [100]]
     assert older_window_rows(log, rows, known, window=4, n_windows=1) == ([], [])  # one window: the prompt alone
     assert older_window_rows(log, rows, known, window=4, n_windows=2)[0] == [0]
+
+
+def test_older_windows_only_for_users_away_from_the_cut():
+    log = _log()
+    cut = 1_000 + 11 * DAY  # user 1's latest event (day 10) lies one day before the cut
+    rows = [{"user_id": 1, "cut_ts": cut - DAY + 60, "mixed_items": [107, 108, 109, 110],
+             "mixed_ts": [1_000 + e * DAY for e in (7, 8, 9, 10)]},  # a minute after its latest event
+            {"user_id": 1, "cut_ts": cut, "mixed_items": [107, 108, 109, 110],
+             "mixed_ts": [1_000 + e * DAY for e in (7, 8, 9, 10)]}]
+    known = log["item_id"].tolist()
+    assert older_window_rows(log, rows, known, window=4, n_windows=3, min_gap=DAY)[0] == [1, 1]  # away a day
+    assert older_window_rows(log, rows, known, window=4, n_windows=3, min_gap=DAY + 1) == ([], [])
+    assert older_window_rows(log, rows, known, window=4, n_windows=3, min_gap=60)[0] == [0, 0, 1, 1]
 
 
 def test_mixed_rankings_sum_each_items_probability_over_the_windows():
@@ -67,6 +82,8 @@ def test_history_windows_follow_the_cut_unit_and_a_set_value_wins():
         check_config(load_config(str(CONFIG), ["prompt.format=verbose", "eval.history_windows=3"]))
     with pytest.raises(ValueError, match="history_windows must be at least 1"):
         EvalConfig(history_windows=0)
+    with pytest.raises(ValueError, match="history_windows_gap_days must not be negative"):
+        EvalConfig(history_windows_gap_days=-1.0)
 
 
 def test_predict_ranks_from_the_windows_and_one_window_ranks_as_before(policy_run, tmp_path):
@@ -75,17 +92,19 @@ def test_predict_ranks_from_the_windows_and_one_window_ranks_as_before(policy_ru
     from negrec.eval.run import run_predict
     from negrec.llm.prompts import PromptConfig
 
-    def ranked(n_windows: int) -> pd.DataFrame:
-        run = tmp_path / f"w{n_windows}"
+    def ranked(n_windows: int, gap_days: float = 0.0) -> pd.DataFrame:
+        run = tmp_path / f"w{n_windows}_{gap_days}"
         shutil.copytree(policy_run, run)
         raw = load_config(str(CONFIG), [*tiny_overrides(), "eval.policies=[sft_next]", "eval.max_users=20",
-                                        "eval.batch_size=4", f"eval.history_windows={n_windows}"])
+                                        "eval.batch_size=4", f"eval.history_windows={n_windows}",
+                                        f"eval.history_windows_gap_days={gap_days}"])
         run_predict(raw, run)
         out = pd.read_parquet(run / "eval" / "predictions" / "sft_next.parquet")
         return out.sort_values(["user_id", "cut_ts", "rank"]).reset_index(drop=True)
 
     one, three = ranked(1), ranked(3)
     assert one[["user_id", "cut_ts", "rank"]].equals(three[["user_id", "cut_ts", "rank"]])
+    assert ranked(3, gap_days=10**6).equals(one)  # no user away that long: every list from its prompt alone
     prepared = Prepared.load(policy_run / "data")
     samples = prepared.samples["test"].set_index(["user_id", "cut_ts"])
     for (u, c), lst in three.groupby(["user_id", "cut_ts"]):  # no window returns the user's own context
@@ -98,3 +117,10 @@ def test_predict_ranks_from_the_windows_and_one_window_ranks_as_before(policy_ru
     assert len(long) and len(short)  # both kinds of user among the 20
     assert short.all()  # a history the prompt shows whole has no older window: the list of one window
     assert not long.all()  # older windows move the lists of longer histories
+    # under the shipped gap of a day, a user seen within the day of the cut ranks from the prompt alone
+    gated = ranked(3, gap_days=1.0)
+    days_away = np.array([(c - np.max(samples.loc[(u, c), "mixed_ts"])) / 86_400 for u, c in same.index])
+    near = pd.MultiIndex.from_tuples(list(same.index[days_away < 1]), names=["user_id", "cut_ts"])
+    assert ((days_away < 1) & ~same.to_numpy()).any()  # among them, users whose lists three windows move
+    pick = lambda df: df.set_index(["user_id", "cut_ts"]).loc[near].reset_index()
+    assert pick(gated).equals(pick(one))
