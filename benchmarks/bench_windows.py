@@ -19,6 +19,7 @@ cut at day starts: the cross-session future where negrec trailed the classical m
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import replace
@@ -48,16 +49,26 @@ def trained_run(log: str, seed: int, csv: Path) -> Path:
     return run
 
 
+@functools.lru_cache(maxsize=None)
+def eval_rows_of(run: Path, log: str, csv: Path):
+    """(config, prepared data, test rows) of a run, read once for all its rankings."""
+    from negrec.config import load_config
+    from negrec.data import Prepared
+    from negrec.eval.run import _eval_samples, eval_config
+
+    raw = load_config(str(CONFIG), [f"data.generic.path={csv}", f"data.split.cut_unit={LOGS[log]}"])
+    prepared = Prepared.load(run / "data")
+    return raw, prepared, _eval_samples(prepared, eval_config(raw))
+
+
 def rank_with_windows(run: Path, log: str, n_windows: int, gap_days: float, csv: Path) -> tuple[Path, float]:
     """The run's SFT policy ranked with `n_windows` windows, the older ones for users away `gap_days`:
     (predictions file, seconds)."""
-    from negrec.config import load_config
-    from negrec.eval.run import _eval_rows, eval_config, predict_with_policy, with_original_ids
+    from negrec.eval.run import eval_config, predict_with_policy, with_original_ids
     from negrec.llm.prompts import prompt_config
 
-    raw = load_config(str(CONFIG), [f"data.generic.path={csv}", f"data.split.cut_unit={LOGS[log]}"])
+    raw, prepared, samples = eval_rows_of(run, log, csv)
     cfg = replace(eval_config(raw), history_windows=n_windows, history_windows_gap_days=gap_days)
-    prepared, samples, _ = _eval_rows(run, cfg)
     t0 = time.perf_counter()
     pred, _ = predict_with_policy(run / "sft_next" / "final", prepared, samples, cfg, prompt_config(raw))
     seconds = round(time.perf_counter() - t0, 1)

@@ -119,7 +119,7 @@ def test_predict_ranks_from_the_windows_and_one_window_ranks_as_before(policy_ru
     assert not long.all()  # older windows move the lists of longer histories
     # under the shipped gap of a day, a user seen within the day of the cut ranks from the prompt alone
     gated = ranked(3, gap_days=1.0)
-    days_away = np.array([(c - np.max(samples.loc[(u, c), "mixed_ts"])) / 86_400 for u, c in same.index])
+    days_away = np.array([(c - np.max(samples.loc[(u, c), "mixed_ts"])) / DAY for u, c in same.index])
     near = pd.MultiIndex.from_tuples(list(same.index[days_away < 1]), names=["user_id", "cut_ts"])
     assert ((days_away < 1) & ~same.to_numpy()).any()  # among them, users whose lists three windows move
     pick = lambda df: df.set_index(["user_id", "cut_ts"]).loc[near].reset_index()
