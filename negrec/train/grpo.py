@@ -711,11 +711,7 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
     rows = (sft_validation_rows(raw, prepared, reward_cfg.horizon) if cfg.rows == "sft_validation"
             else training_rows(prepared, reward_cfg.horizon, cfg.max_samples, cfg.seed))
     if not rows:  # before the SFT policy is read or merged: nothing of it is needed
-        summary = _nothing_to_train(stage, cfg.rows, reward_cfg.horizon)
-        if is_main_process():  # in place of an older run's folder, which predict would refuse as out of date
-            with stage_folder(raw, run_dir, stage) as tmp:
-                write_json(tmp / "summary.json", summary)
-        return summary
+        return _nothing_to_train(raw, run_dir, stage, cfg.rows, reward_cfg.horizon)
     policy = find_sft_policy(run_dir, cfg.policy)
     # progress, checkpoints and stage models in <run>/.work/<stage>: outside the folder that is swapped
     work = work_dir(run_dir, stage)
@@ -743,26 +739,33 @@ def run_grpo(raw: dict, run_dir, stop_after_steps: int | None = None, plain: boo
                     "rewards": dict(zip(rewards.names, rewards.weights)),
                     "final_model": str(out_dir / "final"), "log": str(out_dir / "log.jsonl")})
     if is_main_process():
-        with stage_folder(raw, run_dir, stage) as tmp:
-            # links: the work folder (and the SFT policy) stay whole until the swap
-            kept = Path(summary["kept"]["model"])
-            copy_tree(kept, tmp / "final")
-            if kept.resolve() != (work / "final").resolve():  # GRPO as trained stays, beside what ships
-                copy_tree(work / "final", tmp / "last")
-                summary["last_model"] = str(out_dir / "last")
-            if work.resolve() in kept.resolve().parents:  # the work folder goes once the stage is in place
-                summary["kept"]["model"] = summary["final_model"]
-            if (work / "log.jsonl").exists():
-                shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
-            write_json(tmp / "summary.json", summary)
+        _write_stage(raw, run_dir, stage, summary, work, out_dir)
         _print_summary(summary)
     ranks_meet()
     return summary
 
 
-def _nothing_to_train(stage: str, row_source: str, horizon: int) -> dict:
+def _write_stage(raw: dict, run_dir: Path, stage: str, summary: dict, work: Path, out_dir: Path) -> None:
+    """The stage folder: the kept policy as final/, GRPO as trained as last/ when another policy
+    ships, the log and the summary (`summary` updated with where they now are)."""
+    with stage_folder(raw, run_dir, stage) as tmp:
+        # links: the work folder (and the SFT policy) stay whole until the swap
+        kept = Path(summary["kept"]["model"])
+        copy_tree(kept, tmp / "final")
+        if kept.resolve() != (work / "final").resolve():  # GRPO as trained stays, beside what ships
+            copy_tree(work / "final", tmp / "last")
+            summary["last_model"] = str(out_dir / "last")
+        if work.resolve() in kept.resolve().parents:  # the work folder goes once the stage is in place
+            summary["kept"]["model"] = summary["final_model"]
+        if (work / "log.jsonl").exists():
+            shutil.copy2(work / "log.jsonl", tmp / "log.jsonl")
+        write_json(tmp / "summary.json", summary)
+
+
+def _nothing_to_train(raw: dict, run_dir: Path, stage: str, row_source: str, horizon: int) -> dict:
     """No rows to train on: the stage's folder holds no policy, only why (its summary), so predict
-    and evaluate rank the SFT policy as the main one; says why in one line."""
+    and evaluate rank the SFT policy as the main one (it replaces an older run's folder, which
+    predict would refuse as out of date); says why in one line."""
     if row_source == "sft_validation":
         why = (f"no validation rows with a dislike in the {horizon} days after the cut (sft_next.val_rows is 0, "
                f"or its users have none)")
@@ -773,7 +776,11 @@ def _nothing_to_train(stage: str, row_source: str, horizon: int) -> dict:
         fix = "lower data.split.min_context to give GRPO rows"
     print(f"[{stage}] warning: {why}: GRPO not run, the SFT policy stands; {fix}, or add {stage} to "
           f"pipeline.skip", file=sys.stderr)
-    return {"skipped": why}
+    summary = {"skipped": why}
+    if is_main_process():
+        with stage_folder(raw, run_dir, stage) as tmp:
+            write_json(tmp / "summary.json", summary)
+    return summary
 
 
 def validator(raw: dict, prepared, sid_tok, hf_tok, builder) -> Callable[[Path], list[float]] | None:

@@ -546,12 +546,7 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
     cfg = sft_config(raw, task)
     pcfg = prompt_config(raw)
     out = run_dir / f"sft_{task}"
-    if cfg.init_from:
-        init = Path(cfg.init_from)
-    elif task == "next" and (run_dir / "sft_align" / "final").exists():
-        init = run_dir / "sft_align" / "final"
-    else:
-        init = run_dir / "model"
+    init = _init_dir(cfg, task, run_dir)
     if cfg.phases and not (task == "align" and cfg.mode == "timeline"):
         raise ValueError(f"sft_{task}.phases: only the alignment stage in mode: timeline trains in phases")
     model_cfg = section_config(ModelConfig, raw, "model")
@@ -579,6 +574,23 @@ def run_sft(raw: dict, run_dir, task: str = "align") -> dict:
         return _run_timeline(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0, autocast)
     if task == "align" and cfg.mode == "timeline":
         return _run_align_loop(model, hf_tok, sid_tok, builder, data, cfg, run_dir, raw, str(init), t0, autocast)
+    return _run_prompt_sft(model, hf_tok, sid_tok, builder, data, cfg, task, run_dir, raw, init, t0, tb_dir, work,
+                           trainer_args, peft)
+
+
+def _init_dir(cfg: SFTStageConfig, task: str, run_dir: Path) -> Path:
+    """The model the stage starts from: `init_from`, else (next) the alignment stage's, else the built model."""
+    if cfg.init_from:
+        return Path(cfg.init_from)
+    if task == "next" and (run_dir / "sft_align" / "final").exists():
+        return run_dir / "sft_align" / "final"
+    return run_dir / "model"
+
+
+def _run_prompt_sft(model, hf_tok, sid_tok, builder, data, cfg: SFTStageConfig, task: str, run_dir: Path, raw: dict,
+                    init: Path, t0: float, tb_dir: Path, work: Path, trainer_args, peft) -> dict:
+    """`sft --task align|next` in `mode: prompt`: prompt/completion examples through TRL's SFTTrainer."""
+    name, out = f"sft-{task}", run_dir / f"sft_{task}"
     if task == "align":
         examples = alignment_examples(builder, sid_tok, data.items, cfg.tasks, cfg.max_items, cfg.item_repeats, cfg.seed)
     else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 from pathlib import Path
@@ -283,18 +284,12 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     forward and backward in it, the weights and AdamW staying in theirs (`negrec.llm.model.training_autocast`).
     Under a launcher the ranks train the model together (`negrec.train.ranks`); rank 0 writes."""
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
 
     ranks = launch_ranks(model)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
-    # a budget in steps (max_steps > 0) wins over epochs: the same time on any catalogue or log size
-    total = cfg.max_steps if cfg.max_steps > 0 else int(round(cfg.epochs * steps_per_epoch))
-    n_epochs = math.ceil(total / steps_per_epoch) if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    total, n_epochs = _budget(cfg, len(windows))
+    opt, sched = _optimizer(model, cfg, total)
     state = {"epoch": 0, "step": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "bad": 0,
              "best_recalls": None, "kept_epoch": 0, "kept_recall": -1.0}
     if ckpt_path is not None and ckpt_path.exists() and cfg.resume:
@@ -303,31 +298,20 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
     pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
     device_type = next(model.parameters()).device.type
     mixed = (lambda: torch.autocast(device_type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
-    if loss_ids is not None:
-        check_loss_targets(windows, np.asarray(loss_ids))
-        loss_ids = torch.as_tensor(np.asarray(loss_ids), dtype=torch.long, device=next(model.parameters()).device)
+    loss_ids = _loss_rows(windows, loss_ids, next(model.parameters()).device)
     timeline, extra = windows, list(extra or [])
     n_windows, windows = len(timeline), list(timeline) + extra  # extras index after the timeline windows
     while state["epoch"] < n_epochs and state["step"] < total and state["bad"] < cfg.patience:
         model.train()
-        losses = []
         if reshuffle is not None:  # the count can change (with other_weight 0 a window may lose its negatives)
             timeline = reshuffle(rng)
             n_windows, windows = len(timeline), list(timeline) + extra
         batches = _mix_in(_batches(timeline, cfg.batch_size, rng), n_windows, len(extra),
                           cfg.align_per_batch, rng)
-        bar = tqdm(batches, desc=f"epoch {state['epoch'] + 1}/{n_epochs}", unit="batch", disable=not ranks.is_main)
-        for idx in bar:
-            if state["step"] >= total:
-                break
-            losses.append(_step(model, opt, ranks, mixed, lambda: batch_loss(model, windows, idx, pad, n_windows,
-                                                                            loss_ids, ranks)))
-            sched.step()
-            state["step"] += 1
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if writer and state["step"] % cfg.logging_steps == 0:
-                writer.add_scalar("train/loss", losses[-1], state["step"])
-                writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
+        loss_of = functools.partial(batch_loss, model, windows, pad_id=pad, n_windows=n_windows, loss_ids=loss_ids,
+                                    ranks=ranks)
+        losses = _train_epoch(lambda lf: _step(model, opt, ranks, mixed, lf), loss_of, sched, batches, state, total,
+                              f"epoch {state['epoch'] + 1}/{n_epochs}", ranks.is_main, writer, cfg.logging_steps)
         model.eval()
         state["epoch"] += 1
         last = state["epoch"] >= n_epochs or state["step"] >= total
@@ -345,10 +329,60 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
         writer.close()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
+    return _fit_summary(state, cfg.patience)
+
+
+def _fit_summary(state: dict, patience: int) -> dict:
     return {"epochs_run": state["epoch"], "steps": state["step"], "kept_epoch": state["kept_epoch"],
             "kept_val_recall@10": _recall_or_none(state["kept_recall"]), "best_epoch": state["best_epoch"],
             "best_val_recall@10": _recall_or_none(state["best"]), "history": copy.deepcopy(state["history"]),
-            "stopped_early": state["bad"] >= cfg.patience}
+            "stopped_early": state["bad"] >= patience}
+
+
+def _loss_rows(windows, loss_ids, device) -> torch.Tensor | None:
+    """`loss_ids` as a tensor on `device`, once checked to hold every weighted target of `windows`."""
+    if loss_ids is None:
+        return None
+    check_loss_targets(windows, np.asarray(loss_ids))
+    return torch.as_tensor(np.asarray(loss_ids), dtype=torch.long, device=device)
+
+
+def _budget(cfg, n_windows: int) -> tuple[int, int]:
+    """(total steps, epochs). A budget in steps (max_steps > 0) wins over epochs: the same time on
+    any catalogue or log size."""
+    steps_per_epoch = math.ceil(n_windows / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps > 0 else int(round(cfg.epochs * steps_per_epoch))
+    n_epochs = math.ceil(total / steps_per_epoch) if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs))
+    return total, n_epochs
+
+
+def _optimizer(model, cfg, total: int):
+    """(AdamW, its schedule): linear warm-up over `warmup_ratio` of the steps, then cosine decay to 0."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched
+
+
+def _train_epoch(step, loss_of, sched, batches, state: dict, total: int, desc: str, show: bool, writer,
+                 logging_steps: int) -> list[float]:
+    """One pass over `batches` (stopping at `total` steps): `step(lambda: loss_of(idx))` per batch,
+    the schedule stepped after it; each batch's loss. `show`: the progress bar (rank 0's)."""
+    from tqdm.auto import tqdm
+
+    losses = []
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not show)
+    for idx in bar:
+        if state["step"] >= total:
+            break
+        losses.append(step(lambda: loss_of(idx)))
+        sched.step()
+        state["step"] += 1
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if writer and state["step"] % logging_steps == 0:
+            writer.add_scalar("train/loss", losses[-1], state["step"])
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], state["step"])
+    return losses
 
 
 def _recall_or_none(recall: float) -> float | None:
