@@ -333,6 +333,7 @@ def train_timeline(model, hf_tok, sid_tok, windows, val_rows, builder, cfg, hori
 
 
 def _fit_summary(state: dict, patience: int) -> dict:
+    """What `train_timeline` returns: epochs and steps run, the kept and the best epoch, the history."""
     return {"epochs_run": state["epoch"], "steps": state["step"], "kept_epoch": state["kept_epoch"],
             "kept_val_recall@10": _recall_or_none(state["kept_recall"]), "best_epoch": state["best_epoch"],
             "best_val_recall@10": _recall_or_none(state["best"]), "history": copy.deepcopy(state["history"]),
@@ -356,8 +357,9 @@ def _budget(cfg, n_windows: int) -> tuple[int, int]:
     return total, n_epochs
 
 
-def _optimizer(model, cfg, total: int):
-    """(AdamW, its schedule): linear warm-up over `warmup_ratio` of the steps, then cosine decay to 0."""
+def _optimizer(model, cfg, total: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """(AdamW, its schedule): a linear warm-up over the first `warmup_ratio` of the steps, times a
+    cosine decay from step 0 to 0 at `total`."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -367,7 +369,8 @@ def _optimizer(model, cfg, total: int):
 def _train_epoch(step, loss_of, sched, batches, state: dict, total: int, desc: str, show: bool, writer,
                  logging_steps: int) -> list[float]:
     """One pass over `batches` (stopping at `total` steps): `step(lambda: loss_of(idx))` per batch,
-    the schedule stepped after it; each batch's loss. `show`: the progress bar (rank 0's)."""
+    the schedule stepped after it and `state["step"]` advanced; each batch's loss. Loss and learning
+    rate go to `writer` every `logging_steps`; `show`: the progress bar (rank 0's)."""
     from tqdm.auto import tqdm
 
     losses = []
