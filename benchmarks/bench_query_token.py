@@ -129,8 +129,10 @@ def main():
     print_table(table, f"{args.policy} of {run}, asked with each query token ({n_rows} test rows ranked, one window; "
                        "the metrics count the rows with a dislike in their future)")
     print_table(paired, "paired a - b (95% CI, bootstrap over users)")
-    save_result(f"bench_query_token_{run.name}", {
+    name = (raw.get("run") or {}).get("name") or Path(args.config).stem  # the config's run, as the CLI names it
+    save_result(f"bench_query_token_{name}", {
         "command": "python benchmarks/bench_query_token.py " + " ".join(sys.argv[1:]), "config": _shown(args.config),
+        "run_dir": run.name,
         "policy": args.policy, "rows_ranked": n_rows, "pipeline_windows": windows, "same_as_pipeline": same,
         "rank_seconds": seconds, "table": table, "paired": paired})
 
