@@ -54,7 +54,7 @@ def ranked_with_queries(run: Path, raw: dict, policy: str) -> tuple[dict, dict, 
     from negrec.eval.run import _eval_samples, _to_frame, eval_config
     from negrec.llm import PromptBuilder, constrained_beam_search, load_policy
     from negrec.llm.model import ModelConfig
-    from negrec.llm.prompts import FEEDBACK_TOKENS, prompt_config
+    from negrec.llm.prompts import prompt_config
 
     cfg, pcfg = eval_config(raw), prompt_config(raw)
     why = refusal(pcfg)
@@ -66,14 +66,10 @@ def ranked_with_queries(run: Path, raw: dict, policy: str) -> tuple[dict, dict, 
     builder = PromptBuilder(pcfg, sid_tok, prepared.items, hf_tok)
     constraint = builder.sid_constraint(hf_tok)
     rows = samples.to_dict("records")
-    asked = FEEDBACK_TOKENS[-1]
-    prompts = [builder.build(r, context_mix=cfg.context_mix) for r in rows]
-    if not all(p.endswith(asked) for p in prompts):
-        raise SystemExit(f"bench_query_token: a compact prompt that does not end with {asked}")
     exclude = [list(r["context_items"]) for r in rows] if cfg.exclude_context else None
     preds, seconds = {}, {}
     for name, feedback in QUERIES.items():
-        asking = [p[:len(p) - len(asked)] + FEEDBACK_TOKENS[feedback] for p in prompts]
+        asking = [builder.build(r, context_mix=cfg.context_mix, query=feedback) for r in rows]
         t0 = time.perf_counter()
         ranked = constrained_beam_search(model, hf_tok, constraint, asking, num_beams=max(cfg.num_beams, cfg.k),
                                          top_k=cfg.k, exclude=exclude, batch_size=cfg.batch_size)

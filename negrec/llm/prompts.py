@@ -213,10 +213,14 @@ class PromptBuilder:
             segments.append(self._segment(cfg.mixed_header, mixed[-n_mixed:]))
         return "\n".join(segments + [cfg.task])
 
-    def build(self, sample_row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
-        """The prompt for one (user, cut) sample row of `Prepared.samples[split]`."""
+    def build(self, sample_row, context_mix: float = 1.0, neg_window_days: float | None = None, query: int = -1) -> str:
+        """The prompt for one (user, cut) sample row of `Prepared.samples[split]`. `query`: the feedback
+        the compact prompt's last token asks about (-1, the next dislike: the task; 0 or 1 measure
+        what the query token is worth, benchmarks/bench_query_token.py)."""
         if self.cfg.format == "compact":
-            return self.compact_text(sample_row, context_mix, neg_window_days)
+            return self.compact_text(sample_row, context_mix, neg_window_days, query)
+        if query != -1:
+            raise ValueError("a verbose prompt asks for the next dislike only (query=-1)")
         return self.wrap(self.history_text(sample_row, context_mix, neg_window_days))
 
     @property
@@ -265,7 +269,7 @@ class PromptBuilder:
                  if int(i) in self.sid_tok and (start is None or t >= start)]
         return older[-self.cfg.older_negatives:]
 
-    def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None) -> str:
+    def compact_text(self, row, context_mix: float = 1.0, neg_window_days: float | None = None, query: int = -1) -> str:
         """The compact prompt: each shown event as feedback token + SID (+ EOS with `event_eos`), then the query token;
         the older negatives first, with no day breaks among them."""
         if self._codec is None:  # built once: it reads the whole SID table
@@ -274,7 +278,7 @@ class PromptBuilder:
         breaks = None
         if self.cfg.day_breaks:
             breaks = np.r_[np.zeros(len(older), bool), new_day_flags([t for _, _, t in recent] + [int(row["cut_ts"])])]
-        return self._codec.text([(i, f) for i, f, _ in older + recent], breaks)
+        return self._codec.text([(i, f) for i, f, _ in older + recent], breaks, query)
 
     def template_texts(self) -> list[str]:
         """Fixed strings the prompts use (for training a tokenizer that knows them)."""
@@ -362,12 +366,13 @@ class CompactCodec:
     def fb_token(self, feedback: int) -> str:
         return FEEDBACK_TOKENS[int(np.sign(feedback)) if self.feedback_tokens else 0]
 
-    def text(self, events: list[tuple[int, int]], breaks=None) -> str:
-        """The prompt text; `breaks` (one per event and one for the query) says where DAY_TOKEN goes."""
+    def text(self, events: list[tuple[int, int]], breaks=None, query: int = -1) -> str:
+        """The prompt text; `breaks` (one per event and one for the query) says where DAY_TOKEN goes;
+        the query token asks for the next event of feedback `query` (a dislike by default)."""
         eos = self.tok.eos_token if self.event_eos else ""
         day = [DAY_TOKEN if b else "" for b in breaks] if breaks is not None else [""] * (len(events) + 1)
         body = "".join(f"{d}{self.fb_token(f)}{self.sid_text(i, f)}{eos}" for d, (i, f) in zip(day, events))
-        return body + day[-1] + self.fb_token(-1)
+        return body + day[-1] + self.fb_token(query)
 
     def sid_text(self, item: int, feedback: int) -> str:
         tokens = self.sid_tok.token_list(item)

@@ -128,6 +128,21 @@ def test_older_negatives_open_the_prompt_as_they_open_the_training_window(setup,
     assert [len(w) for w, _ in plain][-1] == len(timeline_windows(ctx, None, codec, n_shown, 1.0)[-1][0])  # none before the first
 
 
+def test_the_query_token_asks_about_the_feedback_given(setup):
+    """`build(row, query=f)`: the same compact prompt, its last token the feedback asked about (what
+    benchmarks/bench_query_token.py varies); a verbose prompt asks for the next dislike only."""
+    _, _, sid, builder, log = setup
+    ctx = log[log.user_id == 1].iloc[:N_CONTEXT]
+    row = {"user_id": 1, "cut_ts": int(ctx.ts.iloc[-1]) + 1, "mixed_items": ctx.item_id.to_numpy(),
+           "mixed_feedback": ctx.feedback.to_numpy(), "mixed_ts": ctx.ts.to_numpy()}
+    asked = builder.build(row)
+    assert asked.endswith("<|neg|>") and builder.build(row, query=-1) == asked
+    assert builder.build(row, query=1) == asked[:-len("<|neg|>")] + "<|pos|>"
+    assert builder.build(row, query=0) == asked[:-len("<|neg|>")] + "<|neu|>"
+    with pytest.raises(ValueError, match="next dislike only"):
+        PromptBuilder(PromptConfig(format="verbose"), sid).build(row, query=1)
+
+
 def test_like_tokens_write_the_non_negative_events_with_their_own_tokens(setup):
     """`prompt.like_tokens`: build-model adds a like token per SID token (its rows copies of the SID
     token's); the prompt, the event ids and the training windows write a non-negative event's SID
