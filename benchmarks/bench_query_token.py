@@ -101,11 +101,12 @@ def main():
     ap.add_argument("--policy", default="sft_next", help="the stage folder of the policy (sft_next, grpo, ...)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    from negrec.cli import resolve_run_dir
+    from negrec.cli import resolve_run_dir, set_threads
     from negrec.config import fill_cut_unit, load_config
     from negrec.eval.run import eval_config
     from negrec.pipeline import run_pipeline
 
+    set_threads(None)  # as the CLI does: a run retrained here gets the CLI's numbers (`run_pipeline`)
     raw = load_config(args.config, args.overrides)
     run = resolve_run_dir(raw, SimpleNamespace(run_dir=args.run_dir, config=args.config)).resolve()
     run_pipeline(raw, run)

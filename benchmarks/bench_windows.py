@@ -107,7 +107,10 @@ def main():
                     help="older windows for users away this long (default: eval.history_windows_gap_days)")
     args = ap.parse_args()
     from bench_quality import bare_ids_csv  # ../shared's ML-100K as a bare-id CSV, written under runs/
+    from negrec.cli import set_threads
     from negrec.eval.run import EvalConfig
+
+    set_threads(None)  # as the CLI does: the runs trained here get the CLI's numbers (`run_pipeline`)
 
     csv = bare_ids_csv()
     gap = EvalConfig().history_windows_gap_days if args.gap_days is None else args.gap_days

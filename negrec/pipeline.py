@@ -29,7 +29,13 @@ RANKED = ("sft-align", "sft-next", "predict")  # the stages the pipeline runs on
 
 
 def run_pipeline(raw: dict, run_dir) -> dict:
-    """Every stage in order, holding the run folder's lock (`negrec.runlock`)."""
+    """Every stage in order, holding the run folder's lock (`negrec.runlock`).
+
+    torch's CPU threads are the caller's. `negrec` sets them first (`negrec.cli.set_threads`), and
+    that call also turns MKL's dynamic threading off, which changes the training's arithmetic even
+    at the same thread count: on a 2-core machine a default SFT retrained in a Python process
+    without it reached Recall@10 0.1207 where the CLI's reached 0.1264. Call
+    `set_threads(None)` first for the CLI's numbers."""
     with run_lock(run_dir, "negrec pipeline"):
         return _run_pipeline(raw, run_dir)
 
