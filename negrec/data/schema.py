@@ -227,45 +227,62 @@ def sort_log_owned(box: dict, carry: dict, dedupe: list[str] | None = None, dtyp
     imask = (1 << ib) - 1
     n_dup = n_drop = 0
     if dedupe is not None or conflicts is not None:
-        tie = []
-        for a, b in chunks(n):
-            a0 = max(a - 1, 0)
-            g = key[a0:b] >> ib
-            tie.append(np.flatnonzero(g[1:] == g[:-1]) + a0 + 1)
-        tie = np.concatenate(tie)
-        if len(tie):
-            pos = np.union1d(tie, tie - 1)
-            rows = key[pos] & imask
-            group = np.cumsum(~np.isin(pos, tie))
-            lose = np.zeros(len(pos), bool)
-            if conflicts is not None:
-                clash = _clashes(group, carry, rows, conflicts)
-                if len(clash) and conflicts.get("rule") == "negative":
-                    lose[_losers(group, carry, rows, clash, conflicts)] = True
-                    conflicts["resolved"] = int(lose.sum())
-                elif len(clash):
-                    p0 = pos[clash[0]]
-                    hi = int(key[p0] >> (tb + ib))
-                    conflicts["rows"] = np.sort(rows[clash])
-                    conflicts["first"] = (int(uniq[hi]) if uniq is not None else hi + umin,
-                                          np.asarray(carry[conflicts["key"]])[rows[clash[0]]].item(),
-                                          int(((key[p0] >> ib) & ((1 << tb) - 1)) + tmin))
-                    return None, None, 0, False
-            frame = pd.DataFrame({"g": group, **{c: np.asarray(carry[c])[rows] for c in dedupe or ()}})
-            dup = frame.duplicated().to_numpy() & ~lose if dedupe is not None else np.zeros(len(pos), bool)
-            n_dup = int(dup.sum())
-            drop = pos[dup | lose]
-            n_drop = len(drop)
-            if n_drop:
-                keep = np.ones(n, bool)
-                keep[drop] = False
-                key = compact(key, keep)
-                del keep
+        dropped = _drop_tied_rows(key, ib, tb, carry, dedupe, conflicts, (uniq, umin, tmin))
+        if dropped is None:  # conflicting duplicates, reported in `conflicts`
+            return None, None, 0, False
+        key, n_dup, n_drop = dropped
     moved = not is_sorted or n_drop > 0
     _put_in_key_order(carry, key, imask, dtypes, moved)
     out_user, out_ts = _unpack_key(key, ib, tb, umin, uniq, tmin, user_dtype, ts_dtype)
     del key
     return out_user, out_ts, n_dup, moved
+
+
+def _tied_positions(key: np.ndarray, ib: int) -> np.ndarray:
+    """Positions in the sorted `key` whose (user, ts) equals the row before's, chunk by chunk."""
+    tie = []
+    for a, b in chunks(len(key)):
+        a0 = max(a - 1, 0)
+        g = key[a0:b] >> ib
+        tie.append(np.flatnonzero(g[1:] == g[:-1]) + a0 + 1)
+    return np.concatenate(tie)
+
+
+def _drop_tied_rows(key: np.ndarray, ib: int, tb: int, carry: dict, dedupe: list[str] | None, conflicts: dict | None,
+                    origin: tuple) -> tuple[np.ndarray, int, int] | None:
+    """`sort_log_owned`'s duplicates among rows sharing user and second: (key without the dropped
+    rows, exact duplicates, rows dropped), or None when `conflicts` found conflicting rows (and holds
+    them). `origin`: (the user ranks' values or None, the smallest user, the smallest ts)."""
+    uniq, umin, tmin = origin
+    n, imask = len(key), (1 << ib) - 1
+    tie = _tied_positions(key, ib)
+    if not len(tie):
+        return key, 0, 0
+    pos = np.union1d(tie, tie - 1)
+    rows = key[pos] & imask
+    group = np.cumsum(~np.isin(pos, tie))
+    lose = np.zeros(len(pos), bool)
+    if conflicts is not None:
+        clash = _clashes(group, carry, rows, conflicts)
+        if len(clash) and conflicts.get("rule") == "negative":
+            lose[_losers(group, carry, rows, clash, conflicts)] = True
+            conflicts["resolved"] = int(lose.sum())
+        elif len(clash):
+            p0 = pos[clash[0]]
+            hi = int(key[p0] >> (tb + ib))
+            conflicts["rows"] = np.sort(rows[clash])
+            conflicts["first"] = (int(uniq[hi]) if uniq is not None else hi + umin,
+                                  np.asarray(carry[conflicts["key"]])[rows[clash[0]]].item(),
+                                  int(((key[p0] >> ib) & ((1 << tb) - 1)) + tmin))
+            return None
+    frame = pd.DataFrame({"g": group, **{c: np.asarray(carry[c])[rows] for c in dedupe or ()}})
+    dup = frame.duplicated().to_numpy() & ~lose if dedupe is not None else np.zeros(len(pos), bool)
+    drop = pos[dup | lose]
+    if len(drop):
+        keep = np.ones(n, bool)
+        keep[drop] = False
+        key = compact(key, keep)
+    return key, int(dup.sum()), len(drop)
 
 
 def _packed_key(user, ts, uniq, umin: int, tmin: int, tb: int, ib: int) -> tuple[np.ndarray, bool]:
