@@ -54,11 +54,13 @@ def save_result(name: str, payload: dict) -> Path:
 def rerun_from_base(base: Path, run: Path, config: Path, overrides: list[str]) -> float:
     """Seconds to bring `run` (a copy of the `base` run folder, made once) up to date under `overrides`:
     the pipeline re-runs only what the overrides make stale."""
+    from negrec.cli import set_threads
     from negrec.config import load_config
     from negrec.pipeline import run_pipeline
 
     if not run.exists():
         shutil.copytree(base, run, symlinks=True)
+    set_threads(None)  # as the CLI does before a stage: the same arithmetic as `negrec pipeline` (`run_pipeline`)
     t0 = time.time()
     run_pipeline(load_config(str(config), overrides), run)
     return round(time.time() - t0, 1)

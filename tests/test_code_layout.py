@@ -1,5 +1,6 @@
 """Code layout rules of negrec/ (docs/ARCHITECTURE.md): every function fits on a screen, and no
-subpackage reaches into another's private names."""
+subpackage reaches into another's private names. And one rule of benchmarks/: a script that trains
+through `run_pipeline` sets torch's threads as the CLI does."""
 import ast
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "negrec"
 MAX_FUNCTION_LINES = 80
 FILES = sorted(PACKAGE.rglob("*.py"))
+BENCHMARKS = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
 
 
 def _module_of(path: Path) -> list[str]:
@@ -72,3 +74,17 @@ def test_no_private_name_imported_across_subpackages():
 ])
 def test_the_private_import_rule_itself(file, source, flagged):
     assert bool(_private_cross_imports(PACKAGE / file, ast.parse(source))) == flagged
+
+
+def _called_names(tree: ast.AST) -> set[str]:
+    """The names of the functions a module calls (`f(...)` and `x.f(...)`)."""
+    return {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
+
+
+def test_benchmarks_that_run_the_pipeline_set_the_cli_threads():
+    # torch.set_num_threads also turns MKL's dynamic threading off: a run retrained in a benchmark's
+    # process without it trained to other numbers than `negrec pipeline` (docs/RESULTS.md "Future probes")
+    missing = [p.name for p in BENCHMARKS
+               if {"run_pipeline"} <= (called := _called_names(ast.parse(p.read_text()))) and "set_threads" not in called]
+    assert BENCHMARKS and not missing, f"benchmarks that call run_pipeline without negrec.cli.set_threads: {missing}"
