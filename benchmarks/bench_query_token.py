@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,36 +47,30 @@ def refusal(pcfg) -> str | None:
 
 
 def ranked_with_queries(run: Path, raw: dict, policy: str) -> tuple[dict, dict, int]:
-    """The run's `policy` ranked on its test rows from prompts that end with each query token:
+    """The run's `policy` ranked on its test rows from prompts that end with each query token, by the
+    pipeline's own ranking (`predict_with_policy`) from one window:
     ({query: predictions in the log's ids}, {query: seconds}, rows ranked)."""
     from negrec.config import section_config
     from negrec.data import Prepared
     from negrec.eval.checks import with_original_ids
-    from negrec.eval.run import _eval_samples, _to_frame, eval_config
-    from negrec.llm import PromptBuilder, constrained_beam_search, load_policy
+    from negrec.eval.run import _eval_samples, eval_config, predict_with_policy
     from negrec.llm.model import ModelConfig
     from negrec.llm.prompts import prompt_config
 
-    cfg, pcfg = eval_config(raw), prompt_config(raw)
+    cfg, pcfg = replace(eval_config(raw), history_windows=1), prompt_config(raw)
     why = refusal(pcfg)
     if why:
         raise SystemExit(f"bench_query_token: {why}")
     prepared = Prepared.load(run / "data")
     samples = _eval_samples(prepared, cfg)
-    model, hf_tok, sid_tok = load_policy(run / policy / "final", dtype=section_config(ModelConfig, raw, "model").dtype)
-    builder = PromptBuilder(pcfg, sid_tok, prepared.items, hf_tok)
-    constraint = builder.sid_constraint(hf_tok)
-    rows = samples.to_dict("records")
-    exclude = [list(r["context_items"]) for r in rows] if cfg.exclude_context else None
+    dtype = section_config(ModelConfig, raw, "model").dtype
     preds, seconds = {}, {}
     for name, feedback in QUERIES.items():
-        asking = [builder.build(r, context_mix=cfg.context_mix, query=feedback) for r in rows]
         t0 = time.perf_counter()
-        ranked = constrained_beam_search(model, hf_tok, constraint, asking, num_beams=max(cfg.num_beams, cfg.k),
-                                         top_k=cfg.k, exclude=exclude, batch_size=cfg.batch_size)
+        pred, _ = predict_with_policy(run / policy / "final", prepared, samples, cfg, pcfg, dtype=dtype, query=feedback)
         seconds[name] = round(time.perf_counter() - t0, 1)
-        preds[name] = with_original_ids(_to_frame(samples, ranked), prepared.id_maps)
-    return preds, seconds, len(rows)
+        preds[name] = with_original_ids(pred, prepared.id_maps)
+    return preds, seconds, len(samples)
 
 
 def same_as_pipeline(ours: pd.DataFrame, path: Path) -> bool | None:

@@ -180,9 +180,10 @@ def _write_candidate_scores(path: Path, cands: pd.DataFrame, scores: np.ndarray)
 
 # ---------------------------------------------------------------- predict
 def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: EvalConfig, prompt_cfg,
-                        cands: pd.DataFrame | None = None, shard=None,
-                        dtype: str = "auto") -> tuple[pd.DataFrame, np.ndarray | None]:
+                        cands: pd.DataFrame | None = None, shard=None, dtype: str = "auto",
+                        query: int = -1) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Top-k by constrained beam search, and (with `cands`) the policy's log-likelihood of each candidate.
+    `query`: the feedback the prompts ask about (`PromptBuilder.build`; -1, the next dislike, is the task).
 
     With `cfg.history_windows` N > 1 each row whose user has been away `cfg.history_windows_gap_days`
     is also asked from the N - 1 windows of its history before its prompt's, and the windows' item
@@ -202,7 +203,7 @@ def predict_with_policy(policy_dir: Path, prepared, samples: pd.DataFrame, cfg: 
     owners, older = older_window_rows(prepared.interactions, records, sid_tok.item_ids, prompt_cfg.max_events, n_windows,
                                       min_gap=cfg.history_windows_gap_days * DAY)
     owners = list(range(len(records))) + owners
-    prompts = [builder.build(r, context_mix=cfg.context_mix) for r in records + older]
+    prompts = [builder.build(r, context_mix=cfg.context_mix, query=query) for r in records + older]
     exclude = [list(records[o]["context_items"]) for o in owners] if cfg.exclude_context else None
     beams = max(cfg.num_beams, cfg.k)
     ranked = constrained_beam_search(model, hf_tok, constraint, prompts, num_beams=beams,
