@@ -132,6 +132,33 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, 
     Takes the log frame out of `box` so that its columns are freed as soon as the
     sorted ones exist (a 10M-row log never lives twice in memory). `id_maps` (from `encode_ids`)
     show ids in messages as the file wrote them."""
+    cols, flags, names, origin = _take_columns(box, source)
+    report: dict[str, int] = {"rows_read": len(flags["feedback"])}
+    original_item_id = id_maps["items"].to_original if id_maps else None  # item ids in messages, as the files write them
+    items, n_no_text = clean_items(items, source, cfg.require_text, original_item_id)
+    if cfg.require_text:
+        report["items_without_text"] = n_no_text
+    kept_rows = _keep_known_items(cols, flags, items, cfg, origin, source, original_item_id, report)
+    out, implicit, conflicts = _sorted_columns(cols, flags, cfg, report)
+    if "rows" in conflicts:
+        _refuse_conflicts(conflicts, kept_rows, origin, source, id_maps)
+    fb = out["feedback"]
+    report["implicit_negatives_added"] = _add_skip_negatives(fb, implicit, out, cfg)
+    has_rating = ~np.isnan(out["rating"]) if "rating" in out and out["rating"].dtype.kind == "f" else None
+    kind = kind_codes(fb, implicit, has_rating)
+    del has_rating
+    out["source"] = source_column(implicit)
+    out["kind"] = pd.Categorical.from_codes(kind, dtype=KIND_DTYPE)
+    inter = pd.DataFrame({c: out[c] for c in [*names, "kind"]}, copy=False)
+    del out, fb, implicit, kind
+    if cfg.max_users > 0:
+        inter = _subsample_users(inter, cfg, report)
+    return inter, items, report
+
+
+def _take_columns(box: list, source: str) -> tuple[dict, dict, list[str], object]:
+    """The log frame in `box` as arrays, the frame itself freed: (columns, {"feedback": checked
+    feedback, "implicit": implicit-source flags}, the frame's column names, its origin)."""
     frame = box.pop()
     origin = frame.attrs.get("origin")
     missing = [c for c in ("user_id", "item_id", "ts", "feedback", "source") if c not in frame.columns]
@@ -139,35 +166,39 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, 
         raise DataError(f"{source}: interactions lack field(s) {missing}")
     if len(frame) == 0:
         raise DataError(f"{source}: no interactions (empty file?)")
-    report: dict[str, int] = {"rows_read": len(frame)}
     cols = {c: frame[c].to_numpy() for c in frame.columns if c not in ("source", "kind")}
-    implicit = implicit_mask(frame["source"])
+    flags = {"implicit": implicit_mask(frame["source"])}
     names = [c for c in frame.columns if c != "kind"]
     del frame
     for c in ("user_id", "item_id", "ts"):
         if cols[c].dtype.kind not in "iu":
             raise DataError(f"{source}: field {c!r} must be integers, got {cols[c].dtype}")
-    fb = check_feedback(cols.pop("feedback"), origin, source)
+    flags["feedback"] = check_feedback(cols.pop("feedback"), origin, source)
+    return cols, flags, names, origin
 
-    original_item_id = id_maps["items"].to_original if id_maps else None  # item ids in messages, as the files write them
-    items, n_no_text = clean_items(items, source, cfg.require_text, original_item_id)
-    if cfg.require_text:
-        report["items_without_text"] = n_no_text
+
+def _keep_known_items(cols: dict, flags: dict, items: pd.DataFrame, cfg: DataConfig, origin, source: str,
+                      original_item_id, report: dict) -> np.ndarray | None:
+    """Refuse an item id the items table lacks, or (`require_text`, which drops items without text)
+    drop its interactions from `cols` and `flags` in place; returns the kept rows' positions (None: all)."""
     known = ItemLookup(items["item_id"].to_numpy()).known(cols["item_id"])
-    if not known.all():
-        if not cfg.require_text:
-            raise unknown_item_error(origin, cols["item_id"], known, source, original_item_id)
-        report["interactions_of_dropped_items"] = int((~known).sum())
-        cols = {c: v[known] for c, v in cols.items()}
-        fb, implicit = fb[known], implicit[known]
-        kept_rows = np.flatnonzero(known)
-    else:
-        kept_rows = None
-    del known
+    if known.all():
+        return None
+    if not cfg.require_text:
+        raise unknown_item_error(origin, cols["item_id"], known, source, original_item_id)
+    report["interactions_of_dropped_items"] = int((~known).sum())
+    for arrays in (cols, flags):
+        for c in list(arrays):
+            arrays[c] = arrays[c][known]
+    return np.flatnonzero(known)
 
-    # every column is put in (user, ts) order one at a time, so the log is never held twice
-    carry = {"item_id": narrow_int(cols.pop("item_id")), "feedback": fb, "implicit": implicit}
-    del fb, implicit
+
+def _sorted_columns(cols: dict, flags: dict, cfg: DataConfig, report: dict) -> tuple[dict, np.ndarray, dict]:
+    """Every column in (user, ts) order, one at a time so that the log is never held twice (emptying
+    `cols` and `flags`), exact duplicates dropped (`drop_duplicates`) and conflicting ones found or
+    resolved (`conflicts`); returns (columns, implicit flags, conflicts: "rows" holds any to refuse)."""
+    carry = {"item_id": narrow_int(cols.pop("item_id")), "feedback": flags.pop("feedback"),
+             "implicit": flags.pop("implicit")}
     names_rest = [c for c in cols if c not in ("user_id", "ts")]
     for c in names_rest:
         carry[c] = cols.pop(c)
@@ -176,30 +207,17 @@ def _canonicalize(box: list, items: pd.DataFrame, cfg: DataConfig, source: str, 
     conflicts = {"key": "item_id", "value": "feedback", "rule": cfg.conflicts}
     user, ts, n_dup, moved = sort_log_owned(box, carry, ["item_id", "feedback"] if cfg.drop_duplicates else None,
                                             dtypes, conflicts)
-    if "rows" in conflicts:
-        _refuse_conflicts(conflicts, kept_rows, origin, source, id_maps)
     if cfg.conflicts == "negative":
         report["conflicts_resolved"] = conflicts.get("resolved", 0)
     if cfg.drop_duplicates:
         report["duplicates_dropped"] = n_dup
-    if not moved:  # already in order: copy what is modified below rather than write into the caller's arrays
+    if not moved:  # already in order: copy what is modified later rather than write into the caller's arrays
         carry["feedback"] = carry["feedback"].copy()
         carry["implicit"] = carry["implicit"].copy()
-    fb, implicit = carry.pop("feedback"), carry.pop("implicit")
-    out = {"user_id": user, "item_id": carry.pop("item_id"), "ts": ts, "feedback": fb}
+    implicit = carry.pop("implicit")
+    out = {"user_id": user, "item_id": carry.pop("item_id"), "ts": ts, "feedback": carry.pop("feedback")}
     out.update(carry)
-    del carry
-    report["implicit_negatives_added"] = _add_skip_negatives(fb, implicit, out, cfg)
-    has_rating = ~np.isnan(out["rating"]) if "rating" in out and out["rating"].dtype.kind == "f" else None
-    kind = kind_codes(fb, implicit, has_rating)
-    del has_rating
-    out["source"] = source_column(implicit)
-    out["kind"] = pd.Categorical.from_codes(kind, dtype=KIND_DTYPE)
-    inter = pd.DataFrame({c: out[c] for c in [*names, "kind"]}, copy=False)
-    del out, cols, user, ts, fb, implicit, kind
-    if cfg.max_users > 0:
-        inter = _subsample_users(inter, cfg, report)
-    return inter, items, report
+    return out, implicit, conflicts
 
 
 def _add_skip_negatives(fb: np.ndarray, implicit: np.ndarray, cols: dict, cfg: DataConfig) -> int:
@@ -537,8 +555,8 @@ def format_stats(stats: dict, horizons: list[int]) -> str:
            if "conflicts_resolved" in stats else ""),
         f"cuts             {_describe_cuts(stats)}",
     ]
-    for field, blank in stats.get("blank_values", {}).items():
-        lines.append(f"blank cells      {field}: {blank['cells']:,} (the first at {blank['first']}), no value: "
+    for name, blank in stats.get("blank_values", {}).items():
+        lines.append(f"blank cells      {name}: {blank['cells']:,} (the first at {blank['first']}), no value: "
                      "a rule reading it is false there")
     for split in ("train", "valid", "test"):
         parts = ", ".join(f"H={h}: {stats[f'{split}_users_nonempty_F{h}']:,} (mean |F_H| {stats[f'{split}_mean_F{h}']})"

@@ -117,13 +117,39 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
     n_lines = data.count(b"\n") + (not data.endswith(b"\n")) if quoted else 0
     del data
     if names:
-        with open(path, encoding=encoding, errors="replace") as f:
-            first = f.readline().rstrip("\r\n")
-        found = len(first.split(sep))
-        if found < len(names):
-            hint = " (wrong separator?)" if found == 1 else f"; field {names[found]!r} is missing"
-            raise DataError(f"{path}: line {header_lines + 1}: expected {len(names)} fields {names} separated by "
-                            f"{sep!r}, found {found}{hint}")
+        _check_field_count(path, sep, names, header_lines, encoding)
+    df = _parse_delimited(path, sep, names, header_lines, encoding)
+    if names is None:
+        _refuse_repeated_header(path, sep, encoding)
+    first_data_line = header_lines + 1 if names else 2
+    if quoted and n_lines > first_data_line - 1 + len(df) + len(blanks):
+        blanks = sorted(set(blanks) | set(continuation_lines(path, sep, encoding)))  # a blank line in quotes: once
+    if blanks:
+        df.attrs["skipped_lines"] = blanks
+    # "user, item, rating": a hand-written header's spaces after the separators are not in the names
+    df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)}"
+                        f"{separator_hint(list(df.columns), sep)}")
+    for col in numeric:
+        _parse_numeric(df, col, path, first_data_line, blanks)
+    return df
+
+
+def _check_field_count(path: Path, sep: str, names: list[str], header_lines: int, encoding: str) -> None:
+    """A headerless file's first line holds at least the named fields (else: which one is missing)."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        first = f.readline().rstrip("\r\n")
+    found = len(first.split(sep))
+    if found < len(names):
+        hint = " (wrong separator?)" if found == 1 else f"; field {names[found]!r} is missing"
+        raise DataError(f"{path}: line {header_lines + 1}: expected {len(names)} fields {names} separated by "
+                        f"{sep!r}, found {found}{hint}")
+
+
+def _parse_delimited(path: Path, sep: str, names: list[str] | None, header_lines: int, encoding: str) -> pd.DataFrame:
+    """pandas' reader, its failures turned into one line naming the file (and the line where pandas says)."""
     try:
         df = pd.read_csv(path, header=None if names else 0, names=names,
                          skiprows=header_lines if names else None, encoding=encoding, **_sep_args(sep),
@@ -143,36 +169,26 @@ def read_table(path, sep: str, names: list[str] | None, *, header_lines: int = 0
         raise DataError(f"{path}: cannot parse ({e}); is the separator {sep!r} right?") from e
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (empty file?)")
-    if names is None:
-        _refuse_repeated_header(path, sep, encoding)
-    first_data_line = header_lines + 1 if names else 2
-    if quoted and n_lines > first_data_line - 1 + len(df) + len(blanks):
-        blanks = sorted(set(blanks) | set(continuation_lines(path, sep, encoding)))  # a blank line in quotes: once
-    if blanks:
-        df.attrs["skipped_lines"] = blanks
-    # "user, item, rating": a hand-written header's spaces after the separators are not in the names
-    df.columns = [c.strip() if isinstance(c, str) else c for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: line 1: missing column(s) {missing}; found {list(df.columns)}"
-                        f"{separator_hint(list(df.columns), sep)}")
-    for col in numeric:
-        if df[col].dtype.kind in "iuf":
-            if df[col].isna().any():
-                i = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-                raise DataError(f"{path}: line {line_of(first_data_line, i, blanks)}: field {col!r} is empty")
-            continue
-        num = pd.to_numeric(df[col], errors="coerce")
-        bad = num.isna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            value = df[col].iloc[i]
-            line = line_of(first_data_line, i, blanks)
-            if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
-                raise DataError(f"{path}: line {line}: field {col!r} is empty (a line with fewer fields?)")
-            raise DataError(f"{path}: line {line}: field {col!r}: cannot parse {value!r} as a number")
-        df[col] = num
     return df
+
+
+def _parse_numeric(df: pd.DataFrame, col: str, path: Path, first_data_line: int, blanks: list[int]) -> None:
+    """Make `col` numeric in place, or name the line of its first empty or unparsable value."""
+    if df[col].dtype.kind in "iuf":
+        if df[col].isna().any():
+            i = int(np.flatnonzero(df[col].isna().to_numpy())[0])
+            raise DataError(f"{path}: line {line_of(first_data_line, i, blanks)}: field {col!r} is empty")
+        return
+    num = pd.to_numeric(df[col], errors="coerce")
+    bad = num.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = df[col].iloc[i]
+        line = line_of(first_data_line, i, blanks)
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+            raise DataError(f"{path}: line {line}: field {col!r} is empty (a line with fewer fields?)")
+        raise DataError(f"{path}: line {line}: field {col!r}: cannot parse {value!r} as a number")
+    df[col] = num
 
 
 def _sep_args(sep: str) -> dict:
