@@ -146,6 +146,26 @@ def grpo_selection_text(summary: dict) -> str:
     return text + ".\n"
 
 
+def grpo_stage_text(log_rows: list[dict]) -> str:
+    """Each GRPO stage's mean reward and exact future-negative hit rate, first half against second half of
+    its steps: whether the reward moved within a stage (a stage's targets differ from the next one's)."""
+    hit = "rewards/future_neg_hit/mean"
+    rows = [r for r in log_rows if r.get("reward") is not None]
+    parts = []
+    for stage in dict.fromkeys(r.get("stage_name", r.get("stage")) for r in rows):
+        mine = [r for r in rows if r.get("stage_name", r.get("stage")) == stage]
+        halves = [mine[:max(1, len(mine) // 2)], mine[max(1, len(mine) // 2):] or mine[-1:]]
+        reward = " -> ".join(f"{np.mean([r['reward'] for r in h]):.3f}" for h in halves)
+        text = f"{stage} {reward}"
+        if all(hit in r for r in mine):
+            text += " (hit " + " -> ".join(f"{np.mean([r[hit] for r in h]):.3f}" for h in halves) + ")"
+        parts.append(text)
+    if not parts:
+        return ""
+    return ("Mean reward by stage, first half of its steps -> second half (exact future-negative hit rate): "
+            + "; ".join(parts) + ".\n")
+
+
 def alignment_text(alignment: dict) -> str:
     """What the SFT policy knows of its items (`sft_next/summary.json`), beside chance."""
     from ..llm.evaluation import alignment_line
@@ -297,12 +317,15 @@ def _stage_sections(raw: dict, run_dir: Path, plots: Path) -> list[str]:
     shown = {stage for stage in ("sft-align", "sft-next", "grpo") if not left_out(raw, run_dir, stage)}
     parts = []
     for stage, src, read, plot, png, title in sources:
-        name = plot(read(run_dir / src), plots / png) if (stage is None or stage in shown) and (run_dir / src).exists() else None
+        rows = read(run_dir / src) if (stage is None or stage in shown) and (run_dir / src).exists() else None
+        name = plot(rows, plots / png) if rows is not None else None
         if name:
             parts.append(f"{title}(plots/{name})\n")
-    if "grpo" in shown and (run_dir / "grpo" / "summary.json").exists():
-        parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
-    return parts
+        if stage == "grpo" and rows is not None:  # what GRPO did, beside its plot
+            parts.append(grpo_stage_text(rows))
+        if stage == "grpo" and "grpo" in shown and (run_dir / "grpo" / "summary.json").exists():
+            parts.append(grpo_selection_text(read_json(run_dir / "grpo" / "summary.json")))
+    return [p for p in parts if p]
 
 
 def _report(raw: dict, run_dir: Path) -> dict:

@@ -55,3 +55,30 @@ def test_report_plots_each_sft_stage_learning_curve(tmp_path):
     (tmp_path / "sft_align" / "summary.json").write_text(json.dumps({"task": "align", "skipped": "nothing", "steps": 0}))
     md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots2"))
     assert "sft_align_curve" not in md and "(plots/sft_next_curve.png)" in md
+
+
+def test_report_says_what_each_grpo_stage_did_beside_its_plot(tmp_path):
+    """Each stage's mean reward (and exact hit rate), first half of its steps against the second, under
+    the GRPO plot, followed by which policy GRPO shipped, before the later sections."""
+    from negrec.eval.report import _stage_sections, grpo_stage_text
+
+    hit = "rewards/future_neg_hit/mean"
+    log = [{"global_step": i + 1, "stage": i // 4, "stage_name": ["neg_recent", "neg_pos"][i // 4],
+            "reward": r, hit: h} for i, (r, h) in enumerate(zip([0.2, 0.4, 0.6, 0.8, 0.5, 0.5, 0.1, 0.3],
+                                                                [0.0, 0.0, 0.5, 0.5, 0.25, 0.25, 0.0, 0.0]))]
+    text = grpo_stage_text(log)
+    assert "neg_recent 0.300 -> 0.700 (hit 0.000 -> 0.500)" in text and "neg_pos 0.500 -> 0.200 (hit 0.250 -> 0.000)" in text
+    assert "hit" not in grpo_stage_text([{k: v for k, v in r.items() if k != hit} for r in log]).split(":", 1)[1]
+    assert grpo_stage_text([]) == ""
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (tmp_path / "grpo" / "summary.json").write_text(json.dumps({"kept": {"name": "sft"}, "validation": [
+        {"name": "sft", "step": 0, "val_recall@10": 0.13}, {"name": "neg_pos", "step": 8, "val_recall@10": 0.12}]}))
+    (tmp_path / "tokenize").mkdir()
+    (tmp_path / "tokenize" / "metrics.json").write_text(json.dumps({"unique_fraction": 1.0, "levels": [
+        {"level": 0, "used": 30, "perplexity": 25.0, "size": 32}]}))
+    md = "\n".join(_stage_sections({}, tmp_path, tmp_path / "plots"))
+    plot, stages, shipped = (md.index("(plots/grpo_reward.png)"), md.index("neg_recent 0.300 -> 0.700"),
+                             md.index("Shipped: **sft**"))
+    assert plot < stages < shipped
+    assert md.index("## Semantic IDs") > shipped
