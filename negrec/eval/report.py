@@ -150,11 +150,14 @@ def grpo_stage_text(log_rows: list[dict]) -> str:
     """Each GRPO stage's mean reward and exact future-negative hit rate, first half against second half of
     its steps: whether the reward moved within a stage (a stage's targets differ from the next one's)."""
     hit = "rewards/future_neg_hit/mean"
-    rows = [r for r in log_rows if r.get("reward") is not None]
+    by_stage: dict = {}  # in log order
+    for r in log_rows:
+        if r.get("reward") is not None:
+            by_stage.setdefault(r.get("stage_name", r.get("stage")), []).append(r)
     parts = []
-    for stage in dict.fromkeys(r.get("stage_name", r.get("stage")) for r in rows):
-        mine = [r for r in rows if r.get("stage_name", r.get("stage")) == stage]
-        halves = [mine[:max(1, len(mine) // 2)], mine[max(1, len(mine) // 2):] or mine[-1:]]
+    for stage, mine in by_stage.items():
+        half = max(1, len(mine) // 2)
+        halves = [mine[:half], mine[half:] or mine[-1:]]
         reward = " -> ".join(f"{np.mean([r['reward'] for r in h]):.3f}" for h in halves)
         text = f"{stage} {reward}"
         if all(hit in r for r in mine):
